@@ -1,0 +1,3 @@
+from m7b.cli import main
+
+main()

@@ -1,0 +1,113 @@
+"""Write files and folders so that nothing half-written ever carries a final name.
+
+Write to a temporary name in the same folder, fsync, then rename over the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from m7b.errors import StorageError
+
+
+def storage_error(exc: OSError, path: Path) -> StorageError:
+    """Turn an OSError into a StorageError that says what to do next."""
+    if exc.errno == errno.ENOSPC:
+        hint = "the disk is full: free space or choose another output folder"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "permission denied: choose a folder you can write to"
+    else:
+        hint = exc.strerror or str(exc)
+    return StorageError(f"could not write {path}: {hint}; nothing was left under that name")
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def default_mode(is_dir: bool) -> int:
+    """The permissions a plain open()/mkdir() would give under the current umask."""
+    return (0o777 if is_dir else 0o666) & ~_umask()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[BinaryIO]:
+    """Yield a file open for writing; on success it is fsynced and renamed to `path`.
+
+    On any error the temporary file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_path = Path(tmp)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp_path, default_mode(is_dir=False))
+        os.replace(tmp_path, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise storage_error(exc, path) from exc
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as fh:
+        fh.write(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder next to `path`; on success it is renamed to `path`.
+
+    `path` must not exist or be an empty folder. On any error the temporary folder is removed.
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise StorageError(
+            f"output folder {path} exists and is not empty: choose a new folder or remove it first"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            if child.is_file():
+                with open(child, "rb") as fh:
+                    os.fsync(fh.fileno())
+        os.chmod(tmp, default_mode(is_dir=True))
+        if path.exists():
+            path.rmdir()
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise storage_error(exc, path) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
