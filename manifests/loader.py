@@ -1,0 +1,234 @@
+"""Load and validate manifest TOML files; every error names the file and the field."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from m7b.errors import InvalidInputError, NotFoundError
+from m7b.manifests.architecture import architecture_from_mapping
+from m7b.manifests.schema import ArchiveFacts, CheckpointFacts, FileFacts, Manifest, TorrentFacts
+
+SCHEMA_VERSION = 1
+BUNDLED_DIR = Path(__file__).parent
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+HEX = {"info_hash_v1": 40, "info_hash_v2": 64, "sha256": 64, "md5": 32}
+
+_TOP = {"schema", "name", "title", "publisher", "release_date", "license", "torrent", "files", "architecture",
+        "checkpoint", "archives", "sources"}
+_TORRENT = {"name", "info_hash_v1", "info_hash_v2", "magnet", "trackers", "web_seeds", "files_complete"}
+_FILE = {"path", "size", "sha256", "md5"}
+_CHECKPOINT = {"tensors", "parameters", "dtype"}
+_ARCHIVE = {"name", "md5", "sha256", "url"}
+
+
+class _Reader:
+    """Typed access to one table of a manifest, with errors that name file and field."""
+
+    def __init__(self, origin: str, where: str, table: Any, allowed: set[str]) -> None:
+        self.origin, self.where = origin, where
+        if not isinstance(table, dict):
+            self.fail("", f"expected a table, found {type(table).__name__}")
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            self.fail(unknown[0], f"unknown field; expected one of {', '.join(sorted(allowed))}")
+        self.table = table
+
+    def fail(self, key: str, message: str) -> None:
+        field_name = f"{self.where}.{key}" if self.where and key else (key or self.where)
+        raise InvalidInputError(f"{self.origin}: field '{field_name}': {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], required: bool = False) -> Any:
+        if key not in self.table:
+            if required:
+                self.fail(key, "missing (required)")
+            return None
+        value = self.table[key]
+        if isinstance(value, bool) and kind is not bool:
+            self.fail(key, f"expected {_kind_name(kind)}, found a boolean")
+        if not isinstance(value, kind):
+            self.fail(key, f"expected {_kind_name(kind)}, found {type(value).__name__} {value!r}")
+        return value
+
+    def text(self, key: str, required: bool = False) -> str | None:
+        value = self.get(key, str, required)
+        if value is not None and not value.strip():
+            self.fail(key, "must not be empty")
+        return value
+
+    def hexdigest(self, key: str, length_key: str | None = None) -> str | None:
+        value = self.text(key)
+        if value is not None:
+            n = HEX[length_key or key]
+            if not re.fullmatch(rf"[0-9a-f]{{{n}}}", value):
+                self.fail(key, f"expected {n} lowercase hex digits, found {value!r}")
+        return value
+
+    def count(self, key: str) -> int | None:
+        value = self.get(key, int)
+        if value is not None and value < 0:
+            self.fail(key, f"must not be negative, found {value}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self.get(key, list)
+        if value is None:
+            return ()
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                self.fail(f"{key}[{i}]", f"expected a non-empty string, found {item!r}")
+        return tuple(value)
+
+    def tables(self, key: str) -> list[Any]:
+        value = self.get(key, list)
+        return value or []
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", list: "a list", dict: "a table", bool: "true or false",
+             dt.date: "a date (YYYY-MM-DD)"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _safe_relative(reader: _Reader, key: str, value: str) -> str:
+    p = PurePosixPath(value)
+    if p.is_absolute() or ".." in p.parts or "\\" in value or not p.parts:
+        reader.fail(key, f"expected a relative path inside the release, found {value!r}")
+    return str(p)
+
+
+def _magnet_btih(magnet: str) -> set[str]:
+    parts = urlsplit(magnet)
+    if parts.scheme != "magnet":
+        return set()
+    xts = parse_qs(parts.query).get("xt", [])
+    return {x[len("urn:btih:"):].lower() for x in xts if x.lower().startswith("urn:btih:")}
+
+
+def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
+    """Validate a manifest mapping (as read from TOML); `origin` names it in errors."""
+    top = _Reader(origin, "", raw, _TOP)
+    schema = top.get("schema", int, required=True)
+    if schema != SCHEMA_VERSION:
+        top.fail("schema", f"expected {SCHEMA_VERSION}, found {schema}; upgrade m7b to read this manifest")
+    name = top.text("name", required=True)
+    if not NAME_RE.match(name):
+        top.fail("name", f"expected lowercase letters, digits, '.', '_' or '-', found {name!r}")
+
+    t = _Reader(origin, "torrent", raw.get("torrent", {}), _TORRENT)
+    torrent = TorrentFacts(
+        name=t.text("name"), info_hash_v1=t.hexdigest("info_hash_v1"), info_hash_v2=t.hexdigest("info_hash_v2"),
+        magnet=t.text("magnet"), trackers=t.strings("trackers"), web_seeds=t.strings("web_seeds"),
+        files_complete=bool(t.get("files_complete", bool)),
+    )
+    if torrent.magnet is not None:
+        hashes = _magnet_btih(torrent.magnet)
+        if not hashes:
+            t.fail("magnet", f"expected a magnet:?xt=urn:btih:... link, found {torrent.magnet!r}")
+        if torrent.info_hash_v1 and torrent.info_hash_v1 not in hashes:
+            t.fail("magnet", f"names info-hash {', '.join(sorted(hashes))}, but info_hash_v1 is {torrent.info_hash_v1}")
+
+    files: list[FileFacts] = []
+    for i, entry in enumerate(top.tables("files")):
+        f = _Reader(origin, f"files[{i}]", entry, _FILE)
+        path = _safe_relative(f, "path", f.text("path", required=True))
+        if any(x.path == path for x in files):
+            f.fail("path", f"{path!r} is listed twice")
+        files.append(FileFacts(path=path, size=f.count("size"), sha256=f.hexdigest("sha256"), md5=f.hexdigest("md5")))
+
+    architecture = None
+    if "architecture" in raw:
+        if not isinstance(raw["architecture"], dict):
+            top.fail("architecture", "expected a table of params.json fields")
+        architecture = architecture_from_mapping(raw["architecture"], f"{origin}: field 'architecture'")
+
+    checkpoint = None
+    if "checkpoint" in raw:
+        c = _Reader(origin, "checkpoint", raw["checkpoint"], _CHECKPOINT)
+        checkpoint = CheckpointFacts(tensors=c.count("tensors"), parameters=c.count("parameters"),
+                                     dtype=c.text("dtype"))
+
+    archives = []
+    for i, entry in enumerate(top.tables("archives")):
+        a = _Reader(origin, f"archives[{i}]", entry, _ARCHIVE)
+        archives.append(ArchiveFacts(name=a.text("name", required=True), md5=a.hexdigest("md5"),
+                                     sha256=a.hexdigest("sha256"), url=a.text("url")))
+
+    sources_raw = raw.get("sources", {})
+    s = _Reader(origin, "sources", sources_raw, set(sources_raw) if isinstance(sources_raw, dict) else set())
+    sources = {k: s.text(k) or "" for k in sources_raw}
+    manifest = Manifest(
+        name=name, title=top.text("title", required=True), publisher=top.text("publisher", required=True),
+        license=top.text("license", required=True), release_date=top.get("release_date", dt.date),
+        torrent=torrent, files=tuple(files), architecture=architecture, checkpoint=checkpoint,
+        archives=tuple(archives), sources=sources, origin=Path(origin),
+    )
+    missing = [fact for fact in fact_paths(manifest) if fact not in sources]
+    if missing:
+        s.fail(missing[0], "every fact needs a source: add where this fact comes from")
+    return manifest
+
+
+def fact_paths(manifest: Manifest) -> list[str]:
+    """The facts a manifest states, by the path its `sources` table uses for them."""
+    facts = ["release"]
+    if manifest.torrent != TorrentFacts():
+        facts.append("torrent")
+    facts += [f"files.{f.path}" for f in manifest.files if (f.size, f.sha256, f.md5) != (None, None, None)]
+    if manifest.architecture is not None:
+        facts.append("architecture")
+    if manifest.checkpoint is not None:
+        facts.append("checkpoint")
+    facts += [f"archives.{a.name}" for a in manifest.archives]
+    return facts
+
+
+def load_manifest(path: Path) -> Manifest:
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"manifest {path} not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{path}: not valid TOML ({exc})") from exc
+    return parse_manifest(raw, str(path))
+
+
+def manifest_dirs() -> list[Path]:
+    """Where manifests are looked up: the ones shipped with m7b, then the store's `manifests/`."""
+    dirs = [BUNDLED_DIR]
+    from m7b.store import Store  # the store owns paths; imported here to keep manifests free of CLI code
+
+    user = Store.from_env().manifests_dir
+    if user.is_dir():
+        dirs.append(user)
+    extra = os.environ.get("M7B_MANIFESTS")
+    if extra:
+        dirs += [Path(p) for p in extra.split(os.pathsep) if p]
+    return dirs
+
+
+def known_manifests() -> dict[str, Manifest]:
+    found: dict[str, Manifest] = {}
+    for directory in manifest_dirs():
+        for path in sorted(directory.glob("*.toml")):
+            manifest = load_manifest(path)
+            if manifest.name in found and found[manifest.name].origin != manifest.origin:
+                raise InvalidInputError(f"{path}: release name {manifest.name!r} is already defined by "
+                                        f"{found[manifest.name].origin}; rename one of them")
+            found[manifest.name] = manifest
+    return found
+
+
+def find_manifest(name: str) -> Manifest:
+    known = known_manifests()
+    if name not in known:
+        raise NotFoundError(f"unknown release {name!r}; known releases: {', '.join(sorted(known)) or 'none'} "
+                            "(see `m7b list`, or pass a manifest file)")
+    return known[name]
