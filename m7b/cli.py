@@ -44,6 +44,11 @@ def _register() -> None:
     from m7b import cli_release, cli_store  # noqa: F401
 
 
+def _is_usage_error(exc: Exception) -> bool:
+    # typer ships its own copy of click; match its ClickException (usage errors, bad parameters) by name
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
+
+
 def main() -> None:
     _register()
     try:
@@ -60,12 +65,10 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:
+        if _is_usage_error(exc):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         if _State.debug:
             raise
         err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",

@@ -37,3 +37,67 @@ def synth(
     else:
         err.print(f"wrote synthetic release [bold]{made.path}[/bold] (preset {preset}, seed {seed}, "
                   f"{doc['parameters']:,} parameters)")
+
+
+def _write_output(path: Path, data: bytes, force: bool) -> None:
+    from m7b.atomic import write_bytes
+    from m7b.errors import StorageError
+
+    if path.exists() and path.read_bytes() != data and not force:
+        raise StorageError(f"{path} exists with other content: pass --force to replace it, or choose --out")
+    write_bytes(path, data)
+
+
+@release_app.command("create")
+def create(
+    folder: Annotated[Path, typer.Argument(help="The release folder; its name becomes the torrent's name.")],
+    tracker: Annotated[list[str] | None, typer.Option("--tracker", help="Tracker URL (repeatable, one tier each).")]
+    = None,
+    web_seed: Annotated[list[str] | None, typer.Option("--web-seed", help="BEP 19 web seed URL (repeatable).")]
+    = None,
+    hybrid: Annotated[bool, typer.Option(help="Make a v1+v2 hybrid torrent (default: v1, like the original).")]
+    = False,
+    piece_size: Annotated[str | None, typer.Option(help="Piece size, e.g. 4M (default: libtorrent's choice).")]
+    = None,
+    name: Annotated[str | None, typer.Option(help="Release name for the manifest (default: folder name, lowercased).")]
+    = None,
+    title: Annotated[str | None, typer.Option(help="Human title (default: the folder name).")] = None,
+    publisher: Annotated[str, typer.Option(help="Who vouches for this release.")] = "unknown",
+    license_id: Annotated[str, typer.Option("--license", help="SPDX license id.")] = "Apache-2.0",
+    date: Annotated[str | None, typer.Option(help="Release date, YYYY-MM-DD (default: absent).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write NAME.torrent and NAME.toml (default: the "
+                                                   "folder's parent).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace existing output files with other content.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Make a deterministic .torrent, print its magnet, and write a manifest with size/sha256/md5 of every file."""
+    import datetime as dt
+
+    from m7b.errors import InvalidInputError
+    from m7b.manifests.writer import manifest_to_toml
+    from m7b.mirror.create import create_release, parse_piece_size
+
+    try:
+        release_date = dt.date.fromisoformat(date) if date else None
+    except ValueError as exc:
+        raise InvalidInputError(f"--date {date!r}: expected YYYY-MM-DD") from exc
+    with progress_bars(enabled=not json_out) as progress:
+        made = create_release(folder, trackers=tracker or (), web_seeds=web_seed or (), hybrid=hybrid,
+                              piece_size=parse_piece_size(piece_size), manifest_name=name, title=title,
+                              publisher=publisher, license_id=license_id, release_date=release_date,
+                              progress=progress)
+    out_dir = out or folder.resolve().parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torrent_path = out_dir / f"{made.meta.name}.torrent"
+    manifest_path = out_dir / f"{made.manifest.name}.toml"
+    _write_output(torrent_path, made.torrent, force)
+    _write_output(manifest_path, manifest_to_toml(made.manifest).encode(), force)
+    doc = {"magnet": made.magnet, "info_hash_v1": made.meta.info_hash_v1, "info_hash_v2": made.meta.info_hash_v2,
+           "name": made.meta.name, "piece_length": made.meta.piece_length, "pieces": made.meta.num_pieces,
+           "total_size": made.meta.total_size, "torrent": str(torrent_path), "manifest": str(manifest_path)}
+    if json_out:
+        emit_json(doc)
+        return
+    err.print(f"torrent: {torrent_path} ({made.meta.num_pieces} pieces of {made.meta.piece_length:,} bytes)")
+    err.print(f"manifest: {manifest_path}")
+    typer.echo(made.magnet)

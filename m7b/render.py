@@ -13,11 +13,14 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 from m7b.progress import ProgressCallback, ProgressEvent
 
@@ -31,6 +34,22 @@ def emit_json(document: Any) -> None:
     sys.stdout.flush()
 
 
+class _AmountColumn(ProgressColumn):
+    """Bytes and byte rate for byte phases; `done/total unit` and a per-second rate for others."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._size, self._speed = DownloadColumn(), TransferSpeedColumn()
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit", "B")
+        if unit == "B":
+            return Text.assemble(self._size.render(task), " ", self._speed.render(task))
+        rate = f" {task.speed:.1f} {unit}/s" if task.speed else ""
+        total = f"/{task.total:g}" if task.total is not None else ""
+        return Text(f"{task.completed:g}{total} {unit}{rate}", style="progress.download")
+
+
 @contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[ProgressCallback]:
     """A ProgressCallback that draws one bar per phase on stderr (nothing when disabled or not a tty)."""
@@ -40,8 +59,7 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressCallback]:
     bars = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        _AmountColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[item]}"),
         console=err,
@@ -51,7 +69,7 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressCallback]:
 
     def on_event(event: ProgressEvent) -> None:
         if event.phase not in tasks:
-            tasks[event.phase] = bars.add_task(event.phase, total=event.total, item=event.item)
+            tasks[event.phase] = bars.add_task(event.phase, total=event.total, item=event.item, unit=event.unit)
         bars.update(tasks[event.phase], completed=event.done, total=event.total, item=event.item)
 
     with bars:

@@ -1,0 +1,139 @@
+"""The publisher's side: a deterministic .torrent, its magnet, and a manifest for a release folder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import libtorrent as lt
+
+from m7b.errors import InvalidInputError, NotFoundError
+from m7b.manifests.architecture import load_params
+from m7b.manifests.loader import NAME_RE
+from m7b.manifests.schema import FileFacts, Manifest, TorrentFacts
+from m7b.mirror.torrent import TorrentMeta, parse_torrent
+from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
+
+BLOCK = 8 << 20
+MIN_PIECE = 16 << 10
+
+
+@dataclass(frozen=True)
+class CreatedRelease:
+    torrent: bytes
+    meta: TorrentMeta
+    magnet: str
+    manifest: Manifest
+
+
+def release_files(root: Path) -> list[str]:
+    """Every regular file under `root`, as sorted relative POSIX paths; symlinks are refused."""
+    if not root.is_dir():
+        raise NotFoundError(f"release folder {root} not found (expected a folder holding the release files)")
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for d in dirnames:
+            if (Path(dirpath) / d).is_symlink():
+                raise InvalidInputError(f"{Path(dirpath) / d} is a symlink: a release holds only regular files")
+        for f in filenames:
+            p = Path(dirpath) / f
+            if p.is_symlink() or not p.is_file():
+                raise InvalidInputError(f"{p} is not a regular file: a release holds only regular files")
+            found.append(p.relative_to(root).as_posix())
+    if not found:
+        raise InvalidInputError(f"release folder {root} is empty: nothing to publish")
+    return sorted(found)
+
+
+def parse_piece_size(text: str | None) -> int:
+    """'0'/None = libtorrent's choice; else bytes with an optional K/M suffix, a power of two ≥ 16 KiB."""
+    if text is None or text in ("", "0"):
+        return 0
+    units = {"k": 1 << 10, "m": 1 << 20}
+    try:
+        value = int(text[:-1]) * units[text[-1].lower()] if text[-1].lower() in units else int(text)
+    except (ValueError, IndexError) as exc:
+        raise InvalidInputError(f"piece size {text!r}: expected bytes or a K/M suffix, e.g. 4M") from exc
+    if value < MIN_PIECE or value & (value - 1):
+        raise InvalidInputError(f"piece size {text!r}: expected a power of two of at least 16K, found {value}")
+    return value
+
+
+def file_digests(path: Path, progress: ProgressCallback, done: int, total: int) -> tuple[int, str, str]:
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(BLOCK):
+            sha256.update(block)
+            md5.update(block)
+            size += len(block)
+            progress(ProgressEvent("hashing", done + size, total, item=path.name))
+    return size, sha256.hexdigest(), md5.hexdigest()
+
+
+def create_release(
+    root: Path,
+    *,
+    trackers: Sequence[str] = (),
+    web_seeds: Sequence[str] = (),
+    hybrid: bool = False,
+    piece_size: int = 0,
+    manifest_name: str | None = None,
+    title: str | None = None,
+    publisher: str = "unknown",
+    license_id: str = "Apache-2.0",
+    release_date: dt.date | None = None,
+    progress: ProgressCallback = ignore_progress,
+) -> CreatedRelease:
+    """Make the .torrent (v1, or v1+v2 with `hybrid`), magnet and manifest for the release folder `root`.
+
+    The same content and options always give the same bytes: no creation date, no creator, sorted files.
+    """
+    root = Path(root).resolve()
+    files = release_files(root)
+    name = root.name
+    manifest_name = manifest_name or name.lower()
+    if not NAME_RE.match(manifest_name):
+        raise InvalidInputError(f"release name {manifest_name!r}: expected lowercase letters, digits, '.', '_', '-'"
+                                " (pass --name)")
+    architecture = load_params(root / "params.json") if "params.json" in files else None
+    sizes = {f: (root / f).stat().st_size for f in files}
+    total = sum(sizes.values())
+
+    flags = 0 if hybrid else lt.create_torrent.v1_only
+    ct = lt.create_torrent([lt.create_file_entry(f"{name}/{f}", sizes[f]) for f in files], piece_size, flags)
+    ct.set_creation_date(0)
+    for tier, url in enumerate(trackers):
+        ct.add_tracker(url, tier)
+    for url in web_seeds:
+        ct.add_url_seed(url)
+    num_pieces = ct.num_pieces()
+    lt.set_piece_hashes(ct, str(root.parent),
+                        lambda i: progress(ProgressEvent("pieces", i + 1, num_pieces, item=name, unit="piece")))
+    torrent = lt.bencode(ct.generate())
+    ti, meta = parse_torrent(torrent)
+    magnet = lt.make_magnet_uri(ti)
+
+    facts, done = [], 0
+    for f in files:
+        size, sha256, md5 = file_digests(root / f, progress, done, total)
+        done += size
+        facts.append(FileFacts(path=f, size=size, sha256=sha256, md5=md5))
+    tool = f"m7b release create (libtorrent {lt.__version__})"
+    sources = {"release": f"declared by the publisher ({publisher}) with {tool}",
+               "torrent": f"made by {tool} from the release folder"}
+    sources.update({f"files.{f.path}": f"hashed by {tool} from the published file" for f in facts})
+    if architecture is not None:
+        sources["architecture"] = "params.json in the release folder"
+    manifest = Manifest(
+        name=manifest_name, title=title or name, publisher=publisher, license=license_id, release_date=release_date,
+        torrent=TorrentFacts(name=name, info_hash_v1=meta.info_hash_v1, info_hash_v2=meta.info_hash_v2,
+                             magnet=magnet, trackers=tuple(trackers), web_seeds=tuple(web_seeds),
+                             files_complete=True),
+        files=tuple(facts), architecture=architecture, sources=sources,
+    )
+    return CreatedRelease(torrent=torrent, meta=meta, magnet=magnet, manifest=manifest)

@@ -1,0 +1,55 @@
+"""Fixtures shared by every suite: an isolated store, synthetic releases, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from m7b.synth import synthesize
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def m7b_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty store for this test (M7B_HOME), also seen by subprocesses."""
+    home = tmp_path / "m7b-home"
+    monkeypatch.setenv("M7B_HOME", str(home))
+    monkeypatch.delenv("M7B_MANIFESTS", raising=False)
+    return home
+
+
+@pytest.fixture
+def cli() -> Callable[..., CliResult]:
+    """Run `python -m m7b ARGS` as a user would; returns exit code, stdout and stderr."""
+
+    def run(*args: str | Path, timeout: float = 300, env: dict[str, str] | None = None) -> CliResult:
+        proc = subprocess.run([sys.executable, "-m", "m7b", *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, "COLUMNS": "200", **(env or {})})
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_release_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic release made once per session; copy it (tiny_release) before changing it."""
+    return synthesize(tmp_path_factory.mktemp("synth") / "mistral-tiny", "tiny", seed=0).path
+
+
+@pytest.fixture
+def tiny_release(tiny_release_src: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny release, free to change."""
+    return Path(shutil.copytree(tiny_release_src, tmp_path / "release" / tiny_release_src.name))

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from m7b import __version__
+from m7b.errors import EXIT_CODES
+
+
+def test_help_lists_only_working_commands(cli) -> None:
+    result = cli("--help")
+    assert result.code == 0
+    for command in ("list", "show", "release"):
+        assert command in result.stdout
+    release = cli("release", "--help")
+    assert "synth" in release.stdout and "create" in release.stdout
+
+
+def test_version(cli) -> None:
+    result = cli("--version")
+    assert result.code == 0
+    assert result.stdout.strip() == f"m7b {__version__}"
+
+
+def test_usage_error_exit_code_2(cli) -> None:
+    result = cli("show")
+    assert result.code == 2
+    assert "Missing argument" in result.stderr
+
+
+def test_errors_are_one_line_without_traceback_unless_debug(cli, m7b_home) -> None:
+    result = cli("show", "no-such-release")
+    assert result.code == 3
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    debug = cli("--debug", "show", "no-such-release")
+    assert debug.code != 0 and "Traceback" in debug.stderr
+
+
+def test_every_documented_exit_code_is_in_the_readme() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for code in EXIT_CODES:
+        assert f"| {code} |" in readme, f"exit code {code} is not documented in README.md"
