@@ -1,0 +1,40 @@
+"""Choosing the device and dtype from the user's words."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from m7b.errors import InvalidInputError
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`."""
+    name = name.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if re.fullmatch(r"cuda(:\d+)?", name):
+        if not torch.cuda.is_available():
+            raise InvalidInputError(f"--device {name}: no CUDA device is available to this torch "
+                                    f"({torch.__version__}); use --device cpu, or auto to pick what is there")
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InvalidInputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                                    f"device(s), numbered from 0")
+        return device
+    raise InvalidInputError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """`float32` or `bfloat16`; none given means bfloat16 on CUDA and float32 on the CPU."""
+    if name is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    key = name.strip().lower()
+    if key not in DTYPES:
+        raise InvalidInputError(f"unknown dtype {name!r}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[key]

@@ -1,0 +1,123 @@
+"""Generation, gpt-fast style: plain functions `prefill` and `decode_one_token`, and `generate` around them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from m7b.errors import InvalidInputError
+from m7b.runtime.model import Transformer
+from m7b.runtime.sampling import SamplingConfig, sample
+
+DecodeFn = Callable[[Transformer, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_tokens: int = 256
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    chunk_size: int | None = None  # prefill chunk; None: the window W (larger values are capped at W)
+    stop_at_eos: bool = True
+
+    def validate(self) -> None:
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise InvalidInputError(f"--max-tokens must be at least 1, found {self.max_tokens}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise InvalidInputError(f"the prefill chunk size must be at least 1, found {self.chunk_size}")
+        self.sampling.validate()
+
+
+@dataclass
+class GenerationResult:
+    prompt_tokens: list[int]
+    tokens: list[int]
+    stop_reason: str  # "eos" or "length"
+    ttft_s: float  # from the start of prefill to the first sampled token
+    prefill_s: float
+    decode_s: float  # after the first token
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return len(self.prompt_tokens) / self.prefill_s if self.prefill_s > 0 else float("inf")
+
+    @property
+    def decode_tok_s(self) -> float:
+        n = len(self.tokens) - 1
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
+
+
+def prefill(model: Transformer, tokens: torch.Tensor, start_pos: int, chunk_size: int) -> torch.Tensor:
+    """Run `tokens` (batch, L) through the model in chunks of `chunk_size`; the last position's logits (batch, V)."""
+    length = tokens.shape[1]
+    logits = None
+    for begin in range(0, length, chunk_size):
+        chunk = tokens[:, begin:begin + chunk_size]
+        pos = torch.arange(start_pos + begin, start_pos + begin + chunk.shape[1], device=tokens.device)
+        logits = model(chunk, pos, last_only=True)
+    assert logits is not None
+    return logits[:, -1]
+
+
+def decode_one_token(model: Transformer, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """Logits (batch, V) after `token` (batch, 1) at position `input_pos` (1,)."""
+    return model(token, input_pos)[:, -1]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def generate(model: Transformer, prompt: list[int], config: GenerationConfig, eos_id: int | None = None,
+             on_token: Callable[[int], None] | None = None, decode_fn: DecodeFn = decode_one_token,
+             max_seq_len: int | None = None) -> GenerationResult:
+    """Complete `prompt` (token ids, BOS included) with up to `config.max_tokens` tokens.
+
+    `on_token` sees each id as soon as it is sampled. The caches are (re)allocated for the prompt plus
+    max_tokens unless they already cover `max_seq_len` (keep them across calls when `decode_fn` is compiled).
+    """
+    config.validate()
+    if not prompt:
+        raise InvalidInputError("the prompt has no tokens; give a prompt with some text")
+    device = model.output.weight.device
+    needed = len(prompt) + config.max_tokens
+    if model.capacity and model.max_seq_len >= max(needed, max_seq_len or 0):
+        model.reset_caches()
+    else:
+        model.setup_caches(1, max(needed, max_seq_len or 0))
+    chunk = min(config.chunk_size or model.window, model.window)
+    generator = config.sampling.generator(device)
+
+    tokens = torch.tensor([prompt], dtype=torch.long, device=device)
+    _sync(device)
+    start = time.perf_counter()
+    logits = prefill(model, tokens, 0, chunk)
+    _sync(device)
+    prefill_s = time.perf_counter() - start
+    next_token = sample(logits[0], config.sampling, generator)
+    first = int(next_token.item())
+    ttft = time.perf_counter() - start
+    out = [first]
+    if on_token:
+        on_token(first)
+    stop = "eos" if config.stop_at_eos and first == eos_id else "length"
+    decode_start = time.perf_counter()
+    pos = torch.tensor([len(prompt)], dtype=torch.long, device=device)
+    while stop == "length" and len(out) < config.max_tokens:
+        logits = decode_fn(model, next_token.view(1, 1), pos)
+        next_token = sample(logits[0], config.sampling, generator)
+        token = int(next_token.item())
+        out.append(token)
+        if on_token:
+            on_token(token)
+        pos += 1
+        if config.stop_at_eos and token == eos_id:
+            stop = "eos"
+    _sync(device)
+    decode_s = time.perf_counter() - decode_start
+    return GenerationResult(prompt_tokens=list(prompt), tokens=out, stop_reason=stop, ttft_s=ttft, prefill_s=prefill_s,
+                            decode_s=decode_s)

@@ -1,0 +1,55 @@
+"""From a release folder to a ready model and tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from m7b.errors import NotFoundError
+from m7b.runtime.args import ModelArgs
+from m7b.runtime.model import Transformer
+from m7b.runtime.tokenizer import TOKENIZER_NAME, Tokenizer
+from m7b.runtime.weights import check_shapes, load_state_dict
+
+
+@dataclass
+class Runtime:
+    model: Transformer
+    tokenizer: Tokenizer
+    args: ModelArgs
+    device: torch.device
+    dtype: torch.dtype
+    weights_path: Path
+
+
+def build_model(args: ModelArgs, state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+                ) -> Transformer:
+    """A model holding `state` (already checked) on `device` in `dtype`, without a second copy on the CPU."""
+    with torch.device("meta"):
+        model = Transformer(args)
+    model.load_state_dict(state, strict=True, assign=True)
+    model = model.to(device=device, dtype=dtype)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def load_runtime(release_dir: Path, device: torch.device, dtype: torch.dtype,
+                 args_override: ModelArgs | None = None) -> Runtime:
+    """Read params.json, the weights and tokenizer.model from `release_dir`.
+
+    `args_override` replaces params.json's values after the shape check (the smoke battery uses it to test the
+    rolling cache with a smaller window).
+    """
+    release_dir = Path(release_dir)
+    if not release_dir.is_dir():
+        raise NotFoundError(f"{release_dir} is not a folder: point at a release folder (params.json, "
+                            f"{TOKENIZER_NAME} and the weights)")
+    args = ModelArgs.from_params_file(release_dir / "params.json")
+    tokenizer = Tokenizer(release_dir / TOKENIZER_NAME)
+    state, weights_path = load_state_dict(release_dir)
+    check_shapes(args, state, weights_path)
+    args = args_override or args
+    model = build_model(args, state, device, dtype)
+    return Runtime(model, tokenizer, args, device, dtype, weights_path)

@@ -1,0 +1,220 @@
+"""The Mistral transformer (gpt-fast style): module names mirror the checkpoint keys, so a release's state dict
+loads with no renaming.
+
+Attention is grouped-query (n_kv_heads < n_heads) through `scaled_dot_product_attention`, restricted to a sliding
+window: the query at position i sees the keys at positions i-W+1 … i (W keys including itself). Keys and values
+live in a rolling buffer (`RollingKVCache`) of capacity min(W, max context) per layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m7b.errors import InvalidInputError
+from m7b.runtime.args import ModelArgs
+from m7b.runtime.cache import RollingKVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def precompute_freqs(seq_len: int, head_dim: int, theta: float, device: torch.device | str | None = None
+                     ) -> torch.Tensor:
+    """cos and sin of each position's rotation angles: shape (seq_len, head_dim // 2, 2), float32."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device)[: head_dim // 2].float() / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+
+
+def apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2j], x[2j+1]) of x (batch, seq, heads, head_dim) by each position's angles.
+
+    This is the reference's complex multiply, `view_as_complex(x) * polar(1, angle)`: eagerly on the CPU (one
+    kernel), and written out with real numbers elsewhere so that it compiles everywhere.
+    """
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        rot = torch.view_as_complex(freqs.contiguous()).view(1, xs.shape[1], 1, xs.shape[3])
+        return torch.view_as_real(torch.view_as_complex(xs) * rot).flatten(3).type_as(x)
+    f = freqs.view(1, xs.shape[1], 1, xs.shape[3], 2)
+    re = xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1]
+    im = xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]
+    return torch.stack([re, im], dim=-1).flatten(3).type_as(x)
+
+
+def band_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int) -> torch.Tensor:
+    """(queries, keys) booleans: True where key position k satisfies q-W < k <= q (negative k: an empty slot)."""
+    q = query_pos[:, None]
+    k = key_pos[None, :]
+    return (k <= q) & (k > q - window) & (k >= 0)
+
+
+def grouped_mask(mask: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """The (L, K) mask laid out for `grouped_attention`'s folded queries: (n_rep * L, K), or (1, K) when L is 1."""
+    return mask if mask.shape[0] == 1 else mask.repeat(n_rep, 1)
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of q (batch, n_heads, L, hd) over k, v (batch, n_kv_heads, K, hd) under a `grouped_mask`.
+
+    Query head h reads key/value head h // n_rep. The n_rep query heads of a group are folded into the query
+    length, so keys and values are never copied n_rep times (the memory traffic that dominates decoding).
+    """
+    b, n_heads, length, hd = q.shape
+    n_kv = k.shape[1]
+    q = q.reshape(b, n_kv, n_heads // n_kv * length, hd)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return y.view(b, n_heads, length, hd)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.kv_cache: RollingKVCache | None = None
+
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor,
+                decode: bool) -> torch.Tensor:
+        b, length, _ = x.shape
+        q = self.wq(x).view(b, length, self.n_heads, self.head_dim)
+        k = self.wk(x).view(b, length, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(b, length, self.n_kv_heads, self.head_dim)
+        q, k = apply_rotary_emb(q, freqs), apply_rotary_emb(k, freqs)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        cache = self.kv_cache
+        assert cache is not None, "call Transformer.setup_caches() first"
+        if decode:
+            # One new position p: its slot held p - capacity, which no query at p or later can see.
+            cache.write(slots, k, v)
+            keys, values = cache.k_cache, cache.v_cache
+        else:
+            # A chunk: its writes could overwrite positions its own first queries still see, so attend over
+            # (cache as it was) + chunk, then store the chunk's last `len(slots)` positions.
+            keys = torch.cat([cache.k_cache, k.to(cache.k_cache.dtype)], dim=2)
+            values = torch.cat([cache.v_cache, v.to(cache.v_cache.dtype)], dim=2)
+            n = slots.shape[0]
+            cache.write(slots, k[:, :, -n:], v[:, :, -n:])
+        y = grouped_attention(q, keys.to(q.dtype), values.to(q.dtype), mask)  # no-op casts unless cache_dtype
+        return self.wo(y.transpose(1, 2).reshape(b, length, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
+        self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor,
+                decode: bool) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), freqs, mask, slots, decode)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.max_seq_len = 0
+
+    @property
+    def window(self) -> int:
+        return self.args.sliding_window
+
+    @property
+    def capacity(self) -> int:
+        """Positions each layer's cache holds (0 before `setup_caches`)."""
+        cache = self.layers[0].attention.kv_cache
+        return 0 if cache is None else cache.capacity
+
+    def setup_caches(self, batch_size: int, max_seq_len: int, capacity: int | None = None,
+                     cache_dtype: torch.dtype | None = None) -> None:
+        """Allocate the rolling caches for positions 0 … max_seq_len-1.
+
+        `capacity` defaults to min(W, max_seq_len); a larger one (e.g. max_seq_len) keeps every position, which
+        with the band mask is the full-recompute reference the rolling cache is tested against.
+        """
+        if max_seq_len < 1:
+            raise InvalidInputError(f"max_seq_len must be at least 1, found {max_seq_len}")
+        weight = self.output.weight
+        capacity = capacity or min(self.window, max_seq_len)
+        dtype = cache_dtype or weight.dtype
+        for layer in self.layers:
+            layer.attention.kv_cache = RollingKVCache(batch_size, self.args.n_kv_heads, capacity,
+                                                      self.args.head_dim, dtype, weight.device)
+        self.register_buffer("slot_pos", torch.full((capacity,), -1, dtype=torch.long, device=weight.device),
+                             persistent=False)
+        self.register_buffer("freqs", precompute_freqs(max_seq_len, self.args.head_dim, self.args.rope_theta,
+                                                       weight.device), persistent=False)
+        self.max_seq_len = max_seq_len
+
+    def reset_caches(self) -> None:
+        """Forget every cached position, keeping the buffers (and so any compiled graph that uses them)."""
+        self.slot_pos.fill_(-1)
+        for layer in self.layers:
+            layer.attention.kv_cache.k_cache.zero_()
+            layer.attention.kv_cache.v_cache.zero_()
+
+    def cache_nbytes(self) -> int:
+        """Bytes held by the key/value caches of all layers."""
+        return sum(layer.attention.kv_cache.nbytes() for layer in self.layers if layer.attention.kv_cache)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Logits for `tokens` (batch, L) at consecutive positions `input_pos` (L,), continuing the cache.
+
+        L == 1 is the decode step; any L > 1 is a prefill chunk (any length: a chunk longer than the cache
+        keeps only its last `capacity` positions, and chunks of at most W give the same logits as one pass).
+        """
+        length = tokens.shape[1]
+        capacity = self.capacity
+        if length == 1:
+            slots = input_pos % capacity
+            self.slot_pos.index_copy_(0, slots, input_pos)
+            key_pos = self.slot_pos
+        else:
+            write_pos = input_pos[-min(length, capacity):]
+            slots = write_pos % capacity
+            key_pos = torch.cat([self.slot_pos, input_pos])
+        mask = grouped_mask(band_mask(input_pos, key_pos, self.window), self.args.n_rep)
+        freqs = self.freqs[input_pos]
+        x = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            x = layer(x, freqs, mask, slots, length == 1)
+        if length > 1:
+            self.slot_pos.index_copy_(0, slots, write_pos)
+        if last_only:
+            x = x[:, -1:]
+        return self.output(self.norm(x))

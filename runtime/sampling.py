@@ -1,0 +1,41 @@
+"""Choosing the next token: greedy, or temperature with nucleus (top-p) sampling from a seeded generator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from m7b.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.temperature >= 0:
+            raise InvalidInputError(f"--temperature must be 0 (greedy) or positive, found {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidInputError(f"--top-p must be in (0, 1], found {self.top_p}")
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        if self.temperature == 0:
+            return None
+        return torch.Generator(device=device).manual_seed(self.seed)
+
+
+def sample(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """The next token id (a 1-element long tensor on logits' device) from logits of shape (vocab,)."""
+    if config.temperature == 0:
+        return torch.argmax(logits, dim=-1, keepdim=True)
+    probs = torch.softmax(logits.float() / config.temperature, dim=-1)
+    if config.top_p < 1:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        sorted_probs = sorted_probs.masked_fill(before >= config.top_p, 0.0)  # the top token always stays
+        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
+        return order.gather(-1, choice)
+    return torch.multinomial(probs, 1, generator=generator)

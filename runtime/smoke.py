@@ -1,0 +1,192 @@
+"""The smoke-generation battery: properties any release's runtime must have, checked on that release.
+
+Same seed twice gives the same tokens; logits are finite; chunked prefill equals a single pass; decoding past the
+window with the rolling cache equals a full recompute under the band mask; the cache stops growing at W tokens;
+and a decode tokens/s figure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
+from m7b.runtime.generate import GenerationConfig, decode_one_token, generate, prefill
+from m7b.runtime.model import Transformer
+from m7b.runtime.sampling import SamplingConfig
+from m7b.runtime.tokenizer import Tokenizer
+
+SMOKE_PROMPT = "The four files of the release were checked one by one, and then"
+# Logits may differ by this much, relative to the largest logit (at least 1): summation order differs between a
+# chunk and a single pass, and between a decode step and a full recompute.
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+
+
+@dataclass(frozen=True)
+class SmokeCheck:
+    name: str
+    passed: bool
+    detail: str
+    value: float | None = None
+
+
+@dataclass
+class SmokeReport:
+    window: int
+    checks: list[SmokeCheck]
+    decode_tok_s: float
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failed(self) -> list[SmokeCheck]:
+        return [c for c in self.checks if not c.passed]
+
+
+def synthetic_ids(n: int, vocab_size: int, seed: int, device: torch.device) -> torch.Tensor:
+    """(1, n) token ids: BOS, then ordinary pieces (ids past the 3 control tokens) from a seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab_size, (1, n), generator=gen)
+    ids[0, 0] = 1
+    return ids.to(device)
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    diff = (a.float() - b.float()).abs().max().item()
+    scale = max(1.0, b.float().abs().max().item())
+    return diff, diff / scale
+
+
+def _all_logits(model: Transformer, ids: torch.Tensor, chunk: int, capacity: int | None = None) -> torch.Tensor:
+    """Logits at every position of ids, fed in chunks of `chunk` through fresh caches."""
+    n = ids.shape[1]
+    model.setup_caches(1, n, capacity=capacity)
+    outs = []
+    for begin in range(0, n, chunk):
+        pos = torch.arange(begin, min(begin + chunk, n), device=ids.device)
+        outs.append(model(ids[:, begin:begin + chunk], pos)[0])
+    return torch.cat(outs)
+
+
+def check_determinism(model: Transformer, tokenizer: Tokenizer, seed: int) -> SmokeCheck:
+    prompt = tokenizer.encode(SMOKE_PROMPT)
+    config = GenerationConfig(max_tokens=16, sampling=SamplingConfig(temperature=0.8, top_p=0.95, seed=seed),
+                              stop_at_eos=False)
+    first = generate(model, prompt, config).tokens
+    second = generate(model, prompt, config).tokens
+    same = first == second
+    return SmokeCheck("same seed twice gives the same tokens", same,
+                      f"seed {seed}, temperature 0.8, top-p 0.95, {len(first)} tokens: "
+                      + ("identical" if same else f"differ: {first} vs {second}"))
+
+
+def check_finite(model: Transformer, tokenizer: Tokenizer) -> SmokeCheck:
+    ids = torch.tensor([tokenizer.encode(SMOKE_PROMPT)], device=model.output.weight.device)
+    logits = _all_logits(model, ids, model.window)
+    bad = int((~torch.isfinite(logits)).sum().item())
+    return SmokeCheck("logits are finite", bad == 0,
+                      f"{logits.numel():,} logits over {ids.shape[1]} prompt positions, {bad} not finite")
+
+
+def check_chunked_prefill(model: Transformer, dtype: torch.dtype, seed: int) -> SmokeCheck:
+    w = model.window
+    n = 2 * w + 3
+    ids = synthetic_ids(n, model.args.vocab_size, seed, model.output.weight.device)
+    single = _all_logits(model, ids, n)
+    chunk = max(1, w // 2 + 1) if w > 2 else w
+    chunked = _all_logits(model, ids, chunk)
+    diff, rel = _max_diff(chunked, single)
+    ok = rel <= TOLERANCE[dtype]
+    return SmokeCheck("chunked prefill equals a single pass", ok,
+                      f"{n} tokens (W={w}) in chunks of {chunk} vs one pass: max |diff| {diff:.2e} "
+                      f"({rel:.1e} of the largest logit, tolerance {TOLERANCE[dtype]:.0e})", rel)
+
+
+def check_rolling_cache(model: Transformer, dtype: torch.dtype, seed: int) -> tuple[SmokeCheck, float]:
+    w = model.window
+    past = min(w // 4, 32)
+    prompt_len = max(1, w - past)
+    steps = past + min(w // 2, 32) + 1
+    ids = synthetic_ids(prompt_len, model.args.vocab_size, seed, model.output.weight.device)
+    total = prompt_len + steps
+    model.setup_caches(1, total)
+    device = ids.device
+    step_logits = []
+    with torch.inference_mode():
+        logits = prefill(model, ids, 0, w)
+        token = torch.argmax(logits, dim=-1, keepdim=True)
+        seq = [ids, token]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for i in range(steps - 1):
+            logits = decode_one_token(model, token, torch.tensor([prompt_len + i], device=device))
+            step_logits.append(logits[0])
+            token = torch.argmax(logits, dim=-1, keepdim=True)
+            seq.append(token)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+    full_ids = torch.cat(seq, dim=1)[:, :-1]
+    # Every position kept (capacity = length), one pass: the band mask alone limits what each query sees.
+    full = _all_logits(model, full_ids, full_ids.shape[1], capacity=full_ids.shape[1])[prompt_len:]
+    rolled = torch.stack(step_logits)
+    diff, rel = _max_diff(rolled, full)
+    ok = rel <= TOLERANCE[dtype]
+    check = SmokeCheck("rolling cache equals a full recompute past the window", ok,
+                       f"prompt {prompt_len} + {steps - 1} decode steps to position {total - 2} (W={w}, cache "
+                       f"{min(w, total)} slots) vs one band-masked pass: max |diff| {diff:.2e} ({rel:.1e} of the "
+                       f"largest logit)", rel)
+    return check, (steps - 1) / elapsed if elapsed > 0 else 0.0
+
+
+def check_cache_memory(model: Transformer, seed: int) -> SmokeCheck:
+    w = model.window
+    ids = synthetic_ids(4 * w, model.args.vocab_size, seed, model.output.weight.device)
+    model.setup_caches(1, 4 * w + 1)
+    pointers = [layer.attention.kv_cache.k_cache.data_ptr() for layer in model.layers]
+    with torch.inference_mode():
+        prefill(model, ids[:, :w], 0, w)
+        at_w = model.cache_nbytes()
+        prefill(model, ids[:, w:], w, w)
+        at_4w = model.cache_nbytes()
+    same_buffers = pointers == [layer.attention.kv_cache.k_cache.data_ptr() for layer in model.layers]
+    a = model.args
+    expected = a.n_layers * 2 * a.n_kv_heads * w * a.head_dim * model.layers[0].attention.kv_cache.k_cache.itemsize
+    ok = at_w == at_4w == expected and same_buffers
+    return SmokeCheck("cache memory constant after W tokens", ok,
+                      f"{at_w:,} bytes after W={w} tokens, {at_4w:,} after {4 * w} (expected {expected:,}: "
+                      f"{a.n_layers} layers x K,V x {a.n_kv_heads} kv heads x {w} slots x {a.head_dim})"
+                      + ("" if same_buffers else "; the buffers were reallocated"))
+
+
+def run_smoke(model: Transformer, tokenizer: Tokenizer, dtype: torch.dtype, seed: int = 0,
+              progress: ProgressCallback = ignore_progress) -> SmokeReport:
+    """Run every check (none stops the others) and return the report."""
+    checks: list[SmokeCheck] = []
+    rate = 0.0
+    steps: list[tuple[str, Callable[[], SmokeCheck]]] = [
+        ("determinism", lambda: check_determinism(model, tokenizer, seed)),
+        ("finite logits", lambda: check_finite(model, tokenizer)),
+        ("chunked prefill", lambda: check_chunked_prefill(model, dtype, seed)),
+        ("rolling cache", lambda: _rolling()),
+        ("cache memory", lambda: check_cache_memory(model, seed)),
+    ]
+
+    def _rolling() -> SmokeCheck:
+        nonlocal rate
+        check, rate = check_rolling_cache(model, dtype, seed)
+        return check
+
+    with torch.inference_mode():
+        for i, (name, step) in enumerate(steps):
+            progress(ProgressEvent("smoke", i, len(steps), item=name, unit="checks"))
+            checks.append(step())
+        progress(ProgressEvent("smoke", len(steps), len(steps), item="done", unit="checks"))
+    checks.append(SmokeCheck("decode tokens/s", rate > 0, f"{rate:.1f} tok/s (greedy, batch 1)", rate))
+    return SmokeReport(window=model.window, checks=checks, decode_tok_s=rate)

@@ -1,0 +1,51 @@
+"""transformers' MistralForCausalLM on the same weights: the independent implementation the runtime is checked
+against. The Hugging Face state dict is built here from the checkpoint (renamed keys, wq/wk rows permuted per head)."""
+
+from __future__ import annotations
+
+import torch
+
+from m7b.runtime.args import ModelArgs
+
+
+def permute_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Interleaved-pair rotary layout (the checkpoint) to the rotate-half layout (Hugging Face), per head."""
+    out_dim, in_dim = w.shape
+    return w.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def hf_state_dict(state: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+    out = {"model.embed_tokens.weight": state["tok_embeddings.weight"], "model.norm.weight": state["norm.weight"],
+           "lm_head.weight": state["output.weight"]}
+    for i in range(args.n_layers):
+        src, dst = f"layers.{i}.", f"model.layers.{i}."
+        out[dst + "self_attn.q_proj.weight"] = permute_rows(state[src + "attention.wq.weight"], args.n_heads)
+        out[dst + "self_attn.k_proj.weight"] = permute_rows(state[src + "attention.wk.weight"], args.n_kv_heads)
+        out[dst + "self_attn.v_proj.weight"] = state[src + "attention.wv.weight"]
+        out[dst + "self_attn.o_proj.weight"] = state[src + "attention.wo.weight"]
+        out[dst + "mlp.gate_proj.weight"] = state[src + "feed_forward.w1.weight"]
+        out[dst + "mlp.down_proj.weight"] = state[src + "feed_forward.w2.weight"]
+        out[dst + "mlp.up_proj.weight"] = state[src + "feed_forward.w3.weight"]
+        out[dst + "input_layernorm.weight"] = state[src + "attention_norm.weight"]
+        out[dst + "post_attention_layernorm.weight"] = state[src + "ffn_norm.weight"]
+    return out
+
+
+def hf_model(state: dict[str, torch.Tensor], args: ModelArgs, dtype: torch.dtype = torch.float32,
+             attn_implementation: str = "eager"):
+    """A MistralForCausalLM holding `state` (checkpoint key names), with the same window and rope_theta."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.hidden_dim,
+                           num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
+                           num_key_value_heads=args.n_kv_heads, head_dim=args.head_dim, rms_norm_eps=args.norm_eps,
+                           sliding_window=args.sliding_window, rope_theta=args.rope_theta,
+                           max_position_embeddings=32768, tie_word_embeddings=False, bos_token_id=1,
+                           eos_token_id=2, attn_implementation=attn_implementation)
+    with torch.device("meta"):
+        model = MistralForCausalLM(config)
+    sd = {k: v.to(dtype) for k, v in hf_state_dict(state, args).items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    # Buffers (rotary inv_freq) were made on meta; rebuild them on the CPU.
+    model.model.rotary_emb = type(model.model.rotary_emb)(config)
+    return model.to(dtype).eval()
