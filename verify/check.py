@@ -1,0 +1,230 @@
+"""`verify_release`: bind a release folder to its magnet (torrent pieces) and its publisher (manifest), read its
+license evidence and inspect its checkpoint — one read pass over the files for every digest."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from m7b.errors import M7bError, MismatchError, NotFoundError, UnsafeError
+from m7b.manifests.architecture import Architecture, load_params
+from m7b.manifests.schema import Manifest
+from m7b.progress import ProgressCallback, ignore_progress
+from m7b.verify.checkpoint import check_tensors, inspect_checkpoint, load_checkpoint
+from m7b.verify.digest import FileDigestLane, FileRead, Lane, ReadItem, read_stream
+from m7b.verify.findings import Finding, Status, verdict
+from m7b.verify.license import APACHE_SPDX, Evidence, find_evidence
+from m7b.verify.manifest_check import check_manifest_files
+from m7b.verify.pieces import TorrentPlan, V1PieceLane, V2PieceLane, load_torrent, v1_failures, v2_failures
+from m7b.verify.report import FileRecord, VerifyReport
+
+_ERROR_STATUS: list[tuple[type[M7bError], Status]] = [
+    (UnsafeError, Status.UNSAFE), (MismatchError, Status.MISMATCH), (NotFoundError, Status.MISSING),
+]
+
+
+def status_for(exc: M7bError) -> Status:
+    return next((s for cls, s in _ERROR_STATUS if isinstance(exc, cls)), Status.INVALID)
+
+
+def disk_files(root: Path) -> list[str]:
+    """Regular files under `root`, relative, sorted; hidden names (a leading dot) are the store's, not the release's."""
+    out = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+            out.append(rel.as_posix())
+    return out
+
+
+def verify_release(root: Path, manifest: Manifest | None = None, torrent: Path | None = None, *,
+                   name: str | None = None, progress: ProgressCallback = ignore_progress) -> VerifyReport:
+    """Check a release folder; never raises for what it finds (the report holds it), only for unusable input."""
+    started = time.monotonic()
+    root = Path(root)
+    if not root.is_dir():
+        raise NotFoundError(f"release folder {root} not found: fetch it first (`m7b fetch NAME`) or pass a folder")
+    findings: list[Finding] = []
+    plan = _bound_plan(manifest, torrent, findings)
+
+    items: list[ReadItem] = plan.items(root) if plan else []
+    listed = {it.rel for it in items}
+    for rel in [f.path for f in manifest.files] if manifest else []:
+        if rel not in listed:
+            items.append(ReadItem(rel, root / rel))
+            listed.add(rel)
+    for rel in disk_files(root):
+        if rel not in listed:
+            items.append(ReadItem(rel, root / rel))
+            listed.add(rel)
+
+    sha256 = FileDigestLane("sha256")
+    md5 = FileDigestLane("md5", {f.path for f in manifest.files if f.md5} if manifest else set())
+    lanes: list[Lane] = [sha256, md5]
+    v1 = V1PieceLane(plan.piece_length, plan.v1_hashes) if plan and plan.v1_hashes else None
+    v2 = V2PieceLane(plan) if plan and plan.info_hash_v2 else None
+    lanes += [lane for lane in (v1, v2) if lane is not None]
+    found = read_stream(items, lanes, progress=progress)
+
+    if plan:
+        findings += _piece_findings(plan, found, v1, v2)
+    if manifest:
+        findings += check_manifest_files(manifest, found, sha256.digests, md5.digests,
+                                         {f.rel for f in plan.data_files()} if plan else None)
+    elif plan:
+        torrent_paths = {f.rel for f in plan.data_files()}
+        findings += [Finding("files", Status.NOTE, f"{rel}: extra file on disk; the torrent does not name it", rel)
+                     for rel, seen in found.items() if seen.size is not None and rel not in torrent_paths]
+    if not manifest and not plan:
+        findings.append(Finding("binding", Status.MISSING, "nothing to bind these files to: no manifest and no torrent "
+                                "metadata; pass --manifest FILE and/or --torrent FILE"))
+
+    evidence = find_evidence(root)
+    findings += _license_findings(manifest, evidence)
+    arch, checkpoint_doc = _checkpoint_findings(root, manifest, found, findings)
+
+    files = [FileRecord(rel, r.size, r.mtime_ns or 0, sha256.digests.get(rel), md5.digests.get(rel))
+             for rel, r in found.items() if r.size is not None]
+    status = verdict(findings)
+    pieces_ok = bool(plan) and not any(f.check == "pieces" and f.status != Status.OK for f in findings)
+    published = manifest is not None and not any(f.check == "manifest" and f.status not in (Status.OK, Status.NOTE)
+                                                 for f in findings)
+    return VerifyReport(
+        kind="release", root=root, name=name or (manifest.name if manifest else None), verdict=status,
+        findings=findings, files=files, bytes_read=sum(f.size for f in files),
+        seconds=time.monotonic() - started, torrent=_torrent_doc(plan, v1, v2),
+        license=[e.to_json() for e in evidence], checkpoint=checkpoint_doc,
+        bound_to_magnet=pieces_ok and status != Status.UNSAFE, bound_to_publisher=published,
+    )
+
+
+def _bound_plan(manifest: Manifest | None, torrent: Path | None, findings: list[Finding]) -> TorrentPlan | None:
+    """The torrent metadata, if its info-hash is the one the manifest's magnet names."""
+    facts = manifest.torrent if manifest else None
+    wanted = [h for h in ((facts.info_hash_v1, facts.info_hash_v2) if facts else ()) if h]
+    if torrent is None:
+        if wanted:
+            findings.append(Finding("magnet", Status.MISSING, f"no torrent metadata for info-hash {wanted[0]} in the "
+                                    "store: without it nothing proves these are the files the magnet names; fetch "
+                                    "the metadata (`m7b fetch`) or pass --torrent FILE"))
+        return None
+    try:
+        plan = load_torrent(torrent)
+    except M7bError as exc:
+        findings.append(Finding("magnet", status_for(exc), str(exc)))
+        return None
+    have = {h for h in (plan.info_hash_v1, plan.info_hash_v2) if h}
+    if wanted:
+        if not have & set(wanted):
+            findings.append(Finding("magnet", Status.MISMATCH, f"{torrent} has info-hash "
+                                    f"{' / '.join(sorted(have))}, but the magnet names {' / '.join(wanted)}: it is "
+                                    "metadata of another torrent and proves nothing about this release",
+                                    detail={"expected": wanted, "found": sorted(have)}))
+            return None
+        findings.append(Finding("magnet", Status.OK, f"torrent metadata {torrent.name} has the magnet's info-hash "
+                                f"{' / '.join(wanted)}"))
+    else:
+        findings.append(Finding("magnet", Status.NOTE, f"the torrent's info-hash {' / '.join(sorted(have))} is not "
+                                "bound to a magnet: the manifest names none"))
+    return plan
+
+
+def _piece_findings(plan: TorrentPlan, found: dict[str, FileRead], v1: V1PieceLane | None,
+                    v2: V2PieceLane | None) -> list[Finding]:
+    out: list[Finding] = []
+    for f in plan.data_files():
+        seen = found.get(f.rel)
+        if seen is None or seen.size is None:
+            out.append(Finding("files", Status.MISSING, f"{f.rel}: {seen.error if seen else 'missing'}; the torrent "
+                               f"names it ({f.size:,} bytes) — fetch the release again to complete it", f.rel))
+        elif seen.size != f.size:
+            out.append(Finding("files", Status.MISMATCH, f"{f.rel}: {seen.size:,} bytes, the torrent says "
+                               f"{f.size:,}", f.rel, {"expected": f.size, "found": seen.size}))
+    failures = (v1_failures(plan, v1.failed) if v1 else []) + (v2_failures(plan, v2.failed) if v2 else [])
+    for fail in failures:
+        out.append(Finding("pieces", Status.MISMATCH, fail.describe(), fail.path,
+                           {"version": fail.version, "pieces": [list(r) for r in fail.pieces],
+                            "bytes": [fail.first_byte, fail.last_byte]}))
+    if not failures:
+        counts = [f"{lane.checked} v{n} pieces" for n, lane in ((1, v1), (2, v2)) if lane is not None]
+        out.append(Finding("pieces", Status.OK, f"all {' and '.join(counts)} match the torrent"))
+    return out
+
+
+def _torrent_doc(plan: TorrentPlan | None, v1: V1PieceLane | None, v2: V2PieceLane | None) -> dict[str, Any] | None:
+    if plan is None:
+        return None
+    return {"source": plan.source, "name": plan.name, "info_hash_v1": plan.info_hash_v1,
+            "info_hash_v2": plan.info_hash_v2, "piece_length": plan.piece_length, "total_size": plan.total_size,
+            "v1_pieces_checked": v1.checked if v1 else 0, "v1_pieces_failed": len(v1.failed) if v1 else 0,
+            "v2_pieces_checked": v2.checked if v2 else 0,
+            "v2_pieces_failed": sum(len(p) for p in v2.failed.values()) if v2 else 0}
+
+
+def _license_findings(manifest: Manifest | None, evidence: list) -> list[Finding]:
+    out: list[Finding] = []
+    if manifest is not None and manifest.license != APACHE_SPDX:
+        out.append(Finding("license", Status.MISMATCH, f"the manifest's license is {manifest.license!r}; m7b vouches "
+                           f"for {APACHE_SPDX} releases only"))
+    contradictions = [e for e in evidence if e.kind == Evidence.CONTRADICTION]
+    for e in contradictions:
+        out.append(Finding("license", Status.MISMATCH, f"{e.path}: {e.detail}, which contradicts {APACHE_SPDX}",
+                           e.path))
+    strong = [e for e in evidence if e.kind in (Evidence.CANONICAL, Evidence.NORMALISED)]
+    mentions = [e for e in evidence if e.kind == Evidence.MENTION]
+    if strong:
+        out += [Finding("license", Status.OK, f"{e.path}: {e.detail}", e.path) for e in strong]
+    elif mentions:
+        out += [Finding("license", Status.OK, f"{e.path}: {e.detail}", e.path) for e in mentions]
+    elif not contradictions:
+        source = manifest.sources.get("release") if manifest else None
+        out.append(Finding("license", Status.NOTE, "no license text in the release"
+                           + (f"; {APACHE_SPDX} rests on the publisher's word: {source}" if source else "")))
+    return out
+
+
+def _checkpoint_findings(root: Path, manifest: Manifest | None, found: dict[str, FileRead],
+                         findings: list[Finding]) -> tuple[Architecture | None, dict[str, Any] | None]:
+    arch: Architecture | None = None
+    params = root / "params.json"
+    if found.get("params.json") and found["params.json"].size is not None:
+        try:
+            arch = load_params(params)
+        except M7bError as exc:
+            findings.append(Finding("params", status_for(exc), str(exc), "params.json"))
+    if arch and manifest and manifest.architecture and arch != manifest.architecture:
+        diff = {k: (v, manifest.architecture.to_params().get(k)) for k, v in arch.to_params().items()
+                if manifest.architecture.to_params().get(k) != v}
+        findings.append(Finding("params", Status.MISMATCH, "params.json differs from the manifest's architecture: "
+                                + ", ".join(f"{k} {a!r} (manifest {b!r})" for k, (a, b) in diff.items()),
+                                "params.json"))
+    arch = arch or (manifest.architecture if manifest else None)
+    doc: dict[str, Any] | None = None
+    for rel in sorted(r for r, seen in found.items() if r.endswith(".pth") and seen.size is not None):
+        path = root / rel
+        try:
+            inspection = inspect_checkpoint(path)
+            state = load_checkpoint(path)
+        except M7bError as exc:
+            findings.append(Finding("checkpoint", status_for(exc), str(exc), rel))
+            continue
+        doc = {"path": rel, "archive": inspection.archive, "pickle_bytes": inspection.pickle_bytes,
+               "globals": sorted({g.name for g in inspection.globals}), "tensors": len(state)}
+        if arch is None:
+            findings.append(Finding("checkpoint", Status.NOTE, f"{rel}: pickle holds only allowed globals; no "
+                                    "params.json to check its keys and shapes against", rel))
+            continue
+        result = check_tensors(state, arch, manifest.checkpoint if manifest else None)
+        doc.update({"parameters": result.parameters, "dtype": result.dtype})
+        if result.ok:
+            findings.append(Finding("checkpoint", Status.OK, f"{rel}: pickle holds only allowed globals; "
+                                    f"{result.tensors} tensors, {result.parameters:,} parameters, {result.dtype}, "
+                                    "keys and shapes as params.json implies", rel))
+        else:
+            findings.append(Finding("checkpoint", Status.MISMATCH, f"{rel}: " + "; ".join(result.problems()), rel,
+                                    {"missing": result.missing, "extra": result.extra,
+                                     "wrong_shape": [[k, list(a), list(b)] for k, a, b in result.wrong_shape],
+                                     "wrong_dtype": [list(x) for x in result.wrong_dtype]}))
+        del state
+    return arch, doc

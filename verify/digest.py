@@ -1,0 +1,220 @@
+"""One read pass, every digest: files are read once in large blocks and each block is handed to hashing lanes.
+
+Each lane (sha256 of files, md5 of files, the torrent's v1 pieces, its v2 merkle trees) runs in its own
+thread; hashlib releases the GIL on large buffers, so the lanes hash the same block in parallel while the
+reader fetches the next one into a recycled buffer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
+
+BLOCK_SIZE = 16 << 20  # a multiple of the v2 block (16 KiB) so per-file v2 leaves never straddle a read
+BUFFERS = 4
+
+
+@dataclass(frozen=True)
+class ReadItem:
+    """One stretch of the stream: a file of the release, or torrent padding (zeros, nothing on disk).
+
+    `stream_length` is the length the torrent gives the file (None when the torrent does not name it);
+    `index` is its position in the torrent's file list (None outside the torrent).
+    """
+
+    rel: str
+    disk: Path | None
+    stream_length: int | None = None
+    index: int | None = None
+
+    @property
+    def is_pad(self) -> bool:
+        return self.disk is None
+
+
+class Lane(Protocol):
+    """A consumer of the byte stream; every method runs on the lane's own thread, in stream order."""
+
+    def begin(self, item: ReadItem) -> None: ...
+
+    def update(self, item: ReadItem, offset: int, data: memoryview) -> None: ...
+
+    def end(self, item: ReadItem, size: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+@dataclass
+class FileDigestLane:
+    """One hashlib algorithm over whole files (every byte on disk, whatever the torrent says)."""
+
+    algorithm: str
+    wanted: set[str] | None = None  # None: every file
+    digests: dict[str, str] = field(default_factory=dict)
+    _current: object | None = None
+
+    def begin(self, item: ReadItem) -> None:
+        take = not item.is_pad and (self.wanted is None or item.rel in self.wanted)
+        self._current = hashlib.new(self.algorithm) if take else None
+
+    def update(self, item: ReadItem, offset: int, data: memoryview) -> None:
+        if self._current is not None:
+            self._current.update(data)  # type: ignore[attr-defined]
+
+    def end(self, item: ReadItem, size: int) -> None:
+        if self._current is not None:
+            self.digests[item.rel] = self._current.hexdigest()  # type: ignore[attr-defined]
+        self._current = None
+
+    def finish(self) -> None:
+        pass
+
+
+@dataclass
+class FileRead:
+    """What the reader saw of one file: its size and mtime on disk, or that it is missing."""
+
+    rel: str
+    size: int | None
+    mtime_ns: int | None
+    error: str | None = None
+
+
+class _Block:
+    __slots__ = ("buffer", "pending", "lock")
+
+    def __init__(self, size: int) -> None:
+        self.buffer = bytearray(size)
+        self.pending = 0
+        self.lock = threading.Lock()
+
+
+_STOP = object()
+
+
+class _Worker(threading.Thread):
+    def __init__(self, lane: Lane, free: queue.Queue[_Block]) -> None:
+        super().__init__(daemon=True, name=f"m7b-hash-{type(lane).__name__}")
+        self.lane = lane
+        self.free = free
+        self.inbox: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while True:
+            msg = self.inbox.get()
+            if msg is _STOP:
+                return
+            kind, item, *rest = msg
+            try:
+                if self.error is None:
+                    if kind == "begin":
+                        self.lane.begin(item)
+                    elif kind == "data":
+                        offset, block, length = rest
+                        self.lane.update(item, offset, memoryview(block.buffer)[:length])
+                    elif kind == "end":
+                        self.lane.end(item, rest[0])
+                    elif kind == "finish":
+                        self.lane.finish()
+            except BaseException as exc:  # reported by read_stream on the caller's thread
+                self.error = exc
+            finally:
+                if kind == "data":
+                    block = rest[1]
+                    with block.lock:
+                        block.pending -= 1
+                        done = block.pending == 0
+                    if done:
+                        self.free.put(block)
+
+
+def read_stream(items: Sequence[ReadItem], lanes: Sequence[Lane], *, block_size: int = BLOCK_SIZE,
+                progress: ProgressCallback = ignore_progress) -> dict[str, FileRead]:
+    """Read every item once, in order, feeding each block to every lane; return what was found on disk.
+
+    A missing or unreadable file is recorded (its lanes see `begin`/`end` with size 0); the stream goes on.
+    """
+    free: queue.Queue[_Block] = queue.Queue()
+    for _ in range(BUFFERS):
+        free.put(_Block(block_size))
+    workers = [_Worker(lane, free) for lane in lanes]
+    for w in workers:
+        w.start()
+
+    def send(msg: tuple) -> None:
+        for w in workers:
+            w.inbox.put(msg)
+
+    total = sum(_expected_size(it) for it in items)
+    done = 0
+    found: dict[str, FileRead] = {}
+    try:
+        for item in items:
+            send(("begin", item))
+            size = 0
+            if item.is_pad:
+                size = _send_zeros(item, free, workers)
+            else:
+                try:
+                    st = os.stat(item.disk)  # type: ignore[arg-type]
+                    with open(item.disk, "rb", buffering=0) as fh:  # type: ignore[arg-type]
+                        while True:
+                            block = free.get()
+                            n = fh.readinto(block.buffer)
+                            if not n:
+                                free.put(block)
+                                break
+                            block.pending = len(workers)
+                            send(("data", item, size, block, n))
+                            size += n
+                            done += n
+                            progress(ProgressEvent("hashing", done, total, item=item.rel))
+                    found[item.rel] = FileRead(item.rel, size, st.st_mtime_ns)
+                except FileNotFoundError:
+                    found[item.rel] = FileRead(item.rel, None, None, "missing")
+                except OSError as exc:
+                    found[item.rel] = FileRead(item.rel, None, None, exc.strerror or str(exc))
+            send(("end", item, size))
+        send(("finish", None))
+    finally:
+        for w in workers:
+            w.inbox.put(_STOP)
+        for w in workers:
+            w.join()
+    for w in workers:
+        if w.error is not None:
+            raise w.error
+    return found
+
+
+def _expected_size(item: ReadItem) -> int:
+    if item.is_pad:
+        return 0
+    try:
+        return os.stat(item.disk).st_size  # type: ignore[arg-type]
+    except OSError:
+        return item.stream_length or 0
+
+
+def _send_zeros(item: ReadItem, free: queue.Queue[_Block], workers: list[_Worker]) -> int:
+    remaining = item.stream_length or 0
+    offset = 0
+    while remaining:
+        block = free.get()
+        n = min(remaining, len(block.buffer))
+        block.buffer[:n] = bytes(n)
+        block.pending = len(workers)
+        for w in workers:
+            w.inbox.put(("data", item, offset, block, n))
+        offset += n
+        remaining -= n
+    return offset

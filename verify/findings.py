@@ -1,0 +1,62 @@
+"""What a check found: one record per fact checked, and the verdict (and exit code) they add up to."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from m7b.errors import InvalidInputError, MismatchError, NotFoundError, UnsafeError
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    NOTE = "note"  # worth telling, not a failure (an extra file, evidence that is absent)
+    INVALID = "invalid"
+    MISMATCH = "mismatch"
+    MISSING = "missing"
+    UNSAFE = "unsafe"
+
+
+# The verdict is the worst status found, in this order.
+_SEVERITY = [Status.OK, Status.NOTE, Status.INVALID, Status.MISMATCH, Status.MISSING, Status.UNSAFE]
+EXIT_CODES: dict[Status, int] = {
+    Status.OK: 0,
+    Status.NOTE: 0,
+    Status.INVALID: InvalidInputError.exit_code,
+    Status.MISMATCH: MismatchError.exit_code,
+    Status.MISSING: NotFoundError.exit_code,
+    Status.UNSAFE: UnsafeError.exit_code,
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One checked fact: which check, its outcome, a sentence for a person, and details for scripts."""
+
+    check: str
+    status: Status
+    message: str
+    path: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"check": self.check, "status": str(self.status), "message": self.message}
+        if self.path is not None:
+            doc["path"] = self.path
+        if self.detail:
+            doc["detail"] = self.detail
+        return doc
+
+
+def verdict(findings: Iterable[Finding]) -> Status:
+    worst = Status.OK
+    for f in findings:
+        if _SEVERITY.index(f.status) > _SEVERITY.index(worst):
+            worst = f.status
+    return Status.OK if worst == Status.NOTE else worst
+
+
+def exit_code(status: Status) -> int:
+    return EXIT_CODES[status]
