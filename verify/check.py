@@ -87,7 +87,8 @@ def verify_release(root: Path, manifest: Manifest | None = None, torrent: Path |
     files = [FileRecord(rel, r.size, r.mtime_ns or 0, sha256.digests.get(rel), md5.digests.get(rel))
              for rel, r in found.items() if r.size is not None]
     status = verdict(findings)
-    pieces_ok = bool(plan) and not any(f.check == "pieces" and f.status != Status.OK for f in findings)
+    magnet_ok = any(f.check == "magnet" and f.status == Status.OK for f in findings)
+    pieces_ok = magnet_ok and bool(plan) and not any(f.check == "pieces" and f.status != Status.OK for f in findings)
     published = manifest is not None and not any(f.check == "manifest" and f.status not in (Status.OK, Status.NOTE)
                                                  for f in findings)
     return VerifyReport(

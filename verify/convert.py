@@ -1,0 +1,188 @@
+"""`convert_release`: a verified release to safetensors, `native` (Mistral's later layout) or `hf`.
+
+Streaming (one tensor at a time from the mmap'd checkpoint), deterministic (same input, same bytes), atomic
+(built in a temporary folder renamed when complete, `SHA256SUMS` written last) and checked (every output tensor
+read back and compared bit for bit with its source, the hf permutation undone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from m7b.atomic import atomic_dir
+from m7b.errors import InvalidInputError, MismatchError, NotFoundError
+from m7b.manifests.architecture import Architecture, load_params
+from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
+from m7b.store import CONVERTED_RECORD
+from m7b.verify import hf_layout
+from m7b.verify.checkpoint import check_tensors, load_checkpoint
+from m7b.verify.license import APACHE_SPDX, canonical_text
+from m7b.verify.safetensors_out import TensorOut, write_safetensors
+from m7b.verify.sums import format_sums
+
+LAYOUTS = ("native", "hf")
+CHECKPOINT = "consolidated.00.pth"
+NATIVE_FILE = "consolidated.safetensors"
+HF_PATTERN = "model{suffix}.safetensors"
+HF_MAX_SHARD = "5GB"
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    out: Path
+    layout: str
+    files: dict[str, str]  # name -> sha256, as recorded in SHA256SUMS
+    tensors: int
+    tensor_bytes: int
+    source_sha256: str
+    seconds: float
+
+
+def file_sha256(path: Path, block: int = 16 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_release(src: Path, out: Path, layout: str, *, name: str | None = None, source_sha256: str | None = None,
+                    max_shard_size: int | str = HF_MAX_SHARD,
+                    progress: ProgressCallback = ignore_progress) -> ConvertResult:
+    """Convert the release folder `src` into the new folder `out` (which must not exist, or be empty).
+
+    `source_sha256` is the checkpoint's sha256 when a verification report already holds it (else it is computed).
+    """
+    started = time.monotonic()
+    if layout not in LAYOUTS:
+        raise InvalidInputError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    src, out = Path(src), Path(out)
+    checkpoint, tokenizer = src / CHECKPOINT, src / "tokenizer.model"
+    for needed in (checkpoint, tokenizer):
+        if not needed.is_file():
+            raise NotFoundError(f"{needed} not found: a release folder holds {CHECKPOINT}, params.json and "
+                                "tokenizer.model — fetch it first")
+    arch = load_params(src / "params.json")
+    state = load_checkpoint(checkpoint)  # inspects the pickle before anything is unpickled
+    check = check_tensors(state, arch)
+    if not check.ok:
+        raise MismatchError(f"{checkpoint}: " + "; ".join(check.problems()) + " — refusing to convert; run "
+                            "`m7b verify` for the full report")
+    source_sha256 = source_sha256 or file_sha256(checkpoint)
+    keys = list(arch.tensor_shapes())
+    total = sum(state[k].numel() * state[k].element_size() for k in keys)
+    done = [0]
+
+    def on_tensor(t: TensorOut) -> None:
+        done[0] += t.nbytes
+        progress(ProgressEvent("converting", done[0], total, item=t.name))
+
+    digests: dict[str, str] = {}
+    with atomic_dir(out) as tmp:
+        if layout == "native":
+            plan = {NATIVE_FILE: [_native_tensor(k, state) for k in keys]}
+            meta = {"license": APACHE_SPDX, "source_sha256": source_sha256, "source": CHECKPOINT, "format": "pt"}
+            digests[NATIVE_FILE] = write_safetensors(tmp / NATIVE_FILE, plan[NATIVE_FILE], meta, on_tensor)
+            _copy(src / "params.json", tmp / "params.json", digests)
+        else:
+            plan = _hf_plan(state, keys, arch, max_shard_size)
+            for filename, tensors in plan.items():
+                digests[filename] = write_safetensors(tmp / filename, tensors, {"format": "pt"}, on_tensor)
+            if len(plan) > 1:
+                _write_text(tmp / "model.safetensors.index.json", _hf_index(plan), digests)
+            _write_text(tmp / "config.json", hf_layout.dumps(hf_layout.config(arch, check.dtype or "bfloat16")),
+                        digests)
+            _write_text(tmp / "generation_config.json", hf_layout.dumps(hf_layout.generation_config()), digests)
+            for fname, doc in hf_layout.tokenizer_files().items():
+                _write_text(tmp / fname, hf_layout.dumps(doc), digests)
+            _write_text(tmp / "README.md", hf_layout.model_card(name or src.name, source_sha256, arch), digests)
+        _copy(tokenizer, tmp / "tokenizer.model", digests)
+        (tmp / "LICENSE").write_bytes(canonical_text())
+        digests["LICENSE"] = hashlib.sha256(canonical_text()).hexdigest()
+        _check_outputs(tmp, plan, state, arch, layout, progress)
+        (tmp / CONVERTED_RECORD).write_text(format_sums(digests), encoding="utf-8")
+    return ConvertResult(out, layout, dict(sorted(digests.items())), len(keys), total, source_sha256,
+                         time.monotonic() - started)
+
+
+def _native_tensor(key: str, state: dict[str, torch.Tensor]) -> TensorOut:
+    t = state[key]
+    return TensorOut(key, tuple(t.shape), t.dtype, lambda: state[key])
+
+
+def _hf_plan(state: dict[str, torch.Tensor], keys: list[str], arch: Architecture,
+             max_shard_size: int | str) -> dict[str, list[TensorOut]]:
+    """huggingface_hub's sharding plan (file names, which tensor goes where); tensors in checkpoint order."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    renamed = {hf_layout.hf_key(k): state[k] for k in keys}  # the same mmap'd tensors, nothing copied
+    split = split_torch_state_dict_into_shards(renamed, filename_pattern=HF_PATTERN, max_shard_size=max_shard_size)
+    plan: dict[str, list[TensorOut]] = {}
+    for key in keys:
+        filename = split.tensor_to_filename[hf_layout.hf_key(key)]
+        plan.setdefault(filename, []).append(_hf_tensor(key, state, arch))
+    return dict(sorted(plan.items()))
+
+
+def _hf_tensor(key: str, state: dict[str, torch.Tensor], arch: Architecture) -> TensorOut:
+    t = state[key]
+    heads = hf_layout.rotary_heads(key, arch)
+    produce: Callable[[], torch.Tensor] = (lambda: state[key]) if heads is None else \
+        (lambda: hf_layout.permute(state[key], heads))
+    return TensorOut(hf_layout.hf_key(key), tuple(t.shape), t.dtype, produce)
+
+
+def _hf_index(plan: dict[str, list[TensorOut]]) -> str:
+    """The index huggingface_hub's save_torch_state_dict writes: total size and the weight map."""
+    weight_map = {t.name: filename for filename, tensors in plan.items() for t in tensors}
+    total = sum(t.nbytes for tensors in plan.values() for t in tensors)
+    return hf_layout.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+
+
+def _copy(source: Path, target: Path, digests: dict[str, str]) -> None:
+    shutil.copyfile(source, target)
+    digests[target.name] = file_sha256(target)
+
+
+def _write_text(path: Path, text: str, digests: dict[str, str]) -> None:
+    data = text.encode("utf-8")
+    path.write_bytes(data)
+    digests[path.name] = hashlib.sha256(data).hexdigest()
+
+
+def _check_outputs(tmp: Path, plan: dict[str, list[TensorOut]], state: dict[str, torch.Tensor], arch: Architecture,
+                   layout: str, progress: ProgressCallback) -> None:
+    """Read every written tensor back (with safetensors' own reader) and compare bit for bit with its source."""
+    from safetensors import safe_open
+
+    source_key = {hf_layout.hf_key(k) if layout == "hf" else k: k for k in state}
+    total = sum(t.nbytes for tensors in plan.values() for t in tensors)
+    done = 0
+    for filename, tensors in plan.items():
+        with safe_open(str(tmp / filename), framework="pt") as f:
+            names = set(f.keys())
+            planned = {t.name for t in tensors}
+            if names != planned:
+                raise MismatchError(f"{filename}: holds {sorted(names ^ planned)[:3]} unlike its plan")
+            for t in tensors:
+                got = f.get_tensor(t.name)
+                key = source_key[t.name]
+                heads = hf_layout.rotary_heads(key, arch) if layout == "hf" else None
+                if heads is not None:
+                    got = hf_layout.unpermute(got, heads).contiguous()
+                src = state[key]
+                if got.shape != src.shape or got.dtype != src.dtype or \
+                        not torch.equal(got.reshape(-1).view(torch.uint8), src.reshape(-1).view(torch.uint8)):
+                    raise MismatchError(f"{filename}: tensor {t.name} read back differs from {key} in the source; "
+                                        "the disk returned other bytes than were written — check the disk and convert "
+                                        "again")
+                done += t.nbytes
+                progress(ProgressEvent("checking", done, total, item=t.name))
+                del got

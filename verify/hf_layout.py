@@ -1,0 +1,123 @@
+"""The Hugging Face layout of a Mistral checkpoint: key names, the rotary permutation of wq/wk, config.json,
+tokenizer files and the model card (written with huggingface_hub)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import torch
+
+from m7b.manifests.architecture import Architecture
+
+_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+_LAYER_KEYS = {
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+_TOP_KEYS = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+             "output.weight": "lm_head.weight"}
+
+
+def hf_key(key: str) -> str:
+    if key in _TOP_KEYS:
+        return _TOP_KEYS[key]
+    m = _LAYER.match(key)
+    if not m or m.group(2) not in _LAYER_KEYS:
+        raise KeyError(f"no Hugging Face name for checkpoint key {key!r}")
+    return f"model.layers.{m.group(1)}.{_LAYER_KEYS[m.group(2)]}"
+
+
+def rotary_heads(key: str, arch: Architecture) -> int | None:
+    """How many heads a key's rows are permuted over (wq: n_heads, wk: n_kv_heads), None when not permuted."""
+    if key.endswith("attention.wq.weight"):
+        return arch.n_heads
+    if key.endswith("attention.wk.weight"):
+        return arch.n_kv_heads
+    return None
+
+
+def permute(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """Interleaved rotary pairs (Mistral) to half-split rows (Hugging Face), per head."""
+    rows, cols = w.shape
+    return w.view(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
+    rows, cols = w.shape
+    return w.view(heads, 2, rows // heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def config(arch: Architecture, dtype: str = "bfloat16") -> dict[str, Any]:
+    """config.json for transformers' MistralForCausalLM."""
+    return {
+        "architectures": ["MistralForCausalLM"],
+        "model_type": "mistral",
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "head_dim": arch.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": arch.dim,
+        "initializer_range": 0.02,
+        "intermediate_size": arch.hidden_dim,
+        "max_position_embeddings": 32768,
+        "num_attention_heads": arch.n_heads,
+        "num_hidden_layers": arch.n_layers,
+        "num_key_value_heads": arch.n_kv_heads,
+        "rms_norm_eps": arch.norm_eps,
+        "rope_theta": arch.effective_rope_theta,  # 10000 when params.json has none (v0.1)
+        "sliding_window": arch.sliding_window,
+        "tie_word_embeddings": False,
+        "dtype": dtype,
+        "torch_dtype": dtype,
+        "use_cache": True,
+        "vocab_size": arch.vocab_size,
+    }
+
+
+def generation_config() -> dict[str, Any]:
+    return {"bos_token_id": 1, "eos_token_id": 2}
+
+
+def tokenizer_files() -> dict[str, dict[str, Any]]:
+    """Files that let transformers load the sentencepiece tokenizer.model as a Llama tokenizer."""
+    return {
+        "tokenizer_config.json": {
+            "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
+            "unk_token": "<unk>", "pad_token": None, "clean_up_tokenization_spaces": False,
+            "legacy": True, "model_max_length": 32768, "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer",
+        },
+        "special_tokens_map.json": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+    }
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+def model_card(name: str, source_sha256: str | None, arch: Architecture) -> str:
+    """README.md whose metadata says `license: apache-2.0`, built with huggingface_hub's ModelCard."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(license="apache-2.0", library_name="transformers", pipeline_tag="text-generation",
+                         tags=["mistral", "m7b"])
+    body = (
+        f"# {name}\n\n"
+        f"Converted by m7b from the torrent release's `consolidated.00.pth` "
+        f"({'sha256 ' + source_sha256 if source_sha256 else 'sha256 not recorded'}) to the Hugging Face layout: "
+        "renamed keys, wq/wk rows permuted for the rotary layout of `MistralForCausalLM`, bfloat16 tensors "
+        f"unchanged bit for bit. {arch.n_layers} layers, dim {arch.dim}, {arch.n_heads} heads "
+        f"({arch.n_kv_heads} key/value heads), sliding window {arch.sliding_window}, rope_theta "
+        f"{arch.effective_rope_theta:g}.\n\nLicense: Apache-2.0 (see LICENSE). `SHA256SUMS` lists every file.\n"
+    )
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    return str(card)

@@ -1,0 +1,98 @@
+"""A streaming safetensors writer: the header is computed from shapes alone, then tensors are written one at a
+time (each straight from its mmap'd source) while a second thread hashes the same bytes.
+
+safetensors' own `save_file` needs every tensor of a file at once (for `hf`, every permuted wq/wk) and orders
+`__metadata__` keys differently between runs when there is more than one; this writer keeps the caller's
+tensor order, sorts metadata keys and so writes byte-identical files for identical input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DTYPES: dict[torch.dtype, str] = {
+    torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+@dataclass(frozen=True)
+class TensorOut:
+    """One tensor to write: its name in the file, shape, dtype and how to get its values when its turn comes."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    produce: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * self.dtype.itemsize
+
+
+def header_bytes(tensors: Iterable[TensorOut], metadata: Mapping[str, str] | None) -> bytes:
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {k: str(metadata[k]) for k in sorted(metadata)}
+    offset = 0
+    for t in tensors:
+        header[t.name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _raw(tensor: torch.Tensor) -> memoryview:
+    return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[str, str] | None = None,
+                      on_tensor: Callable[[TensorOut], None] | None = None) -> str:
+    """Write `tensors` to `path` in order; return the file's sha256 (hashed in a thread as it is written)."""
+    digest = hashlib.sha256()
+    inbox: queue.Queue = queue.Queue(maxsize=2)  # bounds the permuted tensors alive at once
+    failure: list[BaseException] = []
+
+    def hash_worker() -> None:
+        while (item := inbox.get()) is not None:
+            try:
+                digest.update(item)
+            except BaseException as exc:  # reported below
+                failure.append(exc)
+
+    worker = threading.Thread(target=hash_worker, daemon=True, name="m7b-sha256-out")
+    worker.start()
+    try:
+        with open(path, "wb") as fh:
+            head = header_bytes(tensors, metadata)
+            inbox.put(head)
+            fh.write(head)
+            for t in tensors:
+                value = t.produce()
+                if tuple(value.shape) != t.shape or value.dtype != t.dtype:
+                    raise ValueError(f"{t.name}: produced {tuple(value.shape)} {value.dtype}, planned {t.shape} "
+                                     f"{t.dtype}")
+                raw = _raw(value)
+                inbox.put(raw)
+                fh.write(raw)
+                if on_tensor:
+                    on_tensor(t)
+    finally:
+        inbox.put(None)
+        worker.join()
+    if failure:
+        raise failure[0]
+    return digest.hexdigest()
