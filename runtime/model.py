@@ -37,20 +37,25 @@ def precompute_freqs(seq_len: int, head_dim: int, theta: float, device: torch.de
     return torch.stack([angles.cos(), angles.sin()], dim=-1)
 
 
+def rotate_pairs(xs: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """(a + ib) * (cos + i sin) on pairs xs (..., seq, heads, head_dim // 2, 2), in real arithmetic."""
+    f = freqs.view(1, xs.shape[1], 1, xs.shape[3], 2)
+    re = xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1]
+    im = xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]
+    return torch.stack([re, im], dim=-1)
+
+
 def apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs (x[2j], x[2j+1]) of x (batch, seq, heads, head_dim) by each position's angles.
 
-    This is the reference's complex multiply, `view_as_complex(x) * polar(1, angle)`: eagerly on the CPU (one
-    kernel), and written out with real numbers elsewhere so that it compiles everywhere.
+    This is the reference's complex multiply, `view_as_complex(x) * polar(1, angle)`: as such eagerly on the CPU
+    (one kernel), and written out in real numbers elsewhere (`rotate_pairs`) so that it compiles everywhere.
     """
     xs = x.float().reshape(*x.shape[:-1], -1, 2)
     if x.device.type == "cpu" and not torch.compiler.is_compiling():
         rot = torch.view_as_complex(freqs.contiguous()).view(1, xs.shape[1], 1, xs.shape[3])
         return torch.view_as_real(torch.view_as_complex(xs) * rot).flatten(3).type_as(x)
-    f = freqs.view(1, xs.shape[1], 1, xs.shape[3], 2)
-    re = xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1]
-    im = xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]
-    return torch.stack([re, im], dim=-1).flatten(3).type_as(x)
+    return rotate_pairs(xs, freqs).flatten(3).type_as(x)
 
 
 def band_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int) -> torch.Tensor:

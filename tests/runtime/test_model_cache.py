@@ -1,0 +1,115 @@
+"""The model's pieces and the rolling-buffer cache: chunking, wrapping, memory, masks, GQA, RoPE."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from m7b.runtime.args import ModelArgs
+from m7b.runtime.model import apply_rotary_emb, band_mask, grouped_attention, grouped_mask, rotate_pairs
+
+TOL = 1e-5
+
+
+def _logits(model, ids: torch.Tensor, chunk: int, capacity: int | None = None) -> torch.Tensor:
+    n = ids.shape[1]
+    model.setup_caches(1, n, capacity=capacity)
+    with torch.inference_mode():
+        return torch.cat([model(ids[:, b:b + chunk], torch.arange(b, min(b + chunk, n)))[0]
+                          for b in range(0, n, chunk)])
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16])
+def test_chunked_prefill_equals_single_pass(tiny_runtime, random_ids, chunk) -> None:
+    ids = random_ids(70, seed=1)
+    single = _logits(tiny_runtime.model, ids, 70)
+    chunked = _logits(tiny_runtime.model, ids, chunk)
+    assert (chunked - single).abs().max().item() <= TOL
+
+
+def test_rolling_cache_equals_full_recompute(tiny_runtime, random_ids) -> None:
+    """Decode 4·W steps through a W-slot cache; compare with one band-masked pass that keeps every position."""
+    model = tiny_runtime.model
+    ids = random_ids(72, seed=2)
+    full = _logits(model, ids, 72, capacity=72)
+    model.setup_caches(1, 72)
+    assert model.capacity == 16
+    with torch.inference_mode():
+        rolled = [model(ids[:, :8], torch.arange(8))[0]]
+        for p in range(8, 72):
+            rolled.append(model(ids[:, p:p + 1], torch.tensor([p]))[0])
+    assert (torch.cat(rolled) - full).abs().max().item() <= TOL
+
+
+def test_cache_bytes_stop_growing_at_the_window(tiny_runtime, random_ids) -> None:
+    model, w = tiny_runtime.model, 16
+    ids = random_ids(4 * w, seed=3)
+    model.setup_caches(1, 4 * w)
+    with torch.inference_mode():
+        model(ids[:, :w], torch.arange(w))
+        after_w = model.cache_nbytes()
+        for p in range(w, 4 * w):
+            model(ids[:, p:p + 1], torch.tensor([p]))
+        after_4w = model.cache_nbytes()
+    a = tiny_runtime.args
+    assert after_w == after_4w == a.n_layers * 2 * a.n_kv_heads * w * a.head_dim * 4
+
+
+def test_cache_holds_min_of_window_and_context(tiny_runtime) -> None:
+    model = tiny_runtime.model
+    model.setup_caches(1, 10)
+    assert model.capacity == 10
+    model.setup_caches(1, 1000)
+    assert model.capacity == 16
+
+
+def test_band_mask_sees_the_last_w_keys_including_itself() -> None:
+    mask = band_mask(torch.arange(10), torch.arange(10), 3)
+    for i in range(10):
+        assert [k for k in range(10) if mask[i, k]] == list(range(max(0, i - 2), i + 1))
+    # empty slots (position -1) are never seen
+    assert not band_mask(torch.tensor([0]), torch.tensor([-1, 0]), 3)[0, 0]
+
+
+def test_grouped_attention_equals_repeated_kv_heads() -> None:
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 8, 5, 16, generator=gen)
+    k = torch.randn(1, 2, 12, 16, generator=gen)
+    v = torch.randn(1, 2, 12, 16, generator=gen)
+    mask = band_mask(torch.arange(7, 12), torch.arange(12), 4)
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1),
+                                         attn_mask=mask)
+    ours = grouped_attention(q, k, v, grouped_mask(mask, 4))
+    assert (ours - ref).abs().max().item() <= 1e-6
+
+
+def test_rope_rotates_interleaved_pairs_like_the_complex_reference() -> None:
+    from m7b.runtime.model import precompute_freqs
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 6, 3, 16, generator=gen)
+    freqs = precompute_freqs(6, 16, 10000.0)
+    inv = 1.0 / (10000.0 ** (torch.arange(0, 16, 2).float() / 16))
+    cis = torch.polar(torch.ones(6, 8), torch.outer(torch.arange(6).float(), inv))
+    ref = torch.view_as_real(torch.view_as_complex(x.reshape(1, 6, 3, 8, 2)) * cis[None, :, None, :]).flatten(3)
+    assert (apply_rotary_emb(x, freqs) - ref).abs().max().item() <= 1e-5
+    real = rotate_pairs(x.reshape(1, 6, 3, 8, 2), freqs).flatten(3)  # the path compiled code takes
+    assert (real - ref).abs().max().item() <= 1e-5
+
+
+def test_model_args_rope_theta_defaults_to_10000(tmp_path) -> None:
+    params = {"dim": 64, "n_layers": 2, "head_dim": 16, "hidden_dim": 128, "n_heads": 4, "n_kv_heads": 2,
+              "norm_eps": 1e-5, "sliding_window": "16", "vocab_size": 32000}
+    path = tmp_path / "params.json"
+    path.write_text(json.dumps(params))
+    args = ModelArgs.from_params_file(path)
+    assert args.rope_theta == 10000.0 and args.sliding_window == 16 and args.n_rep == 2
+    path.write_text(json.dumps({**params, "rope_theta": 1e6}))
+    assert ModelArgs.from_params_file(path).rope_theta == 1e6
+
+
+def test_module_names_are_the_checkpoint_keys(tiny_runtime, tiny_state) -> None:
+    assert set(tiny_runtime.model.state_dict()) == set(tiny_state)

@@ -1,0 +1,163 @@
+"""`m7b run` and `m7b smoke` as a user meets them: streamed text, JSON records, tables, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+LONG_PROMPT = " ".join(["the window slides over every word of this prompt"] * 6)  # ~60 tokens, W=16
+
+
+def test_run_streams_text_and_reports_figures(cli, tiny_release_src) -> None:
+    result = cli("run", tiny_release_src, "--prompt", "Hello, my name is", "--max-tokens", "12", "--device", "cpu")
+    assert result.code == 0, result.stderr
+    assert result.stdout.strip()
+    for figure in ("time to first token", "prefill", "decode", "tok/s"):
+        assert figure in result.stderr
+    as_json = cli("run", tiny_release_src, "--prompt", "Hello, my name is", "--max-tokens", "12", "--device", "cpu",
+                  "--json")
+    record = json.loads(as_json.stdout)
+    assert record["text"] + "\n" == result.stdout  # the streamed text is the same greedy completion
+    assert len(record["token_ids"]) == record["generated_tokens"] == 12
+    assert record["prompt_token_ids"][0] == 1
+    for key in ("ttft_s", "prefill_tok_s", "decode_tok_s"):
+        assert record[key] > 0
+
+
+def test_run_with_a_prompt_longer_than_the_window(cli_inproc, tiny_release_src) -> None:
+    result = cli_inproc("run", str(tiny_release_src), "--prompt", LONG_PROMPT, "--max-tokens", "40", "--json",
+                        "--temperature", "0.7", "--top-p", "0.9", "--seed", "3", "--ignore-eos")
+    assert result.code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["prompt_tokens"] > 3 * 16 and record["generated_tokens"] == 40
+    again = json.loads(cli_inproc("run", str(tiny_release_src), "--prompt", LONG_PROMPT, "--max-tokens", "40",
+                                  "--json", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3",
+                                  "--ignore-eos").stdout)
+    assert again["token_ids"] == record["token_ids"]
+
+
+def test_run_finds_a_release_by_name_in_the_store(cli_inproc, tiny_release_src, m7b_home) -> None:
+    shutil.copytree(tiny_release_src, m7b_home / "releases" / "mistral-tiny")
+    result = cli_inproc("run", "mistral-tiny", "--prompt", "Hi", "--max-tokens", "3", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["generated_tokens"] == 3
+
+
+def test_native_safetensors_gives_the_same_tokens(cli_inproc, tiny_release, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    native = tmp_path / "native"
+    native.mkdir()
+    state = torch.load(tiny_release / "consolidated.00.pth", weights_only=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, native / "consolidated.safetensors")
+    for name in ("params.json", "tokenizer.model"):
+        shutil.copy(tiny_release / name, native / name)
+    args = ("--prompt", "Hello", "--max-tokens", "20", "--json")
+    from_pth = json.loads(cli_inproc("run", str(tiny_release), *args).stdout)
+    from_st = json.loads(cli_inproc("run", str(native), *args).stdout)
+    assert from_st["token_ids"] == from_pth["token_ids"]
+
+
+def test_smoke_passes_on_a_release(cli, tiny_release_src) -> None:
+    result = cli("smoke", tiny_release_src, "--device", "cpu")
+    assert result.code == 0, result.stderr
+    for check in ("same seed", "finite", "chunked prefill", "rolling cache", "cache memory", "tokens/s"):
+        assert check in result.stdout
+    assert "FAIL" not in result.stdout
+
+
+def test_smoke_json_and_bfloat16(cli_inproc, tiny_release_src) -> None:
+    result = cli_inproc("smoke", str(tiny_release_src), "--dtype", "bfloat16", "--json")
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["passed"] is True and doc["window"] == 16 and doc["dtype"] == "bfloat16"
+    assert len(doc["checks"]) == 6 and doc["decode_tok_s"] > 0
+
+
+def test_smoke_fails_with_exit_5_when_the_window_is_ignored(cli_inproc, tiny_release_src, monkeypatch) -> None:
+    """A runtime whose mask forgets the window must fail the battery (the rolling cache then drops keys)."""
+    import m7b.runtime.model as model
+
+    monkeypatch.setattr(model, "band_mask", lambda q, k, w: (k[None, :] <= q[:, None]) & (k[None, :] >= 0))
+    result = cli_inproc("smoke", str(tiny_release_src), "--json")
+    assert result.code == 5
+    doc = json.loads(result.stdout)
+    failed = {c["name"] for c in doc["checks"] if not c["passed"]}
+    assert "chunked prefill equals a single pass" in failed
+    assert "smoke:" in result.stderr and "failed" in result.stderr
+
+
+def test_smoke_window_override(cli_inproc, tiny_release_src) -> None:
+    result = cli_inproc("smoke", str(tiny_release_src), "--window", "8", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["window"] == 8
+
+
+# --- bad input: one clear line, a documented exit code, no traceback ------------------------------------------
+
+def _one_clear_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    assert stderr.strip().count("\n") == 0, stderr
+    return stderr
+
+
+def test_params_disagreeing_with_the_weights(cli, tiny_release) -> None:
+    params = json.loads((tiny_release / "params.json").read_text())
+    (tiny_release / "params.json").write_text(json.dumps({**params, "hidden_dim": 256}))
+    result = cli("run", tiny_release, "--prompt", "Hello", "--device", "cpu")
+    assert result.code == 5
+    line = _one_clear_line(result.stderr)
+    assert "params.json" in line and "feed_forward.w1.weight" in line and "[256, 64]" in line
+    assert "[128, 64]" in line
+    assert cli("smoke", tiny_release, "--device", "cpu").code == 5
+
+
+def test_prompt_that_tokenises_to_nothing(cli_inproc, tiny_release_src) -> None:
+    result = cli_inproc("run", str(tiny_release_src), "--prompt", "")
+    assert result.code == 4
+    assert "tokenises to nothing" in _one_clear_line(result.stderr)
+
+
+def test_max_tokens_zero(cli_inproc, tiny_release_src) -> None:
+    result = cli_inproc("run", str(tiny_release_src), "--prompt", "Hello", "--max-tokens", "0")
+    assert result.code == 4
+    assert "--max-tokens must be at least 1, found 0" in _one_clear_line(result.stderr)
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu0", "cuda:x"])
+def test_unknown_device(cli_inproc, tiny_release_src, device) -> None:
+    result = cli_inproc("run", str(tiny_release_src), "--prompt", "Hello", "--device", device)
+    assert result.code == 4
+    line = _one_clear_line(result.stderr)
+    assert f"unknown device {device!r}" in line and "auto, cpu, cuda or cuda:N" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_cuda(cli_inproc, tiny_release_src) -> None:
+    result = cli_inproc("smoke", str(tiny_release_src), "--device", "cuda")
+    assert result.code == 4
+    assert "no CUDA device" in _one_clear_line(result.stderr)
+
+
+def test_unknown_dtype(cli_inproc, tiny_release_src) -> None:
+    result = cli_inproc("run", str(tiny_release_src), "--prompt", "Hello", "--dtype", "float8")
+    assert result.code == 4
+    assert "unknown dtype 'float8'" in _one_clear_line(result.stderr)
+
+
+def test_unknown_release(cli_inproc, m7b_home) -> None:
+    result = cli_inproc("run", "no-such-release", "--prompt", "Hello")
+    assert result.code == 3
+    line = _one_clear_line(result.stderr)
+    assert "no release named 'no-such-release'" in line and str(m7b_home) in line
+
+
+def test_release_folder_without_weights(cli_inproc, tiny_release: Path) -> None:
+    (tiny_release / "consolidated.00.pth").unlink()
+    result = cli_inproc("run", str(tiny_release), "--prompt", "Hello")
+    assert result.code == 3
+    assert "consolidated.00.pth" in _one_clear_line(result.stderr)
