@@ -147,7 +147,11 @@ def _piece_findings(plan: TorrentPlan, found: dict[str, FileRead], v1: V1PieceLa
         out.append(Finding("pieces", Status.MISMATCH, fail.describe(), fail.path,
                            {"version": fail.version, "pieces": [list(r) for r in fail.pieces],
                             "bytes": [fail.first_byte, fail.last_byte]}))
-    if not failures:
+    unchecked = (len(v1.unchecked) if v1 else 0) + (v2.unchecked if v2 else 0)
+    if unchecked:
+        out.append(Finding("pieces", Status.MISSING, f"{unchecked} piece(s) could not be checked: bytes of them are "
+                           "missing from disk (see the missing or short files above)"))
+    if not failures and not unchecked:
         counts = [f"{lane.checked} v{n} pieces" for n, lane in ((1, v1), (2, v2)) if lane is not None]
         out.append(Finding("pieces", Status.OK, f"all {' and '.join(counts)} match the torrent"))
     return out
@@ -159,7 +163,8 @@ def _torrent_doc(plan: TorrentPlan | None, v1: V1PieceLane | None, v2: V2PieceLa
     return {"source": plan.source, "name": plan.name, "info_hash_v1": plan.info_hash_v1,
             "info_hash_v2": plan.info_hash_v2, "piece_length": plan.piece_length, "total_size": plan.total_size,
             "v1_pieces_checked": v1.checked if v1 else 0, "v1_pieces_failed": len(v1.failed) if v1 else 0,
-            "v2_pieces_checked": v2.checked if v2 else 0,
+            "v1_pieces_unchecked": len(v1.unchecked) if v1 else 0, "v2_pieces_checked": v2.checked if v2 else 0,
+            "v2_pieces_unchecked": v2.unchecked if v2 else 0,
             "v2_pieces_failed": sum(len(p) for p in v2.failed.values()) if v2 else 0}
 
 

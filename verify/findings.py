@@ -19,8 +19,9 @@ class Status(enum.StrEnum):
     UNSAFE = "unsafe"
 
 
-# The verdict is the worst status found, in this order.
-_SEVERITY = [Status.OK, Status.NOTE, Status.INVALID, Status.MISMATCH, Status.MISSING, Status.UNSAFE]
+# The verdict is the worst status found, in this order: data that contradicts its proof (or does not parse)
+# outranks data that is absent (pieces that cannot be checked because bytes are missing count as missing).
+_SEVERITY = [Status.OK, Status.NOTE, Status.MISSING, Status.INVALID, Status.MISMATCH, Status.UNSAFE]
 EXIT_CODES: dict[Status, int] = {
     Status.OK: 0,
     Status.NOTE: 0,

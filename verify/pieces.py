@@ -107,7 +107,8 @@ class V1PieceLane:
 
     piece_length: int
     expected: tuple[bytes, ...]
-    failed: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)  # complete pieces whose hash differs
+    unchecked: list[int] = field(default_factory=list)  # pieces with bytes missing from disk
     checked: int = 0
     _pos: int = 0
     _hasher: object | None = None
@@ -150,7 +151,9 @@ class V1PieceLane:
     def _close_piece(self) -> None:
         index = (self._pos - 1) // self.piece_length
         digest = self._hasher.digest() if self._hasher is not None else b""  # type: ignore[attr-defined]
-        if self._tainted or index >= len(self.expected) or digest != self.expected[index]:
+        if self._tainted:
+            self.unchecked.append(index)
+        elif index >= len(self.expected) or digest != self.expected[index]:
             self.failed.append(index)
         self.checked += 1
         self._hasher = None
@@ -174,6 +177,7 @@ class V2PieceLane:
 
     plan: TorrentPlan
     failed: dict[str, list[int]] = field(default_factory=dict)  # rel -> failing piece indices within the file
+    unchecked: int = 0  # pieces with bytes missing from disk
     checked: int = 0
     _leaves: list[bytes | None] = field(default_factory=list)
 
@@ -198,6 +202,10 @@ class V2PieceLane:
         per_piece = self.plan.piece_length // V2_BLOCK
         n_pieces = -(-tf.size // self.plan.piece_length)
         bad: list[int] = []
+        if size < tf.size:  # the file is short or missing: its pieces cannot be checked, it is reported as such
+            self.unchecked += n_pieces
+            self._leaves = []
+            return
         if tf.size <= self.plan.piece_length:
             ok = None not in leaves and _merkle_root(leaves, _next_pow2(blocks)) == tf.v2_root  # type: ignore[arg-type]
             bad = [] if ok else [0]
