@@ -57,6 +57,8 @@ def safe_relative_path(torrent_path: str, name: str) -> str:
     if p.is_absolute() or any(part in ("..", "") for part in p.parts):
         raise UnsafeError(f"torrent file path {torrent_path!r} escapes the download folder: refused, nothing written")
     parts = p.parts
+    if parts == (name,):  # a single-file torrent
+        return name
     if parts and parts[0] == name:
         parts = parts[1:]
     if not parts:

@@ -1,0 +1,327 @@
+"""`m7b fetch`: download a release by magnet, name or .torrent, checking its metadata before any data.
+
+Data lands in `<folder>/../.<folder>.partial/` and the folder gets its final name only when every piece has
+passed its hash. Resume data is saved every few seconds and on exit, so a killed fetch resumes where it was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import libtorrent as lt
+
+from m7b.atomic import write_bytes
+from m7b.errors import InvalidInputError, M7bError, NetworkError, StorageError
+from m7b.manifests.loader import find_manifest, known_manifests
+from m7b.manifests.schema import Manifest
+from m7b.mirror.layout import check_against_manifest, checked_meta, renamed_files
+from m7b.mirror.magnet import Magnet, is_magnet, parse_magnet, parse_peer
+from m7b.mirror.resume import load_resume, record_complete, save_resume
+from m7b.mirror.session import SessionOptions, make_session
+from m7b.mirror.torrent import TorrentMeta, load_torrent
+from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
+from m7b.store import Store
+
+
+@dataclass(frozen=True)
+class FetchTarget:
+    """What to fetch: a store name plus whatever is known up front (magnet, metadata, manifest)."""
+
+    name: str
+    info_hash: str
+    magnet: Magnet | None = None
+    torrent: lt.torrent_info | None = None
+    manifest: Manifest | None = None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    name: str
+    path: Path
+    info_hash: str
+    total_size: int
+    pieces: int
+    downloaded_bytes: int  # payload received by this run
+    pieces_at_start: int  # pieces already verified on disk when this run started
+    hash_failures: int
+    seconds: float
+    web_seed_bytes: int
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
+    return slug or "release"
+
+
+def manifest_for_hash(info_hash: str) -> Manifest | None:
+    for manifest in known_manifests().values():
+        if info_hash in (manifest.torrent.info_hash_v1, manifest.torrent.info_hash_v2):
+            return manifest
+    return None
+
+
+def _manifest_magnet(manifest: Manifest) -> Magnet:
+    t = manifest.torrent
+    if t.magnet:
+        return parse_magnet(t.magnet)
+    if not (t.info_hash_v1 or t.info_hash_v2):
+        raise InvalidInputError(f"the manifest of {manifest.name} names no magnet or info-hash: nothing to fetch")
+    xt = f"urn:btih:{t.info_hash_v1}" if t.info_hash_v1 else f"urn:btmh:1220{t.info_hash_v2}"
+    return parse_magnet(f"magnet:?xt={xt}")
+
+
+def resolve(source: str, store: Store) -> FetchTarget:
+    """A magnet link, a .torrent file, or a release name from the manifests."""
+    torrent = None
+    if is_magnet(source):
+        magnet = parse_magnet(source)
+        manifest = manifest_for_hash(magnet.info_hash)
+        name = manifest.name if manifest else _slug(magnet.name or magnet.info_hash)
+    elif source.endswith(".torrent") or Path(source).is_file():
+        torrent, meta = load_torrent(Path(source))
+        checked_meta(torrent)
+        magnet, manifest = None, manifest_for_hash(meta.info_hash)
+        name = manifest.name if manifest else _slug(meta.name)
+    else:
+        manifest = find_manifest(source)
+        magnet = _manifest_magnet(manifest)
+        name = manifest.name
+    info_hash = magnet.info_hash if magnet else checked_meta(torrent).info_hash
+    stored = store.torrent_path(info_hash)
+    if torrent is None and stored.is_file():
+        torrent, _ = load_torrent(stored)
+    return FetchTarget(name=name, info_hash=info_hash, magnet=magnet, torrent=torrent, manifest=manifest)
+
+
+def _torrent_bytes(ti: lt.torrent_info, trackers: Sequence[str]) -> bytes:
+    """A .torrent holding exactly the info dictionary the swarm sent (so its info-hash is unchanged)."""
+    doc: dict[bytes, object] = {b"info": lt.bdecode(ti.info_section())}
+    if trackers:
+        doc[b"announce"] = trackers[0].encode()
+        doc[b"announce-list"] = [[t.encode()] for t in trackers]
+    if ti.info_hashes().has_v2():
+        layers = lt.create_torrent(ti).generate().get(b"piece layers")
+        if layers:
+            doc[b"piece layers"] = layers
+    return lt.bencode(doc)
+
+
+class _Download:
+    """One fetch: the session, the handle, and the bookkeeping of its alert loop."""
+
+    def __init__(self, target: FetchTarget, store: Store, final: Path, options: SessionOptions,
+                 progress: ProgressCallback) -> None:
+        self.target, self.store, self.final, self.progress = target, store, final, progress
+        self.partial = final.parent / f".{final.name}.partial"
+        self.in_place = final.is_dir() and any(final.iterdir())
+        self.save_path = final if self.in_place else self.partial
+        self.session = make_session(options)
+        self.meta: TorrentMeta | None = None
+        self.hash_failures = 0
+        self.pieces_at_start = 0
+        self.resume_pending = False
+
+    def add(self, peers: Sequence[str]) -> lt.torrent_handle:
+        t = self.target
+        resume = load_resume(self.store, t.info_hash)
+        atp = resume if resume is not None else lt.add_torrent_params()
+        trackers = list(atp.trackers)
+        seeds = list(atp.url_seeds)
+        if t.magnet is not None:
+            from_magnet = lt.parse_magnet_uri(t.magnet.uri)
+            atp.info_hashes = from_magnet.info_hashes
+            atp.name = from_magnet.name
+            trackers += t.magnet.trackers
+            seeds += t.magnet.web_seeds
+        if t.manifest is not None:
+            trackers += t.manifest.torrent.trackers
+            seeds += t.manifest.torrent.web_seeds
+        atp.trackers = list(dict.fromkeys(trackers))
+        atp.url_seeds = list(dict.fromkeys(seeds))
+        atp.save_path = str(self.save_path)
+        flags = (atp.flags | lt.torrent_flags.update_subscribe) & ~lt.torrent_flags.auto_managed
+        flags &= ~lt.torrent_flags.paused
+        if t.torrent is not None:
+            self.meta = self._accept(t.torrent)
+            atp.ti = t.torrent
+            atp.renamed_files = renamed_files(self.meta)
+            flags &= ~lt.torrent_flags.upload_mode
+        else:
+            flags |= lt.torrent_flags.upload_mode  # metadata first: no piece is written before it is checked
+        atp.flags = flags
+        if resume is not None:
+            self.pieces_at_start = sum(1 for have in resume.have_pieces if have)
+        self.save_path.mkdir(parents=True, exist_ok=True)
+        self.handle = self.session.add_torrent(atp)
+        for peer in [*peers, *(t.magnet.peers if t.magnet else ())]:
+            self.handle.connect_peer(parse_peer(peer))
+        return self.handle
+
+    def _accept(self, ti: lt.torrent_info) -> TorrentMeta:
+        meta = checked_meta(ti)
+        if self.target.manifest is not None:
+            check_against_manifest(meta, self.target.manifest)
+        trackers = list(self.target.magnet.trackers) if self.target.magnet else []
+        self.store.torrents_dir.mkdir(parents=True, exist_ok=True)
+        stored = self.store.torrent_path(meta.info_hash)
+        if not stored.exists():
+            write_bytes(stored, _torrent_bytes(ti, trackers))
+        return meta
+
+    def on_metadata(self) -> None:
+        ti = self.handle.torrent_file()
+        self.meta = self._accept(ti)
+        for index, path in renamed_files(self.meta).items():
+            self.handle.rename_file(index, path)
+        self.handle.unset_flags(lt.torrent_flags.upload_mode)
+
+    def handle_alerts(self) -> None:
+        for alert in self.session.pop_alerts():
+            if isinstance(alert, lt.metadata_received_alert):
+                self.on_metadata()
+            elif isinstance(alert, lt.hash_failed_alert):
+                self.hash_failures += 1
+            elif isinstance(alert, lt.save_resume_data_alert):
+                save_resume(self.store, self.target.info_hash, alert.params)
+                self.resume_pending = False
+            elif isinstance(alert, lt.save_resume_data_failed_alert):
+                self.resume_pending = False
+            elif isinstance(alert, lt.file_error_alert):
+                raise StorageError(f"could not write {alert.filename()}: {alert.error.message()}; the download "
+                                   "stopped, resume data was kept: free space or fix permissions and rerun")
+            elif isinstance(alert, lt.torrent_error_alert):
+                raise StorageError(f"libtorrent stopped the download: {alert.message()}")
+
+    def save_resume_now(self, wait: float = 10.0) -> None:
+        if self.meta is None or not self.handle.is_valid():
+            return
+        self.resume_pending = True
+        self.handle.save_resume_data(lt.save_resume_flags_t.flush_disk_cache | lt.save_resume_flags_t.save_info_dict)
+        deadline = time.monotonic() + wait
+        while self.resume_pending and time.monotonic() < deadline:
+            self.session.wait_for_alert(100)
+            try:
+                self.handle_alerts()
+            except M7bError:
+                break
+
+    def event(self, status: lt.torrent_status, phase: str) -> None:
+        rate = status.download_payload_rate
+        left = status.total_wanted - status.total_wanted_done
+        self.progress(ProgressEvent(
+            phase, status.total_wanted_done if phase != "metadata" else 0,
+            status.total_wanted if phase != "metadata" else None, item=self.target.name,
+            extra={"rate": rate, "peers": status.num_peers, "seeds": status.num_seeds,
+                   "eta": (left / rate) if rate > 0 else None, "hash_failures": self.hash_failures}))
+
+
+def _phase(download: _Download, status: lt.torrent_status) -> str:
+    if download.meta is None:
+        return "metadata"
+    if status.state in (lt.torrent_status.checking_files, lt.torrent_status.checking_resume_data):
+        return "checking"
+    return "downloading"
+
+
+def fetch(
+    target: FetchTarget,
+    *,
+    store: Store,
+    dest: Path | None = None,
+    options: SessionOptions | None = None,
+    peers: Sequence[str] = (),
+    timeout: float = 120.0,
+    resume_interval: float = 5.0,
+    progress: ProgressCallback = ignore_progress,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> FetchResult:
+    """Download `target` into `dest` (default: the store's release folder); every piece is hash-checked.
+
+    `timeout` bounds the wait for metadata and any stretch without new data. Interrupts (KeyboardInterrupt,
+    `should_stop`) save resume data before returning control.
+    """
+    final = Path(dest) if dest is not None else store.release_dir(target.name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    marker = final.parent / f".{final.name}.incomplete"
+    download = _Download(target, store, final, options or SessionOptions(), progress)
+    created_partial = not download.partial.exists()
+    start = time.monotonic()
+    try:
+        handle = download.add(peers)
+    except M7bError:
+        if created_partial:
+            shutil.rmtree(download.partial, ignore_errors=True)
+        raise
+    if download.in_place:
+        marker.touch()
+    last_change, last_done, last_resume = start, -1, start
+    try:
+        while True:
+            if should_stop():
+                raise KeyboardInterrupt
+            download.session.wait_for_alert(200)
+            download.handle_alerts()
+            status = handle.status()
+            phase = _phase(download, status)
+            download.event(status, phase)
+            now = time.monotonic()
+            if download.meta is not None and status.is_finished and phase == "downloading":
+                break
+            if status.total_wanted_done != last_done or phase == "checking":
+                last_change, last_done = now, status.total_wanted_done
+            elif now - last_change > timeout:
+                if phase == "metadata":
+                    raise NetworkError(
+                        f"no peer sent the metadata of {target.info_hash} within {timeout:g} s "
+                        f"({status.num_peers} peers connected): check the magnet's trackers, add --peer HOST:PORT, "
+                        "or raise --timeout")
+                raise NetworkError(f"no data arrived for {timeout:g} s ({status.num_peers} peers connected); "
+                                   "resume data was saved: rerun the same command to continue")
+            if now - last_resume > resume_interval and download.meta is not None and handle.need_save_resume_data():
+                handle.save_resume_data(lt.save_resume_flags_t.save_info_dict)
+                last_resume = now
+    except BaseException as exc:
+        if download.meta is None and created_partial and not isinstance(exc, KeyboardInterrupt):
+            shutil.rmtree(download.partial, ignore_errors=True)  # refused or timed out: nothing was written
+        else:
+            download.save_resume_now()
+        download.session.pause()
+        raise
+    status = handle.status()
+    download.save_resume_now(wait=30.0)
+    web_seed_bytes = sum(p.total_download for p in handle.get_peer_info()
+                         if p.connection_type in (lt.peer_info.web_seed, lt.peer_info.http_seed))
+    download.session.remove_torrent(handle)
+    meta = download.meta
+    assert meta is not None
+    if not download.in_place:
+        if final.exists():
+            final.rmdir()  # an empty folder the user made for us
+        _clean_padding_folders(download.partial)
+        os.replace(download.partial, final)
+        resume = load_resume(store, target.info_hash)
+        if resume is not None:
+            resume.save_path = str(final)
+            save_resume(store, target.info_hash, resume)
+    record_complete(store, meta, final)
+    marker.unlink(missing_ok=True)
+    progress(ProgressEvent("done", meta.total_size, meta.total_size, item=target.name))
+    return FetchResult(
+        name=target.name, path=final, info_hash=target.info_hash, total_size=meta.total_size,
+        pieces=meta.num_pieces, downloaded_bytes=status.total_payload_download,
+        pieces_at_start=download.pieces_at_start, hash_failures=download.hash_failures,
+        seconds=time.monotonic() - start, web_seed_bytes=web_seed_bytes,
+    )
+
+
+def _clean_padding_folders(folder: Path) -> None:
+    """libtorrent may leave an empty folder named after the torrent from before the files were renamed."""
+    for child in folder.iterdir():
+        if child.is_dir() and not any(child.rglob("*")):
+            shutil.rmtree(child)

@@ -1,0 +1,56 @@
+"""Resume data (libtorrent's fastresume) and m7b's record of a completed, hash-checked download."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import libtorrent as lt
+
+from m7b.atomic import write_bytes, write_text
+from m7b.mirror.torrent import TorrentMeta
+from m7b.store import Store
+
+
+def completion_record(store: Store, info_hash: str) -> Path:
+    return store.resume_dir / f"{info_hash.lower()}.complete.json"
+
+
+def load_resume(store: Store, info_hash: str) -> lt.add_torrent_params | None:
+    """The saved resume data for this info-hash, or None when there is none or it does not parse."""
+    path = store.resume_path(info_hash)
+    if not path.is_file():
+        return None
+    try:
+        return lt.read_resume_data(path.read_bytes())
+    except RuntimeError:
+        return None
+
+
+def save_resume(store: Store, info_hash: str, params: lt.add_torrent_params) -> None:
+    store.resume_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes(store.resume_path(info_hash), lt.write_resume_data_buf(params))
+
+
+def _file_states(meta: TorrentMeta, folder: Path) -> list[dict[str, object]]:
+    states = []
+    for f in meta.data_files:
+        st = (folder / f.path).stat()
+        states.append({"path": f.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return states
+
+
+def record_complete(store: Store, meta: TorrentMeta, folder: Path) -> None:
+    """After every piece passed its hash: remember the files' sizes and mtimes, so a seed can trust them."""
+    store.resume_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"info_hash": meta.info_hash, "folder": str(folder.resolve()), "files": _file_states(meta, folder)}
+    write_text(completion_record(store, meta.info_hash), json.dumps(doc, indent=1))
+
+
+def still_complete(store: Store, meta: TorrentMeta, folder: Path) -> bool:
+    """True when m7b recorded this folder complete and no file changed size or mtime since."""
+    try:
+        doc = json.loads(completion_record(store, meta.info_hash).read_text())
+        return doc["folder"] == str(folder.resolve()) and doc["files"] == _file_states(meta, folder)
+    except (OSError, ValueError, KeyError):
+        return False

@@ -1,0 +1,189 @@
+"""`m7b seed`: a mirror that serves only releases whose data matches their torrent.
+
+Before a release is served, either every piece is rechecked, or m7b's own record of a completed, hash-checked
+download (or of an earlier full recheck) still matches the files' sizes and mtimes; then libtorrent's seed mode
+checks each piece again on its first request. A release with a failing piece is refused, never served, and
+torrents run in upload mode so a mirror never downloads into the folder it serves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libtorrent as lt
+
+from m7b.errors import NotFoundError
+from m7b.manifests.loader import find_manifest
+from m7b.mirror.layout import checked_meta, renamed_files
+from m7b.mirror.resume import record_complete, save_resume, still_complete
+from m7b.mirror.session import SessionOptions, make_session
+from m7b.mirror.torrent import TorrentMeta, load_torrent
+from m7b.store import Store
+
+
+@dataclass(frozen=True)
+class SeedRelease:
+    name: str
+    folder: Path
+    torrent: lt.torrent_info
+    meta: TorrentMeta
+
+
+@dataclass
+class ReleaseStatus:
+    name: str
+    info_hash: str
+    state: str  # checking / seeding / refused
+    peers: int = 0
+    uploaded: int = 0
+    upload_rate: int = 0
+    trusted_record: bool = False
+    reason: str = ""
+    failed_files: list[str] = field(default_factory=list)
+
+
+def resolve_seed(arg: str, store: Store) -> SeedRelease:
+    """NAME (a release in the store) or DIR (a release folder with DIR.torrent beside it, or in the store)."""
+    folder = Path(arg)
+    if folder.is_dir():
+        candidates = [folder.parent / f"{folder.name}.torrent"]
+        candidates += sorted(store.torrents_dir.glob("*.torrent")) if store.torrents_dir.is_dir() else []
+        for candidate in candidates:
+            if candidate.is_file():
+                ti, _ = load_torrent(candidate)
+                meta = checked_meta(ti)
+                if candidate == candidates[0] or meta.name == folder.name:
+                    return SeedRelease(name=folder.name.lower(), folder=folder.resolve(), torrent=ti, meta=meta)
+        raise NotFoundError(f"no torrent for {folder}: expected {candidates[0]} (make it with "
+                            f"`m7b release create {folder}`) or a torrent named {folder.name!r} in the store")
+    manifest = find_manifest(arg)
+    info_hash = manifest.torrent.info_hash_v1 or manifest.torrent.info_hash_v2 or ""
+    torrent_path = store.torrent_path(info_hash)
+    release = store.release_dir(manifest.name)
+    if not torrent_path.is_file() or not release.is_dir():
+        raise NotFoundError(f"{manifest.name} is not in the store ({release}): run `m7b fetch {manifest.name}` first")
+    ti, _ = load_torrent(torrent_path)
+    return SeedRelease(name=manifest.name, folder=release, torrent=ti, meta=checked_meta(ti))
+
+
+def _store_hash(hashes: lt.info_hash_t) -> str:
+    """The hash the store names a torrent by: v1 when present (as magnets use), else v2."""
+    return str(hashes.v1) if hashes.has_v1() else str(hashes.v2)
+
+
+def failing_files(release: SeedRelease, handle: lt.torrent_handle) -> list[str]:
+    pieces = handle.status().pieces
+    bad: set[str] = set()
+    for index, have in enumerate(pieces):
+        if not have:
+            for slice_ in release.torrent.map_block(index, 0, release.torrent.piece_size(index)):
+                f = release.meta.files[slice_.file_index]
+                if not f.pad:
+                    bad.add(f.path)
+    return sorted(bad)
+
+
+class Mirror:
+    """One libtorrent session serving any number of releases."""
+
+    def __init__(self, releases: Sequence[SeedRelease], store: Store, options: SessionOptions,
+                 trackers: Sequence[str] = ()) -> None:
+        self.releases = list(releases)
+        self.store = store
+        self.session = make_session(options)
+        self.handles: dict[str, lt.torrent_handle] = {}
+        self.status: dict[str, ReleaseStatus] = {}
+        for release in self.releases:
+            trusted = still_complete(store, release.meta, release.folder)
+            atp = lt.add_torrent_params()
+            atp.ti = release.torrent
+            atp.save_path = str(release.folder)
+            atp.renamed_files = renamed_files(release.meta)
+            atp.trackers = list(dict.fromkeys([*release.meta.trackers, *trackers]))
+            flags = (atp.flags | lt.torrent_flags.upload_mode) & ~lt.torrent_flags.auto_managed
+            flags &= ~lt.torrent_flags.paused
+            if trusted:
+                flags |= lt.torrent_flags.seed_mode
+            atp.flags = flags
+            self.handles[release.name] = self.session.add_torrent(atp)
+            self.status[release.name] = ReleaseStatus(release.name, release.meta.info_hash, "checking",
+                                                      trusted_record=trusted)
+
+    @property
+    def listen_port(self) -> int:
+        return self.session.listen_port()
+
+    def poll(self) -> list[ReleaseStatus]:
+        """Handle alerts, refuse releases that failed their check, and return every release's status."""
+        for alert in self.session.pop_alerts():
+            if isinstance(alert, lt.save_resume_data_alert):
+                save_resume(self.store, _store_hash(alert.params.info_hashes), alert.params)
+        for release in self.releases:
+            current = self.status[release.name]
+            if current.state == "refused":
+                continue
+            handle = self.handles[release.name]
+            st = handle.status()
+            checking = st.state in (lt.torrent_status.checking_files, lt.torrent_status.checking_resume_data)
+            if checking:
+                current.state = "checking"
+            elif st.is_seeding and st.num_pieces == release.meta.num_pieces:
+                if current.state == "checking" and not current.trusted_record:
+                    record_complete(self.store, release.meta, release.folder)  # a full recheck passed
+                current.state = "seeding"
+            else:
+                self.refuse(release, st)
+                continue
+            current.peers, current.uploaded, current.upload_rate = st.num_peers, st.total_payload_upload, \
+                st.upload_payload_rate
+        return list(self.status.values())
+
+    def refuse(self, release: SeedRelease, st: lt.torrent_status) -> None:
+        handle = self.handles[release.name]
+        current = self.status[release.name]
+        current.failed_files = failing_files(release, handle)
+        missing = release.meta.num_pieces - st.num_pieces
+        current.state, current.peers, current.upload_rate = "refused", 0, 0
+        current.reason = (f"{missing} of {release.meta.num_pieces} pieces fail their hash "
+                          f"(files: {', '.join(current.failed_files)}): not served; run `m7b verify` for details")
+        self.session.remove_torrent(handle)
+
+    def ready(self) -> bool:
+        return all(s.state != "checking" for s in self.status.values())
+
+    def close(self, wait: float = 10.0) -> None:
+        """Save resume data of every served release, then stop the session."""
+        pending = 0
+        for name, handle in self.handles.items():
+            if self.status[name].state == "seeding" and handle.is_valid():
+                handle.save_resume_data(lt.save_resume_flags_t.save_info_dict)
+                pending += 1
+        deadline = time.monotonic() + wait
+        while pending and time.monotonic() < deadline:
+            self.session.wait_for_alert(100)
+            for alert in self.session.pop_alerts():
+                if isinstance(alert, lt.save_resume_data_alert):
+                    save_resume(self.store, _store_hash(alert.params.info_hashes), alert.params)
+                    pending -= 1
+                elif isinstance(alert, lt.save_resume_data_failed_alert):
+                    pending -= 1
+        self.session.pause()
+
+
+def serve(mirror: Mirror, report: Callable[[list[ReleaseStatus]], None], should_stop: Callable[[], bool],
+          interval: float = 5.0) -> None:
+    """Run until `should_stop()`: report status every `interval` seconds (and as soon as checks finish)."""
+    last, was_ready = 0.0, False
+    try:
+        while not should_stop():
+            mirror.session.wait_for_alert(200)
+            statuses = mirror.poll()
+            now = time.monotonic()
+            if now - last >= interval or (mirror.ready() and not was_ready):
+                report(statuses)
+                last, was_ready = now, mirror.ready()
+    finally:
+        mirror.close()

@@ -1,0 +1,147 @@
+"""Real swarm parts for tests on 127.0.0.1: plain libtorrent seeders, opentracker, an HTTP server with Range."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import libtorrent as lt
+
+from m7b.mirror.layout import renamed_files
+from m7b.mirror.session import SessionOptions, make_session
+from m7b.mirror.torrent import load_torrent
+
+
+def tree_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`, by relative path."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 30.0, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+@contextlib.contextmanager
+def plain_seeder(torrent: Path, folder: Path, *, upload_limit: int = 0, trust_without_check: bool = False,
+                 tracker: str | None = None) -> Iterator[str]:
+    """A plain libtorrent session seeding `folder` (the release files, renamed as m7b lays them out).
+
+    With `trust_without_check`, resume data claims every piece, so a corrupted copy is served as is.
+    Yields "127.0.0.1:PORT".
+    """
+    ti, meta = load_torrent(torrent)
+    session = make_session(SessionOptions.loopback(upload_limit=upload_limit))
+    atp = lt.add_torrent_params()
+    atp.ti = ti
+    atp.save_path = str(folder)
+    atp.renamed_files = renamed_files(meta)
+    if tracker:
+        atp.trackers = [tracker]
+    atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+    atp.flags |= lt.torrent_flags.upload_mode
+    if trust_without_check:
+        atp.have_pieces = [True] * meta.num_pieces
+        atp.flags |= lt.torrent_flags.no_verify_files
+    handle = session.add_torrent(atp)
+    assert wait_for(lambda: handle.status().is_seeding), f"seeder did not start: {handle.status().state}"
+    try:
+        yield f"127.0.0.1:{session.listen_port()}"
+    finally:
+        session.pause()
+
+
+@contextlib.contextmanager
+def opentracker(tmp: Path, info_hashes: list[str], port: int = 0) -> Iterator[str]:
+    """Debian's opentracker on 127.0.0.1, serving only `info_hashes`. Yields its announce URL."""
+    binary = shutil.which("opentracker")
+    assert binary, "opentracker is not installed (apt-get install opentracker; scripts/setup does it)"
+    root = tmp / "opentracker"
+    root.mkdir()
+    root.chmod(0o755)
+    (root / "whitelist").write_text("".join(f"{h}\n" for h in info_hashes))
+    (root / "whitelist").chmod(0o644)
+    port = port or free_port()
+    args = [binary, "-i", "127.0.0.1", "-p", str(port), "-P", str(port)]
+    if os.geteuid() == 0:  # it chroots into -d and drops to -u; paths are then relative to the chroot
+        args += ["-w", "whitelist", "-u", "nobody", "-d", str(root)]
+    else:
+        args += ["-w", str(root / "whitelist")]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        assert wait_for(listening, 10), "opentracker did not start"
+        yield f"http://127.0.0.1:{port}/announce"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with single-range GET support (what BEP 19 web seeds need)."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = Path(self.translate_path(self.path))
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        if not path.is_file() or not match:
+            return super().do_GET()
+        size = path.stat().st_size
+        start = int(match.group(1))
+        end = min(int(match.group(2)) if match.group(2) else size - 1, size - 1)
+        if start > end:
+            self.send_error(416)
+            return
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            left = end - start + 1
+            while left:
+                chunk = fh.read(min(left, 1 << 20))
+                self.wfile.write(chunk)
+                left -= len(chunk)
+
+
+@contextlib.contextmanager
+def range_http_server(root: Path) -> Iterator[str]:
+    """An HTTP server with Range support serving `root` on 127.0.0.1. Yields its base URL."""
+    handler = lambda *a, **k: _RangeHandler(*a, directory=str(root), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,161 @@
+"""m7b fetch on a real local swarm: libtorrent seeders, opentracker, over 127.0.0.1 TCP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import libtorrent as lt
+from swarm import free_port, opentracker, plain_seeder, tree_digests, wait_for
+
+LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_fetch_by_magnet_through_a_real_tracker(cli, m7b_home, publish, tmp_path) -> None:
+    # the tracker's whitelist names the info-hash, and the torrent names the tracker: pick the port first
+    port = free_port()
+    pub = publish(trackers=[f"http://127.0.0.1:{port}/announce"])
+    with opentracker(tmp_path, [pub.meta.info_hash], port=port) as tracker, \
+            plain_seeder(pub.torrent, pub.folder, tracker=tracker):
+        result = cli("fetch", pub.magnet, *LOOPBACK, "--json", "--timeout", "60")
+    assert result.code == 0, result.stderr
+    done = last_json(result.stdout)
+    assert done["event"] == "done" and done["downloaded_bytes"] == pub.meta.total_size
+    release = m7b_home / "releases" / done["name"]
+    assert tree_digests(release) == tree_digests(pub.folder)
+    assert (m7b_home / "torrents" / f"{pub.meta.info_hash}.torrent").is_file()
+    assert not (m7b_home / "releases" / f".{done['name']}.partial").exists()
+    phases = {json.loads(line)["phase"] for line in result.stdout.splitlines()[:-1]}
+    assert "done" in phases
+
+
+def test_fetch_by_release_name_through_a_manifest(cli, m7b_home, publish) -> None:
+    pub = publish(name="tiny-named")
+    (m7b_home / "manifests").mkdir(parents=True)
+    (m7b_home / "manifests" / "tiny-named.toml").write_text(pub.manifest.read_text())
+    assert json.loads(cli("show", "tiny-named", "--json").stdout)["state"] == "absent"
+    with plain_seeder(pub.torrent, pub.folder) as peer:
+        result = cli("fetch", "tiny-named", "--peer", peer, *LOOPBACK)
+    assert result.code == 0, result.stderr
+    assert "every piece passed its SHA-1 check" in result.stderr and "m7b verify tiny-named" in result.stderr
+    assert tree_digests(m7b_home / "releases" / "tiny-named") == tree_digests(pub.folder)
+    assert json.loads(cli("show", "tiny-named", "--json").stdout)["state"] == "downloaded"
+
+
+def test_fetch_into_dest_from_a_torrent_file(cli, m7b_home, publish, tmp_path) -> None:
+    pub = publish()
+    dest = tmp_path / "my-copy"
+    with plain_seeder(pub.torrent, pub.folder) as peer:
+        result = cli("fetch", pub.torrent, "--dest", dest, "--peer", peer, *LOOPBACK, "--json")
+    assert result.code == 0, result.stderr
+    assert tree_digests(dest) == tree_digests(pub.folder)
+
+
+def test_resume_after_kill_9_downloads_only_what_was_missing(cli, m7b_home, publish) -> None:
+    pub = publish()
+    total, piece = pub.meta.total_size, pub.meta.piece_length
+    resume = m7b_home / "resume" / f"{pub.meta.info_hash}.fastresume"
+    with plain_seeder(pub.torrent, pub.folder, upload_limit=1 << 20) as slow_peer:
+        proc = subprocess.Popen([sys.executable, "-m", "m7b", "fetch", pub.magnet, "--peer", slow_peer, *LOOPBACK,
+                                 "--json", "--resume-interval", "0.5"], stdout=subprocess.PIPE, text=True)
+        halfway = None
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event.get("total") and event["done"] >= 0.4 * event["total"]:
+                halfway = time.time()
+                break
+        assert halfway, "the download never reached 40%"
+        assert wait_for(lambda: resume.is_file() and resume.stat().st_mtime > halfway, 10)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    name = pub.folder.name  # the magnet's dn: no manifest in the store names this release
+    assert (m7b_home / "releases" / f".{name}.partial").is_dir()
+    assert not (m7b_home / "releases" / name).exists()
+    with plain_seeder(pub.torrent, pub.folder) as peer:
+        result = cli("fetch", pub.magnet, "--peer", peer, *LOOPBACK, "--json")
+    assert result.code == 0, result.stderr
+    done = last_json(result.stdout)
+    had = done["pieces_at_start"] * piece
+    assert had >= 0.35 * total
+    refetched = done["downloaded_bytes"] - (total - had)
+    assert refetched <= 4 * piece, f"{refetched} bytes already verified were downloaded again"
+    assert tree_digests(m7b_home / "releases" / name) == tree_digests(pub.folder)
+
+
+def test_a_peer_serving_a_corrupted_copy_is_outvoted_by_the_pieces_hashes(cli, m7b_home, publish, tmp_path) -> None:
+    pub = publish()
+    bad = tmp_path / "bad-copy"
+    import shutil
+
+    shutil.copytree(pub.folder, bad)
+    data = bytearray((bad / "consolidated.00.pth").read_bytes())
+    for offset in range(0, len(data), 50_000):
+        data[offset] ^= 0xFF
+    (bad / "consolidated.00.pth").write_bytes(bytes(data))
+    with plain_seeder(pub.torrent, bad, trust_without_check=True) as liar, \
+            plain_seeder(pub.torrent, pub.folder, upload_limit=2 << 20) as honest:
+        result = cli("fetch", pub.magnet, "--peer", liar, "--peer", honest, *LOOPBACK, "--json")
+    assert result.code == 0, result.stderr
+    done = last_json(result.stdout)
+    assert done["hash_failures"] >= 1
+    assert tree_digests(m7b_home / "releases" / done["name"]) == tree_digests(pub.folder)
+
+
+def test_a_torrent_whose_path_escapes_is_refused_and_nothing_is_written(cli, m7b_home, tmp_path) -> None:
+    info = {b"name": b"evil", b"piece length": 16384, b"pieces": b"\x00" * 20,
+            b"files": [{b"length": 5, b"path": [b"..", b"..", b"escaped.txt"]}]}
+    evil = tmp_path / "evil.torrent"
+    evil.write_bytes(lt.bencode({b"info": info}))
+    result = cli("fetch", evil, "--dest", tmp_path / "dest", *LOOPBACK)
+    assert result.code == 6
+    assert "'..'" in result.stderr and "escape the download folder" in result.stderr
+    assert not (tmp_path / "dest").exists() and not (tmp_path.parent / "escaped.txt").exists()
+
+    # the same metadata arriving from a peer by magnet
+    ti = lt.torrent_info(lt.bencode({b"info": info}))
+    session = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False, "enable_lsd": False,
+                          "enable_upnp": False, "enable_natpmp": False, "enable_outgoing_utp": False,
+                          "allow_multiple_connections_per_ip": True})
+    atp = lt.add_torrent_params()
+    atp.ti = ti
+    atp.save_path = str(tmp_path / "seeder")
+    atp.flags = (atp.flags | lt.torrent_flags.seed_mode) & ~(lt.torrent_flags.paused | lt.torrent_flags.auto_managed)
+    session.add_torrent(atp)
+    magnet = f"magnet:?xt=urn:btih:{ti.info_hashes().v1}&dn=evil"
+    result = cli("fetch", magnet, "--peer", f"127.0.0.1:{session.listen_port()}", *LOOPBACK, "--timeout", "30")
+    session.pause()
+    assert result.code == 6, result.stderr
+    assert "escape the download folder" in result.stderr
+    assert not (m7b_home / "releases").exists() or list((m7b_home / "releases").iterdir()) == []
+
+
+def test_metadata_that_contradicts_the_manifest_is_refused_before_any_data(cli, m7b_home, publish) -> None:
+    pub = publish(name="contradicted")
+    text = pub.manifest.read_text()
+    true_size = pub.meta.data_files[-1].size
+    assert f"size = {true_size}" in text
+    (m7b_home / "manifests").mkdir(parents=True)
+    (m7b_home / "manifests" / "contradicted.toml").write_text(text.replace(f"size = {true_size}", "size = 12345"))
+    with plain_seeder(pub.torrent, pub.folder) as peer:
+        result = cli("fetch", "contradicted", "--peer", peer, *LOOPBACK)
+    assert result.code == 5, result.stderr
+    assert "contradicts the manifest of contradicted" in result.stderr
+    assert f"tokenizer.model has {true_size:,} bytes, the manifest says 12,345" in result.stderr
+    releases = m7b_home / "releases"
+    assert not releases.exists() or list(releases.iterdir()) == []
+
+
+def test_no_peers_ends_with_a_clear_timeout(cli, m7b_home) -> None:
+    result = cli("fetch", "magnet:?xt=urn:btih:" + "ab" * 20, *LOOPBACK, "--timeout", "2")
+    assert result.code == 7
+    assert "no peer sent the metadata" in result.stderr and "--timeout" in result.stderr
+    releases = m7b_home / "releases"
+    assert not releases.exists() or list(releases.iterdir()) == []
