@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from verify_helpers import hostile_pickle, rewrite_zip
 
 from m7b.errors import InvalidInputError, MismatchError, UnsafeError
 from m7b.manifests.architecture import load_params
@@ -15,7 +16,6 @@ from m7b.torchzip import TensorSpec, write_checkpoint
 from m7b.verify.check import verify_release
 from m7b.verify.checkpoint import ALLOWED_GLOBALS, check_tensors, inspect_checkpoint, load_checkpoint, scan_pickle
 from m7b.verify.findings import Status
-from verify_helpers import hostile_pickle, rewrite_zip
 
 PTH = "consolidated.00.pth"
 PKL = "consolidated/data.pkl"

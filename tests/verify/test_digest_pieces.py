@@ -8,13 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from verify_helpers import PIECE, make_manifest, make_torrent
 
 from m7b.verify.check import verify_release
 from m7b.verify.digest import FileDigestLane, ReadItem, read_stream
 from m7b.verify.findings import Status
 from m7b.verify.pieces import V1PieceLane, load_torrent
-
-from verify_helpers import PIECE, make_manifest, make_torrent
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,68 @@
+"""`m7b verify` as a user runs it: by name from the store, a human table or --json, exit codes, the saved report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from verify_helpers import install_release
+
+from m7b.store import Store
+
+
+def test_verify_by_name_ok_saves_report_and_marks_verified(cli, m7b_home: Path, tiny_release_src: Path) -> None:
+    install_release(m7b_home, tiny_release_src, "tiny-test")
+    human = cli("verify", "tiny-test")
+    assert human.code == 0, human.stderr
+    assert "verdict: ok" in human.stdout and "bound to the magnet: yes" in human.stdout
+    result = cli("verify", "tiny-test", "--json")
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["verdict"] == "ok" and doc["bound_to_magnet"] and doc["bound_to_publisher"]
+    assert doc["torrent"]["v1_pieces_failed"] == 0 and doc["torrent"]["v1_pieces_checked"] > 100
+    saved = json.loads(Path(doc["report_path"]).read_text())
+    assert saved["verdict"] == "ok" and {f["path"] for f in saved["files"]} >= {"consolidated.00.pth"}
+    assert Store(m7b_home).is_verified("tiny-test")
+
+
+def test_flipped_byte_mid_checkpoint_is_named_by_piece(cli, m7b_home: Path, tiny_release_src: Path) -> None:
+    root = install_release(m7b_home, tiny_release_src, "tiny-test")
+    path = root / "consolidated.00.pth"
+    middle = path.stat().st_size // 2
+    with open(path, "r+b") as fh:
+        fh.seek(middle)
+        b = fh.read(1)
+        fh.seek(middle)
+        fh.write(bytes([b[0] ^ 1]))
+    result = cli("verify", "tiny-test", "--json")
+    assert result.code == 5
+    doc = json.loads(result.stdout)
+    pieces = [f for f in doc["findings"] if f["check"] == "pieces" and f["status"] == "mismatch"]
+    assert len(pieces) == 1 and pieces[0]["path"] == "consolidated.00.pth"
+    first, last = pieces[0]["detail"]["pieces"][0]
+    assert first == last and pieces[0]["detail"]["bytes"][0] <= middle <= pieces[0]["detail"]["bytes"][1]
+    assert "consolidated.00.pth" in result.stderr and f"piece {first}" in result.stderr
+    assert not Store(m7b_home).is_verified("tiny-test")
+
+
+def test_missing_file_exit_3_names_it(cli, m7b_home: Path, tiny_release_src: Path) -> None:
+    root = install_release(m7b_home, tiny_release_src, "tiny-test")
+    (root / "tokenizer.model").unlink()
+    result = cli("verify", "tiny-test")
+    assert result.code == 3
+    assert "tokenizer.model" in result.stderr and "missing" in result.stderr
+
+
+def test_without_torrent_metadata_nothing_binds_to_the_magnet(cli, m7b_home: Path, tiny_release_src: Path) -> None:
+    install_release(m7b_home, tiny_release_src, "tiny-test")
+    for t in (m7b_home / "torrents").iterdir():
+        t.unlink()
+    result = cli("verify", "tiny-test", "--json")
+    assert result.code == 3
+    assert "--torrent" in result.stderr
+    assert json.loads(result.stdout)["bound_to_magnet"] is False
+
+
+def test_unknown_release_exit_3(cli, m7b_home: Path) -> None:
+    result = cli("verify", "no-such-release")
+    assert result.code == 3 and "unknown release" in result.stderr
