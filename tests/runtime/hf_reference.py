@@ -45,7 +45,9 @@ def hf_model(state: dict[str, torch.Tensor], args: ModelArgs, dtype: torch.dtype
     with torch.device("meta"):
         model = MistralForCausalLM(config)
     sd = {k: v.to(dtype) for k, v in hf_state_dict(state, args).items()}
-    model.load_state_dict(sd, strict=True, assign=True)
-    # Buffers (rotary inv_freq) were made on meta; rebuild them on the CPU.
-    model.model.rotary_emb = type(model.model.rotary_emb)(config)
-    return model.to(dtype).eval()
+    model.load_state_dict(sd, strict=True, assign=True)  # shares the tensors when the dtype already matches
+    # The rotary inv_freq buffer was made on meta: rebuild it in float32 (as from_pretrained has it) on the
+    # weights' device. Casting the model to bfloat16 would round it too.
+    device = next(iter(sd.values())).device
+    model.model.rotary_emb = type(model.model.rotary_emb)(config).to(device)
+    return model.eval()
