@@ -1,6 +1,7 @@
-"""Reading a release's weights: the native safetensors (memory-mapped) or the original `consolidated.00.pth`.
+"""Reading a release's weights: the native safetensors (memory-mapped) or the original `consolidated.00.pth`
+through verify's safe loader (its pickle is checked against an allowlist before anything is unpickled).
 
-The one place that opens a checkpoint, so that switching to verify's safe loader is a one-line change.
+The one place in the runtime that opens weights.
 """
 
 from __future__ import annotations
@@ -38,15 +39,9 @@ def load_state_dict(release_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
         except SafetensorError as exc:
             raise InvalidInputError(f"{path} is not a readable safetensors file ({exc}); reconvert the release "
                                     "with `m7b convert --to native`") from exc
-    # TODO(verify): replace with m7b.verify's loader (pickle allowlist before torch.load) once it lands.
-    try:
-        state = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 — torch raises many types for a bad zip or pickle
-        raise InvalidInputError(f"{path} could not be read as a torch checkpoint ({type(exc).__name__}: {exc}); "
-                                "run `m7b verify` on the release") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InvalidInputError(f"{path} holds a {type(state).__name__}, expected a mapping of names to tensors")
-    return state, path
+    from m7b.verify.checkpoint import load_checkpoint
+
+    return load_checkpoint(path), path  # memory-mapped; UnsafeError / MismatchError for a refused file
 
 
 def check_shapes(args: ModelArgs, state: dict[str, torch.Tensor], source: Path) -> None:

@@ -73,3 +73,19 @@ def test_32_greedy_tokens_past_the_window_match(tiny_runtime, hf_tiny, random_id
             steps.append(model(torch.tensor([[tok]]), torch.tensor([40 + i]))[0, -1])
     assert model.capacity == 16
     assert (torch.stack(steps) - ref).abs().max().item() <= TOL
+
+
+def test_the_converters_hf_folder_loads_into_transformers_with_the_same_logits(tiny_runtime, tiny_release_src,
+                                                                              tmp_path, random_ids) -> None:
+    """The `m7b convert --to hf` output, opened by transformers' own from_pretrained, agrees with the runtime."""
+    from transformers import MistralForCausalLM
+
+    from m7b.verify.convert import convert_release
+
+    out = convert_release(tiny_release_src, tmp_path / "hf", "hf").out
+    hf = MistralForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert hf.config.sliding_window == 16
+    ids = random_ids(64, seed=5)
+    with torch.inference_mode():
+        ref = hf(ids).logits[0]
+    assert (_m7b_logits(tiny_runtime.model, ids, 16) - ref).abs().max().item() <= TOL

@@ -62,6 +62,35 @@ def test_native_safetensors_gives_the_same_tokens(cli_inproc, tiny_release, tmp_
     assert from_st["token_ids"] == from_pth["token_ids"]
 
 
+def test_run_on_the_converters_native_folder(cli_inproc, tiny_release_src, tmp_path) -> None:
+    from m7b.verify.convert import convert_release
+
+    native = convert_release(tiny_release_src, tmp_path / "native", "native").out
+    args = ("--prompt", "Hello", "--max-tokens", "10", "--json")
+    from_pth = json.loads(cli_inproc("run", str(tiny_release_src), *args).stdout)
+    from_native = json.loads(cli_inproc("run", str(native), *args).stdout)
+    assert from_native["token_ids"] == from_pth["token_ids"]
+
+
+def test_a_hostile_checkpoint_is_refused_before_unpickling(cli_inproc, tiny_release) -> None:
+    import pickle
+    import zipfile
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    ckpt = tiny_release / "consolidated.00.pth"
+    ckpt.unlink()
+    with zipfile.ZipFile(ckpt, "w") as zf:
+        zf.writestr("consolidated/data.pkl", pickle.dumps({"x": Boom()}, protocol=2))
+        zf.writestr("consolidated/byteorder", "little")
+    result = cli_inproc("run", str(tiny_release), "--prompt", "Hello")
+    assert result.code == 6
+    assert "pwned" not in result.stdout
+    assert "print" in _one_clear_line(result.stderr)
+
+
 def test_smoke_passes_on_a_release(cli, tiny_release_src) -> None:
     result = cli("smoke", tiny_release_src, "--device", "cpu")
     assert result.code == 0, result.stderr
