@@ -5,14 +5,17 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from m7b.cli import app
 from m7b.errors import InvalidInputError, MismatchError, NotFoundError
-from m7b.render import emit_json, err, out, progress_bars
+from m7b.render import emit_json, err, out
+
+if TYPE_CHECKING:
+    from m7b.runtime.loader import Runtime
 
 DEFAULT_RELEASE = "mistral-7b-v0.1"
 
@@ -46,9 +49,7 @@ def resolve_release(name_or_dir: str) -> Path:
                         "pass a release folder")
 
 
-def _load(release: str, device: str, dtype: str | None, window: int | None = None):  # -> Runtime
-    import torch
-
+def _load(release: str, device: str, dtype: str | None, window: int | None = None) -> Runtime:
     from m7b.runtime.args import ModelArgs
     from m7b.runtime.device import resolve_device, resolve_dtype
     from m7b.runtime.loader import load_runtime
@@ -61,7 +62,6 @@ def _load(release: str, device: str, dtype: str | None, window: int | None = Non
         if window < 2:
             raise InvalidInputError(f"--window must be at least 2, found {window}")
         override = replace(ModelArgs.from_params_file(folder / "params.json"), sliding_window=window)
-    torch.manual_seed(0)
     return load_runtime(folder, dev, dt, args_override=override)
 
 
@@ -143,11 +143,18 @@ def smoke(
     json_out: JsonOption = False,
 ) -> None:
     """The smoke-generation battery: a pass/fail table; exit code 5 when any check fails."""
+    from m7b.progress import ProgressEvent, ignore_progress
     from m7b.runtime.smoke import run_smoke
 
     rt = _load(release, device, dtype, window)
-    with progress_bars(enabled=not json_out and err.is_terminal) as progress:
-        report = run_smoke(rt.model, rt.tokenizer, rt.dtype, seed=seed, progress=progress)
+    if json_out or not err.is_terminal:
+        report = run_smoke(rt.model, rt.tokenizer, rt.dtype, seed=seed, progress=ignore_progress)
+    else:
+        with err.status("smoke") as status:
+            def show(event: ProgressEvent) -> None:
+                status.update(f"smoke: {event.item} ({event.done}/{event.total})")
+
+            report = run_smoke(rt.model, rt.tokenizer, rt.dtype, seed=seed, progress=show)
     checks = [{"name": c.name, "passed": c.passed, "detail": c.detail, "value": c.value} for c in report.checks]
     if json_out:
         emit_json({"release": release, "path": str(rt.weights_path.parent), "device": str(rt.device),

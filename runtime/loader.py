@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from m7b.errors import NotFoundError
+from m7b.manifests.architecture import load_params
 from m7b.runtime.args import ModelArgs
 from m7b.runtime.model import Transformer
 from m7b.runtime.tokenizer import TOKENIZER_NAME, Tokenizer
@@ -46,10 +47,10 @@ def load_runtime(release_dir: Path, device: torch.device, dtype: torch.dtype,
     if not release_dir.is_dir():
         raise NotFoundError(f"{release_dir} is not a folder: point at a release folder (params.json, "
                             f"{TOKENIZER_NAME} and the weights)")
-    args = ModelArgs.from_params_file(release_dir / "params.json")
+    arch = load_params(release_dir / "params.json")
     tokenizer = Tokenizer(release_dir / TOKENIZER_NAME)
     state, weights_path = load_state_dict(release_dir)
-    check_shapes(args, state, weights_path)
-    args = args_override or args
+    check_shapes(arch, state, weights_path)
+    args = args_override or ModelArgs.from_architecture(arch)
     model = build_model(args, state, device, dtype)
     return Runtime(model, tokenizer, args, device, dtype, weights_path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from m7b.errors import InvalidInputError, MismatchError, NotFoundError
-from m7b.runtime.args import ModelArgs
+from m7b.manifests.architecture import Architecture
 
 SAFETENSORS_NAME = "consolidated.safetensors"
 CHECKPOINT_NAME = "consolidated.00.pth"
@@ -44,28 +44,14 @@ def load_state_dict(release_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
     return load_checkpoint(path), path  # memory-mapped; UnsafeError / MismatchError for a refused file
 
 
-def check_shapes(args: ModelArgs, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Every key params.json implies is present with its shape, and nothing else is."""
-    from m7b.manifests.architecture import Architecture
+def check_shapes(arch: Architecture, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Every key params.json implies is present with its shape, and nothing else is (verify's tensor check)."""
+    from m7b.verify.checkpoint import TensorCheck, check_tensors
 
-    arch = Architecture(dim=args.dim, n_layers=args.n_layers, head_dim=args.head_dim, hidden_dim=args.hidden_dim,
-                        n_heads=args.n_heads, n_kv_heads=args.n_kv_heads, norm_eps=args.norm_eps,
-                        sliding_window=args.sliding_window, vocab_size=args.vocab_size)
-    expected = arch.tensor_shapes()
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
-    wrong = [(k, expected[k], tuple(state[k].shape)) for k in expected if k in state
-             and tuple(state[k].shape) != expected[k]]
-    if not (missing or extra or wrong):
+    found = check_tensors(state, arch)
+    shapes = TensorCheck(missing=found.missing, extra=found.extra, wrong_shape=found.wrong_shape)
+    if shapes.ok:
         return
-    parts = []
-    if wrong:
-        k, want, got = wrong[0]
-        parts.append(f"{len(wrong)} tensor(s) with other shapes than params.json implies, e.g. {k}: params.json "
-                     f"implies {list(want)}, {source.name} holds {list(got)}")
-    if missing:
-        parts.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
-    if extra:
-        parts.append(f"{len(extra)} unexpected tensor(s), e.g. {extra[0]}")
-    raise MismatchError(f"params.json and {source} disagree: {'; '.join(parts)}. The params.json does not describe "
-                        "these weights: restore the release's own params.json (or re-fetch and verify the release)")
+    raise MismatchError(f"params.json and {source} disagree: {'; '.join(shapes.problems())}. The params.json does "
+                        "not describe these weights: restore the release's own params.json (or re-fetch the release "
+                        "and run `m7b verify`)")
