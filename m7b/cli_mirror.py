@@ -105,7 +105,7 @@ def fetch_command(
     doc = {"event": "done", "name": result.name, "path": str(result.path), "info_hash": result.info_hash,
            "total_size": result.total_size, "pieces": result.pieces, "downloaded_bytes": result.downloaded_bytes,
            "pieces_at_start": result.pieces_at_start, "hash_failures": result.hash_failures,
-           "web_seed_bytes": result.web_seed_bytes, "seconds": round(result.seconds, 3),
+           "seconds": round(result.seconds, 3),
            "rate_mib_s": round(result.downloaded_bytes / max(result.seconds, 1e-9) / (1 << 20), 1)}
     if json_out:
         emit_json(doc)

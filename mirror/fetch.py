@@ -51,7 +51,6 @@ class FetchResult:
     pieces_at_start: int  # pieces already verified on disk when this run started
     hash_failures: int
     seconds: float
-    web_seed_bytes: int
 
 
 def _slug(text: str) -> str:
@@ -295,8 +294,6 @@ def fetch(
         raise
     status = handle.status()
     download.save_resume_now(wait=30.0)
-    web_seed_bytes = sum(p.total_download for p in handle.get_peer_info()
-                         if p.connection_type in (lt.peer_info.web_seed, lt.peer_info.http_seed))
     download.session.remove_torrent(handle)
     meta = download.meta
     assert meta is not None
@@ -316,7 +313,7 @@ def fetch(
         name=target.name, path=final, info_hash=target.info_hash, total_size=meta.total_size,
         pieces=meta.num_pieces, downloaded_bytes=status.total_payload_download,
         pieces_at_start=download.pieces_at_start, hash_failures=download.hash_failures,
-        seconds=time.monotonic() - start, web_seed_bytes=web_seed_bytes,
+        seconds=time.monotonic() - start,
     )
 
 

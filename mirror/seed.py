@@ -175,7 +175,8 @@ class Mirror:
 
 def serve(mirror: Mirror, report: Callable[[list[ReleaseStatus]], None], should_stop: Callable[[], bool],
           interval: float = 5.0) -> None:
-    """Run until `should_stop()`: report status every `interval` seconds (and as soon as checks finish)."""
+    """Run until `should_stop()`: report status every `interval` seconds, as soon as checks finish, and once
+    more with the final totals when stopping."""
     last, was_ready = 0.0, False
     try:
         while not should_stop():
@@ -185,5 +186,7 @@ def serve(mirror: Mirror, report: Callable[[list[ReleaseStatus]], None], should_
             if now - last >= interval or (mirror.ready() and not was_ready):
                 report(statuses)
                 last, was_ready = now, mirror.ready()
+        time.sleep(1.0)  # libtorrent folds transfer counters into torrent totals once a second
+        report(mirror.poll())
     finally:
         mirror.close()
