@@ -48,12 +48,13 @@ def rotate_pairs(xs: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 def apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs (x[2j], x[2j+1]) of x (batch, seq, heads, head_dim) by each position's angles.
 
-    This is the reference's complex multiply, `view_as_complex(x) * polar(1, angle)`: as such eagerly on the CPU
-    (one kernel), and written out in real numbers elsewhere (`rotate_pairs`) so that it compiles everywhere.
+    This is the reference's complex multiply, `view_as_complex(x) * polar(1, angle)`. `freqs` is either complex
+    (seq, head_dim // 2), one kernel (the eager CPU path), or (seq, head_dim // 2, 2) cos/sin pairs, the same
+    product written out in real numbers (`rotate_pairs`), which compiles everywhere.
     """
     xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    if x.device.type == "cpu" and not torch.compiler.is_compiling():
-        rot = torch.view_as_complex(freqs.contiguous()).view(1, xs.shape[1], 1, xs.shape[3])
+    if freqs.is_complex():
+        rot = freqs.view(1, xs.shape[1], 1, xs.shape[3])
         return torch.view_as_real(torch.view_as_complex(xs) * rot).flatten(3).type_as(x)
     return rotate_pairs(xs, freqs).flatten(3).type_as(x)
 
@@ -215,6 +216,8 @@ class Transformer(nn.Module):
             key_pos = torch.cat([self.slot_pos, input_pos])
         mask = grouped_mask(band_mask(input_pos, key_pos, self.window), self.args.n_rep)
         freqs = self.freqs[input_pos]
+        if freqs.device.type == "cpu" and not torch.compiler.is_compiling():
+            freqs = torch.view_as_complex(freqs)  # one complex multiply per rotation instead of six real ops
         x = self.tok_embeddings(tokens)
         for layer in self.layers:
             x = layer(x, freqs, mask, slots, length == 1)
