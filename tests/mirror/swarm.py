@@ -78,7 +78,7 @@ def opentracker(tmp: Path, info_hashes: list[str], port: int = 0) -> Iterator[st
     binary = shutil.which("opentracker")
     assert binary, "opentracker is not installed (apt-get install opentracker; scripts/setup does it)"
     root = tmp / "opentracker"
-    root.mkdir()
+    root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     (root / "whitelist").write_text("".join(f"{h}\n" for h in info_hashes))
     (root / "whitelist").chmod(0o644)

@@ -1,0 +1,144 @@
+"""Fetch and seed speed on a loopback swarm: m7b vs aria2c vs a plain libtorrent client.
+
+One seeder on 127.0.0.1 serves a synthetic release (default: bench-2g, 2.16 GB) announced through opentracker;
+the same magnet is fetched by `m7b fetch`, by `aria2c` and by a plain libtorrent client with default settings,
+each into a fresh folder. Then `m7b seed` and a plain libtorrent seeder each serve four concurrent leechers.
+
+    flock /tmp/m7b-bench.lock python bench/fetch.py [--preset bench-2g] [--work bench/out/fetch]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "mirror"))
+
+from swarm import free_port, opentracker  # noqa: E402
+
+from m7b.mirror.create import create_release  # noqa: E402
+from m7b.synth import synthesize  # noqa: E402
+
+MIB = 1 << 20
+M7B = [sys.executable, "-m", "m7b"]
+PLAIN = [sys.executable, str(Path(__file__).with_name("plain_client.py"))]
+ARIA2 = ["aria2c", "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
+         "--enable-peer-exchange=false", "--seed-time=0", "--file-allocation=none", "--summary-interval=0",
+         "--console-log-level=warn", "--bt-save-metadata=false"]
+
+
+def first_json(proc: subprocess.Popen, until) -> dict:
+    for line in proc.stdout:
+        doc = json.loads(line)
+        if until(doc):
+            return doc
+    raise RuntimeError(f"{proc.args[:4]} ended before it was ready: {proc.stderr.read() if proc.stderr else ''}")
+
+
+@contextmanager
+def seeder(kind: str, folder: Path, torrent: Path) -> Iterator[int]:
+    """Start a seeder of `kind` ("m7b" or "plain"); yield its port once every piece is checked."""
+    if kind == "m7b":
+        home = folder.parent / "seed-home"
+        shutil.rmtree(home, ignore_errors=True)
+        args = [*M7B, "seed", str(folder), "--no-dht", "--listen", "127.0.0.1:0", "--json", "--interval", "1"]
+        env = {**os.environ, "M7B_HOME": str(home)}
+        ready = lambda d: d.get("releases") and d["releases"][0]["state"] == "seeding"  # noqa: E731
+    else:
+        args, env = [*PLAIN, "seed", str(torrent), str(folder.parent)], dict(os.environ)
+        ready = lambda d: "port" in d  # noqa: E731
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        doc = first_json(proc, ready)
+        yield doc.get("port") or doc["listen_port"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def fetch_command(client: str, magnet: str, dest: Path, peer: int | None) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ)
+    if client == "m7b":
+        env["M7B_HOME"] = str(dest / "home")
+        peers = ["--peer", f"127.0.0.1:{peer}"] if peer else []
+        return [*M7B, "fetch", magnet, "--dest", str(dest / "data"), "--no-dht", "--listen", "127.0.0.1:0",
+                "--json", *peers], env
+    if client == "aria2c":
+        return [*ARIA2, f"--dir={dest}", magnet], env
+    return [*PLAIN, "fetch", magnet, str(dest)], env
+
+
+def timed_fetches(client: str, magnet: str, work: Path, count: int, peer: int | None) -> float:
+    """Run `count` fetches by `client` at once into fresh folders; return the wall time until all finished."""
+    dests = [work / f"{client}-{i}" for i in range(count)]
+    for d in dests:
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    start = time.monotonic()
+    commands = [fetch_command(client, magnet, d, peer) for d in dests]
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for args, env in commands]
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"{client} failed: {err[-2000:]}")
+    seconds = time.monotonic() - start
+    for d in dests:
+        shutil.rmtree(d, ignore_errors=True)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="bench-2g")
+    parser.add_argument("--work", type=Path, default=Path("bench/out/fetch"))
+    parser.add_argument("--leechers", type=int, default=4)
+    opts = parser.parse_args()
+    work = opts.work.resolve()
+    folder = work / "src" / f"Bench-{opts.preset}"
+    if not folder.is_dir():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        synthesize(folder, opts.preset, seed=0)
+    port = free_port()
+    tracker = f"http://127.0.0.1:{port}/announce"
+    made = create_release(folder, trackers=[tracker], manifest_name="bench-release")
+    torrent = folder.parent / f"{folder.name}.torrent"
+    torrent.write_bytes(made.torrent)
+    size = made.meta.total_size
+    print(f"release {folder.name}: {size / MIB:,.0f} MiB, {made.meta.num_pieces} pieces of "
+          f"{made.meta.piece_length // 1024} KiB; cpus {os.cpu_count()}")
+
+    results: dict[str, float] = {}
+    with opentracker(work / "tracker-run", [made.meta.info_hash], port=port), seeder("m7b", folder, torrent):
+        for client in ("m7b", "aria2c", "plain"):
+            seconds = timed_fetches(client, made.magnet, work, 1, None)
+            results[client] = seconds
+            print(f"fetch  {client:7s} {seconds:7.2f} s  {size / MIB / seconds:7.1f} MiB/s", flush=True)
+    ratio = results["m7b"] / results["aria2c"]
+    print(f"ratio m7b/aria2c time: {ratio:.2f} (target <= 0.60); m7b/plain libtorrent: "
+          f"{results['m7b'] / results['plain']:.2f}")
+
+    aggregate: dict[str, float] = {}
+    for kind in ("m7b", "plain"):
+        shutil.rmtree(work / "tracker-run", ignore_errors=True)
+        with seeder(kind, folder, torrent) as seed_port:
+            seconds = timed_fetches("m7b", made.magnet.split("&tr=")[0], work, opts.leechers, seed_port)
+        aggregate[kind] = opts.leechers * size / MIB / seconds
+        print(f"seed   {kind:7s} {opts.leechers} leechers in {seconds:7.2f} s: aggregate "
+              f"{aggregate[kind]:7.1f} MiB/s", flush=True)
+    print(f"ratio m7b seed / plain libtorrent seed aggregate: {aggregate['m7b'] / aggregate['plain']:.2f} "
+          "(target >= 1.00)")
+    print(json.dumps({"size_bytes": size, "fetch_seconds": results, "ratio_m7b_aria2c": ratio,
+                      "seed_aggregate_mib_s": aggregate}))
+
+
+if __name__ == "__main__":
+    main()
