@@ -219,7 +219,6 @@ def main() -> None:
             sys.exit("no CUDA device: run this on a GPU machine (or pass --dry-run to check the script on the CPU)")
         device, dtype = torch.device("cuda"), torch.bfloat16
         args = ModelArgs.from_architecture(PRESETS["mistral-7b"])
-        torch.backends.cuda.matmul.allow_tf32 = True
     card, bandwidth = card_bandwidth(device, opts.bandwidth_gbs)
     log(f"device {card}, {args.n_layers} layers, dim {args.dim}, window {args.sliding_window}, {dtype}")
 
@@ -254,7 +253,10 @@ def main() -> None:
         log(f"TTFT, {opts.ttft_prompt}-token prompt: {doc['ttft']['ttft_s'] * 1000:.0f} ms")
     else:
         log("skipping TTFT: time budget spent")
-    model.setup_caches(1, 1)  # free the large caches before transformers runs
+    model.setup_caches(1, 1)  # free the large caches and the compiled graphs' memory before transformers runs
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
     if not opts.skip_hf and time.perf_counter() - t0 < BUDGET_S:
         hf = bench_hf(model, device, prompt, opts.new_tokens, max(1, opts.repeats - 1))
