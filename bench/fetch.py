@@ -20,12 +20,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "mirror"))
-
-from swarm import free_port, opentracker  # noqa: E402
-
-from m7b.mirror.create import create_release  # noqa: E402
-from m7b.synth import synthesize  # noqa: E402
+from m7b.mirror.create import create_release
+from m7b.mirror.tracker import free_port, local_opentracker
+from m7b.synth import synthesize
 
 MIB = 1 << 20
 M7B = [sys.executable, "-m", "m7b"]
@@ -117,7 +114,7 @@ def main() -> None:
           f"{made.meta.piece_length // 1024} KiB; cpus {os.cpu_count()}")
 
     results: dict[str, float] = {}
-    with opentracker(work / "tracker-run", [made.meta.info_hash], port=port), seeder("m7b", folder, torrent):
+    with local_opentracker(work / "tracker-run", [made.meta.info_hash], port=port), seeder("m7b", folder, torrent):
         for client in ("m7b", "aria2c", "plain"):
             seconds = timed_fetches(client, made.magnet, work, 1, None)
             results[client] = seconds

@@ -5,11 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
-import os
 import re
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,18 +16,15 @@ import libtorrent as lt
 from m7b.mirror.layout import renamed_files
 from m7b.mirror.session import SessionOptions, make_session
 from m7b.mirror.torrent import load_torrent
+from m7b.mirror.tracker import free_port, local_opentracker
+
+__all__ = ["free_port", "local_opentracker"]
 
 
 def tree_digests(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder`, by relative path."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float = 30.0, step: float = 0.05) -> bool:
@@ -70,36 +63,6 @@ def plain_seeder(torrent: Path, folder: Path, *, upload_limit: int = 0, trust_wi
         yield f"127.0.0.1:{session.listen_port()}"
     finally:
         session.pause()
-
-
-@contextlib.contextmanager
-def opentracker(tmp: Path, info_hashes: list[str], port: int = 0) -> Iterator[str]:
-    """Debian's opentracker on 127.0.0.1, serving only `info_hashes`. Yields its announce URL."""
-    binary = shutil.which("opentracker")
-    assert binary, "opentracker is not installed (apt-get install opentracker; scripts/setup does it)"
-    root = tmp / "opentracker"
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o755)
-    (root / "whitelist").write_text("".join(f"{h}\n" for h in info_hashes))
-    (root / "whitelist").chmod(0o644)
-    port = port or free_port()
-    args = [binary, "-i", "127.0.0.1", "-p", str(port), "-P", str(port)]
-    if os.geteuid() == 0:  # it chroots into -d and drops to -u; paths are then relative to the chroot
-        args += ["-w", "whitelist", "-u", "nobody", "-d", str(root)]
-    else:
-        args += ["-w", str(root / "whitelist")]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def listening() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    try:
-        assert wait_for(listening, 10), "opentracker did not start"
-        yield f"http://127.0.0.1:{port}/announce"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):

@@ -10,7 +10,7 @@ import sys
 import time
 
 import libtorrent as lt
-from swarm import free_port, opentracker, plain_seeder, tree_digests, wait_for
+from swarm import free_port, local_opentracker, plain_seeder, tree_digests, wait_for
 
 LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
 
@@ -23,7 +23,7 @@ def test_fetch_by_magnet_through_a_real_tracker(cli, m7b_home, publish, tmp_path
     # the tracker's whitelist names the info-hash, and the torrent names the tracker: pick the port first
     port = free_port()
     pub = publish(trackers=[f"http://127.0.0.1:{port}/announce"])
-    with opentracker(tmp_path, [pub.meta.info_hash], port=port) as tracker, \
+    with local_opentracker(tmp_path / "tracker", [pub.meta.info_hash], port=port) as tracker, \
             plain_seeder(pub.torrent, pub.folder, tracker=tracker):
         result = cli("fetch", pub.magnet, *LOOPBACK, "--json", "--timeout", "60")
     assert result.code == 0, result.stderr

@@ -6,7 +6,7 @@ import json
 import shutil
 import subprocess
 
-from swarm import free_port, opentracker, tree_digests, wait_for
+from swarm import free_port, local_opentracker, tree_digests, wait_for
 from test_seed import LOOPBACK, running_seed, stop
 
 ARIA2 = ["--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
@@ -22,7 +22,8 @@ def aria2c() -> str:
 def test_aria2c_downloads_from_m7b_seed_through_the_tracker(m7b_home, publish, tmp_path) -> None:
     port = free_port()
     pub = publish(trackers=[f"http://127.0.0.1:{port}/announce"])
-    with opentracker(tmp_path, [pub.meta.info_hash], port=port), running_seed(pub.folder) as (proc, status):
+    with local_opentracker(tmp_path / "tracker", [pub.meta.info_hash], port=port), \
+            running_seed(pub.folder) as (proc, status):
         assert status["releases"][0]["state"] == "seeding"
         out = tmp_path / "aria2"
         result = subprocess.run([aria2c(), *ARIA2, "--seed-time=0", "--bt-stop-timeout=60", f"--dir={out}",

@@ -1,0 +1,59 @@
+"""A real tracker on 127.0.0.1 for local swarms (demos, tests, benchmarks): Debian's opentracker.
+
+Debian's build serves only whitelisted info-hashes. Run as root it chroots into its folder and drops to
+`nobody`, so the whitelist path is then relative to that folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from m7b.errors import NetworkError, NotFoundError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def local_opentracker(folder: Path, info_hashes: Sequence[str], port: int = 0) -> Iterator[str]:
+    """Run opentracker on 127.0.0.1 for `info_hashes`; yield its HTTP announce URL, stop it afterwards."""
+    binary = shutil.which("opentracker")
+    if binary is None:
+        raise NotFoundError("opentracker is not installed: `apt-get install opentracker` (scripts/setup does it)")
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)
+    whitelist = folder / "whitelist"
+    whitelist.write_text("".join(f"{h}\n" for h in info_hashes))
+    whitelist.chmod(0o644)
+    port = port or free_port()
+    args = [binary, "-i", "127.0.0.1", "-p", str(port), "-P", str(port)]
+    if os.geteuid() == 0:
+        args += ["-w", whitelist.name, "-u", "nobody", "-d", str(folder)]
+    else:
+        args += ["-w", str(whitelist)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not _listening(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise NetworkError(f"opentracker did not start on 127.0.0.1:{port} (exit code {proc.poll()})")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/announce"
+    finally:
+        proc.terminate()
+        proc.wait(10)
