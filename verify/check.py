@@ -4,6 +4,7 @@ license evidence and inspect its checkpoint — one read pass over the files for
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,12 @@ def verify_release(root: Path, manifest: Manifest | None = None, torrent: Path |
     v1 = V1PieceLane(plan.piece_length, plan.v1_hashes) if plan and plan.v1_hashes else None
     v2 = V2PieceLane(plan) if plan and plan.info_hash_v2 else None
     lanes += [lane for lane in (v1, v2) if lane is not None]
-    found = read_stream(items, lanes, progress=progress)
+    # The checkpoint inspection (zip, pickle allowlist, mmap load, shapes) needs no file contents beyond data.pkl:
+    # it runs beside the hashing, so torch's import and the inspection cost no wall time of their own.
+    with ThreadPoolExecutor(1, thread_name_prefix="m7b-inspect") as pool:
+        inspected = pool.submit(_checkpoint_findings, root, manifest)
+        found = read_stream(items, lanes, progress=progress)
+        checkpoint_findings, checkpoint_doc = inspected.result()
 
     if plan:
         findings += _piece_findings(plan, found, v1, v2)
@@ -82,7 +88,7 @@ def verify_release(root: Path, manifest: Manifest | None = None, torrent: Path |
 
     evidence = find_evidence(root)
     findings += _license_findings(manifest, evidence)
-    arch, checkpoint_doc = _checkpoint_findings(root, manifest, found, findings)
+    findings += checkpoint_findings
 
     files = [FileRecord(rel, r.size, r.mtime_ns or 0, sha256.digests.get(rel), md5.digests.get(rel))
              for rel, r in found.items() if r.size is not None]
@@ -190,11 +196,12 @@ def _license_findings(manifest: Manifest | None, evidence: list) -> list[Finding
     return out
 
 
-def _checkpoint_findings(root: Path, manifest: Manifest | None, found: dict[str, FileRead],
-                         findings: list[Finding]) -> tuple[Architecture | None, dict[str, Any] | None]:
+def _checkpoint_findings(root: Path, manifest: Manifest | None) -> tuple[list[Finding], dict[str, Any] | None]:
+    """params.json and every top-level .pth: the pickle walked against the allowlist, then keys/shapes/dtypes."""
+    findings: list[Finding] = []
     arch: Architecture | None = None
     params = root / "params.json"
-    if found.get("params.json") and found["params.json"].size is not None:
+    if params.is_file():
         try:
             arch = load_params(params)
         except M7bError as exc:
@@ -207,7 +214,7 @@ def _checkpoint_findings(root: Path, manifest: Manifest | None, found: dict[str,
                                 "params.json"))
     arch = arch or (manifest.architecture if manifest else None)
     doc: dict[str, Any] | None = None
-    for rel in sorted(r for r, seen in found.items() if r.endswith(".pth") and seen.size is not None):
+    for rel in sorted(p.name for p in root.glob("*.pth") if p.is_file()):
         path = root / rel
         try:
             inspection = inspect_checkpoint(path)
@@ -233,4 +240,4 @@ def _checkpoint_findings(root: Path, manifest: Manifest | None, found: dict[str,
                                      "wrong_shape": [[k, list(a), list(b)] for k, a, b in result.wrong_shape],
                                      "wrong_dtype": [list(x) for x in result.wrong_dtype]}))
         del state
-    return arch, doc
+    return findings, doc

@@ -24,7 +24,7 @@ from m7b.store import CONVERTED_RECORD
 from m7b.verify import hf_layout
 from m7b.verify.checkpoint import check_tensors, load_checkpoint
 from m7b.verify.license import APACHE_SPDX, canonical_text
-from m7b.verify.safetensors_out import TensorOut, write_safetensors
+from m7b.verify.safetensors_out import DTYPES, TensorOut, write_safetensors
 from m7b.verify.sums import format_sums
 
 LAYOUTS = ("native", "hf")
@@ -32,6 +32,7 @@ CHECKPOINT = "consolidated.00.pth"
 NATIVE_FILE = "consolidated.safetensors"
 HF_PATTERN = "model{suffix}.safetensors"
 HF_MAX_SHARD = "5GB"
+CHECK_BLOCK = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,16 @@ def convert_release(src: Path, out: Path, layout: str, *, name: str | None = Non
     with atomic_dir(out) as tmp:
         if layout == "native":
             plan = {NATIVE_FILE: [_native_tensor(k, state) for k in keys]}
-            meta = {"license": APACHE_SPDX, "source_sha256": source_sha256, "source": CHECKPOINT, "format": "pt"}
-            digests[NATIVE_FILE] = write_safetensors(tmp / NATIVE_FILE, plan[NATIVE_FILE], meta, on_tensor)
+            metadata = {NATIVE_FILE: {"license": APACHE_SPDX, "source_sha256": source_sha256, "source": CHECKPOINT,
+                                      "format": "pt"}}
+            digests[NATIVE_FILE] = write_safetensors(tmp / NATIVE_FILE, plan[NATIVE_FILE], metadata[NATIVE_FILE],
+                                                     on_tensor)
             _copy(src / "params.json", tmp / "params.json", digests)
         else:
             plan = _hf_plan(state, keys, arch, max_shard_size)
+            metadata = {filename: {"format": "pt"} for filename in plan}
             for filename, tensors in plan.items():
-                digests[filename] = write_safetensors(tmp / filename, tensors, {"format": "pt"}, on_tensor)
+                digests[filename] = write_safetensors(tmp / filename, tensors, metadata[filename], on_tensor)
             if len(plan) > 1:
                 _write_text(tmp / "model.safetensors.index.json", _hf_index(plan), digests)
             _write_text(tmp / "config.json", hf_layout.dumps(hf_layout.config(arch, check.dtype or "bfloat16")),
@@ -106,7 +110,7 @@ def convert_release(src: Path, out: Path, layout: str, *, name: str | None = Non
         _copy(tokenizer, tmp / "tokenizer.model", digests)
         (tmp / "LICENSE").write_bytes(canonical_text())
         digests["LICENSE"] = hashlib.sha256(canonical_text()).hexdigest()
-        _check_outputs(tmp, plan, state, arch, layout, progress)
+        _check_outputs(tmp, plan, state, arch, layout, metadata, progress)
         (tmp / CONVERTED_RECORD).write_text(format_sums(digests), encoding="utf-8")
     return ConvertResult(out, layout, dict(sorted(digests.items())), len(keys), total, source_sha256,
                          time.monotonic() - started)
@@ -158,31 +162,59 @@ def _write_text(path: Path, text: str, digests: dict[str, str]) -> None:
 
 
 def _check_outputs(tmp: Path, plan: dict[str, list[TensorOut]], state: dict[str, torch.Tensor], arch: Architecture,
-                   layout: str, progress: ProgressCallback) -> None:
-    """Read every written tensor back (with safetensors' own reader) and compare bit for bit with its source."""
+                   layout: str, metadata: dict[str, dict[str, str]], progress: ProgressCallback) -> None:
+    """Read every output file back and compare each tensor bit for bit with its source (hf: permutation undone).
+
+    safetensors' own reader checks the header (names, dtypes, shapes, metadata); the data is read back with plain
+    reads into one reused buffer and compared (memcmp, via bytes equality) with the mmap'd source.
+    """
     from safetensors import safe_open
 
     source_key = {hf_layout.hf_key(k) if layout == "hf" else k: k for k in state}
     total = sum(t.nbytes for tensors in plan.values() for t in tensors)
+    buffer = bytearray(CHECK_BLOCK)
     done = 0
     for filename, tensors in plan.items():
-        with safe_open(str(tmp / filename), framework="pt") as f:
-            names = set(f.keys())
-            planned = {t.name for t in tensors}
-            if names != planned:
-                raise MismatchError(f"{filename}: holds {sorted(names ^ planned)[:3]} unlike its plan")
+        path = tmp / filename
+        with safe_open(str(path), framework="pt") as f:
+            described = {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape()))
+                         for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+            if described != {t.name: (DTYPES[t.dtype], t.shape) for t in tensors} or \
+                    (f.metadata() or {}) != metadata[filename]:
+                raise MismatchError(f"{filename}: read back, its header differs from what was written — check the "
+                                    "disk and convert again")
+        with open(path, "rb", buffering=0) as fh:
+            head = int.from_bytes(fh.read(8), "little")
+            fh.seek(8 + head)
             for t in tensors:
-                got = f.get_tensor(t.name)
                 key = source_key[t.name]
                 heads = hf_layout.rotary_heads(key, arch) if layout == "hf" else None
-                if heads is not None:
-                    got = hf_layout.unpermute(got, heads).contiguous()
-                src = state[key]
-                if got.shape != src.shape or got.dtype != src.dtype or \
-                        not torch.equal(got.reshape(-1).view(torch.uint8), src.reshape(-1).view(torch.uint8)):
+                if not _same_as_source(fh, t, state[key], heads, buffer):
                     raise MismatchError(f"{filename}: tensor {t.name} read back differs from {key} in the source; "
                                         "the disk returned other bytes than were written — check the disk and convert "
                                         "again")
                 done += t.nbytes
                 progress(ProgressEvent("checking", done, total, item=t.name))
-                del got
+
+
+def _same_as_source(fh, t: TensorOut, source: torch.Tensor, heads: int | None, buffer: bytearray) -> bool:
+    """Read tensor `t` from `fh` (positioned at its data) and compare it bit for bit with `source`."""
+    if heads is not None:  # a permuted wq/wk: read it whole, undo the permutation, compare
+        raw = bytearray(t.nbytes)
+        if fh.readinto(raw) != t.nbytes:
+            return False
+        if not t.nbytes:
+            return True
+        got = hf_layout.unpermute(torch.frombuffer(raw, dtype=source.dtype).view(source.shape), heads)
+        return bytearray(_raw(got)) == _raw(source)
+    want = _raw(source)
+    for start in range(0, t.nbytes, len(buffer)):
+        size = min(len(buffer), t.nbytes - start)
+        chunk = buffer if size == len(buffer) else bytearray(size)
+        if fh.readinto(chunk) != size or chunk != want[start:start + size]:
+            return False
+    return True
+
+
+def _raw(tensor: torch.Tensor) -> memoryview:
+    return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())

@@ -141,6 +141,29 @@ def test_full_disk_leaves_nothing_under_a_final_name(tiny_release_src: Path, tmp
     assert list(parent.iterdir()) == []
 
 
+class _FlippingDisk(_FullDisk):
+    """A file that silently stores one flipped bit at byte `at` (what the read-back check must catch)."""
+
+    def write(self, data) -> int:
+        raw = bytearray(memoryview(data).cast("B"))
+        if self.written <= self.limit < self.written + len(raw):
+            raw[self.limit - self.written] ^= 1
+        self.written += len(raw)
+        return self.fh.write(raw)
+
+
+@pytest.mark.parametrize("layout", ["native", "hf"])
+def test_read_back_check_catches_a_byte_the_disk_changed(tiny_release_src: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    import m7b.verify.safetensors_out as writer
+
+    monkeypatch.setattr(writer, "open", lambda path, mode: _FlippingDisk(open(path, mode), 1_000_000),  # noqa: SIM115
+                        raising=False)
+    with pytest.raises(MismatchError, match="read back differs"):
+        convert_release(tiny_release_src, tmp_path / layout, layout)
+    assert not (tmp_path / layout).exists() and list(tmp_path.iterdir()) == []
+
+
 def test_convert_refuses_a_checkpoint_that_disagrees_with_params(tiny_release: Path, tmp_path: Path) -> None:
     params = json.loads((tiny_release / "params.json").read_text())
     params["hidden_dim"] += 2
