@@ -178,13 +178,16 @@ class Transformer(nn.Module):
         weight = self.output.weight
         capacity = capacity or min(self.window, max_seq_len)
         dtype = cache_dtype or weight.dtype
-        for layer in self.layers:
-            layer.attention.kv_cache = RollingKVCache(batch_size, self.args.n_kv_heads, capacity,
-                                                      self.args.head_dim, dtype, weight.device)
-        self.register_buffer("slot_pos", torch.full((capacity,), -1, dtype=torch.long, device=weight.device),
-                             persistent=False)
-        self.register_buffer("freqs", precompute_freqs(max_seq_len, self.args.head_dim, self.args.rope_theta,
-                                                       weight.device), persistent=False)
+        # Ordinary tensors even when called under inference_mode, so that later calls in or out of it may
+        # update them in place.
+        with torch.inference_mode(False):
+            for layer in self.layers:
+                layer.attention.kv_cache = RollingKVCache(batch_size, self.args.n_kv_heads, capacity,
+                                                          self.args.head_dim, dtype, weight.device)
+            self.register_buffer("slot_pos", torch.full((capacity,), -1, dtype=torch.long, device=weight.device),
+                                 persistent=False)
+            self.register_buffer("freqs", precompute_freqs(max_seq_len, self.args.head_dim, self.args.rope_theta,
+                                                           weight.device), persistent=False)
         self.max_seq_len = max_seq_len
 
     def reset_caches(self) -> None:
