@@ -88,3 +88,15 @@ def test_generation_stops_at_eos(tiny_runtime, monkeypatch) -> None:
     result = generate(tiny_runtime.model, [1, 22557], GenerationConfig(max_tokens=20),
                       eos_id=tiny_runtime.tokenizer.eos_id)
     assert result.stop_reason == "eos" and len(result.tokens) == 4
+
+
+def test_device_auto_picks_cuda_when_present(monkeypatch) -> None:
+    from m7b.runtime.device import resolve_device, resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_dtype(None, torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("float32", torch.device("cuda")) == torch.float32
