@@ -231,6 +231,10 @@ def main() -> None:
     doc: dict = {"device": card, "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
                  "params": sum(p.numel() for p in model.parameters()), "weight_bytes": weight_bytes}
 
+    def save() -> None:  # after every phase, so that a later failure keeps what was measured
+        if opts.json_out:
+            opts.json_out.write_text(json.dumps(doc, indent=1, default=str))
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     dec = bench_decode(model, device, prompt, opts.new_tokens, opts.decode, opts.repeats)
@@ -244,6 +248,7 @@ def main() -> None:
         doc["roofline_tok_s"] = roofline
         doc["fraction_of_roofline"] = dec["decode_tok_s"] / roofline
     log(f"m7b decode: {dec['decode_tok_s']:.1f} tok/s ({dec['mode']}), runs {dec['runs_tok_s']}")
+    save()
 
     if time.perf_counter() - t0 < BUDGET_S:
         if device.type == "cuda":
@@ -251,6 +256,7 @@ def main() -> None:
         doc["ttft"] = bench_ttft(model, device, opts.ttft_prompt, opts.repeats)
         doc["ttft"]["peak_gpu_gib"] = peak_gib(device)
         log(f"TTFT, {opts.ttft_prompt}-token prompt: {doc['ttft']['ttft_s'] * 1000:.0f} ms")
+        save()
     else:
         log("skipping TTFT: time budget spent")
     model.setup_caches(1, 1)  # free the large caches and the compiled graphs' memory before transformers runs
@@ -258,8 +264,14 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
+    hf = None
     if not opts.skip_hf and time.perf_counter() - t0 < BUDGET_S:
-        hf = bench_hf(model, device, prompt, opts.new_tokens, max(1, opts.repeats - 1))
+        try:
+            hf = bench_hf(model, device, prompt, opts.new_tokens, max(1, opts.repeats - 1))
+        except Exception as exc:  # noqa: BLE001 — keep m7b's figures when the comparison cannot run
+            doc["transformers_error"] = f"{type(exc).__name__}: {exc}"
+            log(f"transformers phase failed: {doc['transformers_error'][:300]}")
+    if hf is not None:
         doc["transformers_decode_tok_s"] = hf["decode_tok_s"]
         doc["transformers_runs_tok_s"] = hf["runs_tok_s"]
         doc["ratio_vs_transformers"] = dec["decode_tok_s"] / hf["decode_tok_s"]
@@ -288,8 +300,7 @@ def main() -> None:
                      f"4096-token prefill {doc.get('ttft', {}).get('peak_gpu_gib', float('nan')):.2f} GiB")
     lines.append(f"  wall time         {doc['wall_s']} s")
     print("\n".join(lines))
-    if opts.json_out:
-        opts.json_out.write_text(json.dumps(doc, indent=1, default=str))
+    save()
 
 
 if __name__ == "__main__":
