@@ -52,7 +52,9 @@ def _is_usage_error(exc: Exception) -> bool:
 def main() -> None:
     _register()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(code) comes back as the return value
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except M7bError as exc:
         if _State.debug:
             raise

@@ -215,7 +215,8 @@ class _Download:
         left = status.total_wanted - status.total_wanted_done
         self.progress(ProgressEvent(
             phase, status.total_wanted_done if phase != "metadata" else 0,
-            status.total_wanted if phase != "metadata" else None, item=self.target.name,
+            status.total_wanted if phase != "metadata" else None,
+            item=f"{self.target.name} · {status.num_peers} peers · {self.hash_failures} bad pieces",
             extra={"rate": rate, "peers": status.num_peers, "seeds": status.num_seeds,
                    "eta": (left / rate) if rate > 0 else None, "hash_failures": self.hash_failures}))
 

@@ -159,3 +159,42 @@ def test_no_peers_ends_with_a_clear_timeout(cli, m7b_home) -> None:
     assert "no peer sent the metadata" in result.stderr and "--timeout" in result.stderr
     releases = m7b_home / "releases"
     assert not releases.exists() or list(releases.iterdir()) == []
+
+
+def test_sigterm_saves_resume_data_and_the_next_run_continues(cli, m7b_home, publish) -> None:
+    pub = publish()
+    resume = m7b_home / "resume" / f"{pub.meta.info_hash}.fastresume"
+    with plain_seeder(pub.torrent, pub.folder, upload_limit=1 << 20) as slow_peer:
+        proc = subprocess.Popen([sys.executable, "-m", "m7b", "fetch", pub.magnet, "--peer", slow_peer, *LOOPBACK,
+                                 "--json", "--resume-interval", "60"], stdout=subprocess.PIPE, text=True)
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event.get("total") and event["done"] >= 0.25 * event["total"]:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert json.loads(out.strip().splitlines()[-1])["event"] == "interrupted"
+    assert resume.is_file()  # written on exit, not by the 60 s timer
+    saved = lt.read_resume_data(resume.read_bytes())
+    assert sum(saved.have_pieces) >= 0.2 * pub.meta.num_pieces
+    with plain_seeder(pub.torrent, pub.folder) as peer:
+        result = cli("fetch", pub.magnet, "--peer", peer, *LOOPBACK, "--json")
+    assert result.code == 0, result.stderr
+    assert last_json(result.stdout)["pieces_at_start"] >= 0.2 * pub.meta.num_pieces
+
+
+def test_a_disk_that_refuses_writes_stops_with_a_clear_error(m7b_home, publish) -> None:
+    import resource
+
+    pub = publish()
+
+    def small_disk() -> None:  # every file may grow to 1 MiB at most: writes beyond fail like a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    with plain_seeder(pub.torrent, pub.folder) as peer:
+        proc = subprocess.run([sys.executable, "-m", "m7b", "fetch", pub.magnet, "--peer", peer, *LOOPBACK,
+                               "--timeout", "30"], capture_output=True, text=True, preexec_fn=small_disk, timeout=120)
+    assert proc.returncode == 8, proc.stderr
+    assert "could not write" in proc.stderr and "resume data was kept" in proc.stderr
+    assert not (m7b_home / "releases" / pub.folder.name).exists()  # nothing under the final name
