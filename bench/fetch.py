@@ -70,7 +70,7 @@ def fetch_command(client: str, magnet: str, dest: Path, peer: int | None) -> tup
                 "--json", *peers], env
     if client == "aria2c":
         return [*ARIA2, f"--dir={dest}", magnet], env
-    return [*PLAIN, "fetch", magnet, str(dest)], env
+    return [*PLAIN, "fetch", magnet, str(dest), *([str(peer)] if peer else [])], env
 
 
 def timed_fetches(client: str, magnet: str, work: Path, count: int, peer: int | None) -> float:

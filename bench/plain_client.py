@@ -1,4 +1,4 @@
-"""A plain libtorrent client, default settings, for benchmarks: `seed TORRENT SAVE_PATH` or `fetch MAGNET DEST`.
+"""A plain libtorrent client for benchmarks: `seed TORRENT SAVE_PATH` or `fetch MAGNET DEST [PEER_PORT]`.
 
 Only what a loopback swarm needs is changed from libtorrent's defaults: no DHT/LSD/UPnP/NAT-PMP (no network
 here), outgoing TCP instead of uTP (uTP is ~25x slower on loopback), and several peers per IP (all leechers
@@ -20,6 +20,7 @@ LOOPBACK = {"listen_interfaces": "127.0.0.1:0", "enable_dht": False, "enable_lsd
 
 def main() -> None:
     mode, source, path = sys.argv[1:4]
+    peer = int(sys.argv[4]) if len(sys.argv) > 4 else None
     session = lt.session(LOOPBACK)
     if mode == "seed":
         atp = lt.add_torrent_params()
@@ -29,6 +30,8 @@ def main() -> None:
     atp.save_path = path
     atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
     handle = session.add_torrent(atp)
+    if peer:
+        handle.connect_peer(("127.0.0.1", peer))
     start = time.monotonic()
     while True:
         time.sleep(0.05)

@@ -41,7 +41,7 @@ def _root(
 
 def _register() -> None:
     # Each area keeps its commands in its own module; importing it registers them on `app`.
-    from m7b import cli_mirror, cli_release, cli_runtime, cli_store, cli_verify  # noqa: F401
+    from m7b import cli_demo, cli_mirror, cli_release, cli_runtime, cli_store, cli_verify  # noqa: F401
 
 
 def _is_usage_error(exc: Exception) -> bool:

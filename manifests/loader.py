@@ -200,12 +200,15 @@ def load_manifest(path: Path) -> Manifest:
     return parse_manifest(raw, str(path))
 
 
-def manifest_dirs() -> list[Path]:
-    """Where manifests are looked up: the ones shipped with m7b, then the store's `manifests/`."""
+def manifest_dirs(user_dir: Path | None = None) -> list[Path]:
+    """Where manifests are looked up: the ones shipped with m7b, then the store's `manifests/` (`user_dir`,
+    default: the store of M7B_HOME), then the folders in M7B_MANIFESTS."""
     dirs = [BUNDLED_DIR]
-    from m7b.store import Store  # the store owns paths; imported here to keep manifests free of CLI code
+    if user_dir is None:
+        from m7b.store import Store  # the store owns paths; imported here to keep manifests free of CLI code
 
-    user = Store.from_env().manifests_dir
+        user_dir = Store.from_env().manifests_dir
+    user = user_dir
     if user.is_dir():
         dirs.append(user)
     extra = os.environ.get("M7B_MANIFESTS")
@@ -214,9 +217,9 @@ def manifest_dirs() -> list[Path]:
     return dirs
 
 
-def known_manifests() -> dict[str, Manifest]:
+def known_manifests(user_dir: Path | None = None) -> dict[str, Manifest]:
     found: dict[str, Manifest] = {}
-    for directory in manifest_dirs():
+    for directory in manifest_dirs(user_dir):
         for path in sorted(directory.glob("*.toml")):
             manifest = load_manifest(path)
             if manifest.name in found and found[manifest.name].origin != manifest.origin:
@@ -226,8 +229,8 @@ def known_manifests() -> dict[str, Manifest]:
     return found
 
 
-def find_manifest(name: str) -> Manifest:
-    known = known_manifests()
+def find_manifest(name: str, user_dir: Path | None = None) -> Manifest:
+    known = known_manifests(user_dir)
     if name not in known:
         raise NotFoundError(f"unknown release {name!r}; known releases: {', '.join(sorted(known)) or 'none'} "
                             "(see `m7b list`, or pass a manifest file)")

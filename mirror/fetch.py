@@ -58,8 +58,8 @@ def _slug(text: str) -> str:
     return slug or "release"
 
 
-def manifest_for_hash(info_hash: str) -> Manifest | None:
-    for manifest in known_manifests().values():
+def manifest_for_hash(info_hash: str, store: Store) -> Manifest | None:
+    for manifest in known_manifests(store.manifests_dir).values():
         if info_hash in (manifest.torrent.info_hash_v1, manifest.torrent.info_hash_v2):
             return manifest
     return None
@@ -80,15 +80,15 @@ def resolve(source: str, store: Store) -> FetchTarget:
     torrent = None
     if is_magnet(source):
         magnet = parse_magnet(source)
-        manifest = manifest_for_hash(magnet.info_hash)
+        manifest = manifest_for_hash(magnet.info_hash, store)
         name = manifest.name if manifest else _slug(magnet.name or magnet.info_hash)
     elif source.endswith(".torrent") or Path(source).is_file():
         torrent, meta = load_torrent(Path(source))
         checked_meta(torrent)
-        magnet, manifest = None, manifest_for_hash(meta.info_hash)
+        magnet, manifest = None, manifest_for_hash(meta.info_hash, store)
         name = manifest.name if manifest else _slug(meta.name)
     else:
-        manifest = find_manifest(source)
+        manifest = find_manifest(source, store.manifests_dir)
         magnet = _manifest_magnet(manifest)
         name = manifest.name
     info_hash = magnet.info_hash if magnet else checked_meta(torrent).info_hash

@@ -59,7 +59,7 @@ def resolve_seed(arg: str, store: Store) -> SeedRelease:
                     return SeedRelease(name=folder.name.lower(), folder=folder.resolve(), torrent=ti, meta=meta)
         raise NotFoundError(f"no torrent for {folder}: expected {candidates[0]} (make it with "
                             f"`m7b release create {folder}`) or a torrent named {folder.name!r} in the store")
-    manifest = find_manifest(arg)
+    manifest = find_manifest(arg, store.manifests_dir)
     info_hash = manifest.torrent.info_hash_v1 or manifest.torrent.info_hash_v2 or ""
     torrent_path = store.torrent_path(info_hash)
     release = store.release_dir(manifest.name)
