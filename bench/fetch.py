@@ -74,7 +74,8 @@ def fetch_command(client: str, magnet: str, dest: Path, peer: int | None) -> tup
 
 
 def timed_fetches(client: str, magnet: str, work: Path, count: int, peer: int | None) -> float:
-    """Run `count` fetches by `client` at once into fresh folders; return the wall time until all finished."""
+    """Run `count` fetches by `client` at once into fresh folders under `work`; return the wall time (process
+    start to the last one's exit) until all finished."""
     dests = [work / f"{client}-{i}" for i in range(count)]
     for d in dests:
         shutil.rmtree(d, ignore_errors=True)
@@ -98,6 +99,10 @@ def main() -> None:
     parser.add_argument("--preset", default="bench-2g")
     parser.add_argument("--work", type=Path, default=Path("bench/out/fetch"))
     parser.add_argument("--leechers", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the best is reported")
+    parser.add_argument("--leecher-dir", type=Path, default=Path("/dev/shm/m7b-bench") if Path("/dev/shm").is_dir()
+                        else None, help="where the four leechers write (default: tmpfs, so the seeder is measured, "
+                        "not the disk)")
     opts = parser.parse_args()
     work = opts.work.resolve()
     folder = work / "src" / f"Bench-{opts.preset}"
@@ -116,21 +121,24 @@ def main() -> None:
     results: dict[str, float] = {}
     with local_opentracker(work / "tracker-run", [made.meta.info_hash], port=port), seeder("m7b", folder, torrent):
         for client in ("m7b", "aria2c", "plain"):
-            seconds = timed_fetches(client, made.magnet, work, 1, None)
-            results[client] = seconds
-            print(f"fetch  {client:7s} {seconds:7.2f} s  {size / MIB / seconds:7.1f} MiB/s", flush=True)
+            runs = [timed_fetches(client, made.magnet, work, 1, None) for _ in range(opts.repeats)]
+            seconds = results[client] = min(runs)
+            print(f"fetch  {client:7s} {seconds:7.2f} s  {size / MIB / seconds:7.1f} MiB/s   runs "
+                  f"{', '.join(f'{r:.2f}' for r in runs)}", flush=True)
     ratio = results["m7b"] / results["aria2c"]
     print(f"ratio m7b/aria2c time: {ratio:.2f} (target <= 0.60); m7b/plain libtorrent: "
           f"{results['m7b'] / results['plain']:.2f}")
 
     aggregate: dict[str, float] = {}
+    leecher_work = opts.leecher_dir or work
     for kind in ("m7b", "plain"):
-        shutil.rmtree(work / "tracker-run", ignore_errors=True)
         with seeder(kind, folder, torrent) as seed_port:
-            seconds = timed_fetches("m7b", made.magnet.split("&tr=")[0], work, opts.leechers, seed_port)
+            runs = [timed_fetches("m7b", made.magnet.split("&tr=")[0], leecher_work, opts.leechers, seed_port)
+                    for _ in range(opts.repeats)]
+        seconds = min(runs)
         aggregate[kind] = opts.leechers * size / MIB / seconds
-        print(f"seed   {kind:7s} {opts.leechers} leechers in {seconds:7.2f} s: aggregate "
-              f"{aggregate[kind]:7.1f} MiB/s", flush=True)
+        print(f"seed   {kind:7s} {opts.leechers} leechers into {leecher_work} in {seconds:7.2f} s: aggregate "
+              f"{aggregate[kind]:7.1f} MiB/s   runs {', '.join(f'{r:.2f}' for r in runs)}", flush=True)
     print(f"ratio m7b seed / plain libtorrent seed aggregate: {aggregate['m7b'] / aggregate['plain']:.2f} "
           "(target >= 1.00)")
     print(json.dumps({"size_bytes": size, "fetch_seconds": results, "ratio_m7b_aria2c": ratio,
