@@ -8,11 +8,13 @@ read back and compared bit for bit with its source, the hf permutation undone).
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -81,24 +83,29 @@ def convert_release(src: Path, out: Path, layout: str, *, name: str | None = Non
     total = sum(state[k].numel() * state[k].element_size() for k in keys)
     done = [0]
 
-    def on_tensor(t: TensorOut) -> None:
-        done[0] += t.nbytes
-        progress(ProgressEvent("converting", done[0], total, item=t.name))
+    def written(filename: str) -> Callable[[TensorOut, int], None]:
+        def on_tensor(t: TensorOut, offset: int) -> None:
+            check_tensor(tmp / filename, t, offset)
+            done[0] += t.nbytes
+            progress(ProgressEvent("converting", done[0], total, item=t.name))
+
+        return on_tensor
 
     digests: dict[str, str] = {}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, _ReadBack(state, arch, layout) as check_tensor:
         if layout == "native":
             plan = {NATIVE_FILE: [_native_tensor(k, state) for k in keys]}
             metadata = {NATIVE_FILE: {"license": APACHE_SPDX, "source_sha256": source_sha256, "source": CHECKPOINT,
                                       "format": "pt"}}
             digests[NATIVE_FILE] = write_safetensors(tmp / NATIVE_FILE, plan[NATIVE_FILE], metadata[NATIVE_FILE],
-                                                     on_tensor)
+                                                     written(NATIVE_FILE))
             _copy(src / "params.json", tmp / "params.json", digests)
         else:
             plan = _hf_plan(state, keys, arch, max_shard_size)
             metadata = {filename: {"format": "pt"} for filename in plan}
             for filename, tensors in plan.items():
-                digests[filename] = write_safetensors(tmp / filename, tensors, metadata[filename], on_tensor)
+                digests[filename] = write_safetensors(tmp / filename, tensors, metadata[filename],
+                                                      written(filename))
             if len(plan) > 1:
                 _write_text(tmp / "model.safetensors.index.json", _hf_index(plan), digests)
             _write_text(tmp / "config.json", hf_layout.dumps(hf_layout.config(arch, check.dtype or "bfloat16")),
@@ -110,7 +117,8 @@ def convert_release(src: Path, out: Path, layout: str, *, name: str | None = Non
         _copy(tokenizer, tmp / "tokenizer.model", digests)
         (tmp / "LICENSE").write_bytes(canonical_text())
         digests["LICENSE"] = hashlib.sha256(canonical_text()).hexdigest()
-        _check_outputs(tmp, plan, state, arch, layout, metadata, progress)
+        for filename, tensors in plan.items():
+            _check_header(tmp / filename, tensors, metadata[filename])
         (tmp / CONVERTED_RECORD).write_text(format_sums(digests), encoding="utf-8")
     return ConvertResult(out, layout, dict(sorted(digests.items())), len(keys), total, source_sha256,
                          time.monotonic() - started)
@@ -161,40 +169,52 @@ def _write_text(path: Path, text: str, digests: dict[str, str]) -> None:
     digests[path.name] = hashlib.sha256(data).hexdigest()
 
 
-def _check_outputs(tmp: Path, plan: dict[str, list[TensorOut]], state: dict[str, torch.Tensor], arch: Architecture,
-                   layout: str, metadata: dict[str, dict[str, str]], progress: ProgressCallback) -> None:
-    """Read every output file back and compare each tensor bit for bit with its source (hf: permutation undone).
+class _ReadBack:
+    """The bit-exact check: each tensor is read back from its file as soon as it is written (through a second
+    descriptor, into one reused buffer) and compared with its mmap'd source, the hf permutation undone; this runs
+    while the hash thread is still hashing, so the check costs little wall time."""
 
-    safetensors' own reader checks the header (names, dtypes, shapes, metadata); the data is read back with plain
-    reads into one reused buffer and compared (memcmp, via bytes equality) with the mmap'd source.
-    """
+    def __init__(self, state: dict[str, torch.Tensor], arch: Architecture, layout: str) -> None:
+        self.state, self.arch, self.layout = state, arch, layout
+        self.source_key = {hf_layout.hf_key(k) if layout == "hf" else k: k for k in state}
+        self.buffer = bytearray(CHECK_BLOCK)
+        self.path: Path | None = None
+        self.fh: BinaryIO | None = None
+
+    def __enter__(self) -> _ReadBack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+    def __call__(self, path: Path, t: TensorOut, offset: int) -> None:
+        if path != self.path:
+            if self.fh is not None:
+                self.fh.close()
+            self.path, self.fh = path, open(path, "rb", buffering=0)  # noqa: SIM115 (closed on the next file/exit)
+        key = self.source_key[t.name]
+        heads = hf_layout.rotary_heads(key, self.arch) if self.layout == "hf" else None
+        self.fh.seek(offset)
+        if not _same_as_source(self.fh, t, self.state[key], heads, self.buffer):
+            raise MismatchError(f"{path.name}: tensor {t.name} read back differs from {key} in the source; the disk "
+                                "returned other bytes than were written — check the disk and convert again")
+        # Checked: start writing these pages to disk now (Linux starts writeback of dirty pages on DONTNEED), so the
+        # final fsync has little left to wait for and the page cache is not filled with the whole model.
+        if hasattr(os, "posix_fadvise") and t.nbytes:
+            os.posix_fadvise(self.fh.fileno(), offset, t.nbytes, os.POSIX_FADV_DONTNEED)
+
+
+def _check_header(path: Path, tensors: list[TensorOut], metadata: dict[str, str]) -> None:
+    """safetensors' own reader must see exactly the names, dtypes, shapes and metadata that were planned."""
     from safetensors import safe_open
 
-    source_key = {hf_layout.hf_key(k) if layout == "hf" else k: k for k in state}
-    total = sum(t.nbytes for tensors in plan.values() for t in tensors)
-    buffer = bytearray(CHECK_BLOCK)
-    done = 0
-    for filename, tensors in plan.items():
-        path = tmp / filename
-        with safe_open(str(path), framework="pt") as f:
-            described = {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape()))
-                         for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-            if described != {t.name: (DTYPES[t.dtype], t.shape) for t in tensors} or \
-                    (f.metadata() or {}) != metadata[filename]:
-                raise MismatchError(f"{filename}: read back, its header differs from what was written — check the "
-                                    "disk and convert again")
-        with open(path, "rb", buffering=0) as fh:
-            head = int.from_bytes(fh.read(8), "little")
-            fh.seek(8 + head)
-            for t in tensors:
-                key = source_key[t.name]
-                heads = hf_layout.rotary_heads(key, arch) if layout == "hf" else None
-                if not _same_as_source(fh, t, state[key], heads, buffer):
-                    raise MismatchError(f"{filename}: tensor {t.name} read back differs from {key} in the source; "
-                                        "the disk returned other bytes than were written — check the disk and convert "
-                                        "again")
-                done += t.nbytes
-                progress(ProgressEvent("checking", done, total, item=t.name))
+    with safe_open(str(path), framework="pt") as f:
+        described = {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape()))
+                     for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        if described != {t.name: (DTYPES[t.dtype], t.shape) for t in tensors} or (f.metadata() or {}) != metadata:
+            raise MismatchError(f"{path.name}: read back, its header differs from what was written — check the disk "
+                                "and convert again")
 
 
 def _same_as_source(fh, t: TensorOut, source: torch.Tensor, heads: int | None, buffer: bytearray) -> bool:

@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from m7b.errors import InvalidInputError, NotFoundError
+from m7b.errors import InvalidInputError, NotFoundError, UnsafeError
 from m7b.verify.digest import ReadItem
 
 V2_BLOCK = 16 << 10
@@ -74,6 +74,8 @@ def load_torrent(path: Path) -> TorrentPlan:
     files = []
     for i in range(fs.num_files()):
         rel = _strip_name(fs.file_path(i), name, fs.num_files())
+        if ".." in PurePosixPath(rel).parts or PurePosixPath(rel).is_absolute():
+            raise UnsafeError(f"{path}: file {rel!r} of the torrent points outside the release folder; refused")
         pad = bool(int(fs.file_flags(i)) & int(lt.file_storage.flag_pad_file))
         root = bytes.fromhex(str(fs.root(i))) if has_v2 and not pad else None
         files.append(TorrentFile(i, rel, fs.file_size(i), fs.file_offset(i), pad,

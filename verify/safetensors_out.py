@@ -60,8 +60,12 @@ def _raw(tensor: torch.Tensor) -> memoryview:
 
 
 def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[str, str] | None = None,
-                      on_tensor: Callable[[TensorOut], None] | None = None) -> str:
-    """Write `tensors` to `path` in order; return the file's sha256 (hashed in a thread as it is written)."""
+                      on_tensor: Callable[[TensorOut, int], None] | None = None) -> str:
+    """Write `tensors` to `path` in order; return the file's sha256 (hashed in a thread as it is written).
+
+    `on_tensor(t, offset)` runs once each tensor's bytes are handed to the OS, with the file offset of its data
+    (convert reads it back there while the hash thread is still busy).
+    """
     digest = hashlib.sha256()
     inbox: queue.Queue = queue.Queue(maxsize=2)  # bounds the permuted tensors alive at once
     failure: list[BaseException] = []
@@ -80,6 +84,7 @@ def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[st
             head = header_bytes(tensors, metadata)
             inbox.put(head)
             fh.write(head)
+            offset = len(head)
             for t in tensors:
                 value = t.produce()
                 if tuple(value.shape) != t.shape or value.dtype != t.dtype:
@@ -89,7 +94,9 @@ def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[st
                 inbox.put(raw)
                 fh.write(raw)
                 if on_tensor:
-                    on_tensor(t)
+                    fh.flush()
+                    on_tensor(t, offset)
+                offset += t.nbytes
     finally:
         inbox.put(None)
         worker.join()

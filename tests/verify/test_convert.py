@@ -120,6 +120,9 @@ class _FullDisk:
         self.written += n
         return self.fh.write(data)
 
+    def flush(self) -> None:
+        self.fh.flush()
+
     def __enter__(self):
         return self
 
