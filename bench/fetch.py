@@ -40,9 +40,15 @@ def first_json(proc: subprocess.Popen, until) -> dict:
     raise RuntimeError(f"{proc.args[:4]} ended before it was ready: {proc.stderr.read() if proc.stderr else ''}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def seeder(kind: str, folder: Path, torrent: Path) -> Iterator[int]:
-    """Start a seeder of `kind` ("m7b" or "plain"); yield its port once every piece is checked."""
+def seeder(kind: str, folder: Path, torrent: Path) -> Iterator[tuple[int, int]]:
+    """Start a seeder of `kind` ("m7b" or "plain"); yield (port, pid) once every piece is checked."""
     if kind == "m7b":
         home = folder.parent / "seed-home"
         shutil.rmtree(home, ignore_errors=True)
@@ -55,7 +61,7 @@ def seeder(kind: str, folder: Path, torrent: Path) -> Iterator[int]:
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
     try:
         doc = first_json(proc, ready)
-        yield doc.get("port") or doc["listen_port"]
+        yield doc.get("port") or doc["listen_port"], proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
@@ -94,12 +100,47 @@ def timed_fetches(client: str, magnet: str, work: Path, count: int, peer: int | 
     return seconds
 
 
+def compare_fetch(magnet: str, info_hash: str, port: int, folder: Path, torrent: Path, work: Path, size: int,
+                  repeats: int) -> dict[str, float]:
+    """The same magnet, found through the tracker, fetched by each client into a fresh folder: best seconds."""
+    results: dict[str, float] = {}
+    with local_opentracker(work / "tracker-run", [info_hash], port=port), seeder("m7b", folder, torrent):
+        for client in ("m7b", "aria2c", "plain"):
+            runs = [timed_fetches(client, magnet, work, 1, None) for _ in range(repeats)]
+            seconds = results[client] = min(runs)
+            print(f"fetch  {client:7s} {seconds:7.2f} s  {size / MIB / seconds:7.1f} MiB/s   runs "
+                  f"{', '.join(f'{r:.2f}' for r in runs)}", flush=True)
+    print(f"ratio m7b/aria2c time: {results['m7b'] / results['aria2c']:.2f} (target <= 0.60); "
+          f"m7b/plain libtorrent: {results['m7b'] / results['plain']:.2f}")
+    return results
+
+
+def compare_seed(magnet: str, folder: Path, torrent: Path, work: Path, size: int, leechers: int,
+                 repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Each seeder serves `leechers` concurrent m7b fetches: best aggregate MiB/s and seeder CPU s per GiB."""
+    aggregate: dict[str, float] = {}
+    cpu_per_gib: dict[str, float] = {}
+    for kind in ("m7b", "plain"):
+        with seeder(kind, folder, torrent) as (seed_port, pid):
+            before = cpu_seconds(pid)
+            runs = [timed_fetches("m7b", magnet, work, leechers, seed_port) for _ in range(repeats)]
+            cpu_per_gib[kind] = (cpu_seconds(pid) - before) / (repeats * leechers * size / (1 << 30))
+        aggregate[kind] = leechers * size / MIB / min(runs)
+        print(f"seed   {kind:7s} {leechers} leechers into {work} in {min(runs):7.2f} s: aggregate "
+              f"{aggregate[kind]:7.1f} MiB/s, seeder CPU {cpu_per_gib[kind]:.2f} s/GiB served   runs "
+              f"{', '.join(f'{r:.2f}' for r in runs)}", flush=True)
+    print(f"ratio m7b seed / plain libtorrent seed aggregate: {aggregate['m7b'] / aggregate['plain']:.2f} "
+          f"(target >= 1.00); seeder CPU per GiB m7b/plain: {cpu_per_gib['m7b'] / cpu_per_gib['plain']:.2f}")
+    return aggregate, cpu_per_gib
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="bench-2g")
     parser.add_argument("--work", type=Path, default=Path("bench/out/fetch"))
     parser.add_argument("--leechers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the best is reported")
+    parser.add_argument("--skip-fetch", action="store_true", help="only the seeding comparison")
     parser.add_argument("--leecher-dir", type=Path, default=Path("/dev/shm/m7b-bench") if Path("/dev/shm").is_dir()
                         else None, help="where the four leechers write (default: tmpfs, so the seeder is measured, "
                         "not the disk)")
@@ -110,39 +151,18 @@ def main() -> None:
         folder.parent.mkdir(parents=True, exist_ok=True)
         synthesize(folder, opts.preset, seed=0)
     port = free_port()
-    tracker = f"http://127.0.0.1:{port}/announce"
-    made = create_release(folder, trackers=[tracker], manifest_name="bench-release")
+    made = create_release(folder, trackers=[f"http://127.0.0.1:{port}/announce"], manifest_name="bench-release")
     torrent = folder.parent / f"{folder.name}.torrent"
     torrent.write_bytes(made.torrent)
     size = made.meta.total_size
     print(f"release {folder.name}: {size / MIB:,.0f} MiB, {made.meta.num_pieces} pieces of "
           f"{made.meta.piece_length // 1024} KiB; cpus {os.cpu_count()}")
-
-    results: dict[str, float] = {}
-    with local_opentracker(work / "tracker-run", [made.meta.info_hash], port=port), seeder("m7b", folder, torrent):
-        for client in ("m7b", "aria2c", "plain"):
-            runs = [timed_fetches(client, made.magnet, work, 1, None) for _ in range(opts.repeats)]
-            seconds = results[client] = min(runs)
-            print(f"fetch  {client:7s} {seconds:7.2f} s  {size / MIB / seconds:7.1f} MiB/s   runs "
-                  f"{', '.join(f'{r:.2f}' for r in runs)}", flush=True)
-    ratio = results["m7b"] / results["aria2c"]
-    print(f"ratio m7b/aria2c time: {ratio:.2f} (target <= 0.60); m7b/plain libtorrent: "
-          f"{results['m7b'] / results['plain']:.2f}")
-
-    aggregate: dict[str, float] = {}
-    leecher_work = opts.leecher_dir or work
-    for kind in ("m7b", "plain"):
-        with seeder(kind, folder, torrent) as seed_port:
-            runs = [timed_fetches("m7b", made.magnet.split("&tr=")[0], leecher_work, opts.leechers, seed_port)
-                    for _ in range(opts.repeats)]
-        seconds = min(runs)
-        aggregate[kind] = opts.leechers * size / MIB / seconds
-        print(f"seed   {kind:7s} {opts.leechers} leechers into {leecher_work} in {seconds:7.2f} s: aggregate "
-              f"{aggregate[kind]:7.1f} MiB/s   runs {', '.join(f'{r:.2f}' for r in runs)}", flush=True)
-    print(f"ratio m7b seed / plain libtorrent seed aggregate: {aggregate['m7b'] / aggregate['plain']:.2f} "
-          "(target >= 1.00)")
-    print(json.dumps({"size_bytes": size, "fetch_seconds": results, "ratio_m7b_aria2c": ratio,
-                      "seed_aggregate_mib_s": aggregate}))
+    fetched = {} if opts.skip_fetch else compare_fetch(made.magnet, made.meta.info_hash, port, folder, torrent, work,
+                                                       size, opts.repeats)
+    aggregate, cpu = compare_seed(made.magnet.split("&tr=")[0], folder, torrent, opts.leecher_dir or work, size,
+                                  opts.leechers, opts.repeats)
+    print(json.dumps({"size_bytes": size, "fetch_seconds": fetched, "seed_aggregate_mib_s": aggregate,
+                      "seed_cpu_s_per_gib": cpu}))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """`m7b seed`: a mirror that serves only releases whose data matches their torrent.
 
 Before a release is served, either every piece is rechecked, or m7b's own record of a completed, hash-checked
-download (or of an earlier full recheck) still matches the files' sizes and mtimes; then libtorrent's seed mode
-checks each piece again on its first request. A release with a failing piece is refused, never served, and
-torrents run in upload mode so a mirror never downloads into the folder it serves.
+download (or of an earlier full recheck), or a passing `m7b verify` report, still matches the files' sizes and
+mtimes; then libtorrent's seed mode checks each piece again on its first request. A release with a failing
+piece is refused, never served, and torrents run in upload mode so a mirror never downloads into what it serves.
 """
 
 from __future__ import annotations
@@ -97,7 +97,10 @@ class Mirror:
         self.handles: dict[str, lt.torrent_handle] = {}
         self.status: dict[str, ReleaseStatus] = {}
         for release in self.releases:
-            trusted = still_complete(store, release.meta, release.folder)
+            # m7b's own record of a hash-checked download/recheck, or a passing `m7b verify` report (which
+            # checked every piece against this torrent) whose files are unchanged since
+            trusted = still_complete(store, release.meta, release.folder) or (
+                release.folder == store.release_dir(release.name).resolve() and store.is_verified(release.name))
             atp = lt.add_torrent_params()
             atp.ti = release.torrent
             atp.save_path = str(release.folder)

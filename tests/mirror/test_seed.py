@@ -109,3 +109,21 @@ def test_seed_without_a_torrent_says_how_to_make_one(cli, m7b_home, tiny_release
     assert f"m7b release create {tiny_release}" in result.stderr
     unknown = cli("seed", "mistral-7b-v0.1", *LOOPBACK)
     assert unknown.code == 3 and "m7b fetch mistral-7b-v0.1" in unknown.stderr
+
+
+def test_a_passing_verify_report_lets_the_mirror_skip_the_full_recheck(cli, m7b_home, publish) -> None:
+    pub = publish(name="reported")
+    (m7b_home / "manifests").mkdir(parents=True)
+    shutil.copy(pub.manifest, m7b_home / "manifests" / "reported.toml")
+    shutil.copytree(pub.folder, m7b_home / "releases" / "reported")
+    (m7b_home / "torrents").mkdir()
+    shutil.copy(pub.torrent, m7b_home / "torrents" / f"{pub.meta.info_hash}.torrent")
+    with running_seed("reported") as (proc, status):
+        assert status["releases"][0]["trusted_record"] is False  # no record yet: a full recheck ran
+        stop(proc)
+    (m7b_home / "resume" / f"{pub.meta.info_hash}.complete.json").unlink()  # forget the recheck's own record
+    verified = cli("verify", "reported", "--json")
+    assert verified.code == 0, verified.stderr
+    with running_seed("reported") as (proc, status):
+        assert (status["releases"][0]["state"], status["releases"][0]["trusted_record"]) == ("seeding", True)
+        stop(proc)
