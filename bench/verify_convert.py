@@ -5,7 +5,9 @@
 Anchors: verify against `sha256sum` then `md5sum` over the same files (what a careful user does by hand; target
 <= 0.35x); convert against `cp` of the checkpoint (target <= 2x; `cp` + `sync` also shown, since convert fsyncs);
 peak private memory of convert (RssAnon sampled from /proc/<pid>/status every 5 ms; target <= 15% of the
-checkpoint + 300 MB) next to its max RSS (which counts mapped file pages). Files are read once before timing so
+checkpoint + 300 MB) next to its max RSS (which counts mapped file pages). `hash_only_s` is the one-pass hashing
+(sha256 + v1 pieces) alone, in-process: what verify costs beyond its fixed start (interpreter, torch import).
+Files are read once before timing so
 every contender reads from the page cache. Prints one JSON document; best of --runs for each figure.
 """
 
@@ -110,6 +112,19 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, int]:
     return wall, peak[0], usage.ru_maxrss * 1024
 
 
+def hash_only(root: Path, work: Path) -> tuple[float]:
+    """The one-pass hashing alone, in this process (no interpreter start, no torch): sha256 + v1 pieces."""
+    from m7b.verify.digest import FileDigestLane, read_stream
+    from m7b.verify.pieces import V1PieceLane, load_torrent
+
+    plan = load_torrent(work / f"{NAME}.torrent")
+    lanes = [FileDigestLane("sha256"), V1PieceLane(plan.piece_length, plan.v1_hashes)]
+    start = time.perf_counter()
+    read_stream(plan.items(root), lanes)
+    assert not lanes[1].failed
+    return (time.perf_counter() - start,)
+
+
 def best(runs: int, fn) -> tuple[float, ...]:
     results = [fn() for _ in range(runs)]
     return min(results, key=lambda r: r[0])
@@ -147,6 +162,9 @@ def main() -> None:
         doc[f"verify_{variant}_s"] = v[0]
         doc[f"verify_{variant}_ratio"] = v[0] / hand
         doc[f"verify_{variant}_peak_anon"] = v[1]
+
+    doc["hash_only_s"] = best(args.runs, lambda: hash_only(root, work))[0]
+    doc["hash_only_gb_per_s"] = total / 1e9 / doc["hash_only_s"]
 
     def cp(sync: bool) -> tuple[float, int, int]:
         target = work / "cp-target"
