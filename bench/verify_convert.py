@@ -7,8 +7,8 @@ Anchors: verify against `sha256sum` then `md5sum` over the same files (what a ca
 peak private memory of convert (RssAnon sampled from /proc/<pid>/status every 5 ms; target <= 15% of the
 checkpoint + 300 MB) next to its max RSS (which counts mapped file pages). `hash_only_s` is the one-pass hashing
 (sha256 + v1 pieces) alone, in-process: what verify costs beyond its fixed start (interpreter, torch import).
-Files are read once before timing so
-every contender reads from the page cache. Prints one JSON document; best of --runs for each figure.
+Files are read once before timing so every contender reads from the page cache. Prints one JSON document; best
+of --runs for each figure.
 """
 
 from __future__ import annotations
