@@ -66,3 +66,20 @@ def test_without_torrent_metadata_nothing_binds_to_the_magnet(cli, m7b_home: Pat
 def test_unknown_release_exit_3(cli, m7b_home: Path) -> None:
     result = cli("verify", "no-such-release")
     assert result.code == 3 and "unknown release" in result.stderr
+
+
+def test_folder_with_manifest_and_torrent_files(cli, m7b_home: Path, tiny_release: Path, tmp_path: Path) -> None:
+    from verify_helpers import make_manifest, make_torrent
+
+    from m7b.manifests.writer import manifest_to_toml
+
+    torrent = tmp_path / "r.torrent"
+    ih = make_torrent(tiny_release, torrent, hybrid=True)
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(manifest_to_toml(make_manifest(tiny_release, "outside", ih)))
+    result = cli("verify", tiny_release, "--manifest", manifest, "--torrent", torrent, "--json")
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["bound_to_magnet"] and doc["torrent"]["v2_pieces_checked"] > 0
+    assert doc["report_path"] is None  # a folder outside the store leaves the store alone
+    assert not (m7b_home / "reports").exists()
