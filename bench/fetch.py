@@ -50,7 +50,7 @@ def cpu_seconds(pid: int) -> float:
 def seeder(kind: str, folder: Path, torrent: Path) -> Iterator[tuple[int, int]]:
     """Start a seeder of `kind` ("m7b" or "plain"); yield (port, pid) once every piece is checked."""
     if kind == "m7b":
-        home = folder.parent / "seed-home"
+        home = folder.parent / f"seed-home-{os.getpid()}"
         shutil.rmtree(home, ignore_errors=True)
         args = [*M7B, "seed", str(folder), "--no-dht", "--listen", "127.0.0.1:0", "--json", "--interval", "1"]
         env = {**os.environ, "M7B_HOME": str(home)}
@@ -117,18 +117,24 @@ def compare_fetch(magnet: str, info_hash: str, port: int, folder: Path, torrent:
 
 def compare_seed(magnet: str, folder: Path, torrent: Path, work: Path, size: int, leechers: int,
                  repeats: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Each seeder serves `leechers` concurrent m7b fetches: best aggregate MiB/s and seeder CPU s per GiB."""
-    aggregate: dict[str, float] = {}
-    cpu_per_gib: dict[str, float] = {}
+    """Both seeders run side by side; batches of `leechers` concurrent m7b fetches alternate between them (the
+    first batch of each round goes to a different seeder). Best aggregate MiB/s and seeder CPU s per GiB."""
+    runs: dict[str, list[float]] = {"m7b": [], "plain": []}
+    cpu: dict[str, float] = {"m7b": 0.0, "plain": 0.0}
+    with seeder("m7b", folder, torrent) as m7b_seed, seeder("plain", folder, torrent) as plain_seed:
+        seeds = {"m7b": m7b_seed, "plain": plain_seed}
+        for round_ in range(repeats):
+            for kind in (("m7b", "plain") if round_ % 2 else ("plain", "m7b")):
+                port, pid = seeds[kind]
+                before = cpu_seconds(pid)
+                runs[kind].append(timed_fetches("m7b", magnet, work, leechers, port))
+                cpu[kind] += cpu_seconds(pid) - before
+    aggregate = {k: leechers * size / MIB / min(v) for k, v in runs.items()}
+    cpu_per_gib = {k: cpu[k] / (repeats * leechers * size / (1 << 30)) for k in cpu}
     for kind in ("m7b", "plain"):
-        with seeder(kind, folder, torrent) as (seed_port, pid):
-            before = cpu_seconds(pid)
-            runs = [timed_fetches("m7b", magnet, work, leechers, seed_port) for _ in range(repeats)]
-            cpu_per_gib[kind] = (cpu_seconds(pid) - before) / (repeats * leechers * size / (1 << 30))
-        aggregate[kind] = leechers * size / MIB / min(runs)
-        print(f"seed   {kind:7s} {leechers} leechers into {work} in {min(runs):7.2f} s: aggregate "
+        print(f"seed   {kind:7s} {leechers} leechers into {work} in {min(runs[kind]):7.2f} s: aggregate "
               f"{aggregate[kind]:7.1f} MiB/s, seeder CPU {cpu_per_gib[kind]:.2f} s/GiB served   runs "
-              f"{', '.join(f'{r:.2f}' for r in runs)}", flush=True)
+              f"{', '.join(f'{r:.2f}' for r in runs[kind])}", flush=True)
     print(f"ratio m7b seed / plain libtorrent seed aggregate: {aggregate['m7b'] / aggregate['plain']:.2f} "
           f"(target >= 1.00); seeder CPU per GiB m7b/plain: {cpu_per_gib['m7b'] / cpu_per_gib['plain']:.2f}")
     return aggregate, cpu_per_gib

@@ -81,8 +81,6 @@ def settings(options: SessionOptions) -> dict[str, object]:
         "hashing_threads": 2,
         "checking_mem_usage": 2048,
         "mixed_mode_algorithm": lt.bandwidth_mixed_algo_t.prefer_tcp,
-        "suggest_mode": lt.suggest_mode_t.suggest_read_cache,
-        "predictive_piece_announce": 20,
     }
 
 
