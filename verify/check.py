@@ -3,10 +3,15 @@ license evidence and inspect its checkpoint — one read pass over the files for
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from m7b.errors import M7bError, MismatchError, NotFoundError, UnsafeError
 from m7b.manifests.architecture import Architecture, load_params
@@ -110,6 +115,7 @@ def _bound_plan(manifest: Manifest | None, torrent: Path | None, findings: list[
     """The torrent metadata, if its info-hash is the one the manifest's magnet names."""
     facts = manifest.torrent if manifest else None
     wanted = [h for h in ((facts.info_hash_v1, facts.info_hash_v2) if facts else ()) if h]
+    wanted += [h for h in magnet_hashes(facts.magnet if facts else None) if h not in wanted]
     if torrent is None:
         if wanted:
             findings.append(Finding("magnet", Status.MISSING, f"no torrent metadata for info-hash {wanted[0]} in the "
@@ -135,6 +141,23 @@ def _bound_plan(manifest: Manifest | None, torrent: Path | None, findings: list[
         findings.append(Finding("magnet", Status.NOTE, f"the torrent's info-hash {' / '.join(sorted(have))} is not "
                                 "bound to a magnet: the manifest names none"))
     return plan
+
+
+def magnet_hashes(magnet: str | None) -> list[str]:
+    """The info-hashes a magnet names, as lowercase hex: btih (v1; hex or base32) and btmh (v2 multihash)."""
+    if not magnet:
+        return []
+    out = []
+    for xt in parse_qs(urlsplit(magnet).query).get("xt", []):
+        kind, _, value = xt.lower().rpartition(":")
+        if kind == "urn:btih" and re.fullmatch(r"[0-9a-f]{40}", value):
+            out.append(value)
+        elif kind == "urn:btih" and len(value) == 32:
+            with contextlib.suppress(ValueError, binascii.Error):
+                out.append(base64.b32decode(value.upper()).hex())
+        elif kind == "urn:btmh" and re.fullmatch(r"1220[0-9a-f]{64}", value):
+            out.append(value[4:])
+    return out
 
 
 def _piece_findings(plan: TorrentPlan, found: dict[str, FileRead], v1: V1PieceLane | None,

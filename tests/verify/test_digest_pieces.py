@@ -115,3 +115,20 @@ def test_manifest_digest_and_size_mismatches_and_extra_files(tiny_release: Path,
     assert by_path[("manifest", "params.json")].status == Status.MISMATCH
     assert by_path[("manifest", "notes.txt")].status == Status.NOTE
     assert "extra file" in by_path[("manifest", "notes.txt")].message
+
+
+def test_a_manifest_with_only_a_magnet_binds_by_the_magnets_hash(tiny_release: Path, tmp_path: Path) -> None:
+    import base64
+    import dataclasses
+
+    from m7b.verify.check import magnet_hashes
+
+    torrent = tmp_path / "r.torrent"
+    ih = make_torrent(tiny_release, torrent)
+    b32 = base64.b32encode(bytes.fromhex(ih)).decode()
+    assert magnet_hashes(f"magnet:?xt=urn:btih:{b32}&dn=x") == [ih]
+    manifest = make_manifest(tiny_release, "tiny", None)
+    manifest = dataclasses.replace(manifest, torrent=dataclasses.replace(
+        manifest.torrent, magnet=f"magnet:?xt=urn:btih:{ih}&dn=tiny"))
+    report = verify_release(tiny_release, manifest, torrent)
+    assert report.verdict == Status.OK and report.bound_to_magnet
