@@ -29,6 +29,7 @@ _STORAGES = ("BFloat16Storage", "HalfStorage", "FloatStorage", "DoubleStorage", 
 ALLOWED_GLOBALS: frozenset[str] = frozenset(
     {"torch._utils._rebuild_tensor_v2", "collections.OrderedDict"} | {f"torch.{s}" for s in _STORAGES}
 )
+MIN_TORCH = "2.10"
 MAX_PICKLE_BYTES = 64 << 20  # a 7B state dict's data.pkl is ~30 KB
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
 _PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
@@ -166,6 +167,9 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """
     import torch
 
+    if torch.__version__ < MIN_TORCH:  # TorchVersion compares as a version, not as text
+        raise UnsafeError(f"torch {torch.__version__} is installed; weights_only loading is only trusted from torch "
+                          f"{MIN_TORCH} (CVE-2025-32434, CVE-2026-24747): upgrade torch before loading checkpoints")
     inspect_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
