@@ -3,7 +3,8 @@
 `M7B_HOME` (default: `$XDG_DATA_HOME/m7b`, i.e. `~/.local/share/m7b`):
 
     releases/<name>/                  the release files as the torrent lays them out
-    releases/.<name>.incomplete       present while a download of <name> is unfinished
+    releases/.<name>.partial/         a download until every piece has passed its hash (then renamed)
+    releases/.<name>.incomplete       present while an existing release folder is being repaired in place
     torrents/<infohash>.torrent       metadata, once resolved
     resume/<infohash>.fastresume      libtorrent resume data
     converted/<name>/{native,hf}/     safetensors outputs, each with its SHA256SUMS
@@ -70,6 +71,10 @@ class Store:
     def incomplete_marker(self, name: str) -> Path:
         return self.releases_dir / f".{name}.incomplete"
 
+    def partial_dir(self, name: str) -> Path:
+        """Where a download lives until every piece has passed its hash."""
+        return self.releases_dir / f".{name}.partial"
+
     def torrent_path(self, info_hash: str) -> Path:
         return self.torrents_dir / f"{info_hash.lower()}.torrent"
 
@@ -107,7 +112,7 @@ class Store:
     def state(self, manifest: Manifest) -> ReleaseState:
         root = self.release_dir(manifest.name)
         if not root.is_dir():
-            return ReleaseState.ABSENT
+            return ReleaseState.PARTIAL if self.partial_dir(manifest.name).is_dir() else ReleaseState.ABSENT
         if self.incomplete_marker(manifest.name).exists():
             return ReleaseState.PARTIAL
         for f in manifest.files:

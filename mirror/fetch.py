@@ -152,7 +152,10 @@ class _Download:
             atp.renamed_files = renamed_files(self.meta)
             flags &= ~lt.torrent_flags.upload_mode
         else:
-            flags |= lt.torrent_flags.upload_mode  # metadata first: no piece is written before it is checked
+            # metadata first: no piece is written before it is checked. (Not default_dont_download: a seed
+            # closes connections to peers that want nothing, and they would not come back until the next
+            # tracker announce.)
+            flags |= lt.torrent_flags.upload_mode
         atp.flags = flags
         if resume is not None:
             self.pieces_at_start = sum(1 for have in resume.have_pieces if have)
@@ -271,7 +274,9 @@ def fetch(
             phase = _phase(download, status)
             download.event(status, phase)
             now = time.monotonic()
-            if download.meta is not None and status.is_finished and phase == "downloading":
+            # finished: every file is wanted and every wanted piece has passed its hash
+            if (download.meta is not None and phase == "downloading" and status.is_finished
+                    and status.total_wanted >= download.meta.total_size):
                 break
             if status.total_wanted_done != last_done or phase == "checking":
                 last_change, last_done = now, status.total_wanted_done

@@ -40,6 +40,9 @@ def test_list_follows_a_release_through_its_states(cli, m7b_home: Path, tiny_man
                                                    tiny_release_src: Path) -> None:
     store = Store(m7b_home)
     assert states(cli)[tiny_manifest] == "absent"
+    store.partial_dir(tiny_manifest).mkdir(parents=True)
+    assert states(cli)[tiny_manifest] == "partial"  # a download that has not finished
+    store.partial_dir(tiny_manifest).rmdir()
 
     release = Path(shutil.copytree(tiny_release_src, store.release_dir(tiny_manifest)))
     (release / "params.json").unlink()
