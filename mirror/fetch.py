@@ -20,7 +20,7 @@ from m7b.atomic import write_bytes
 from m7b.errors import InvalidInputError, M7bError, NetworkError, StorageError
 from m7b.manifests.loader import find_manifest, known_manifests
 from m7b.manifests.schema import Manifest
-from m7b.mirror.layout import check_against_manifest, checked_meta, renamed_files
+from m7b.mirror.layout import check_against_manifest, checked_meta, release_files_exist, renamed_files
 from m7b.mirror.magnet import Magnet, is_magnet, parse_magnet, parse_peer
 from m7b.mirror.resume import load_resume, record_complete, save_resume
 from m7b.mirror.session import SessionOptions, make_session
@@ -125,6 +125,7 @@ class _Download:
         self.hash_failures = 0
         self.pieces_at_start = 0
         self.resume_pending = False
+        self.pending_renames: set[int] = set()
 
     def add(self, peers: Sequence[str]) -> lt.torrent_handle:
         t = self.target
@@ -179,14 +180,27 @@ class _Download:
     def on_metadata(self) -> None:
         ti = self.handle.torrent_file()
         self.meta = self._accept(ti)
-        for index, path in renamed_files(self.meta).items():
+        renames = renamed_files(self.meta)
+        self.pending_renames = set(renames)
+        for index, path in renames.items():
             self.handle.rename_file(index, path)
-        self.handle.unset_flags(lt.torrent_flags.upload_mode)
+
+    def on_renamed(self, index: int) -> None:
+        # Renames run on libtorrent's disk threads, beside writes: leave upload mode only when all are done,
+        # or a first piece could be written under the old name.
+        self.pending_renames.discard(index)
+        if not self.pending_renames:
+            self.handle.unset_flags(lt.torrent_flags.upload_mode)
 
     def handle_alerts(self) -> None:
         for alert in self.session.pop_alerts():
             if isinstance(alert, lt.metadata_received_alert):
                 self.on_metadata()
+            elif isinstance(alert, lt.file_renamed_alert):
+                self.on_renamed(alert.index)
+            elif isinstance(alert, lt.file_rename_failed_alert):
+                raise StorageError(f"could not place file {alert.index} of the torrent in {self.save_path}: "
+                                   f"{alert.error.message()}; check the folder and rerun")
             elif isinstance(alert, lt.hash_failed_alert):
                 self.hash_failures += 1
             elif isinstance(alert, lt.save_resume_data_alert):
@@ -303,6 +317,9 @@ def fetch(
     download.session.remove_torrent(handle)
     meta = download.meta
     assert meta is not None
+    if not release_files_exist(meta, download.save_path):
+        raise StorageError(f"libtorrent reported the download complete but files are missing from "
+                           f"{download.save_path}; resume data was kept: rerun the same command to recheck")
     if not download.in_place:
         if final.exists():
             final.rmdir()  # an empty folder the user made for us
