@@ -22,7 +22,7 @@ from m7b.manifests.loader import find_manifest, known_manifests
 from m7b.manifests.schema import Manifest
 from m7b.mirror.layout import check_against_manifest, checked_meta, release_files_exist, renamed_files
 from m7b.mirror.magnet import Magnet, is_magnet, parse_magnet, parse_peer
-from m7b.mirror.resume import load_resume, record_complete, save_resume
+from m7b.mirror.resume import load_resume, record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
 from m7b.mirror.torrent import TorrentMeta, load_torrent
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
@@ -129,7 +129,12 @@ class _Download:
 
     def add(self, peers: Sequence[str]) -> lt.torrent_handle:
         t = self.target
+        if t.torrent is not None:
+            self.meta = self._accept(t.torrent)
         resume = load_resume(self.store, t.info_hash)
+        if resume is not None and self.in_place and self.meta is not None \
+                and not still_complete(self.store, self.meta, self.final):
+            resume = None  # files changed since m7b recorded them complete: libtorrent rechecks every piece
         atp = resume if resume is not None else lt.add_torrent_params()
         trackers = list(atp.trackers)
         seeds = list(atp.url_seeds)
@@ -148,7 +153,6 @@ class _Download:
         flags = (atp.flags | lt.torrent_flags.update_subscribe) & ~lt.torrent_flags.auto_managed
         flags &= ~lt.torrent_flags.paused
         if t.torrent is not None:
-            self.meta = self._accept(t.torrent)
             atp.ti = t.torrent
             atp.renamed_files = renamed_files(self.meta)
             flags &= ~lt.torrent_flags.upload_mode

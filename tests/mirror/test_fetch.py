@@ -198,3 +198,33 @@ def test_a_disk_that_refuses_writes_stops_with_a_clear_error(m7b_home, publish) 
     assert proc.returncode == 8, proc.stderr
     assert "could not write" in proc.stderr and "resume data was kept" in proc.stderr
     assert not (m7b_home / "releases" / pub.folder.name).exists()  # nothing under the final name
+
+
+def test_fetching_a_release_already_in_the_store_rechecks_it_without_peers(cli, m7b_home, publish) -> None:
+    pub = publish()
+    with plain_seeder(pub.torrent, pub.folder) as peer:
+        first = cli("fetch", pub.magnet, "--peer", peer, *LOOPBACK, "--json")
+    assert first.code == 0, first.stderr
+    again = cli("fetch", pub.magnet, *LOOPBACK, "--json", "--timeout", "20")  # no seeder any more
+    assert again.code == 0, again.stderr
+    done = last_json(again.stdout)
+    assert done["downloaded_bytes"] == 0 and done["pieces_at_start"] == pub.meta.num_pieces
+    assert tree_digests(m7b_home / "releases" / done["name"]) == tree_digests(pub.folder)
+
+
+def test_fetch_repairs_a_damaged_release_in_place(cli, m7b_home, publish) -> None:
+    pub = publish()
+    with plain_seeder(pub.torrent, pub.folder) as peer:
+        assert cli("fetch", pub.magnet, "--peer", peer, *LOOPBACK).code == 0
+        checkpoint = m7b_home / "releases" / pub.folder.name / "consolidated.00.pth"
+        with open(checkpoint, "r+b") as fh:  # one flipped byte, same size
+            fh.seek(3_000_000)
+            byte = fh.read(1)
+            fh.seek(3_000_000)
+            fh.write(bytes([byte[0] ^ 0x55]))
+        repaired = cli("fetch", pub.magnet, "--peer", peer, *LOOPBACK, "--json")
+    assert repaired.code == 0, repaired.stderr
+    done = last_json(repaired.stdout)
+    assert done["pieces_at_start"] == 0  # the recorded state no longer matched: every piece was rechecked
+    assert 0 < done["downloaded_bytes"] <= pub.meta.piece_length
+    assert tree_digests(m7b_home / "releases" / pub.folder.name) == tree_digests(pub.folder)
