@@ -92,7 +92,7 @@ def fetch_command(
             emit_json({"event": "progress", "phase": event.phase, "done": event.done, "total": event.total,
                        **event.extra})
 
-    with stop_on_signals() as stop, progress_bars(enabled=not json_out) as bars:
+    with stop_on_signals() as stop, progress_bars(enabled=not json_out, single=True) as bars:
         try:
             result = fetch(target, store=store, dest=dest, options=options, peers=peer or (), timeout=timeout,
                            resume_interval=resume_interval, progress=json_progress if json_out else bars,
