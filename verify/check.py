@@ -6,9 +6,10 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import multiprocessing
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -73,7 +74,7 @@ def verify_release(root: Path, manifest: Manifest | None = None, torrent: Path |
     lanes += [lane for lane in (v1, v2) if lane is not None]
     # The checkpoint inspection (zip, pickle allowlist, mmap load, shapes) needs no file contents beyond data.pkl:
     # it runs beside the hashing, so torch's import and the inspection cost no wall time of their own.
-    with ThreadPoolExecutor(1, thread_name_prefix="m7b-inspect") as pool:
+    with _inspection_pool() as pool:
         inspected = pool.submit(_checkpoint_findings, root, manifest)
         found = read_stream(items, lanes, progress=progress)
         checkpoint_findings, checkpoint_doc = inspected.result()
@@ -109,6 +110,17 @@ def verify_release(root: Path, manifest: Manifest | None = None, torrent: Path |
         license=[e.to_json() for e in evidence], checkpoint=checkpoint_doc,
         bound_to_magnet=pieces_ok and status != Status.UNSAFE, bound_to_publisher=published,
     )
+
+
+def _inspection_pool() -> Executor:
+    """A worker process for the checkpoint inspection, so torch's import does not hold the GIL the hash lanes
+    need between blocks (measured: verify of 2.16 GB in 3.23-3.32 s instead of 3.76-3.87 s with a thread).
+    forkserver, not fork: the parent may run other threads (the progress display). A thread where processes
+    cannot start."""
+    try:
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+    except (OSError, ValueError, NotImplementedError):
+        return ThreadPoolExecutor(1, thread_name_prefix="m7b-inspect")
 
 
 def _bound_plan(manifest: Manifest | None, torrent: Path | None, findings: list[Finding]) -> TorrentPlan | None:
