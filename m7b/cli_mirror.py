@@ -78,9 +78,9 @@ def fetch_command(
     from m7b.errors import EXIT_INTERRUPTED
     from m7b.mirror.fetch import fetch, resolve
 
+    options = session_options(listen, no_dht, download_limit=parse_rate(download_limit, "--download-limit"))
     store = Store.from_env()
     target = resolve(source, store)
-    options = session_options(listen, no_dht, download_limit=parse_rate(download_limit, "--download-limit"))
     last_json = [0.0]
 
     def json_progress(event: ProgressEvent) -> None:
@@ -132,10 +132,10 @@ def seed_command(
     """Serve verified releases to the swarm until SIGINT/SIGTERM; refuse any release whose data fails a check."""
     from m7b.mirror.seed import Mirror, ReleaseStatus, resolve_seed, serve
 
-    store = Store.from_env()
-    resolved = [resolve_seed(r, store) for r in releases]
     options = session_options(listen, no_dht, upload_limit=parse_rate(upload_limit, "--upload-limit"),
                               max_connections=max_peers)
+    store = Store.from_env()
+    resolved = [resolve_seed(r, store) for r in releases]
     mirror = Mirror(resolved, store, options, trackers=tracker or ())
     announced: set[str] = set()
 

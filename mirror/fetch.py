@@ -327,7 +327,7 @@ def fetch(
     if not download.in_place:
         if final.exists():
             final.rmdir()  # an empty folder the user made for us
-        _clean_padding_folders(download.partial)
+        _remove_empty_folders(download.partial)
         os.replace(download.partial, final)
         resume = load_resume(store, target.info_hash)
         if resume is not None:
@@ -344,7 +344,7 @@ def fetch(
     )
 
 
-def _clean_padding_folders(folder: Path) -> None:
+def _remove_empty_folders(folder: Path) -> None:
     """libtorrent may leave an empty folder named after the torrent from before the files were renamed."""
     for child in folder.iterdir():
         if child.is_dir() and not any(child.rglob("*")):

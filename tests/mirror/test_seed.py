@@ -127,3 +127,17 @@ def test_a_passing_verify_report_lets_the_mirror_skip_the_full_recheck(cli, m7b_
     with running_seed("reported") as (proc, status):
         assert (status["releases"][0]["state"], status["releases"][0]["trusted_record"]) == ("seeding", True)
         stop(proc)
+
+
+def test_rate_and_peer_options_reach_the_session(cli, m7b_home, tiny_release: Path) -> None:
+    from m7b.cli_mirror import parse_rate, session_options
+    from m7b.mirror.session import make_session, settings
+
+    options = session_options("127.0.0.1:0", True, upload_limit=parse_rate("2M", "--upload-limit"),
+                              max_connections=7)
+    pack = settings(options)
+    assert (pack["upload_rate_limit"], pack["connections_limit"]) == (2 << 20, 7)
+    session = make_session(options)  # loopback peers are limited too, or a local swarm would ignore the limit
+    assert session.get_peer_class(session.local_peer_class_id)["upload_limit"] == 2 << 20
+    bad = cli("seed", tiny_release, *LOOPBACK, "--upload-limit", "fast")
+    assert bad.code == 4 and "--upload-limit 'fast'" in bad.stderr
