@@ -171,7 +171,7 @@ def convert(
                                  CHECKPOINT), max_shard_size=_shard_size(max_shard_size), progress=progress)
     doc = {"name": label, "layout": result.layout, "out": str(result.out), "verified_source": verified,
            "tensors": result.tensors, "tensor_bytes": result.tensor_bytes, "source_sha256": result.source_sha256,
-           "seconds": round(result.seconds, 3), "files": result.files}
+           "seconds": round(result.seconds, 3), "files": result.files, "notes": list(result.notes)}
     if json_out:
         emit_json(doc)
         return
@@ -181,6 +181,8 @@ def convert(
     for fname, digest in result.files.items():
         table.add_row(fname, digest)
     out.print(table)
+    for note in result.notes:
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     out.print(f"{result.tensors} tensors ({result.tensor_bytes / 1e6:,.1f} MB) written and checked bit for bit in "
               f"{result.seconds:.1f} s; hashes in {result.out / 'SHA256SUMS'}", highlight=False)
 

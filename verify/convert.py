@@ -23,7 +23,7 @@ from m7b.errors import InvalidInputError, MismatchError, NotFoundError
 from m7b.manifests.architecture import Architecture, load_params
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.store import CONVERTED_RECORD
-from m7b.verify import hf_layout
+from m7b.verify import hf_layout, hf_tokenizer
 from m7b.verify.checkpoint import check_tensors, load_checkpoint
 from m7b.verify.license import APACHE_SPDX, canonical_text
 from m7b.verify.safetensors_out import DTYPES, TensorOut, write_safetensors
@@ -46,6 +46,7 @@ class ConvertResult:
     tensor_bytes: int
     source_sha256: str
     seconds: float
+    notes: tuple[str, ...] = ()  # what was left out and why (e.g. a tokenizer.json that failed its check)
 
 
 def file_sha256(path: Path, block: int = 16 << 20) -> str:
@@ -92,6 +93,7 @@ def convert_release(src: Path, out: Path, layout: str, *, name: str | None = Non
         return on_tensor
 
     digests: dict[str, str] = {}
+    notes: list[str] = []
     with atomic_dir(out) as tmp, _ReadBack(state, arch, layout) as check_tensor:
         if layout == "native":
             plan = {NATIVE_FILE: [_native_tensor(k, state) for k in keys]}
@@ -113,6 +115,10 @@ def convert_release(src: Path, out: Path, layout: str, *, name: str | None = Non
             _write_text(tmp / "generation_config.json", hf_layout.dumps(hf_layout.generation_config()), digests)
             for fname, doc in hf_layout.tokenizer_files().items():
                 _write_text(tmp / fname, hf_layout.dumps(doc), digests)
+            try:
+                _write_text(tmp / "tokenizer.json", hf_tokenizer.build(tokenizer).json, digests)
+            except hf_tokenizer.TokenizerConversionError as exc:
+                notes.append(str(exc))
             _write_text(tmp / "README.md", hf_layout.model_card(name or src.name, source_sha256, arch), digests)
         _copy(tokenizer, tmp / "tokenizer.model", digests)
         (tmp / "LICENSE").write_bytes(canonical_text())
@@ -121,7 +127,7 @@ def convert_release(src: Path, out: Path, layout: str, *, name: str | None = Non
             _check_header(tmp / filename, tensors, metadata[filename])
         (tmp / CONVERTED_RECORD).write_text(format_sums(digests), encoding="utf-8")
     return ConvertResult(out, layout, dict(sorted(digests.items())), len(keys), total, source_sha256,
-                         time.monotonic() - started)
+                         time.monotonic() - started, tuple(notes))
 
 
 def _native_tensor(key: str, state: dict[str, torch.Tensor]) -> TensorOut:

@@ -71,6 +71,26 @@ def test_hf_layout_loads_in_transformers_offline(converted_tiny: dict[str, Path]
         assert torch.equal(loaded[hf_layout.hf_key(key)].view(torch.uint8), expected.view(torch.uint8)), key
 
 
+def test_hf_tokenizer_loads_in_transformers_and_matches_sentencepiece(converted_tiny: dict[str, Path],
+                                                                        tiny_release_src: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """AutoTokenizer loads the hf folder offline (from tokenizer.json: no protobuf needed) and gives
+    sentencepiece's ids for the release's tokenizer.model, `<s>` first, and decodes back to the text."""
+    import sentencepiece as spm
+
+    out = converted_tiny["hf"]
+    assert (out / "tokenizer.json").is_file()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_release_src / "tokenizer.model"))
+    for text in ("Hello world, this is m7b.", "  two spaces\n\nand a 🦙", "naïve façade 日本語 3.14159"):
+        ids = tok(text).input_ids
+        assert ids == [sp.bos_id(), *sp.encode(text)]
+        assert tok.decode(ids, skip_special_tokens=True) == text
+
+
 def test_permutation_maps_interleaved_rotary_onto_half_split_rotary() -> None:
     """Attention scores from Mistral's interleaved-pair RoPE equal HF's rotate_half RoPE on permuted weights."""
     torch.manual_seed(0)
