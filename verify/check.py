@@ -66,6 +66,8 @@ def verify_release(root: Path, manifest: Manifest | None = None, torrent: Path |
             items.append(ReadItem(rel, root / rel))
             listed.add(rel)
 
+    findings += _link_findings(root, items)
+
     sha256 = FileDigestLane("sha256")
     md5 = FileDigestLane("md5", {f.path for f in manifest.files if f.md5} if manifest else set())
     lanes: list[Lane] = [sha256, md5]
@@ -110,6 +112,22 @@ def verify_release(root: Path, manifest: Manifest | None = None, torrent: Path |
         license=[e.to_json() for e in evidence], checkpoint=checkpoint_doc,
         bound_to_magnet=pieces_ok and status != Status.UNSAFE, bound_to_publisher=published,
     )
+
+
+def _link_findings(root: Path, items: list[ReadItem]) -> list[Finding]:
+    """m7b never writes symlinks into a release: name each one, and where it leads, so nobody is surprised that the
+    bytes proven (and later seeded) live elsewhere."""
+    inside = root.resolve()
+    out = []
+    for item in items:
+        if item.is_pad or item.disk is None or not item.disk.is_symlink():
+            continue
+        target = item.disk.resolve()
+        where = "inside the release folder" if target.is_relative_to(inside) else "outside the release folder"
+        out.append(Finding("files", Status.NOTE, f"{item.rel} is a symlink to {target} ({where}); it is verified "
+                           "through the link, and `m7b seed` serves what it points to — replace it with the file "
+                           "itself to keep the release self-contained", item.rel, {"symlink": str(target)}))
+    return out
 
 
 def _inspection_pool() -> Executor:

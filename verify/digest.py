@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import stat
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -166,6 +167,11 @@ def read_stream(items: Sequence[ReadItem], lanes: Sequence[Lane], *, block_size:
             else:
                 try:
                     st = os.stat(item.disk)  # type: ignore[arg-type]
+                    if not stat.S_ISREG(st.st_mode):  # a FIFO would block, /dev/zero never end: never opened
+                        found[item.rel] = FileRead(item.rel, None, None, f"not a regular file ({_kind(st.st_mode)}); "
+                                                   "a release holds regular files — put the release's file there")
+                        send(("end", item, 0))
+                        continue
                     with open(item.disk, "rb", buffering=0) as fh:  # type: ignore[arg-type]
                         while True:
                             block = free.get()
@@ -194,6 +200,12 @@ def read_stream(items: Sequence[ReadItem], lanes: Sequence[Lane], *, block_size:
         if w.error is not None:
             raise w.error
     return found
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def _expected_size(item: ReadItem) -> int:
