@@ -83,3 +83,25 @@ def test_folder_with_manifest_and_torrent_files(cli, m7b_home: Path, tiny_releas
     assert doc["bound_to_magnet"] and doc["torrent"]["v2_pieces_checked"] > 0
     assert doc["report_path"] is None  # a folder outside the store leaves the store alone
     assert not (m7b_home / "reports").exists()
+
+
+def test_v2_only_torrent_binds_and_names_a_flipped_byte_by_its_v2_piece(cli, m7b_home: Path,
+                                                                         tiny_release_src: Path) -> None:
+    """A BitTorrent v2-only release (btmh magnet, SHA-256 merkle trees per file, no SHA-1 pieces) is proven through
+    its per-file piece layers."""
+    root = install_release(m7b_home, tiny_release_src, "tiny-v2", v2_only=True)
+    result = cli("verify", "tiny-v2", "--json")
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["bound_to_magnet"] and doc["torrent"]["v2_pieces_checked"] > 100
+    assert doc["torrent"].get("v1_pieces_checked", 0) == 0
+    path = root / "tokenizer.model"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    result = cli("verify", "tiny-v2", "--json")
+    assert result.code == 5
+    failed = [f for f in json.loads(result.stdout)["findings"] if f["check"] == "pieces" and f["status"] == "mismatch"]
+    assert [f["path"] for f in failed] == ["tokenizer.model"]
+    first, last = failed[0]["detail"]["pieces"][0]
+    assert first == last and failed[0]["detail"]["bytes"][0] <= len(data) // 2 <= failed[0]["detail"]["bytes"][1]
