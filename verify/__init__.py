@@ -7,9 +7,12 @@ Modules, by domain:
 - `manifest_check`: files, sizes, sha256/md5 against what the publisher published; extra files.
 - `license`: Apache-2.0 evidence (canonical text by hash, else SPDX-style normalised match; contradictions).
 - `checkpoint`: the zip and its pickle inspected against an allowlist before anything unpickles;
-  `load_checkpoint(path)` is the one safe way to open a `.pth`; `check_tensors` against params.json.
+  `load_checkpoint(path)` is the one safe way to open a `.pth` as tensors; `check_tensors` against params.json.
+- `checkpoint_index`: after the same inspection, each tensor as a byte range of the file, found without torch
+  (what convert streams from an mmap and compares its output with).
 - `check`: `verify_release(root, manifest, torrent)` puts them together into a `report.VerifyReport`.
 - `convert`: `convert_release(src, out, "native" | "hf")`, streaming, deterministic, atomic, checked;
   `safetensors_out` (the streaming writer), `hf_layout` (names, permutation, config, model card),
+  `hf_tokenizer` (tokenizer.json from tokenizer.model, checked against sentencepiece),
   `sums` (`SHA256SUMS` and `verify_converted`).
 """

@@ -218,13 +218,14 @@ def _few(keys: list[str]) -> str:
     return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
 
-def dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype | str) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def check_tensors(state: Mapping[str, torch.Tensor], arch: Architecture,
+def check_tensors(state: Mapping[str, Any], arch: Architecture,
                   facts: CheckpointFacts | None = None) -> TensorCheck:
-    """Compare keys, shapes and dtypes with what params.json implies."""
+    """Compare keys, shapes and dtypes with what params.json implies; `state` holds torch tensors or
+    `checkpoint_index.TensorRecord`s (anything with `shape`, `dtype` and `numel()`)."""
     expected = arch.tensor_shapes()
     result = TensorCheck(tensors=len(state), parameters=sum(int(t.numel()) for t in state.values()))
     result.missing = [k for k in expected if k not in state]

@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import torch
-
 from m7b.atomic import atomic_dir
 from m7b.errors import InvalidInputError, MismatchError, NotFoundError
 from m7b.manifests.architecture import Architecture, load_params
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.store import CONVERTED_RECORD
 from m7b.verify import hf_layout, hf_tokenizer
-from m7b.verify.checkpoint import check_tensors, load_checkpoint
+from m7b.verify.checkpoint import check_tensors
+from m7b.verify.checkpoint_index import TensorRecord, index_checkpoint, mapped, tensor_bytes
 from m7b.verify.license import APACHE_SPDX, canonical_text
 from m7b.verify.safetensors_out import DTYPES, TensorOut, write_safetensors
 from m7b.verify.sums import format_sums
@@ -74,14 +73,14 @@ def convert_release(src: Path, out: Path, layout: str, *, name: str | None = Non
             raise NotFoundError(f"{needed} not found: a release folder holds {CHECKPOINT}, params.json and "
                                 "tokenizer.model — fetch it first")
     arch = load_params(src / "params.json")
-    state = load_checkpoint(checkpoint)  # inspects the pickle before anything is unpickled
+    state = index_checkpoint(checkpoint)  # the pickle walked against the allowlist first; no torch involved
     check = check_tensors(state, arch)
     if not check.ok:
         raise MismatchError(f"{checkpoint}: " + "; ".join(check.problems()) + " — refusing to convert; run "
                             "`m7b verify` for the full report")
     source_sha256 = source_sha256 or file_sha256(checkpoint)
     keys = list(arch.tensor_shapes())
-    total = sum(state[k].numel() * state[k].element_size() for k in keys)
+    total = sum(state[k].nbytes for k in keys)
     done = [0]
 
     def written(filename: str) -> Callable[[TensorOut, int], None]:
@@ -94,16 +93,16 @@ def convert_release(src: Path, out: Path, layout: str, *, name: str | None = Non
 
     digests: dict[str, str] = {}
     notes: list[str] = []
-    with atomic_dir(out) as tmp, _ReadBack(state, arch, layout) as check_tensor:
+    with mapped(checkpoint) as view, atomic_dir(out) as tmp, _ReadBack(view, state, arch, layout) as check_tensor:
         if layout == "native":
-            plan = {NATIVE_FILE: [_native_tensor(k, state) for k in keys]}
+            plan = {NATIVE_FILE: [_native_tensor(state[k], view) for k in keys]}
             metadata = {NATIVE_FILE: {"license": APACHE_SPDX, "source_sha256": source_sha256, "source": CHECKPOINT,
                                       "format": "pt"}}
             digests[NATIVE_FILE] = write_safetensors(tmp / NATIVE_FILE, plan[NATIVE_FILE], metadata[NATIVE_FILE],
                                                      written(NATIVE_FILE))
             _copy(src / "params.json", tmp / "params.json", digests)
         else:
-            plan = _hf_plan(state, keys, arch, max_shard_size)
+            plan = _hf_plan(state, view, keys, arch, max_shard_size)
             metadata = {filename: {"format": "pt"} for filename in plan}
             for filename, tensors in plan.items():
                 digests[filename] = write_safetensors(tmp / filename, tensors, metadata[filename],
@@ -130,12 +129,11 @@ def convert_release(src: Path, out: Path, layout: str, *, name: str | None = Non
                          time.monotonic() - started, tuple(notes))
 
 
-def _native_tensor(key: str, state: dict[str, torch.Tensor]) -> TensorOut:
-    t = state[key]
-    return TensorOut(key, tuple(t.shape), t.dtype, lambda: state[key])
+def _native_tensor(record: TensorRecord, view: memoryview) -> TensorOut:
+    return TensorOut(record.key, record.shape, record.dtype, record.itemsize, lambda: tensor_bytes(view, record))
 
 
-def _hf_plan(state: dict[str, torch.Tensor], keys: list[str], arch: Architecture,
+def _hf_plan(state: dict[str, TensorRecord], view: memoryview, keys: list[str], arch: Architecture,
              max_shard_size: int | str) -> dict[str, list[TensorOut]]:
     """huggingface_hub's sharding plan (file names, which tensor goes where); tensors in checkpoint order.
 
@@ -144,7 +142,7 @@ def _hf_plan(state: dict[str, torch.Tensor], keys: list[str], arch: Architecture
     """
     from huggingface_hub.serialization import split_state_dict_into_shards_factory
 
-    outputs = {t.name: t for t in (_hf_tensor(k, state, arch) for k in keys)}
+    outputs = {t.name: t for t in (_hf_tensor(state[k], view, arch) for k in keys)}
     split = split_state_dict_into_shards_factory(outputs, get_storage_size=lambda t: t.nbytes,
                                                  filename_pattern=HF_PATTERN, max_shard_size=max_shard_size)
     plan: dict[str, list[TensorOut]] = {}
@@ -153,12 +151,19 @@ def _hf_plan(state: dict[str, torch.Tensor], keys: list[str], arch: Architecture
     return dict(sorted(plan.items()))
 
 
-def _hf_tensor(key: str, state: dict[str, torch.Tensor], arch: Architecture) -> TensorOut:
-    t = state[key]
-    heads = hf_layout.rotary_heads(key, arch)
-    produce: Callable[[], torch.Tensor] = (lambda: state[key]) if heads is None else \
-        (lambda: hf_layout.permute(state[key], heads))
-    return TensorOut(hf_layout.hf_key(key), tuple(t.shape), t.dtype, produce)
+def _hf_tensor(record: TensorRecord, view: memoryview, arch: Architecture) -> TensorOut:
+    heads = hf_layout.rotary_heads(record.key, arch)
+    produce: Callable[[], memoryview] = (lambda: tensor_bytes(view, record)) if heads is None else \
+        (lambda: _rows(tensor_bytes(view, record), record, heads, hf_layout.permute))
+    return TensorOut(hf_layout.hf_key(record.key), record.shape, record.dtype, record.itemsize, produce)
+
+
+def _rows(raw: memoryview, record: TensorRecord, heads: int, rearrange: Callable) -> memoryview:
+    """A 2-D tensor's bytes with its rows rearranged per head (the hf rotary permutation, or its inverse)."""
+    import numpy as np
+
+    rows = np.frombuffer(raw, dtype=np.dtype(f"V{record.itemsize}")).reshape(record.shape)
+    return memoryview(np.ascontiguousarray(rearrange(rows, heads))).cast("B")
 
 
 def _hf_index(plan: dict[str, list[TensorOut]]) -> str:
@@ -181,11 +186,11 @@ def _write_text(path: Path, text: str, digests: dict[str, str]) -> None:
 
 class _ReadBack:
     """The bit-exact check: each tensor is read back from its file as soon as it is written (through a second
-    descriptor, into one reused buffer) and compared with its mmap'd source, the hf permutation undone; this runs
-    while the hash thread is still hashing, so the check costs little wall time."""
+    descriptor, into one reused buffer) and compared with its bytes in the mapped checkpoint, the hf permutation
+    undone; this runs while the hash thread is still hashing, so the check costs little wall time."""
 
-    def __init__(self, state: dict[str, torch.Tensor], arch: Architecture, layout: str) -> None:
-        self.state, self.arch, self.layout = state, arch, layout
+    def __init__(self, view: memoryview, state: dict[str, TensorRecord], arch: Architecture, layout: str) -> None:
+        self.view, self.state, self.arch, self.layout = view, state, arch, layout
         self.source_key = {hf_layout.hf_key(k) if layout == "hf" else k: k for k in state}
         self.buffer = bytearray(CHECK_BLOCK)
         self.path: Path | None = None
@@ -206,7 +211,7 @@ class _ReadBack:
         key = self.source_key[t.name]
         heads = hf_layout.rotary_heads(key, self.arch) if self.layout == "hf" else None
         self.fh.seek(offset)
-        if not _same_as_source(self.fh, t, self.state[key], heads, self.buffer):
+        if not self._same_as_source(t, self.state[key], heads):
             raise MismatchError(f"{path.name}: tensor {t.name} read back differs from {key} in the source; the disk "
                                 "returned other bytes than were written — check the disk and convert again")
         # Checked: start writing these pages to disk now (Linux starts writeback of dirty pages on DONTNEED), so the
@@ -214,37 +219,29 @@ class _ReadBack:
         if hasattr(os, "posix_fadvise") and t.nbytes:
             os.posix_fadvise(self.fh.fileno(), offset, t.nbytes, os.POSIX_FADV_DONTNEED)
 
+    def _same_as_source(self, t: TensorOut, source: TensorRecord, heads: int | None) -> bool:
+        """Read tensor `t` (the file is positioned at its data) and compare it bit for bit with `source`."""
+        want = tensor_bytes(self.view, source)
+        if heads is not None:  # a permuted wq/wk: read it whole, undo the permutation, compare
+            raw = bytearray(t.nbytes)
+            return self.fh.readinto(raw) == t.nbytes and \
+                _rows(memoryview(raw), source, heads, hf_layout.unpermute) == want
+        buffer = self.buffer
+        for start in range(0, t.nbytes, len(buffer)):
+            size = min(len(buffer), t.nbytes - start)
+            chunk = buffer if size == len(buffer) else bytearray(size)
+            if self.fh.readinto(chunk) != size or chunk != want[start:start + size]:
+                return False
+        return True
+
 
 def _check_header(path: Path, tensors: list[TensorOut], metadata: dict[str, str]) -> None:
     """safetensors' own reader must see exactly the names, dtypes, shapes and metadata that were planned."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="numpy") as f:
         described = {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape()))
                      for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
         if described != {t.name: (DTYPES[t.dtype], t.shape) for t in tensors} or (f.metadata() or {}) != metadata:
             raise MismatchError(f"{path.name}: read back, its header differs from what was written — check the disk "
                                 "and convert again")
-
-
-def _same_as_source(fh, t: TensorOut, source: torch.Tensor, heads: int | None, buffer: bytearray) -> bool:
-    """Read tensor `t` from `fh` (positioned at its data) and compare it bit for bit with `source`."""
-    if heads is not None:  # a permuted wq/wk: read it whole, undo the permutation, compare
-        raw = bytearray(t.nbytes)
-        if fh.readinto(raw) != t.nbytes:
-            return False
-        if not t.nbytes:
-            return True
-        got = hf_layout.unpermute(torch.frombuffer(raw, dtype=source.dtype).view(source.shape), heads)
-        return bytearray(_raw(got)) == _raw(source)
-    want = _raw(source)
-    for start in range(0, t.nbytes, len(buffer)):
-        size = min(len(buffer), t.nbytes - start)
-        chunk = buffer if size == len(buffer) else bytearray(size)
-        if fh.readinto(chunk) != size or chunk != want[start:start + size]:
-            return False
-    return True
-
-
-def _raw(tensor: torch.Tensor) -> memoryview:
-    return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())

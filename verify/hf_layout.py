@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
-
-import torch
+from typing import Any, TypeVar
 
 from m7b.manifests.architecture import Architecture
+
+Rows = TypeVar("Rows")  # a 2-D torch tensor or numpy array: both have reshape and swapaxes
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 _LAYER_KEYS = {
@@ -45,15 +45,15 @@ def rotary_heads(key: str, arch: Architecture) -> int | None:
     return None
 
 
-def permute(w: torch.Tensor, heads: int) -> torch.Tensor:
+def permute(w: Rows, heads: int) -> Rows:
     """Interleaved rotary pairs (Mistral) to half-split rows (Hugging Face), per head."""
-    rows, cols = w.shape
-    return w.view(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+    rows, cols = w.shape  # type: ignore[attr-defined]
+    return w.reshape(heads, rows // heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)  # type: ignore
 
 
-def unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
-    rows, cols = w.shape
-    return w.view(heads, 2, rows // heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+def unpermute(w: Rows, heads: int) -> Rows:
+    rows, cols = w.shape  # type: ignore[attr-defined]
+    return w.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)  # type: ignore
 
 
 def config(arch: Architecture, dtype: str = "bfloat16") -> dict[str, Any]:

@@ -16,30 +16,30 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-DTYPES: dict[torch.dtype, str] = {
-    torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
+# torch's dtype name (without "torch.") -> safetensors' dtype code
+DTYPES: dict[str, str] = {
+    "bfloat16": "BF16", "float16": "F16", "float32": "F32", "float64": "F64", "int64": "I64", "int32": "I32",
+    "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
 }
 
 
 @dataclass(frozen=True)
 class TensorOut:
-    """One tensor to write: its name in the file, shape, dtype and how to get its values when its turn comes."""
+    """One tensor to write: its name in the file, shape, dtype and how to get its bytes (row-major, any
+    buffer) when its turn comes."""
 
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
-    produce: Callable[[], torch.Tensor]
+    dtype: str
+    itemsize: int
+    produce: Callable[[], memoryview]
 
     @property
     def nbytes(self) -> int:
         n = 1
         for s in self.shape:
             n *= s
-        return n * self.dtype.itemsize
+        return n * self.itemsize
 
 
 def header_bytes(tensors: Iterable[TensorOut], metadata: Mapping[str, str] | None) -> bytes:
@@ -53,10 +53,6 @@ def header_bytes(tensors: Iterable[TensorOut], metadata: Mapping[str, str] | Non
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
     return len(raw).to_bytes(8, "little") + raw
-
-
-def _raw(tensor: torch.Tensor) -> memoryview:
-    return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[str, str] | None = None,
@@ -86,11 +82,10 @@ def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[st
             fh.write(head)
             offset = len(head)
             for t in tensors:
-                value = t.produce()
-                if tuple(value.shape) != t.shape or value.dtype != t.dtype:
-                    raise ValueError(f"{t.name}: produced {tuple(value.shape)} {value.dtype}, planned {t.shape} "
-                                     f"{t.dtype}")
-                raw = _raw(value)
+                raw = memoryview(t.produce()).cast("B")
+                if raw.nbytes != t.nbytes:
+                    raise ValueError(f"{t.name}: produced {raw.nbytes:,} bytes, planned {t.nbytes:,} ({t.shape} "
+                                     f"{t.dtype})")
                 inbox.put(raw)
                 fh.write(raw)
                 if on_tensor:
