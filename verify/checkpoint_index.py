@@ -168,22 +168,28 @@ def _record_start(zf: zipfile.ZipFile, raw: Any, member: str, path: Path) -> tup
     return info.header_offset + _LOCAL_HEADER.size + name_len + extra_len, info.file_size
 
 
+@dataclass(frozen=True)
+class MappedFile:
+    view: memoryview  # the whole file, read-only
+    fd: int  # open for reading while mapped (for in-kernel copies of its ranges)
+
+
 @contextmanager
-def mapped(path: Path) -> Iterator[memoryview]:
-    """The whole file, read-only and memory-mapped (pages come from the page cache, never private memory).
+def mapped(path: Path) -> Iterator[MappedFile]:
+    """The whole file memory-mapped (pages come from the page cache, never private memory), and its descriptor.
 
     Unmapped on exit unless a slice is still referenced (a traceback can hold one): then when the last goes."""
     with open(path, "rb") as fh:
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    view = memoryview(mm)
-    try:
-        yield view
-    finally:
+        view = memoryview(mm)
         try:
-            view.release()
-            mm.close()
-        except BufferError:
-            pass
+            yield MappedFile(view, fh.fileno())
+        finally:
+            try:
+                view.release()
+                mm.close()
+            except BufferError:
+                pass
 
 
 def tensor_bytes(view: memoryview, record: TensorRecord) -> memoryview:

@@ -8,13 +8,19 @@ tensor order, sorts metadata keys and so writes byte-identical files for identic
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+# The in-kernel copy `cp` uses (page cache to page cache, no trip through this process); None where the OS lacks it.
+_copy_file_range = getattr(os, "copy_file_range", None)
+_UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}
 
 # torch's dtype name (without "torch.") -> safetensors' dtype code
 DTYPES: dict[str, str] = {
@@ -24,15 +30,24 @@ DTYPES: dict[str, str] = {
 
 
 @dataclass(frozen=True)
+class FileRange:
+    """Where a tensor's bytes already lie, unchanged, in an open file (copied in the kernel instead of written)."""
+
+    fd: int
+    offset: int
+
+
+@dataclass(frozen=True)
 class TensorOut:
     """One tensor to write: its name in the file, shape, dtype and how to get its bytes (row-major, any
-    buffer) when its turn comes."""
+    buffer) when its turn comes; `source` when those bytes lie unchanged in a file."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     itemsize: int
     produce: Callable[[], memoryview]
+    source: FileRange | None = None
 
     @property
     def nbytes(self) -> int:
@@ -59,8 +74,10 @@ def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[st
                       on_tensor: Callable[[TensorOut, int], None] | None = None) -> str:
     """Write `tensors` to `path` in order; return the file's sha256 (hashed in a thread as it is written).
 
-    `on_tensor(t, offset)` runs once each tensor's bytes are handed to the OS, with the file offset of its data
-    (convert reads it back there while the hash thread is still busy).
+    A tensor with a `source` is copied there by the kernel (`copy_file_range`, as `cp` does) while the hash thread
+    reads the same bytes; the others are written from their buffers. `on_tensor(t, offset)` runs once each
+    tensor's bytes are in the file, with the file offset of its data (convert reads it back there while the hash
+    thread is still busy).
     """
     digest = hashlib.sha256()
     inbox: queue.Queue = queue.Queue(maxsize=2)  # bounds the permuted tensors alive at once
@@ -75,11 +92,12 @@ def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[st
 
     worker = threading.Thread(target=hash_worker, daemon=True, name="m7b-sha256-out")
     worker.start()
+    copying = _copy_file_range is not None
     try:
-        with open(path, "wb") as fh:
+        with open(path, "wb", buffering=0) as fh:
             head = header_bytes(tensors, metadata)
             inbox.put(head)
-            fh.write(head)
+            _write_all(fh, memoryview(head))
             offset = len(head)
             for t in tensors:
                 raw = memoryview(t.produce()).cast("B")
@@ -87,9 +105,11 @@ def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[st
                     raise ValueError(f"{t.name}: produced {raw.nbytes:,} bytes, planned {t.nbytes:,} ({t.shape} "
                                      f"{t.dtype})")
                 inbox.put(raw)
-                fh.write(raw)
+                copied = 0
+                if copying and t.source is not None:
+                    copied, copying = _copy_range(t.source, fh, t.nbytes)
+                _write_all(fh, raw[copied:])
                 if on_tensor:
-                    fh.flush()
                     on_tensor(t, offset)
                 offset += t.nbytes
     finally:
@@ -98,3 +118,28 @@ def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[st
     if failure:
         raise failure[0]
     return digest.hexdigest()
+
+
+def _write_all(fh, data: memoryview) -> None:
+    """An unbuffered write may take less than it is given (Linux: at most ~2 GiB a call): write until all is."""
+    done = 0
+    while done < data.nbytes:
+        done += fh.write(data[done:])
+
+
+def _copy_range(source: FileRange, fh, count: int) -> tuple[int, bool]:
+    """Copy `count` bytes from `source` to `fh`'s position in the kernel; (bytes copied, whether to go on copying).
+    A file system that cannot (another device, no support) gets the rest written instead; other errors
+    (a full disk) are raised."""
+    done = 0
+    while done < count:
+        try:
+            n = _copy_file_range(source.fd, fh.fileno(), count - done, source.offset + done)
+        except OSError as exc:
+            if exc.errno in _UNSUPPORTED:
+                return done, False
+            raise
+        if n == 0:
+            raise OSError(errno.EIO, f"the source ended {count - done:,} bytes early; it changed during the copy")
+        done += n
+    return done, True

@@ -26,11 +26,11 @@ def _raw(t: torch.Tensor) -> bytes:
 def _same_as_torch(path: Path) -> int:
     records, state = index_checkpoint(path), load_checkpoint(path)
     assert list(records) == list(state)
-    with mapped(path) as view:
+    with mapped(path) as file:
         for key, record in records.items():
             t = state[key]
             assert (record.shape, record.dtype) == (tuple(t.shape), str(t.dtype).removeprefix("torch."))
-            assert bytes(tensor_bytes(view, record)) == _raw(t), key
+            assert bytes(tensor_bytes(file.view, record)) == _raw(t), key
     return len(records)
 
 

@@ -140,8 +140,8 @@ class _FullDisk:
         self.written += n
         return self.fh.write(data)
 
-    def flush(self) -> None:
-        self.fh.flush()
+    def fileno(self) -> int:
+        return self.fh.fileno()
 
     def __enter__(self):
         return self
@@ -150,22 +150,8 @@ class _FullDisk:
         self.fh.close()
 
 
-@pytest.mark.parametrize("layout", ["native", "hf"])
-def test_full_disk_leaves_nothing_under_a_final_name(tiny_release_src: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
-    import m7b.verify.safetensors_out as writer
-
-    monkeypatch.setattr(writer, "open", lambda path, mode: _FullDisk(open(path, mode), 2_000_000),  # noqa: SIM115
-                        raising=False)
-    parent = tmp_path / "converted"
-    parent.mkdir()
-    with pytest.raises(StorageError, match="disk is full"):
-        convert_release(tiny_release_src, parent / layout, layout, max_shard_size=3_000_000)
-    assert list(parent.iterdir()) == []
-
-
 class _FlippingDisk(_FullDisk):
-    """A file that silently stores one flipped bit at byte `at` (what the read-back check must catch)."""
+    """A file that silently stores one flipped bit at byte `limit` (what the read-back check must catch)."""
 
     def write(self, data) -> int:
         raw = bytearray(memoryview(data).cast("B"))
@@ -175,16 +161,64 @@ class _FlippingDisk(_FullDisk):
         return self.fh.write(raw)
 
 
-@pytest.mark.parametrize("layout", ["native", "hf"])
-def test_read_back_check_catches_a_byte_the_disk_changed(tiny_release_src: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+def _faulty_disk(monkeypatch: pytest.MonkeyPatch, disk: type[_FullDisk], limit: int, path: str) -> None:
+    """Every byte convert stores goes through `disk`: written from a buffer (`path="write"`: no in-kernel copy), or
+    copied in the kernel (`path="copy"`: copy_file_range, which then fails or flips like the disk would)."""
     import m7b.verify.safetensors_out as writer
 
-    monkeypatch.setattr(writer, "open", lambda path, mode: _FlippingDisk(open(path, mode), 1_000_000),  # noqa: SIM115
-                        raising=False)
+    files: list[_FullDisk] = []
+
+    def opened(path_, mode, **kw):
+        files.append(disk(open(path_, mode, **kw), limit))  # noqa: SIM115 (closed by the writer)
+        return files[-1]
+
+    def copy(src: int, dst: int, count: int, offset_src: int) -> int:
+        return files[-1].write(os.pread(src, count, offset_src))
+
+    monkeypatch.setattr(writer, "open", opened, raising=False)
+    monkeypatch.setattr(writer, "_copy_file_range", None if path == "write" else copy)
+
+
+@pytest.mark.parametrize("path", ["write", "copy"])
+@pytest.mark.parametrize("layout", ["native", "hf"])
+def test_full_disk_leaves_nothing_under_a_final_name(tiny_release_src: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch, layout: str, path: str) -> None:
+    _faulty_disk(monkeypatch, _FullDisk, 2_000_000, path)
+    parent = tmp_path / "converted"
+    parent.mkdir()
+    with pytest.raises(StorageError, match="disk is full"):
+        convert_release(tiny_release_src, parent / layout, layout, max_shard_size=3_000_000)
+    assert list(parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["write", "copy"])
+@pytest.mark.parametrize("layout", ["native", "hf"])
+def test_read_back_check_catches_a_byte_the_disk_changed(tiny_release_src: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, layout: str,
+                                                         path: str) -> None:
+    _faulty_disk(monkeypatch, _FlippingDisk, 1_000_000, path)
     with pytest.raises(MismatchError, match="read back differs"):
         convert_release(tiny_release_src, tmp_path / layout, layout)
     assert not (tmp_path / layout).exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_file_system_without_in_kernel_copy_gets_the_bytes_written(tiny_release_src: Path, tmp_path: Path,
+                                                                     converted_tiny: dict[str, Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """copy_file_range refused (EXDEV, as across devices on some kernels): the same bytes are written instead."""
+    import m7b.verify.safetensors_out as writer
+
+    calls = []
+
+    def refuse(*args) -> int:
+        calls.append(args)
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    monkeypatch.setattr(writer, "_copy_file_range", refuse)
+    out = convert_release(tiny_release_src, tmp_path / "native", "native").out
+    assert len(calls) == 1  # tried once, then written for the rest of the file
+    assert filecmp.cmp(out / "consolidated.safetensors", converted_tiny["native"] / "consolidated.safetensors",
+                       shallow=False)
 
 
 def test_convert_refuses_a_checkpoint_that_disagrees_with_params(tiny_release: Path, tmp_path: Path) -> None:
