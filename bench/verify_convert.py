@@ -178,11 +178,16 @@ def main() -> None:
             target.unlink(missing_ok=True)
 
     def sha256_alone() -> tuple[float]:
-        """hashlib's sha256 over the checkpoint's bytes in place (mapped, no copy): convert's hash lane alone."""
+        """sha256 of the checkpoint's bytes on one core, the fastest way found here: each 256 KiB copied from the
+        mapped file into a buffer that stays in cache, hashed there (convert's hash lane alone)."""
         with open(checkpoint, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
+            view, stage = memoryview(mm), memoryview(bytearray(256 << 10))
+            digest = hashlib.sha256()
             start = time.perf_counter()
-            hashlib.sha256(view).hexdigest()
+            for at in range(0, len(view), len(stage)):
+                n = min(len(stage), len(view) - at)
+                stage[:n] = view[at:at + n]
+                digest.update(stage[:n])
             elapsed = time.perf_counter() - start
             view.release()
         return (elapsed,)

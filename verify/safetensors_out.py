@@ -21,6 +21,9 @@ from pathlib import Path
 # The in-kernel copy `cp` uses (page cache to page cache, no trip through this process); None where the OS lacks it.
 _copy_file_range = getattr(os, "copy_file_range", None)
 _UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}
+# The hash thread copies each 256 KiB into a buffer that stays in the CPU cache and hashes it there: sha256 over
+# the mapped 2.16 GB bench checkpoint took 1.47 s that way, 1.93 s straight from the mapped pages (memory-bound).
+HASH_STAGE = 256 << 10
 
 # torch's dtype name (without "torch.") -> safetensors' dtype code
 DTYPES: dict[str, str] = {
@@ -84,9 +87,13 @@ def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[st
     failure: list[BaseException] = []
 
     def hash_worker() -> None:
+        stage = memoryview(bytearray(HASH_STAGE))
         while (item := inbox.get()) is not None:
             try:
-                digest.update(item)
+                for start in range(0, item.nbytes, HASH_STAGE):
+                    n = min(HASH_STAGE, item.nbytes - start)
+                    stage[:n] = item[start:start + n]
+                    digest.update(stage[:n])
             except BaseException as exc:  # reported below
                 failure.append(exc)
 
@@ -96,7 +103,7 @@ def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[st
     try:
         with open(path, "wb", buffering=0) as fh:
             head = header_bytes(tensors, metadata)
-            inbox.put(head)
+            inbox.put(memoryview(head))
             _write_all(fh, memoryview(head))
             offset = len(head)
             for t in tensors:
