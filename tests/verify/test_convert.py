@@ -260,3 +260,18 @@ def test_verify_converted_reports_unlisted_files(converted_tiny: dict[str, Path]
     (copy / "extra.bin").write_bytes(b"x")
     report = verify_converted(copy)
     assert report.exit_code == 5 and any(f.path == "extra.bin" for f in report.failures())
+
+
+def test_convert_onto_another_file_system_gives_the_same_bytes(tiny_release_src: Path,
+                                                                converted_tiny: dict[str, Path]) -> None:
+    """Out on tmpfs, source on the test disk: the kernel refuses the cross-device copy (EXDEV) for real and the
+    bytes are written instead, identical to a same-disk conversion."""
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tiny_release_src).st_dev:
+        pytest.skip("needs /dev/shm on another file system than the test release")
+    with tempfile.TemporaryDirectory(dir=shm) as tmp:
+        out = convert_release(tiny_release_src, Path(tmp) / "native", "native").out
+        assert filecmp.cmp(out / "consolidated.safetensors", converted_tiny["native"] / "consolidated.safetensors",
+                           shallow=False)
