@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -42,10 +43,7 @@ class TensorSpec:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:

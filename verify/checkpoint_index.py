@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import mmap
 import pickle
 import struct
@@ -46,10 +47,7 @@ class TensorRecord:
     offset: int
 
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:

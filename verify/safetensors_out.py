@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import queue
 import threading
@@ -54,10 +55,7 @@ class TensorOut:
 
     @property
     def nbytes(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n * self.itemsize
+        return math.prod(self.shape) * self.itemsize
 
 
 def header_bytes(tensors: Iterable[TensorOut], metadata: Mapping[str, str] | None) -> bytes:
