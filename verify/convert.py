@@ -236,7 +236,11 @@ class _ReadBack:
             return True
         want = tensor_bytes(self.view, source)
         base = offset - offset % mmap.ALLOCATIONGRANULARITY
-        with mmap.mmap(self.fh.fileno(), offset - base + t.nbytes, offset=base, access=mmap.ACCESS_READ) as mm:
+        try:
+            mm = mmap.mmap(self.fh.fileno(), offset - base + t.nbytes, offset=base, access=mmap.ACCESS_READ)
+        except ValueError:  # the file is shorter than what was written to it
+            return False
+        with mm:
             got = memoryview(mm)[offset - base:]
             try:
                 if heads is not None:  # a permuted wq/wk: undo the permutation (one copy), then compare
