@@ -132,3 +132,27 @@ def test_a_manifest_with_only_a_magnet_binds_by_the_magnets_hash(tiny_release: P
         manifest.torrent, magnet=f"magnet:?xt=urn:btih:{ih}&dn=tiny"))
     report = verify_release(tiny_release, manifest, torrent)
     assert report.verdict == Status.OK and report.bound_to_magnet
+
+
+def test_progress_counts_bytes_up_to_the_total_and_renders_a_rate(odd_files: Path) -> None:
+    """The one read pass reports bytes hashed (never backwards, ending at the files' total), and the CLI's bar
+    renders them as bytes with a byte rate."""
+    from rich.progress import Progress
+
+    from m7b.progress import ProgressEvent
+    from m7b.render import _AmountColumn
+
+    names = sorted(p.name for p in odd_files.iterdir())
+    total = sum((odd_files / n).stat().st_size for n in names)
+    events: list[ProgressEvent] = []
+    read_stream([ReadItem(n, odd_files / n) for n in names], [FileDigestLane("sha256")], block_size=16 << 10,
+                progress=events.append)
+    assert events and {e.phase for e in events} == {"hashing"} and {e.total for e in events} == {total}
+    assert [e.done for e in events] == sorted(e.done for e in events) and events[-1].done == total
+    assert {e.unit for e in events} == {"B"}
+    bars = Progress()
+    task = bars.add_task("hashing", total=total, unit="B")
+    bars.update(task, completed=total // 2)
+    bars.update(task, completed=total)
+    shown = str(_AmountColumn().render(bars.tasks[0]))
+    assert "/" in shown and "/s" in shown, shown
