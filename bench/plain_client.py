@@ -13,9 +13,16 @@ import time
 
 import libtorrent as lt
 
-LOOPBACK = {"listen_interfaces": "127.0.0.1:0", "enable_dht": False, "enable_lsd": False, "enable_upnp": False,
-            "enable_natpmp": False, "enable_outgoing_utp": False, "enable_incoming_utp": False,
-            "allow_multiple_connections_per_ip": True}
+LOOPBACK = {
+    "listen_interfaces": "127.0.0.1:0",
+    "enable_dht": False,
+    "enable_lsd": False,
+    "enable_upnp": False,
+    "enable_natpmp": False,
+    "enable_outgoing_utp": False,
+    "enable_incoming_utp": False,
+    "allow_multiple_connections_per_ip": True,
+}
 
 
 def main() -> None:

@@ -75,10 +75,15 @@ def bench_m7b(release: Path, repeats: int) -> dict:
     generate(rt.model, prompt, GenerationConfig(max_tokens=16, stop_at_eos=False))  # warm-up
     runs = [generate(rt.model, prompt, config) for _ in range(repeats)]
     best = max(runs, key=lambda r: r.decode_tok_s)
-    return {"decode_tok_s": best.decode_tok_s, "all_decode_tok_s": [r.decode_tok_s for r in runs],
-            "ttft_s": best.ttft_s, "tokens": best.tokens, "prompt": prompt, "floor_tok_s": 1 / floor,
-            "weight_bytes_per_token": sum(p.nbytes for p in rt.model.parameters())
-            - rt.model.tok_embeddings.weight.nbytes}
+    return {
+        "decode_tok_s": best.decode_tok_s,
+        "all_decode_tok_s": [r.decode_tok_s for r in runs],
+        "ttft_s": best.ttft_s,
+        "tokens": best.tokens,
+        "prompt": prompt,
+        "floor_tok_s": 1 / floor,
+        "weight_bytes_per_token": sum(p.nbytes for p in rt.model.parameters()) - rt.model.tok_embeddings.weight.nbytes,
+    }
 
 
 def bench_hf(release: Path, prompt: list[int], repeats: int) -> dict:
@@ -96,7 +101,7 @@ def bench_hf(release: Path, prompt: list[int], repeats: int) -> dict:
             end = time.perf_counter()
             n = out.shape[1] - ids.shape[1]
             rates.append((n - 1) / (end - clock.first))
-            tokens = out[0, ids.shape[1]:].tolist()
+            tokens = out[0, ids.shape[1] :].tolist()
     return {"decode_tok_s": max(rates), "all_decode_tok_s": rates, "tokens": tokens}
 
 
@@ -113,31 +118,43 @@ def main() -> None:
         ours = bench_m7b(release, opts.repeats)
         theirs = bench_hf(release, ours["prompt"], opts.repeats)
     same = ours["tokens"] == theirs["tokens"]
-    doc = {"device": "cpu", "threads": opts.threads, "dtype": "float32", "new_tokens": NEW_TOKENS,
-           "m7b_decode_tok_s": round(ours["decode_tok_s"], 1),
-           "m7b_runs": [round(x, 1) for x in ours["all_decode_tok_s"]],
-           "m7b_ttft_s": round(ours["ttft_s"], 4),
-           "transformers_decode_tok_s": round(theirs["decode_tok_s"], 1),
-           "transformers_runs": [round(x, 1) for x in theirs["all_decode_tok_s"]],
-           "ratio": round(ours["decode_tok_s"] / theirs["decode_tok_s"], 2),
-           "ratio_vs_anchor_98": round(ours["decode_tok_s"] / ANCHOR_HF_TOK_S, 2),
-           "weight_stream_floor_tok_s": round(ours["floor_tok_s"], 1),
-           "fraction_of_floor": round(ours["decode_tok_s"] / ours["floor_tok_s"], 2),
-           "fp32_weight_mb_per_token": round(ours["weight_bytes_per_token"] / 1e6, 1),
-           "greedy_tokens_identical": same, "torch": torch.__version__}
+    doc = {
+        "device": "cpu",
+        "threads": opts.threads,
+        "dtype": "float32",
+        "new_tokens": NEW_TOKENS,
+        "m7b_decode_tok_s": round(ours["decode_tok_s"], 1),
+        "m7b_runs": [round(x, 1) for x in ours["all_decode_tok_s"]],
+        "m7b_ttft_s": round(ours["ttft_s"], 4),
+        "transformers_decode_tok_s": round(theirs["decode_tok_s"], 1),
+        "transformers_runs": [round(x, 1) for x in theirs["all_decode_tok_s"]],
+        "ratio": round(ours["decode_tok_s"] / theirs["decode_tok_s"], 2),
+        "ratio_vs_anchor_98": round(ours["decode_tok_s"] / ANCHOR_HF_TOK_S, 2),
+        "weight_stream_floor_tok_s": round(ours["floor_tok_s"], 1),
+        "fraction_of_floor": round(ours["decode_tok_s"] / ours["floor_tok_s"], 2),
+        "fp32_weight_mb_per_token": round(ours["weight_bytes_per_token"] / 1e6, 1),
+        "greedy_tokens_identical": same,
+        "torch": torch.__version__,
+    }
     if opts.json:
         print(json.dumps(doc))
         return
-    print(f"CPU, {opts.threads} threads, fp32, greedy, {NEW_TOKENS} new tokens, bench-cpu model "
-          f"(best of {opts.repeats})")
-    print(f"  m7b runtime        {doc['m7b_decode_tok_s']:8.1f} tok/s   runs {doc['m7b_runs']}  "
-          f"TTFT {doc['m7b_ttft_s']}s")
+    print(
+        f"CPU, {opts.threads} threads, fp32, greedy, {NEW_TOKENS} new tokens, bench-cpu model (best of {opts.repeats})"
+    )
+    print(
+        f"  m7b runtime        {doc['m7b_decode_tok_s']:8.1f} tok/s   runs {doc['m7b_runs']}  TTFT {doc['m7b_ttft_s']}s"
+    )
     print(f"  transformers       {doc['transformers_decode_tok_s']:8.1f} tok/s   runs {doc['transformers_runs']}")
-    print(f"  ratio              {doc['ratio']:8.2f}x  (target >= 2x; vs the 98 tok/s anchor: "
-          f"{doc['ratio_vs_anchor_98']}x)")
-    print(f"  weight-stream floor {doc['weight_stream_floor_tok_s']:7.1f} tok/s  "
-          f"(the {doc['fp32_weight_mb_per_token']} MB of fp32 matrices one token reads, as bare "
-          f"matrix-vector products): m7b at {100 * doc['fraction_of_floor']:.0f}% of it")
+    print(
+        f"  ratio              {doc['ratio']:8.2f}x  (target >= 2x; vs the 98 tok/s anchor: "
+        f"{doc['ratio_vs_anchor_98']}x)"
+    )
+    print(
+        f"  weight-stream floor {doc['weight_stream_floor_tok_s']:7.1f} tok/s  "
+        f"(the {doc['fp32_weight_mb_per_token']} MB of fp32 matrices one token reads, as bare "
+        f"matrix-vector products): m7b at {100 * doc['fraction_of_floor']:.0f}% of it"
+    )
     print(f"  greedy tokens identical: {same}")
 
 

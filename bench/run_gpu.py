@@ -76,8 +76,9 @@ def random_model(args: ModelArgs, device: torch.device, dtype: torch.dtype, seed
     return model.eval()
 
 
-def make_decoder(mode: str, model: Transformer, device: torch.device, prompt: list[int], max_seq_len: int
-                 ) -> tuple[str, Callable, float]:
+def make_decoder(
+    mode: str, model: Transformer, device: torch.device, prompt: list[int], max_seq_len: int
+) -> tuple[str, Callable, float]:
     """The decode step in the first mode that works (compile → graph → eager) and its warm-up seconds."""
     order = {"compile": ["compile", "graph", "eager"], "graph": ["graph", "eager"], "eager": ["eager"]}[mode]
     warm = GenerationConfig(max_tokens=8, stop_at_eos=False)
@@ -85,8 +86,11 @@ def make_decoder(mode: str, model: Transformer, device: torch.device, prompt: li
         start = time.perf_counter()
         try:
             if m == "compile":  # on the CPU (--dry-run) plain torch.compile, to check the graph has no breaks
-                fn = compiled_decode(device) if device.type == "cuda" else torch.compile(decode_one_token,
-                                                                                         fullgraph=True)
+                fn = (
+                    compiled_decode(device)
+                    if device.type == "cuda"
+                    else torch.compile(decode_one_token, fullgraph=True)
+                )
             elif m == "graph":
                 fn = cuda_graph_decode(model, device)
             else:
@@ -100,8 +104,9 @@ def make_decoder(mode: str, model: Transformer, device: torch.device, prompt: li
     raise RuntimeError("no decode mode worked")
 
 
-def bench_decode(model: Transformer, device: torch.device, prompt: list[int], new_tokens: int, mode: str,
-                 repeats: int) -> dict:
+def bench_decode(
+    model: Transformer, device: torch.device, prompt: list[int], new_tokens: int, mode: str, repeats: int
+) -> dict:
     max_seq_len = len(prompt) + new_tokens
     model.setup_caches(1, max_seq_len)
     config = GenerationConfig(max_tokens=new_tokens, stop_at_eos=False)
@@ -112,11 +117,16 @@ def bench_decode(model: Transformer, device: torch.device, prompt: list[int], ne
     log(f"decode step ready ({used}, {warm_s:.1f}s warm-up)")
     runs = [generate(model, prompt, config, decode_fn=fn, max_seq_len=max_seq_len) for _ in range(repeats)]
     best = max(runs, key=lambda r: r.decode_tok_s)
-    return {"mode": used, "warmup_s": round(warm_s, 1), "decode_tok_s": best.decode_tok_s,
-            "runs_tok_s": [round(r.decode_tok_s, 1) for r in runs], "tokens": best.tokens,
-            "eager_decode_tok_s": eager.decode_tok_s,
-            "tokens_agreeing_with_eager": agreeing_prefix(best.tokens, eager.tokens),
-            "kv_cache_bytes": model.cache_nbytes()}
+    return {
+        "mode": used,
+        "warmup_s": round(warm_s, 1),
+        "decode_tok_s": best.decode_tok_s,
+        "runs_tok_s": [round(r.decode_tok_s, 1) for r in runs],
+        "tokens": best.tokens,
+        "eager_decode_tok_s": eager.decode_tok_s,
+        "tokens_agreeing_with_eager": agreeing_prefix(best.tokens, eager.tokens),
+        "kv_cache_bytes": model.cache_nbytes(),
+    }
 
 
 def agreeing_prefix(a: list[int], b: list[int]) -> int:
@@ -147,8 +157,13 @@ def bench_ttft(model: Transformer, device: torch.device, length: int, repeats: i
             if i == 0:
                 times.clear()  # warm-up: kernel selection, allocator
     assert 0 <= token < model.args.vocab_size
-    return {"prompt_tokens": length, "chunk": chunk, "ttft_s": min(times), "ttft_median_s": statistics.median(times),
-            "prefill_tok_s": length / min(times)}
+    return {
+        "prompt_tokens": length,
+        "chunk": chunk,
+        "ttft_s": min(times),
+        "ttft_median_s": statistics.median(times),
+        "prefill_tok_s": length / min(times),
+    }
 
 
 def bench_hf(model: Transformer, device: torch.device, prompt: list[int], new_tokens: int, repeats: int) -> dict:
@@ -167,7 +182,7 @@ def bench_hf(model: Transformer, device: torch.device, prompt: list[int], new_to
             sync(device)
             end = time.perf_counter()
             rates.append((out.shape[1] - ids.shape[1] - 1) / (end - clock.first))
-            tokens = out[0, ids.shape[1]:].tolist()
+            tokens = out[0, ids.shape[1] :].tolist()
     del hf
     return {"decode_tok_s": max(rates), "runs_tok_s": [round(r, 1) for r in rates], "tokens": tokens}
 
@@ -206,8 +221,11 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--bandwidth-gbs", type=float, help="the card's memory bandwidth, when not in the table")
     parser.add_argument("--json-out", type=Path)
-    parser.add_argument("--dry-run", action="store_true",
-                        help="CPU, a small model (the 'small' preset): exercises the script, not the GPU")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="CPU, a small model (the 'small' preset): exercises the script, not the GPU",
+    )
     opts = parser.parse_args()
     t0 = time.perf_counter()
 
@@ -228,8 +246,13 @@ def main() -> None:
     embed_bytes = model.tok_embeddings.weight.nbytes
     log(f"random model ready: {weight_bytes / 1e9:.2f} GB of weights ({time.perf_counter() - t0:.1f}s)")
     prompt = [1, *torch.randint(3, args.vocab_size, (15,), generator=torch.Generator().manual_seed(0)).tolist()]
-    doc: dict = {"device": card, "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
-                 "params": sum(p.numel() for p in model.parameters()), "weight_bytes": weight_bytes}
+    doc: dict = {
+        "device": card,
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "params": sum(p.numel() for p in model.parameters()),
+        "weight_bytes": weight_bytes,
+    }
 
     def save() -> None:  # after every phase, so that a later failure keeps what was measured
         if opts.json_out:
@@ -279,25 +302,35 @@ def main() -> None:
         log(f"transformers decode: {hf['decode_tok_s']:.1f} tok/s, runs {hf['runs_tok_s']}")
     doc["wall_s"] = round(time.perf_counter() - t0, 1)
 
-    lines = [f"{card}, {doc['dtype']}, Mistral-7B shape{' (dry run: small preset)' if opts.dry_run else ''}",
-             f"  m7b decode        {dec['decode_tok_s']:8.1f} tok/s  ({dec['mode']}, best of {opts.repeats}, "
-             f"{opts.new_tokens} new tokens)",
-             f"  m7b eager decode  {dec['eager_decode_tok_s']:8.1f} tok/s  (same tokens as {dec['mode']} for "
-             f"{dec['tokens_agreeing_with_eager']} of {len(dec['tokens'])})"]
+    lines = [
+        f"{card}, {doc['dtype']}, Mistral-7B shape{' (dry run: small preset)' if opts.dry_run else ''}",
+        f"  m7b decode        {dec['decode_tok_s']:8.1f} tok/s  ({dec['mode']}, best of {opts.repeats}, "
+        f"{opts.new_tokens} new tokens)",
+        f"  m7b eager decode  {dec['eager_decode_tok_s']:8.1f} tok/s  (same tokens as {dec['mode']} for "
+        f"{dec['tokens_agreeing_with_eager']} of {len(dec['tokens'])})",
+    ]
     if "roofline_tok_s" in doc:
-        lines.append(f"  roofline          {doc['roofline_tok_s']:8.1f} tok/s  ({step_bytes / 1e9:.2f} GB/token at "
-                     f"{bandwidth / 1e12:.2f} TB/s): {100 * doc['fraction_of_roofline']:.0f}% (target >= 80%)")
+        lines.append(
+            f"  roofline          {doc['roofline_tok_s']:8.1f} tok/s  ({step_bytes / 1e9:.2f} GB/token at "
+            f"{bandwidth / 1e12:.2f} TB/s): {100 * doc['fraction_of_roofline']:.0f}% (target >= 80%)"
+        )
     if "transformers_decode_tok_s" in doc:
-        lines.append(f"  transformers      {doc['transformers_decode_tok_s']:8.1f} tok/s  -> m7b is "
-                     f"{doc['ratio_vs_transformers']:.2f}x (target >= 3x); greedy agree for "
-                     f"{doc['greedy_tokens_agreeing_prefix']} tokens")
+        lines.append(
+            f"  transformers      {doc['transformers_decode_tok_s']:8.1f} tok/s  -> m7b is "
+            f"{doc['ratio_vs_transformers']:.2f}x (target >= 3x); greedy agree for "
+            f"{doc['greedy_tokens_agreeing_prefix']} tokens"
+        )
     if "ttft" in doc:
         t = doc["ttft"]
-        lines.append(f"  TTFT              {t['ttft_s'] * 1000:8.1f} ms     ({t['prompt_tokens']}-token prompt, "
-                     f"prefill {t['prefill_tok_s']:.0f} tok/s)")
+        lines.append(
+            f"  TTFT              {t['ttft_s'] * 1000:8.1f} ms     ({t['prompt_tokens']}-token prompt, "
+            f"prefill {t['prefill_tok_s']:.0f} tok/s)"
+        )
     if device.type == "cuda":
-        lines.append(f"  peak GPU memory   decode {doc['decode']['peak_gpu_gib']:.2f} GiB, "
-                     f"4096-token prefill {doc.get('ttft', {}).get('peak_gpu_gib', float('nan')):.2f} GiB")
+        lines.append(
+            f"  peak GPU memory   decode {doc['decode']['peak_gpu_gib']:.2f} GiB, "
+            f"4096-token prefill {doc.get('ttft', {}).get('peak_gpu_gib', float('nan')):.2f} GiB"
+        )
     lines.append(f"  wall time         {doc['wall_s']} s")
     print("\n".join(lines))
     save()

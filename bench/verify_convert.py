@@ -71,14 +71,27 @@ def prepare(work: Path) -> tuple[Path, Path]:
     digests = {f: _sha256(root / f, md5=True) for f in RELEASE_FILES}
     arch = load_params(root / "params.json")
     for variant, md5_for in (("all-md5", set(RELEASE_FILES)), ("tokenizer-md5", {"tokenizer.model"})):
-        files = tuple(FileFacts(f, (root / f).stat().st_size, digests[f][0], digests[f][1] if f in md5_for else None)
-                      for f in RELEASE_FILES)
-        manifest = Manifest(name=NAME, title="bench-2g", publisher="m7b bench", license="Apache-2.0",
-                            torrent=TorrentFacts(name=NAME, info_hash_v1=ih, files_complete=True), files=files,
-                            architecture=arch, checkpoint=CheckpointFacts(len(arch.tensor_shapes()),
-                                                                          arch.parameter_count(), "bfloat16"),
-                            sources={"release": "bench", "torrent": "bench", "architecture": "bench",
-                                     "checkpoint": "bench", **{f"files.{f}": "bench" for f in RELEASE_FILES}})
+        files = tuple(
+            FileFacts(f, (root / f).stat().st_size, digests[f][0], digests[f][1] if f in md5_for else None)
+            for f in RELEASE_FILES
+        )
+        manifest = Manifest(
+            name=NAME,
+            title="bench-2g",
+            publisher="m7b bench",
+            license="Apache-2.0",
+            torrent=TorrentFacts(name=NAME, info_hash_v1=ih, files_complete=True),
+            files=files,
+            architecture=arch,
+            checkpoint=CheckpointFacts(len(arch.tensor_shapes()), arch.parameter_count(), "bfloat16"),
+            sources={
+                "release": "bench",
+                "torrent": "bench",
+                "architecture": "bench",
+                "checkpoint": "bench",
+                **{f"files.{f}": "bench" for f in RELEASE_FILES},
+            },
+        )
         (work / f"{variant}.toml").write_text(manifest_to_toml(manifest))
     return home, root
 
@@ -150,8 +163,13 @@ def main() -> None:
             while fh.read(64 << 20):
                 pass
     m7b = [sys.executable, "-m", "m7b"]
-    doc: dict[str, object] = {"release": NAME, "bytes": total, "checkpoint_bytes": size, "runs": args.runs,
-                              "cpus": os.cpu_count()}
+    doc: dict[str, object] = {
+        "release": NAME,
+        "bytes": total,
+        "checkpoint_bytes": size,
+        "runs": args.runs,
+        "cpus": os.cpu_count(),
+    }
     sha = best(args.runs, lambda: timed(["sha256sum", *files], env))
     md5 = best(args.runs, lambda: timed(["md5sum", *files], env))
     doc["sha256sum_s"], doc["md5sum_s"] = sha[0], md5[0]
@@ -186,7 +204,7 @@ def main() -> None:
             start = time.perf_counter()
             for at in range(0, len(view), len(stage)):
                 n = min(len(stage), len(view) - at)
-                stage[:n] = view[at:at + n]
+                stage[:n] = view[at : at + n]
                 digest.update(stage[:n])
             elapsed = time.perf_counter() - start
             view.release()
@@ -197,6 +215,7 @@ def main() -> None:
     doc["cp_s"] = best(args.runs, lambda: cp(False))[0]
     doc["cp_sync_s"] = best(args.runs, lambda: cp(True))[0]
     for layout in ("native", "hf"):
+
         def convert(layout: str = layout) -> tuple[float, int, int]:
             out = work / f"out-{layout}"
             shutil.rmtree(out, ignore_errors=True)

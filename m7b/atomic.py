@@ -89,9 +89,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise StorageError(
-            f"output folder {path} exists and is not empty: choose a new folder or remove it first"
-        )
+        raise StorageError(f"output folder {path} exists and is not empty: choose a new folder or remove it first")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:

@@ -15,8 +15,13 @@ from m7b.render import emit_json, err, out
 
 @app.command("demo")
 def demo(
-    work: Annotated[Path | None, typer.Option(help="Folder for everything the demo makes (default: a new "
-                                                   "folder under the system's temp dir, kept afterwards).")] = None,
+    work: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for everything the demo makes (default: a new "
+            "folder under the system's temp dir, kept afterwards)."
+        ),
+    ] = None,
     preset: Annotated[str, typer.Option(help="Synthetic release preset.")] = "small",
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines: one record per step.")] = False,
 ) -> None:

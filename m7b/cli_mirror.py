@@ -18,10 +18,15 @@ from m7b.render import emit_json, err, out, progress_bars
 from m7b.store import Store
 
 PeerOption = Annotated[list[str] | None, typer.Option("--peer", help="Connect to HOST:PORT (repeatable).")]
-ListenOption = Annotated[str | None, typer.Option("--listen", help="Listen on HOST:PORT (default 0.0.0.0:6881; "
-                                                                   "port 0 picks a free one).")]
-LoopbackOption = Annotated[bool, typer.Option("--no-dht", help="No DHT, LSD, UPnP/NAT-PMP or uTP: trackers, web "
-                                                               "seeds and --peer only (local swarms, tests).")]
+ListenOption = Annotated[
+    str | None, typer.Option("--listen", help="Listen on HOST:PORT (default 0.0.0.0:6881; port 0 picks a free one).")
+]
+LoopbackOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-dht", help="No DHT, LSD, UPnP/NAT-PMP or uTP: trackers, web seeds and --peer only (local swarms, tests)."
+    ),
+]
 
 
 def parse_rate(text: str | None, option: str) -> int:
@@ -89,51 +94,72 @@ def fetch_command(
         now = time.monotonic()
         if event.phase == "done" or now - last_json[0] >= 1.0:
             last_json[0] = now
-            emit_json({"event": "progress", "phase": event.phase, "done": event.done, "total": event.total,
-                       **event.extra})
+            emit_json(
+                {"event": "progress", "phase": event.phase, "done": event.done, "total": event.total, **event.extra}
+            )
 
     with stop_on_signals() as stop, progress_bars(enabled=not json_out, single=True) as bars:
         try:
-            result = fetch(target, store=store, dest=dest, options=options, peers=peer or (), timeout=timeout,
-                           resume_interval=resume_interval, progress=json_progress if json_out else bars,
-                           should_stop=lambda: stop[0])
+            result = fetch(
+                target,
+                store=store,
+                dest=dest,
+                options=options,
+                peers=peer or (),
+                timeout=timeout,
+                resume_interval=resume_interval,
+                progress=json_progress if json_out else bars,
+                should_stop=lambda: stop[0],
+            )
         except KeyboardInterrupt:
             if json_out:
                 emit_json({"event": "interrupted", "info_hash": target.info_hash})
             err.print(f"interrupted: resume data saved; rerun `m7b fetch {source}` to continue")
             raise typer.Exit(EXIT_INTERRUPTED) from None
-    doc = {"event": "done", "name": result.name, "path": str(result.path), "info_hash": result.info_hash,
-           "total_size": result.total_size, "pieces": result.pieces, "downloaded_bytes": result.downloaded_bytes,
-           "pieces_at_start": result.pieces_at_start, "hash_failures": result.hash_failures,
-           "seconds": round(result.seconds, 3),
-           "rate_mib_s": round(result.downloaded_bytes / max(result.seconds, 1e-9) / (1 << 20), 1)}
+    doc = {
+        "event": "done",
+        "name": result.name,
+        "path": str(result.path),
+        "info_hash": result.info_hash,
+        "total_size": result.total_size,
+        "pieces": result.pieces,
+        "downloaded_bytes": result.downloaded_bytes,
+        "pieces_at_start": result.pieces_at_start,
+        "hash_failures": result.hash_failures,
+        "seconds": round(result.seconds, 3),
+        "rate_mib_s": round(result.downloaded_bytes / max(result.seconds, 1e-9) / (1 << 20), 1),
+    }
     if json_out:
         emit_json(doc)
         return
-    err.print(f"fetched {result.name}: {result.total_size:,} bytes in {result.pieces} pieces, every piece passed its "
-              f"SHA-1 check ({result.hash_failures} bad pieces from peers were rejected and fetched again)")
+    err.print(
+        f"fetched {result.name}: {result.total_size:,} bytes in {result.pieces} pieces, every piece passed its "
+        f"SHA-1 check ({result.hash_failures} bad pieces from peers were rejected and fetched again)"
+    )
     err.print(f"files: {result.path}")
     err.print(f"next: `m7b verify {result.name}` for the full proof (manifest hashes, license, checkpoint)")
 
 
 @app.command("seed")
 def seed_command(
-    releases: Annotated[list[str], typer.Argument(help="Release names in the store, or release folders with "
-                                                       "FOLDER.torrent beside them.")],
+    releases: Annotated[
+        list[str],
+        typer.Argument(help="Release names in the store, or release folders with FOLDER.torrent beside them."),
+    ],
     listen: ListenOption = None,
     no_dht: LoopbackOption = False,
     upload_limit: Annotated[str | None, typer.Option(help="Max upload rate, e.g. 20M.")] = None,
     max_peers: Annotated[int, typer.Option(help="Max peer connections.")] = 200,
-    tracker: Annotated[list[str] | None, typer.Option("--tracker", help="Also announce to URL (repeatable).")]
-    = None,
+    tracker: Annotated[list[str] | None, typer.Option("--tracker", help="Also announce to URL (repeatable).")] = None,
     interval: Annotated[float, typer.Option(help="Seconds between status reports.")] = 5.0,
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines: one status record per report.")] = False,
 ) -> None:
     """Serve verified releases to the swarm until SIGINT/SIGTERM; refuse any release whose data fails a check."""
     from m7b.mirror.seed import Mirror, ReleaseStatus, resolve_seed, serve
 
-    options = session_options(listen, no_dht, upload_limit=parse_rate(upload_limit, "--upload-limit"),
-                              max_connections=max_peers)
+    options = session_options(
+        listen, no_dht, upload_limit=parse_rate(upload_limit, "--upload-limit"), max_connections=max_peers
+    )
     store = Store.from_env()
     resolved = [resolve_seed(r, store) for r in releases]
     mirror = Mirror(resolved, store, options, trackers=tracker or ())
@@ -141,8 +167,7 @@ def seed_command(
 
     def report(statuses: list[ReleaseStatus]) -> None:
         if json_out:
-            emit_json({"event": "status", "listen_port": mirror.listen_port,
-                       "releases": [vars(s) for s in statuses]})
+            emit_json({"event": "status", "listen_port": mirror.listen_port, "releases": [vars(s) for s in statuses]})
             return
         for s in statuses:
             if s.state == "refused" and s.name not in announced:
@@ -152,8 +177,13 @@ def seed_command(
         for col in ("release", "state", "peers", "uploaded", "rate"):
             table.add_column(col)
         for s in statuses:
-            table.add_row(s.name, s.state, str(s.peers), f"{s.uploaded / (1 << 20):,.1f} MiB",
-                          f"{s.upload_rate / (1 << 20):,.1f} MiB/s")
+            table.add_row(
+                s.name,
+                s.state,
+                str(s.peers),
+                f"{s.uploaded / (1 << 20):,.1f} MiB",
+                f"{s.upload_rate / (1 << 20):,.1f} MiB/s",
+            )
         out.print(table)
 
     with stop_on_signals() as stop:

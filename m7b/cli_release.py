@@ -10,8 +10,9 @@ import typer
 from m7b.cli import app
 from m7b.render import emit_json, err, progress_bars
 
-release_app = typer.Typer(help="Make releases: synthetic ones for testing, torrents and manifests for publishing.",
-                          no_args_is_help=True)
+release_app = typer.Typer(
+    help="Make releases: synthetic ones for testing, torrents and manifests for publishing.", no_args_is_help=True
+)
 app.add_typer(release_app, name="release")
 
 
@@ -20,8 +21,10 @@ def synth(
     out: Annotated[Path, typer.Argument(help="Folder to create (must not exist, or be empty).")],
     preset: Annotated[str, typer.Option(help="Size preset: tiny, small, bench-cpu, bench-2g, mistral-7b.")] = "tiny",
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical files.")] = 0,
-    tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.model to ship (default: the real one "
-                                                          "from the mistral-common package).")] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="tokenizer.model to ship (default: the real one from the mistral-common package)."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Write a synthetic release laid out exactly like Mistral 7B v0.1 (random bf16 weights, real tokenizer)."""
@@ -29,14 +32,21 @@ def synth(
 
     with progress_bars(enabled=not json_out) as progress:
         made = synthesize(out, preset, seed, tokenizer=tokenizer, progress=progress)
-    doc = {"path": str(made.path), "preset": made.preset, "seed": made.seed,
-           "parameters": made.architecture.parameter_count(), "checkpoint_tensor_bytes": made.checkpoint_bytes,
-           "params": made.architecture.to_params()}
+    doc = {
+        "path": str(made.path),
+        "preset": made.preset,
+        "seed": made.seed,
+        "parameters": made.architecture.parameter_count(),
+        "checkpoint_tensor_bytes": made.checkpoint_bytes,
+        "params": made.architecture.to_params(),
+    }
     if json_out:
         emit_json(doc)
     else:
-        err.print(f"wrote synthetic release [bold]{made.path}[/bold] (preset {preset}, seed {seed}, "
-                  f"{doc['parameters']:,} parameters)")
+        err.print(
+            f"wrote synthetic release [bold]{made.path}[/bold] (preset {preset}, seed {seed}, "
+            f"{doc['parameters']:,} parameters)"
+        )
 
 
 def _write_output(path: Path, data: bytes, force: bool) -> None:
@@ -51,22 +61,22 @@ def _write_output(path: Path, data: bytes, force: bool) -> None:
 @release_app.command("create")
 def create(
     folder: Annotated[Path, typer.Argument(help="The release folder; its name becomes the torrent's name.")],
-    tracker: Annotated[list[str] | None, typer.Option("--tracker", help="Tracker URL (repeatable, one tier each).")]
-    = None,
-    web_seed: Annotated[list[str] | None, typer.Option("--web-seed", help="BEP 19 web seed URL (repeatable).")]
-    = None,
-    hybrid: Annotated[bool, typer.Option(help="Make a v1+v2 hybrid torrent (default: v1, like the original).")]
-    = False,
-    piece_size: Annotated[str | None, typer.Option(help="Piece size, e.g. 4M (default: libtorrent's choice).")]
-    = None,
-    name: Annotated[str | None, typer.Option(help="Release name for the manifest (default: folder name, lowercased).")]
-    = None,
+    tracker: Annotated[
+        list[str] | None, typer.Option("--tracker", help="Tracker URL (repeatable, one tier each).")
+    ] = None,
+    web_seed: Annotated[list[str] | None, typer.Option("--web-seed", help="BEP 19 web seed URL (repeatable).")] = None,
+    hybrid: Annotated[bool, typer.Option(help="Make a v1+v2 hybrid torrent (default: v1, like the original).")] = False,
+    piece_size: Annotated[str | None, typer.Option(help="Piece size, e.g. 4M (default: libtorrent's choice).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Release name for the manifest (default: folder name, lowercased).")
+    ] = None,
     title: Annotated[str | None, typer.Option(help="Human title (default: the folder name).")] = None,
     publisher: Annotated[str, typer.Option(help="Who vouches for this release.")] = "unknown",
     license_id: Annotated[str, typer.Option("--license", help="SPDX license id.")] = "Apache-2.0",
     date: Annotated[str | None, typer.Option(help="Release date, YYYY-MM-DD (default: absent).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Where to write NAME.torrent and NAME.toml (default: the "
-                                                   "folder's parent).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write NAME.torrent and NAME.toml (default: the folder's parent).")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace existing output files with other content.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
@@ -82,19 +92,36 @@ def create(
     except ValueError as exc:
         raise InvalidInputError(f"--date {date!r}: expected YYYY-MM-DD") from exc
     with progress_bars(enabled=not json_out) as progress:
-        made = create_release(folder, trackers=tracker or (), web_seeds=web_seed or (), hybrid=hybrid,
-                              piece_size=parse_piece_size(piece_size), manifest_name=name, title=title,
-                              publisher=publisher, license_id=license_id, release_date=release_date,
-                              progress=progress)
+        made = create_release(
+            folder,
+            trackers=tracker or (),
+            web_seeds=web_seed or (),
+            hybrid=hybrid,
+            piece_size=parse_piece_size(piece_size),
+            manifest_name=name,
+            title=title,
+            publisher=publisher,
+            license_id=license_id,
+            release_date=release_date,
+            progress=progress,
+        )
     out_dir = out or folder.resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
     torrent_path = out_dir / f"{made.meta.name}.torrent"
     manifest_path = out_dir / f"{made.manifest.name}.toml"
     _write_output(torrent_path, made.torrent, force)
     _write_output(manifest_path, manifest_to_toml(made.manifest).encode(), force)
-    doc = {"magnet": made.magnet, "info_hash_v1": made.meta.info_hash_v1, "info_hash_v2": made.meta.info_hash_v2,
-           "name": made.meta.name, "piece_length": made.meta.piece_length, "pieces": made.meta.num_pieces,
-           "total_size": made.meta.total_size, "torrent": str(torrent_path), "manifest": str(manifest_path)}
+    doc = {
+        "magnet": made.magnet,
+        "info_hash_v1": made.meta.info_hash_v1,
+        "info_hash_v2": made.meta.info_hash_v2,
+        "name": made.meta.name,
+        "piece_length": made.meta.piece_length,
+        "pieces": made.meta.num_pieces,
+        "total_size": made.meta.total_size,
+        "torrent": str(torrent_path),
+        "manifest": str(manifest_path),
+    }
     if json_out:
         emit_json(doc)
         return

@@ -19,12 +19,18 @@ if TYPE_CHECKING:
 
 DEFAULT_RELEASE = "mistral-7b-v0.1"
 
-ReleaseArg = Annotated[str, typer.Argument(help="A release name in the store (see `m7b list`) or a release folder "
-                                                "(params.json, tokenizer.model, consolidated.00.pth or "
-                                                "consolidated.safetensors).")]
+ReleaseArg = Annotated[
+    str,
+    typer.Argument(
+        help="A release name in the store (see `m7b list`) or a release folder "
+        "(params.json, tokenizer.model, consolidated.00.pth or "
+        "consolidated.safetensors)."
+    ),
+]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")]
-DtypeOption = Annotated[str | None, typer.Option(help="float32 or bfloat16 (default: bfloat16 on CUDA, float32 on "
-                                                      "the CPU).")]
+DtypeOption = Annotated[
+    str | None, typer.Option(help="float32 or bfloat16 (default: bfloat16 on CUDA, float32 on the CPU).")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 
 
@@ -44,9 +50,11 @@ def resolve_release(name_or_dir: str) -> Path:
     for folder in candidates:
         if (folder / "params.json").is_file() and (folder / "tokenizer.model").is_file():
             return folder
-    raise NotFoundError(f"no release named {name_or_dir!r} in the store {store.home} (looked in "
-                        f"{', '.join(str(c) for c in candidates)}): fetch it with `m7b fetch {name_or_dir}` or "
-                        "pass a release folder")
+    raise NotFoundError(
+        f"no release named {name_or_dir!r} in the store {store.home} (looked in "
+        f"{', '.join(str(c) for c in candidates)}): fetch it with `m7b fetch {name_or_dir}` or "
+        "pass a release folder"
+    )
 
 
 def _load(release: str, device: str, dtype: str | None, window: int | None = None) -> Runtime:
@@ -66,9 +74,14 @@ def _load(release: str, device: str, dtype: str | None, window: int | None = Non
 
 
 def _figures(result: Any) -> dict[str, Any]:
-    return {"prompt_tokens": len(result.prompt_tokens), "generated_tokens": len(result.tokens),
-            "ttft_s": round(result.ttft_s, 6), "prefill_tok_s": round(result.prefill_tok_s, 2),
-            "decode_tok_s": round(result.decode_tok_s, 2), "stop_reason": result.stop_reason}
+    return {
+        "prompt_tokens": len(result.prompt_tokens),
+        "generated_tokens": len(result.tokens),
+        "ttft_s": round(result.ttft_s, 6),
+        "prefill_tok_s": round(result.prefill_tok_s, 2),
+        "decode_tok_s": round(result.decode_tok_s, 2),
+        "stop_reason": result.stop_reason,
+    }
 
 
 @app.command("run")
@@ -77,25 +90,41 @@ def run(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text to continue (BOS is added).")] = ...,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate (stops early at end-of-sequence).")] = 256,
     temperature: Annotated[float, typer.Option(help="0 for greedy; higher samples more freely.")] = 0.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling: keep the smallest set of tokens with this "
-                                              "probability mass (with --temperature > 0).")] = 1.0,
+    top_p: Annotated[
+        float,
+        typer.Option(
+            help="Nucleus sampling: keep the smallest set of tokens with this "
+            "probability mass (with --temperature > 0)."
+        ),
+    ] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed: the same seed gives the same tokens.")] = 0,
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
-    chunk_size: Annotated[int | None, typer.Option(help="Prefill chunk in tokens (default and maximum: the "
-                                                        "sliding window).")] = None,
+    chunk_size: Annotated[
+        int | None, typer.Option(help="Prefill chunk in tokens (default and maximum: the sliding window).")
+    ] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")] = False,
-    compile_decode: Annotated[bool, typer.Option("--compile", help="CUDA only: compile the decode step with "
-                                                                   "CUDA graphs (about a minute to start, then "
-                                                                   "several times faster).")] = False,
+    compile_decode: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="CUDA only: compile the decode step with "
+            "CUDA graphs (about a minute to start, then "
+            "several times faster).",
+        ),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Complete a prompt: the text streams to stdout; TTFT, prefill and decode tok/s go to stderr."""
     from m7b.runtime.generate import GenerationConfig, decode_one_token, generate
     from m7b.runtime.sampling import SamplingConfig
 
-    config = GenerationConfig(max_tokens=max_tokens, chunk_size=chunk_size, stop_at_eos=not ignore_eos,
-                              sampling=SamplingConfig(temperature=temperature, top_p=top_p, seed=seed))
+    config = GenerationConfig(
+        max_tokens=max_tokens,
+        chunk_size=chunk_size,
+        stop_at_eos=not ignore_eos,
+        sampling=SamplingConfig(temperature=temperature, top_p=top_p, seed=seed),
+    )
     config.validate()
     rt = _load(release, device, dtype)
     ids = rt.tokenizer.encode(prompt)
@@ -119,16 +148,28 @@ def run(
     pieces.append(tail)
     figures = _figures(result)
     if json_out:
-        emit_json({"release": release, "device": str(rt.device), "dtype": str(rt.dtype).removeprefix("torch."),
-                   "prompt": prompt, "text": "".join(pieces), "prompt_token_ids": result.prompt_tokens,
-                   "token_ids": result.tokens, **figures})
+        emit_json(
+            {
+                "release": release,
+                "device": str(rt.device),
+                "dtype": str(rt.dtype).removeprefix("torch."),
+                "prompt": prompt,
+                "text": "".join(pieces),
+                "prompt_token_ids": result.prompt_tokens,
+                "token_ids": result.tokens,
+                **figures,
+            }
+        )
         return
     sys.stdout.write(tail + "\n")
     sys.stdout.flush()
-    err.print(f"time to first token {result.ttft_s * 1000:.1f} ms · prefill {result.prefill_tok_s:.1f} tok/s "
-              f"({figures['prompt_tokens']} tokens) · decode {result.decode_tok_s:.1f} tok/s "
-              f"({figures['generated_tokens']} tokens, stopped at {result.stop_reason}) · {rt.device} "
-              f"{str(rt.dtype).removeprefix('torch.')}", highlight=False)
+    err.print(
+        f"time to first token {result.ttft_s * 1000:.1f} ms · prefill {result.prefill_tok_s:.1f} tok/s "
+        f"({figures['prompt_tokens']} tokens) · decode {result.decode_tok_s:.1f} tok/s "
+        f"({figures['generated_tokens']} tokens, stopped at {result.stop_reason}) · {rt.device} "
+        f"{str(rt.dtype).removeprefix('torch.')}",
+        highlight=False,
+    )
 
 
 @app.command("smoke")
@@ -137,9 +178,14 @@ def smoke(
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
     seed: Annotated[int, typer.Option(help="Seed for the sampled and synthetic token sequences.")] = 0,
-    window: Annotated[int | None, typer.Option(help="Run the checks with this attention window instead of "
-                                                    "params.json's (the same code at a smaller W: for large "
-                                                    "models on the CPU).")] = None,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            help="Run the checks with this attention window instead of "
+            "params.json's (the same code at a smaller W: for large "
+            "models on the CPU)."
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """The smoke-generation battery: a pass/fail table; exit code 5 when any check fails."""
@@ -151,23 +197,37 @@ def smoke(
         report = run_smoke(rt.model, rt.tokenizer, rt.dtype, seed=seed, progress=ignore_progress)
     else:
         with err.status("smoke") as status:
+
             def show(event: ProgressEvent) -> None:
                 status.update(f"smoke: {event.item} ({event.done}/{event.total})")
 
             report = run_smoke(rt.model, rt.tokenizer, rt.dtype, seed=seed, progress=show)
     checks = [{"name": c.name, "passed": c.passed, "detail": c.detail, "value": c.value} for c in report.checks]
     if json_out:
-        emit_json({"release": release, "path": str(rt.weights_path.parent), "device": str(rt.device),
-                   "dtype": str(rt.dtype).removeprefix("torch."), "window": report.window,
-                   "passed": report.passed, "decode_tok_s": round(report.decode_tok_s, 2), "checks": checks})
+        emit_json(
+            {
+                "release": release,
+                "path": str(rt.weights_path.parent),
+                "device": str(rt.device),
+                "dtype": str(rt.dtype).removeprefix("torch."),
+                "window": report.window,
+                "passed": report.passed,
+                "decode_tok_s": round(report.decode_tok_s, 2),
+                "checks": checks,
+            }
+        )
     else:
-        table = Table(title=f"smoke: {rt.weights_path.parent} ({rt.device}, "
-                            f"{str(rt.dtype).removeprefix('torch.')}, W={report.window})")
+        table = Table(
+            title=f"smoke: {rt.weights_path.parent} ({rt.device}, "
+            f"{str(rt.dtype).removeprefix('torch.')}, W={report.window})"
+        )
         for col in ("check", "result", "detail"):
             table.add_column(col)
         for c in report.checks:
             table.add_row(c.name, "[green]PASS[/green]" if c.passed else "[red]FAIL[/red]", c.detail)
         out.print(table)
     if not report.passed:
-        raise MismatchError(f"smoke: {len(report.failed)} of {len(report.checks)} checks failed: "
-                            f"{'; '.join(c.name for c in report.failed)}")
+        raise MismatchError(
+            f"smoke: {len(report.failed)} of {len(report.checks)} checks failed: "
+            f"{'; '.join(c.name for c in report.failed)}"
+        )

@@ -36,11 +36,18 @@ def list_releases(json_out: JsonOption = False) -> None:
     store = Store.from_env()
     rows = []
     for name, m in sorted(known_manifests().items()):
-        rows.append({"name": name, "title": m.title, "license": m.license,
-                     "release_date": m.release_date.isoformat() if m.release_date else None,
-                     "info_hash": m.torrent.info_hash_v1 or m.torrent.info_hash_v2,
-                     "state": str(store.state(m)), "converted": store.converted_layouts(name),
-                     "path": str(store.release_dir(name))})
+        rows.append(
+            {
+                "name": name,
+                "title": m.title,
+                "license": m.license,
+                "release_date": m.release_date.isoformat() if m.release_date else None,
+                "info_hash": m.torrent.info_hash_v1 or m.torrent.info_hash_v2,
+                "state": str(store.state(m)),
+                "converted": store.converted_layouts(name),
+                "path": str(store.release_dir(name)),
+            }
+        )
     if json_out:
         emit_json({"store": str(store.home), "releases": rows})
         return
@@ -65,12 +72,18 @@ def show(
     if json_out:
         emit_json(doc)
         return
-    out.print(f"[bold]{m.title}[/bold] ({m.name}) — {m.publisher}, "
-              f"{m.release_date.isoformat() if m.release_date else 'date unknown'}, license {m.license}")
+    out.print(
+        f"[bold]{m.title}[/bold] ({m.name}) — {m.publisher}, "
+        f"{m.release_date.isoformat() if m.release_date else 'date unknown'}, license {m.license}"
+    )
     out.print(f"state in store: {doc['state']}")
     t = m.torrent
-    for label, value in (("torrent name", t.name), ("info-hash v1", t.info_hash_v1), ("info-hash v2", t.info_hash_v2),
-                         ("magnet", t.magnet)):
+    for label, value in (
+        ("torrent name", t.name),
+        ("info-hash v1", t.info_hash_v1),
+        ("info-hash v2", t.info_hash_v2),
+        ("magnet", t.magnet),
+    ):
         if value:
             out.print(f"{label}: {value}", highlight=False, soft_wrap=True)
     for tracker in t.trackers:
@@ -89,8 +102,9 @@ def show(
         c = m.checkpoint
         out.print(f"checkpoint: {c.tensors} tensors, {c.parameters:,} parameters, {c.dtype}")
     for a in m.archives:
-        out.print(f"archive: {a.name}" + "".join(f", {k} {getattr(a, k)}" for k in ("md5", "sha256", "url")
-                                                   if getattr(a, k)))
+        out.print(
+            f"archive: {a.name}" + "".join(f", {k} {getattr(a, k)}" for k in ("md5", "sha256", "url") if getattr(a, k))
+        )
     sources = Table(title="sources")
     sources.add_column("fact")
     sources.add_column("source")

@@ -17,8 +17,14 @@ from m7b.store import Store
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 Target = Annotated[str | None, typer.Argument(help="A release name (see `m7b list`) or a folder.", show_default=False)]
-_STYLE = {"ok": "green", "note": "cyan", "invalid": "yellow", "mismatch": "red", "missing": "yellow",
-          "unsafe": "bold red"}
+_STYLE = {
+    "ok": "green",
+    "note": "cyan",
+    "invalid": "yellow",
+    "mismatch": "red",
+    "missing": "yellow",
+    "unsafe": "bold red",
+}
 
 
 def _resolve(store: Store, target: str | None, manifest_file: Path | None) -> tuple[Path, str | None, Manifest | None]:
@@ -40,8 +46,10 @@ def _resolve(store: Store, target: str | None, manifest_file: Path | None) -> tu
     manifest = manifest or find_manifest(target)
     root = store.release_dir(target)
     if not root.is_dir():
-        raise NotFoundError(f"release {target} is not in the store ({root} does not exist): fetch it first with "
-                            f"`m7b fetch {target}`, or pass its folder")
+        raise NotFoundError(
+            f"release {target} is not in the store ({root} does not exist): fetch it first with "
+            f"`m7b fetch {target}`, or pass its folder"
+        )
     return root, target, manifest
 
 
@@ -59,10 +67,12 @@ def _torrent_for(store: Store, manifest: Manifest | None, torrent: Path | None) 
 @app.command("verify")
 def verify(
     target: Target = None,
-    manifest: Annotated[Path | None, typer.Option(help="Manifest .toml to check against (default: the "
-                                                       "release's own).")] = None,
-    torrent: Annotated[Path | None, typer.Option(help=".torrent metadata (default: the store's, by "
-                                                      "info-hash).")] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="Manifest .toml to check against (default: the release's own).")
+    ] = None,
+    torrent: Annotated[
+        Path | None, typer.Option(help=".torrent metadata (default: the store's, by info-hash).")
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Prove a release is what its magnet and publisher named: torrent pieces, manifest digests, license
@@ -102,8 +112,12 @@ def _fail_unless_ok(report: Any) -> None:
     failures = report.failures()
     if not failures:
         return
-    error = {Status.UNSAFE: UnsafeError, Status.MISSING: NotFoundError, Status.MISMATCH: MismatchError,
-             Status.INVALID: InvalidInputError}[report.verdict]
+    error = {
+        Status.UNSAFE: UnsafeError,
+        Status.MISSING: NotFoundError,
+        Status.MISMATCH: MismatchError,
+        Status.INVALID: InvalidInputError,
+    }[report.verdict]
     worst = next(f for f in failures if f.status == report.verdict)
     more = f" (and {len(failures) - 1} more finding(s) above)" if len(failures) > 1 else ""
     raise error(f"verification failed ({report.verdict}): {worst.message}{more}")
@@ -120,11 +134,17 @@ def _print_report(doc: dict[str, Any]) -> None:
     mb = doc["bytes_read"] / 1e6
     rate = f", {mb / doc['seconds']:.0f} MB/s" if doc["seconds"] > 0 else ""
     style = _STYLE.get(doc["verdict"], "")
-    out.print(f"verdict: [{style}]{doc['verdict']}[/{style}] (exit {doc['exit_code']}); read {mb:,.1f} MB in "
-              f"{doc['seconds']:.1f} s{rate}", highlight=False)
+    out.print(
+        f"verdict: [{style}]{doc['verdict']}[/{style}] (exit {doc['exit_code']}); read {mb:,.1f} MB in "
+        f"{doc['seconds']:.1f} s{rate}",
+        highlight=False,
+    )
     if doc["kind"] == "release":
-        out.print(f"bound to the magnet: {'yes' if doc['bound_to_magnet'] else 'no'}; bound to the publisher: "
-                  f"{'yes' if doc['bound_to_publisher'] else 'no'}", highlight=False)
+        out.print(
+            f"bound to the magnet: {'yes' if doc['bound_to_magnet'] else 'no'}; bound to the publisher: "
+            f"{'yes' if doc['bound_to_publisher'] else 'no'}",
+            highlight=False,
+        )
     if doc.get("report_path"):
         out.print(f"report: {doc['report_path']}", highlight=False)
 
@@ -139,8 +159,11 @@ def _known_sha256(store: Store, name: str | None, checkpoint: Path) -> str | Non
     except (OSError, ValueError):
         return None
     for entry in report.get("files", []):
-        if entry.get("path") == checkpoint.name and entry.get("size") == st.st_size and \
-                entry.get("mtime_ns") == st.st_mtime_ns:
+        if (
+            entry.get("path") == checkpoint.name
+            and entry.get("size") == st.st_size
+            and entry.get("mtime_ns") == st.st_mtime_ns
+        ):
             return entry.get("sha256")
     return None
 
@@ -148,10 +171,12 @@ def _known_sha256(store: Store, name: str | None, checkpoint: Path) -> str | Non
 @app.command("convert")
 def convert(
     target: Target = None,
-    to: Annotated[str, typer.Option("--to", help="native (consolidated.safetensors) or hf (Hugging Face "
-                                                 "layout).")] = "native",
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder to create (default: the store's "
-                                                               "converted/<name>/<layout>).")] = None,
+    to: Annotated[
+        str, typer.Option("--to", help="native (consolidated.safetensors) or hf (Hugging Face layout).")
+    ] = "native",
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder to create (default: the store's converted/<name>/<layout>).")
+    ] = None,
     max_shard_size: Annotated[str, typer.Option(help="hf only: largest shard, e.g. 5GB or 500MB.")] = "5GB",
     json_out: JsonOption = False,
 ) -> None:
@@ -164,14 +189,33 @@ def convert(
     out_path = out_dir or store.converted_dir(label, to)
     verified = bool(name) and store.is_verified(name)
     if not verified and not json_out:
-        err.print(f"[yellow]note:[/yellow] {label} has no passing verification report; run `m7b verify` to bind it "
-                  "to its magnet and publisher", highlight=False)
+        err.print(
+            f"[yellow]note:[/yellow] {label} has no passing verification report; run `m7b verify` to bind it "
+            "to its magnet and publisher",
+            highlight=False,
+        )
     with progress_bars(enabled=not json_out) as progress:
-        result = convert_release(root, out_path, to, name=label, source_sha256=_known_sha256(store, name, root /
-                                 CHECKPOINT), max_shard_size=_shard_size(max_shard_size), progress=progress)
-    doc = {"name": label, "layout": result.layout, "out": str(result.out), "verified_source": verified,
-           "tensors": result.tensors, "tensor_bytes": result.tensor_bytes, "source_sha256": result.source_sha256,
-           "seconds": round(result.seconds, 3), "files": result.files, "notes": list(result.notes)}
+        result = convert_release(
+            root,
+            out_path,
+            to,
+            name=label,
+            source_sha256=_known_sha256(store, name, root / CHECKPOINT),
+            max_shard_size=_shard_size(max_shard_size),
+            progress=progress,
+        )
+    doc = {
+        "name": label,
+        "layout": result.layout,
+        "out": str(result.out),
+        "verified_source": verified,
+        "tensors": result.tensors,
+        "tensor_bytes": result.tensor_bytes,
+        "source_sha256": result.source_sha256,
+        "seconds": round(result.seconds, 3),
+        "files": result.files,
+        "notes": list(result.notes),
+    }
     if json_out:
         emit_json(doc)
         return
@@ -183,8 +227,11 @@ def convert(
     out.print(table)
     for note in result.notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
-    out.print(f"{result.tensors} tensors ({result.tensor_bytes / 1e6:,.1f} MB) written and checked bit for bit in "
-              f"{result.seconds:.1f} s; hashes in {result.out / 'SHA256SUMS'}", highlight=False)
+    out.print(
+        f"{result.tensors} tensors ({result.tensor_bytes / 1e6:,.1f} MB) written and checked bit for bit in "
+        f"{result.seconds:.1f} s; hashes in {result.out / 'SHA256SUMS'}",
+        highlight=False,
+    )
 
 
 def _shard_size(text: str) -> int | str:

@@ -71,8 +71,12 @@ def _serving(mirror: Mirror) -> Iterator[Mirror]:
 
 def _m7b(home: Path, *args: str) -> dict[str, Any]:
     """Run an `m7b` command as a user would, against the user's store; return its JSON document."""
-    proc = subprocess.run([sys.executable, "-m", "m7b", *args, "--json"], capture_output=True, text=True,
-                          env={**os.environ, "M7B_HOME": str(home)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "m7b", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "M7B_HOME": str(home)},
+    )
     lines = proc.stdout.strip().splitlines()
     doc = json.loads(lines[-1]) if lines else {}
     if proc.returncode != 0:
@@ -103,41 +107,68 @@ def run_demo(work: Path, preset: str, report: Callable[[DemoStep], None]) -> lis
         report(steps[-1])
 
     folder = work / "publisher" / "Mistral-Demo"
-    step("synthesize", lambda: (f"{preset} release in {folder}", {
-        "parameters": synthesize(folder, preset, seed=0).architecture.parameter_count()}))
+    step(
+        "synthesize",
+        lambda: (
+            f"{preset} release in {folder}",
+            {"parameters": synthesize(folder, preset, seed=0).architecture.parameter_count()},
+        ),
+    )
 
     port = free_port()
     tracker = f"http://127.0.0.1:{port}/announce"
-    made = create_release(folder, trackers=[tracker], manifest_name=NAME, title="Mistral demo (synthetic)",
-                          publisher="m7b demo")
+    made = create_release(
+        folder, trackers=[tracker], manifest_name=NAME, title="Mistral demo (synthetic)", publisher="m7b demo"
+    )
     (folder.parent / f"{folder.name}.torrent").write_bytes(made.torrent)
     user.manifests_dir.mkdir(parents=True)
     manifest_path = user.manifests_dir / f"{NAME}.toml"
     write_text(manifest_path, manifest_to_toml(made.manifest))
-    steps.append(DemoStep("publish", True, 0.0, f"torrent {made.meta.info_hash}, {made.meta.num_pieces} pieces; "
-                          f"manifest {manifest_path.name}", {"magnet": made.magnet}))
+    steps.append(
+        DemoStep(
+            "publish",
+            True,
+            0.0,
+            f"torrent {made.meta.info_hash}, {made.meta.num_pieces} pieces; manifest {manifest_path.name}",
+            {"magnet": made.magnet},
+        )
+    )
     report(steps[-1])
 
     with local_opentracker(work / "tracker", [made.meta.info_hash], port=port):
         publisher_seed = Mirror([resolve_seed(str(folder), publisher)], publisher, SessionOptions.loopback())
         with _serving(publisher_seed):
             state = publisher_seed.poll()[0].state
-            steps.append(DemoStep("seed (publisher)", state == "seeding", 0.0,
-                                  f"publisher's m7b seed on port {publisher_seed.listen_port}: {state}"))
+            steps.append(
+                DemoStep(
+                    "seed (publisher)",
+                    state == "seeding",
+                    0.0,
+                    f"publisher's m7b seed on port {publisher_seed.listen_port}: {state}",
+                )
+            )
             report(steps[-1])
+
             def fetch_step() -> tuple[str, dict[str, Any]]:
                 result = fetch(resolve(NAME, user), store=user, options=SessionOptions.loopback(), timeout=60)
-                return (f"{result.total_size:,} bytes through the tracker in {result.seconds:.2f} s, every piece "
-                        f"hash-checked", {"downloaded_bytes": result.downloaded_bytes})
+                return (
+                    f"{result.total_size:,} bytes through the tracker in {result.seconds:.2f} s, every piece "
+                    f"hash-checked",
+                    {"downloaded_bytes": result.downloaded_bytes},
+                )
 
             step("fetch", fetch_step)
 
         home = user.home
         step("verify", lambda: _summarise_verify(_m7b(home, "verify", NAME)))
         for layout in ("native", "hf"):
-            step(f"convert {layout}", lambda layout=layout: (
-                f"{layout} safetensors in {user.converted_dir(NAME, layout)}",
-                _m7b(home, "convert", NAME, "--to", layout)))
+            step(
+                f"convert {layout}",
+                lambda layout=layout: (
+                    f"{layout} safetensors in {user.converted_dir(NAME, layout)}",
+                    _m7b(home, "convert", NAME, "--to", layout),
+                ),
+            )
         step("run", lambda: _summarise_run(_m7b(home, "run", NAME, "--prompt", PROMPT, "--max-tokens", "24")))
         step("smoke", lambda: _summarise_smoke(_m7b(home, "smoke", NAME)))
         if shutil.which("aria2c"):
@@ -167,11 +198,26 @@ def _serve_back(user: Store, work: Path, magnet: str) -> tuple[str, dict[str, An
         if status.state != "seeding":
             raise MismatchError(f"the user's mirror refused the release: {status.reason}")
         out = work / "aria2c"
-        proc = subprocess.run(["aria2c", "--enable-dht=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
-                               "--seed-time=0", "--summary-interval=0", "--console-log-level=warn",
-                               "--bt-stop-timeout=60", f"--dir={out}", magnet],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                "aria2c",
+                "--enable-dht=false",
+                "--bt-enable-lpd=false",
+                "--enable-peer-exchange=false",
+                "--seed-time=0",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+                "--bt-stop-timeout=60",
+                f"--dir={out}",
+                magnet,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if proc.returncode != 0:
             raise MismatchError(f"aria2c could not download from the user's mirror: {proc.stdout[-300:]}")
-    return (f"aria2c downloaded it from the user's m7b seed (trusted record: {status.trusted_record})",
-            {"aria2c_dir": str(out)})
+    return (
+        f"aria2c downloaded it from the user's m7b seed (trusted record: {status.trusted_record})",
+        {"aria2c_dir": str(out)},
+    )

@@ -72,8 +72,9 @@ def progress_bars(enabled: bool = True, single: bool = False) -> Iterator[Progre
         if single:
             if not tasks:
                 tasks["single"] = bars.add_task(event.phase, total=event.total, item=event.item, unit=event.unit)
-            bars.update(tasks["single"], description=event.phase, completed=event.done, total=event.total,
-                        item=event.item)
+            bars.update(
+                tasks["single"], description=event.phase, completed=event.done, total=event.total, item=event.item
+            )
             return
         if event.phase not in tasks:
             tasks[event.phase] = bars.add_task(event.phase, total=event.total, item=event.item, unit=event.unit)

@@ -28,11 +28,20 @@ TOKENIZER_RESOURCE = "tokenizer.model.v1"
 RELEASE_FILES = ("RELEASE", "consolidated.00.pth", "params.json", "tokenizer.model")
 
 
-def _arch(dim: int, n_layers: int, n_heads: int, n_kv_heads: int, hidden_dim: int, window: int,
-          head_dim: int | None = None) -> Architecture:
-    return Architecture(dim=dim, n_layers=n_layers, head_dim=head_dim or dim // n_heads, hidden_dim=hidden_dim,
-                        n_heads=n_heads, n_kv_heads=n_kv_heads, norm_eps=1e-5, sliding_window=window,
-                        vocab_size=32000)
+def _arch(
+    dim: int, n_layers: int, n_heads: int, n_kv_heads: int, hidden_dim: int, window: int, head_dim: int | None = None
+) -> Architecture:
+    return Architecture(
+        dim=dim,
+        n_layers=n_layers,
+        head_dim=head_dim or dim // n_heads,
+        hidden_dim=hidden_dim,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        norm_eps=1e-5,
+        sliding_window=window,
+        vocab_size=32000,
+    )
 
 
 PRESETS: dict[str, Architecture] = {
@@ -45,8 +54,17 @@ PRESETS: dict[str, Architecture] = {
     # fetch/verify/convert benchmarks: 2.16 GB (2.008 GiB) of bf16 tensors
     "bench-2g": _arch(dim=2048, n_layers=21, n_heads=16, n_kv_heads=4, hidden_dim=5632, window=4096),
     # the real release's shapes (params.json of Mistral 7B v0.1): 14.5 GB
-    "mistral-7b": Architecture(dim=4096, n_layers=32, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
-                               norm_eps=1e-5, sliding_window=4096, vocab_size=32000),
+    "mistral-7b": Architecture(
+        dim=4096,
+        n_layers=32,
+        head_dim=128,
+        hidden_dim=14336,
+        n_heads=32,
+        n_kv_heads=8,
+        norm_eps=1e-5,
+        sliding_window=4096,
+        vocab_size=32000,
+    ),
 }
 
 
@@ -63,12 +81,16 @@ def bundled_tokenizer() -> Path:
     """The real tokenizer.model, as shipped inside the mistral-common wheel (found without importing it)."""
     spec = importlib.util.find_spec("mistral_common")
     if spec is None or spec.origin is None:
-        raise NotFoundError("the real tokenizer.model comes from the mistral-common package, which is not "
-                            "installed: run `pip install mistral-common` or pass --tokenizer FILE")
+        raise NotFoundError(
+            "the real tokenizer.model comes from the mistral-common package, which is not "
+            "installed: run `pip install mistral-common` or pass --tokenizer FILE"
+        )
     path = Path(spec.origin).parent / "data" / TOKENIZER_RESOURCE
     if not path.is_file():
-        raise NotFoundError(f"expected {path} inside the mistral-common package, found nothing: "
-                            "reinstall mistral-common or pass --tokenizer FILE")
+        raise NotFoundError(
+            f"expected {path} inside the mistral-common package, found nothing: "
+            "reinstall mistral-common or pass --tokenizer FILE"
+        )
     return path
 
 
@@ -100,8 +122,14 @@ def release_text(preset: str, seed: int, arch: Architecture) -> str:
     )
 
 
-def synthesize(out: Path, preset: str = "tiny", seed: int = 0, *, tokenizer: Path | None = None,
-               progress: ProgressCallback = ignore_progress) -> SynthRelease:
+def synthesize(
+    out: Path,
+    preset: str = "tiny",
+    seed: int = 0,
+    *,
+    tokenizer: Path | None = None,
+    progress: ProgressCallback = ignore_progress,
+) -> SynthRelease:
     """Write a synthetic release folder at `out` (which must not exist, or be empty)."""
     if preset not in PRESETS:
         raise InvalidInputError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
@@ -112,13 +140,20 @@ def synthesize(out: Path, preset: str = "tiny", seed: int = 0, *, tokenizer: Pat
     if tokenizer is None:
         found = hashlib.sha256(source.read_bytes()).hexdigest()
         if found != TOKENIZER_SHA256:
-            raise InvalidInputError(f"{source} has sha256 {found}, expected the release's {TOKENIZER_SHA256}; "
-                                    "pass --tokenizer FILE with the real tokenizer.model")
+            raise InvalidInputError(
+                f"{source} has sha256 {found}, expected the release's {TOKENIZER_SHA256}; "
+                "pass --tokenizer FILE with the real tokenizer.model"
+            )
     specs = [TensorSpec(k, s) for k, s in arch.tensor_shapes().items()]
     with atomic_dir(Path(out)) as tmp:
         (tmp / "params.json").write_text(arch.to_json(), encoding="utf-8")
         shutil.copyfile(source, tmp / "tokenizer.model")
         (tmp / "RELEASE").write_text(release_text(preset, seed, arch), encoding="utf-8")
-        write_checkpoint(tmp / "consolidated.00.pth", specs, lambda s: synth_tensor(s, seed),
-                         archive="consolidated", progress=progress)
+        write_checkpoint(
+            tmp / "consolidated.00.pth",
+            specs,
+            lambda s: synth_tensor(s, seed),
+            archive="consolidated",
+            progress=progress,
+        )
     return SynthRelease(Path(out), preset, seed, arch, sum(s.nbytes for s in specs))

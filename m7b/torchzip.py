@@ -64,9 +64,11 @@ class _TensorRef:
 
     def __reduce__(self) -> tuple:
         shape = self.storage.spec.shape
-        stride = tuple(int(torch.Size(shape[i + 1:]).numel()) for i in range(len(shape)))
-        return (torch._utils._rebuild_tensor_v2,
-                (self.storage, 0, tuple(shape), stride, False, collections.OrderedDict()))
+        stride = tuple(int(torch.Size(shape[i + 1 :]).numel()) for i in range(len(shape)))
+        return (
+            torch._utils._rebuild_tensor_v2,
+            (self.storage, 0, tuple(shape), stride, False, collections.OrderedDict()),
+        )
 
 
 class _Pickler(pickle.Pickler):

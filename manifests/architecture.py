@@ -36,8 +36,18 @@ class Architecture:
         out = asdict(self)
         if out["rope_theta"] is None:
             del out["rope_theta"]
-        order = ["dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "norm_eps",
-                 "sliding_window", "vocab_size", "rope_theta"]
+        order = [
+            "dim",
+            "n_layers",
+            "head_dim",
+            "hidden_dim",
+            "n_heads",
+            "n_kv_heads",
+            "norm_eps",
+            "sliding_window",
+            "vocab_size",
+            "rope_theta",
+        ]
         return {k: out[k] for k in order if k in out}
 
     def to_json(self) -> str:
@@ -80,9 +90,7 @@ def _int_field(raw: dict[str, Any], key: str, where: str) -> int:
             return int(value.strip())
         raise InvalidInputError(f"{where}: 'sliding_window' must be an integer, found the string {value!r}")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInputError(
-            f"{where}: '{key}' must be an integer, found {type(value).__name__} {value!r}"
-        )
+        raise InvalidInputError(f"{where}: '{key}' must be an integer, found {type(value).__name__} {value!r}")
     if value <= 0:
         raise InvalidInputError(f"{where}: '{key}' must be positive, found {value}")
     return value
@@ -101,8 +109,10 @@ def architecture_from_mapping(raw: Any, where: str) -> Architecture:
         raise InvalidInputError(f"{where}: expected a JSON object of model parameters, found {type(raw).__name__}")
     missing = [k for k in (*REQUIRED_INT, "norm_eps") if k not in raw]
     if missing:
-        raise InvalidInputError(f"{where}: missing field(s) {', '.join(missing)}; a Mistral params.json has all of "
-                                f"{', '.join((*REQUIRED_INT, 'norm_eps'))}")
+        raise InvalidInputError(
+            f"{where}: missing field(s) {', '.join(missing)}; a Mistral params.json has all of "
+            f"{', '.join((*REQUIRED_INT, 'norm_eps'))}"
+        )
     ints = {k: _int_field(raw, k, where) for k in REQUIRED_INT}
     norm_eps = _float_field(raw, "norm_eps", where)
     rope_theta = _float_field(raw, "rope_theta", where) if raw.get("rope_theta") is not None else None

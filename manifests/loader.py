@@ -19,8 +19,20 @@ BUNDLED_DIR = Path(__file__).parent
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 HEX = {"info_hash_v1": 40, "info_hash_v2": 64, "sha256": 64, "md5": 32}
 
-_TOP = {"schema", "name", "title", "publisher", "release_date", "license", "torrent", "files", "architecture",
-        "checkpoint", "archives", "sources"}
+_TOP = {
+    "schema",
+    "name",
+    "title",
+    "publisher",
+    "release_date",
+    "license",
+    "torrent",
+    "files",
+    "architecture",
+    "checkpoint",
+    "archives",
+    "sources",
+}
 _TORRENT = {"name", "info_hash_v1", "info_hash_v2", "magnet", "trackers", "web_seeds", "files_complete"}
 _FILE = {"path", "size", "sha256", "md5"}
 _CHECKPOINT = {"tensors", "parameters", "dtype"}
@@ -90,8 +102,14 @@ class _Reader:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", list: "a list", dict: "a table", bool: "true or false",
-             dt.date: "a date (YYYY-MM-DD)"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        list: "a list",
+        dict: "a table",
+        bool: "true or false",
+        dt.date: "a date (YYYY-MM-DD)",
+    }
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
@@ -108,7 +126,7 @@ def _magnet_btih(magnet: str) -> set[str]:
     if parts.scheme != "magnet":
         return set()
     xts = parse_qs(parts.query).get("xt", [])
-    return {x[len("urn:btih:"):].lower() for x in xts if x.lower().startswith("urn:btih:")}
+    return {x[len("urn:btih:") :].lower() for x in xts if x.lower().startswith("urn:btih:")}
 
 
 def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
@@ -123,8 +141,12 @@ def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
 
     t = _Reader(origin, "torrent", raw.get("torrent", {}), _TORRENT)
     torrent = TorrentFacts(
-        name=t.text("name"), info_hash_v1=t.hexdigest("info_hash_v1"), info_hash_v2=t.hexdigest("info_hash_v2"),
-        magnet=t.text("magnet"), trackers=t.strings("trackers"), web_seeds=t.strings("web_seeds"),
+        name=t.text("name"),
+        info_hash_v1=t.hexdigest("info_hash_v1"),
+        info_hash_v2=t.hexdigest("info_hash_v2"),
+        magnet=t.text("magnet"),
+        trackers=t.strings("trackers"),
+        web_seeds=t.strings("web_seeds"),
         files_complete=bool(t.get("files_complete", bool)),
     )
     if torrent.magnet is not None:
@@ -151,23 +173,38 @@ def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
     checkpoint = None
     if "checkpoint" in raw:
         c = _Reader(origin, "checkpoint", raw["checkpoint"], _CHECKPOINT)
-        checkpoint = CheckpointFacts(tensors=c.count("tensors"), parameters=c.count("parameters"),
-                                     dtype=c.text("dtype"))
+        checkpoint = CheckpointFacts(
+            tensors=c.count("tensors"), parameters=c.count("parameters"), dtype=c.text("dtype")
+        )
 
     archives = []
     for i, entry in enumerate(top.tables("archives")):
         a = _Reader(origin, f"archives[{i}]", entry, _ARCHIVE)
-        archives.append(ArchiveFacts(name=a.text("name", required=True), md5=a.hexdigest("md5"),
-                                     sha256=a.hexdigest("sha256"), url=a.text("url")))
+        archives.append(
+            ArchiveFacts(
+                name=a.text("name", required=True),
+                md5=a.hexdigest("md5"),
+                sha256=a.hexdigest("sha256"),
+                url=a.text("url"),
+            )
+        )
 
     sources_raw = raw.get("sources", {})
     s = _Reader(origin, "sources", sources_raw, set(sources_raw) if isinstance(sources_raw, dict) else set())
     sources = {k: s.text(k) or "" for k in sources_raw}
     manifest = Manifest(
-        name=name, title=top.text("title", required=True), publisher=top.text("publisher", required=True),
-        license=top.text("license", required=True), release_date=top.get("release_date", dt.date),
-        torrent=torrent, files=tuple(files), architecture=architecture, checkpoint=checkpoint,
-        archives=tuple(archives), sources=sources, origin=Path(origin),
+        name=name,
+        title=top.text("title", required=True),
+        publisher=top.text("publisher", required=True),
+        license=top.text("license", required=True),
+        release_date=top.get("release_date", dt.date),
+        torrent=torrent,
+        files=tuple(files),
+        architecture=architecture,
+        checkpoint=checkpoint,
+        archives=tuple(archives),
+        sources=sources,
+        origin=Path(origin),
     )
     missing = [fact for fact in fact_paths(manifest) if fact not in sources]
     if missing:
@@ -223,8 +260,10 @@ def known_manifests(user_dir: Path | None = None) -> dict[str, Manifest]:
         for path in sorted(directory.glob("*.toml")):
             manifest = load_manifest(path)
             if manifest.name in found and found[manifest.name].origin != manifest.origin:
-                raise InvalidInputError(f"{path}: release name {manifest.name!r} is already defined by "
-                                        f"{found[manifest.name].origin}; rename one of them")
+                raise InvalidInputError(
+                    f"{path}: release name {manifest.name!r} is already defined by "
+                    f"{found[manifest.name].origin}; rename one of them"
+                )
             found[manifest.name] = manifest
     return found
 
@@ -232,6 +271,8 @@ def known_manifests(user_dir: Path | None = None) -> dict[str, Manifest]:
 def find_manifest(name: str, user_dir: Path | None = None) -> Manifest:
     known = known_manifests(user_dir)
     if name not in known:
-        raise NotFoundError(f"unknown release {name!r}; known releases: {', '.join(sorted(known)) or 'none'} "
-                            "(see `m7b list`, or pass a manifest file)")
+        raise NotFoundError(
+            f"unknown release {name!r}; known releases: {', '.join(sorted(known)) or 'none'} "
+            "(see `m7b list`, or pass a manifest file)"
+        )
     return known[name]

@@ -34,12 +34,30 @@ def _table(header: str, fields: dict[str, Any]) -> list[str]:
 
 def manifest_to_toml(m: Manifest) -> str:
     lines = ["# m7b release manifest: what the publisher vouches for. Unknown facts are absent, never guessed.", ""]
-    lines += _table("", {"schema": SCHEMA_VERSION, "name": m.name, "title": m.title, "publisher": m.publisher,
-                         "release_date": m.release_date, "license": m.license})[1:]
+    lines += _table(
+        "",
+        {
+            "schema": SCHEMA_VERSION,
+            "name": m.name,
+            "title": m.title,
+            "publisher": m.publisher,
+            "release_date": m.release_date,
+            "license": m.license,
+        },
+    )[1:]
     t = m.torrent
-    lines += _table("[torrent]", {"name": t.name, "info_hash_v1": t.info_hash_v1, "info_hash_v2": t.info_hash_v2,
-                                  "magnet": t.magnet, "trackers": t.trackers, "web_seeds": t.web_seeds,
-                                  "files_complete": t.files_complete})
+    lines += _table(
+        "[torrent]",
+        {
+            "name": t.name,
+            "info_hash_v1": t.info_hash_v1,
+            "info_hash_v2": t.info_hash_v2,
+            "magnet": t.magnet,
+            "trackers": t.trackers,
+            "web_seeds": t.web_seeds,
+            "files_complete": t.files_complete,
+        },
+    )
     for f in m.files:
         lines += _table("[[files]]", {"path": f.path, "size": f.size, "sha256": f.sha256, "md5": f.md5})
     if m.architecture is not None:

@@ -98,8 +98,9 @@ def create_release(
     name = root.name
     manifest_name = manifest_name or name.lower()
     if not NAME_RE.match(manifest_name):
-        raise InvalidInputError(f"release name {manifest_name!r}: expected lowercase letters, digits, '.', '_', '-'"
-                                " (pass --name)")
+        raise InvalidInputError(
+            f"release name {manifest_name!r}: expected lowercase letters, digits, '.', '_', '-' (pass --name)"
+        )
     architecture = load_params(root / "params.json") if "params.json" in files else None
     sizes = {f: (root / f).stat().st_size for f in files}
     total = sum(sizes.values())
@@ -112,8 +113,9 @@ def create_release(
     for url in web_seeds:
         ct.add_url_seed(url)
     num_pieces = ct.num_pieces()
-    lt.set_piece_hashes(ct, str(root.parent),
-                        lambda i: progress(ProgressEvent("pieces", i + 1, num_pieces, item=name, unit="piece")))
+    lt.set_piece_hashes(
+        ct, str(root.parent), lambda i: progress(ProgressEvent("pieces", i + 1, num_pieces, item=name, unit="piece"))
+    )
     torrent = lt.bencode(ct.generate())
     ti, meta = parse_torrent(torrent)
     magnet = lt.make_magnet_uri(ti)
@@ -124,16 +126,30 @@ def create_release(
         done += size
         facts.append(FileFacts(path=f, size=size, sha256=sha256, md5=md5))
     tool = f"m7b release create (libtorrent {lt.__version__})"
-    sources = {"release": f"declared by the publisher ({publisher}) with {tool}",
-               "torrent": f"made by {tool} from the release folder"}
+    sources = {
+        "release": f"declared by the publisher ({publisher}) with {tool}",
+        "torrent": f"made by {tool} from the release folder",
+    }
     sources.update({f"files.{f.path}": f"hashed by {tool} from the published file" for f in facts})
     if architecture is not None:
         sources["architecture"] = "params.json in the release folder"
     manifest = Manifest(
-        name=manifest_name, title=title or name, publisher=publisher, license=license_id, release_date=release_date,
-        torrent=TorrentFacts(name=name, info_hash_v1=meta.info_hash_v1, info_hash_v2=meta.info_hash_v2,
-                             magnet=magnet, trackers=tuple(trackers), web_seeds=tuple(web_seeds),
-                             files_complete=True),
-        files=tuple(facts), architecture=architecture, sources=sources,
+        name=manifest_name,
+        title=title or name,
+        publisher=publisher,
+        license=license_id,
+        release_date=release_date,
+        torrent=TorrentFacts(
+            name=name,
+            info_hash_v1=meta.info_hash_v1,
+            info_hash_v2=meta.info_hash_v2,
+            magnet=magnet,
+            trackers=tuple(trackers),
+            web_seeds=tuple(web_seeds),
+            files_complete=True,
+        ),
+        files=tuple(facts),
+        architecture=architecture,
+        sources=sources,
     )
     return CreatedRelease(torrent=torrent, meta=meta, magnet=magnet, manifest=manifest)

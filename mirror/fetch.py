@@ -114,8 +114,9 @@ def _torrent_bytes(ti: lt.torrent_info, trackers: Sequence[str]) -> bytes:
 class _Download:
     """One fetch: the session, the handle, and the bookkeeping of its alert loop."""
 
-    def __init__(self, target: FetchTarget, store: Store, final: Path, options: SessionOptions,
-                 progress: ProgressCallback) -> None:
+    def __init__(
+        self, target: FetchTarget, store: Store, final: Path, options: SessionOptions, progress: ProgressCallback
+    ) -> None:
         self.target, self.store, self.final, self.progress = target, store, final, progress
         self.partial = final.parent / f".{final.name}.partial"
         self.in_place = final.is_dir() and any(final.iterdir())
@@ -132,8 +133,12 @@ class _Download:
         if t.torrent is not None:
             self.meta = self._accept(t.torrent)
         resume = load_resume(self.store, t.info_hash)
-        if resume is not None and self.in_place and self.meta is not None \
-                and not still_complete(self.store, self.meta, self.final):
+        if (
+            resume is not None
+            and self.in_place
+            and self.meta is not None
+            and not still_complete(self.store, self.meta, self.final)
+        ):
             resume = None  # files changed since m7b recorded them complete: libtorrent rechecks every piece
         atp = resume if resume is not None else lt.add_torrent_params()
         trackers = list(atp.trackers)
@@ -203,8 +208,10 @@ class _Download:
             elif isinstance(alert, lt.file_renamed_alert):
                 self.on_renamed(alert.index)
             elif isinstance(alert, lt.file_rename_failed_alert):
-                raise StorageError(f"could not place file {alert.index} of the torrent in {self.save_path}: "
-                                   f"{alert.error.message()}; check the folder and rerun")
+                raise StorageError(
+                    f"could not place file {alert.index} of the torrent in {self.save_path}: "
+                    f"{alert.error.message()}; check the folder and rerun"
+                )
             elif isinstance(alert, lt.hash_failed_alert):
                 self.hash_failures += 1
             elif isinstance(alert, lt.save_resume_data_alert):
@@ -213,8 +220,10 @@ class _Download:
             elif isinstance(alert, lt.save_resume_data_failed_alert):
                 self.resume_pending = False
             elif isinstance(alert, lt.file_error_alert):
-                raise StorageError(f"could not write {alert.filename()}: {alert.error.message()}; the download "
-                                   "stopped, resume data was kept: free space or fix permissions and rerun")
+                raise StorageError(
+                    f"could not write {alert.filename()}: {alert.error.message()}; the download "
+                    "stopped, resume data was kept: free space or fix permissions and rerun"
+                )
             elif isinstance(alert, lt.torrent_error_alert):
                 raise StorageError(f"libtorrent stopped the download: {alert.message()}")
 
@@ -234,12 +243,21 @@ class _Download:
     def event(self, status: lt.torrent_status, phase: str) -> None:
         rate = status.download_payload_rate
         left = status.total_wanted - status.total_wanted_done
-        self.progress(ProgressEvent(
-            phase, status.total_wanted_done if phase != "metadata" else 0,
-            status.total_wanted if phase != "metadata" else None,
-            item=f"{self.target.name} · {status.num_peers} peers · {self.hash_failures} bad pieces",
-            extra={"rate": rate, "peers": status.num_peers, "seeds": status.num_seeds,
-                   "eta": (left / rate) if rate > 0 else None, "hash_failures": self.hash_failures}))
+        self.progress(
+            ProgressEvent(
+                phase,
+                status.total_wanted_done if phase != "metadata" else 0,
+                status.total_wanted if phase != "metadata" else None,
+                item=f"{self.target.name} · {status.num_peers} peers · {self.hash_failures} bad pieces",
+                extra={
+                    "rate": rate,
+                    "peers": status.num_peers,
+                    "seeds": status.num_seeds,
+                    "eta": (left / rate) if rate > 0 else None,
+                    "hash_failures": self.hash_failures,
+                },
+            )
+        )
 
 
 def _phase(download: _Download, status: lt.torrent_status) -> str:
@@ -293,8 +311,12 @@ def fetch(
             download.event(status, phase)
             now = time.monotonic()
             # finished: every file is wanted and every wanted piece has passed its hash
-            if (download.meta is not None and phase == "downloading" and status.is_finished
-                    and status.total_wanted >= download.meta.total_size):
+            if (
+                download.meta is not None
+                and phase == "downloading"
+                and status.is_finished
+                and status.total_wanted >= download.meta.total_size
+            ):
                 break
             if status.total_wanted_done != last_done or phase == "checking":
                 last_change, last_done = now, status.total_wanted_done
@@ -303,9 +325,12 @@ def fetch(
                     raise NetworkError(
                         f"no peer sent the metadata of {target.info_hash} within {timeout:g} s "
                         f"({status.num_peers} peers connected): check the magnet's trackers, add --peer HOST:PORT, "
-                        "or raise --timeout")
-                raise NetworkError(f"no data arrived for {timeout:g} s ({status.num_peers} peers connected); "
-                                   "resume data was saved: rerun the same command to continue")
+                        "or raise --timeout"
+                    )
+                raise NetworkError(
+                    f"no data arrived for {timeout:g} s ({status.num_peers} peers connected); "
+                    "resume data was saved: rerun the same command to continue"
+                )
             if now - last_resume > resume_interval and download.meta is not None and handle.need_save_resume_data():
                 handle.save_resume_data(lt.save_resume_flags_t.save_info_dict)
                 last_resume = now
@@ -322,8 +347,10 @@ def fetch(
     meta = download.meta
     assert meta is not None
     if not release_files_exist(meta, download.save_path):
-        raise StorageError(f"libtorrent reported the download complete but files are missing from "
-                           f"{download.save_path}; resume data was kept: rerun the same command to recheck")
+        raise StorageError(
+            f"libtorrent reported the download complete but files are missing from "
+            f"{download.save_path}; resume data was kept: rerun the same command to recheck"
+        )
     if not download.in_place:
         if final.exists():
             final.rmdir()  # an empty folder the user made for us
@@ -337,9 +364,14 @@ def fetch(
     marker.unlink(missing_ok=True)
     progress(ProgressEvent("done", meta.total_size, meta.total_size, item=target.name))
     return FetchResult(
-        name=target.name, path=final, info_hash=target.info_hash, total_size=meta.total_size,
-        pieces=meta.num_pieces, downloaded_bytes=status.total_payload_download,
-        pieces_at_start=download.pieces_at_start, hash_failures=download.hash_failures,
+        name=target.name,
+        path=final,
+        info_hash=target.info_hash,
+        total_size=meta.total_size,
+        pieces=meta.num_pieces,
+        downloaded_bytes=status.total_payload_download,
+        pieces_at_start=download.pieces_at_start,
+        hash_failures=download.hash_failures,
         seconds=time.monotonic() - start,
     )
 

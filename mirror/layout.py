@@ -19,8 +19,10 @@ from m7b.mirror.torrent import TorrentMeta, meta_from_info
 def _check_component(part: Any, where: str) -> None:
     text = part.decode("utf-8", "replace") if isinstance(part, bytes) else str(part)
     if text in ("", ".", "..") or "/" in text or "\\" in text or "\x00" in text or text.startswith("~"):
-        raise UnsafeError(f"torrent metadata names the path element {text!r} in {where}: it could escape the "
-                          "download folder, so the torrent was refused and nothing was written")
+        raise UnsafeError(
+            f"torrent metadata names the path element {text!r} in {where}: it could escape the "
+            "download folder, so the torrent was refused and nothing was written"
+        )
 
 
 def _walk_file_tree(tree: dict, where: str) -> None:
@@ -60,8 +62,9 @@ def check_against_manifest(meta: TorrentMeta, manifest: Manifest) -> None:
     t = manifest.torrent
     for label, ours, theirs in (("v1", meta.info_hash_v1, t.info_hash_v1), ("v2", meta.info_hash_v2, t.info_hash_v2)):
         if ours and theirs and ours != theirs:
-            raise MismatchError(f"torrent info-hash {label} is {ours}, but the manifest of {manifest.name} says "
-                                f"{theirs}: refused")
+            raise MismatchError(
+                f"torrent info-hash {label} is {ours}, but the manifest of {manifest.name} says {theirs}: refused"
+            )
     files = {f.path: f.size for f in meta.data_files}
     problems = []
     for fact in manifest.files:
@@ -73,8 +76,10 @@ def check_against_manifest(meta: TorrentMeta, manifest: Manifest) -> None:
         listed = {f.path for f in manifest.files}
         problems += [f"{p} is not in the manifest" for p in sorted(set(files) - listed)]
     if problems:
-        raise MismatchError(f"the torrent's metadata contradicts the manifest of {manifest.name}: "
-                            f"{'; '.join(problems)}. Refused before downloading anything; check the magnet")
+        raise MismatchError(
+            f"the torrent's metadata contradicts the manifest of {manifest.name}: "
+            f"{'; '.join(problems)}. Refused before downloading anything; check the magnet"
+        )
 
 
 def renamed_files(meta: TorrentMeta) -> dict[int, str]:

@@ -55,8 +55,10 @@ def parse_magnet(uri: str) -> Magnet:
                 elif _B32.match(digest):
                     v1 = binascii.hexlify(base64.b32decode(digest.upper())).decode()
                 else:
-                    raise InvalidInputError(f"magnet info-hash {digest!r}: expected 40 hex digits or 32 base32 "
-                                            "characters (a BitTorrent v1 info-hash)")
+                    raise InvalidInputError(
+                        f"magnet info-hash {digest!r}: expected 40 hex digits or 32 base32 "
+                        "characters (a BitTorrent v1 info-hash)"
+                    )
             elif lower.startswith("urn:btmh:"):
                 match = _BTMH.match(value[9:])
                 if not match:
@@ -71,10 +73,18 @@ def parse_magnet(uri: str) -> Magnet:
         elif key == "x.pe":
             peers.append(value)
     if v1 is None and v2 is None:
-        raise InvalidInputError(f"magnet link {uri!r} has no BitTorrent info-hash: expected xt=urn:btih:… "
-                                "or xt=urn:btmh:…")
-    return Magnet(uri=uri.strip(), info_hash_v1=v1, info_hash_v2=v2, name=name, trackers=tuple(trackers),
-                  web_seeds=tuple(seeds), peers=tuple(peers))
+        raise InvalidInputError(
+            f"magnet link {uri!r} has no BitTorrent info-hash: expected xt=urn:btih:… or xt=urn:btmh:…"
+        )
+    return Magnet(
+        uri=uri.strip(),
+        info_hash_v1=v1,
+        info_hash_v2=v2,
+        name=name,
+        trackers=tuple(trackers),
+        web_seeds=tuple(seeds),
+        peers=tuple(peers),
+    )
 
 
 def parse_peer(text: str) -> tuple[str, int]:

@@ -57,8 +57,10 @@ def resolve_seed(arg: str, store: Store) -> SeedRelease:
                 meta = checked_meta(ti)
                 if candidate == candidates[0] or meta.name == folder.name:
                     return SeedRelease(name=folder.name.lower(), folder=folder.resolve(), torrent=ti, meta=meta)
-        raise NotFoundError(f"no torrent for {folder}: expected {candidates[0]} (make it with "
-                            f"`m7b release create {folder}`) or a torrent named {folder.name!r} in the store")
+        raise NotFoundError(
+            f"no torrent for {folder}: expected {candidates[0]} (make it with "
+            f"`m7b release create {folder}`) or a torrent named {folder.name!r} in the store"
+        )
     manifest = find_manifest(arg, store.manifests_dir)
     info_hash = manifest.torrent.info_hash_v1 or manifest.torrent.info_hash_v2 or ""
     torrent_path = store.torrent_path(info_hash)
@@ -89,8 +91,9 @@ def failing_files(release: SeedRelease, handle: lt.torrent_handle) -> list[str]:
 class Mirror:
     """One libtorrent session serving any number of releases."""
 
-    def __init__(self, releases: Sequence[SeedRelease], store: Store, options: SessionOptions,
-                 trackers: Sequence[str] = ()) -> None:
+    def __init__(
+        self, releases: Sequence[SeedRelease], store: Store, options: SessionOptions, trackers: Sequence[str] = ()
+    ) -> None:
         self.releases = list(releases)
         self.store = store
         self.session = make_session(options)
@@ -100,7 +103,8 @@ class Mirror:
             # m7b's own record of a hash-checked download/recheck, or a passing `m7b verify` report (which
             # checked every piece against this torrent) whose files are unchanged since
             trusted = still_complete(store, release.meta, release.folder) or (
-                release.folder == store.release_dir(release.name).resolve() and store.is_verified(release.name))
+                release.folder == store.release_dir(release.name).resolve() and store.is_verified(release.name)
+            )
             atp = lt.add_torrent_params()
             atp.ti = release.torrent
             atp.save_path = str(release.folder)
@@ -112,8 +116,9 @@ class Mirror:
                 flags |= lt.torrent_flags.seed_mode
             atp.flags = flags
             self.handles[release.name] = self.session.add_torrent(atp)
-            self.status[release.name] = ReleaseStatus(release.name, release.meta.info_hash, "checking",
-                                                      trusted_record=trusted)
+            self.status[release.name] = ReleaseStatus(
+                release.name, release.meta.info_hash, "checking", trusted_record=trusted
+            )
 
     @property
     def listen_port(self) -> int:
@@ -140,8 +145,11 @@ class Mirror:
             else:
                 self.refuse(release, st)
                 continue
-            current.peers, current.uploaded, current.upload_rate = st.num_peers, st.total_payload_upload, \
-                st.upload_payload_rate
+            current.peers, current.uploaded, current.upload_rate = (
+                st.num_peers,
+                st.total_payload_upload,
+                st.upload_payload_rate,
+            )
         return list(self.status.values())
 
     def refuse(self, release: SeedRelease, st: lt.torrent_status) -> None:
@@ -150,8 +158,10 @@ class Mirror:
         current.failed_files = failing_files(release, handle)
         missing = release.meta.num_pieces - st.num_pieces
         current.state, current.peers, current.upload_rate = "refused", 0, 0
-        current.reason = (f"{missing} of {release.meta.num_pieces} pieces fail their hash "
-                          f"(files: {', '.join(current.failed_files)}): not served; run `m7b verify` for details")
+        current.reason = (
+            f"{missing} of {release.meta.num_pieces} pieces fail their hash "
+            f"(files: {', '.join(current.failed_files)}): not served; run `m7b verify` for details"
+        )
         self.session.remove_torrent(handle)
 
     def ready(self) -> bool:
@@ -176,8 +186,12 @@ class Mirror:
         self.session.pause()
 
 
-def serve(mirror: Mirror, report: Callable[[list[ReleaseStatus]], None], should_stop: Callable[[], bool],
-          interval: float = 5.0) -> None:
+def serve(
+    mirror: Mirror,
+    report: Callable[[list[ReleaseStatus]], None],
+    should_stop: Callable[[], bool],
+    interval: float = 5.0,
+) -> None:
     """Run until `should_stop()`: report status every `interval` seconds, as soon as checks finish, and once
     more with the final totals when stopping."""
     last, was_ready = 0.0, False

@@ -9,8 +9,14 @@ import libtorrent as lt
 from m7b import __version__
 from m7b.errors import InvalidInputError
 
-ALERT_MASK = (lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage
-              | lt.alert_category.file_progress | lt.alert_category.peer | lt.alert_category.tracker)
+ALERT_MASK = (
+    lt.alert_category.error
+    | lt.alert_category.status
+    | lt.alert_category.storage
+    | lt.alert_category.file_progress
+    | lt.alert_category.peer
+    | lt.alert_category.tracker
+)
 
 
 @dataclass(frozen=True)
@@ -33,8 +39,15 @@ class SessionOptions:
     @classmethod
     def loopback(cls, **changes: object) -> SessionOptions:
         """For a swarm on 127.0.0.1: no DHT/LSD/port mapping, TCP only, peers may share an IP."""
-        base = dict(listen="127.0.0.1:0", dht=False, lsd=False, port_mapping=False, utp=False, allow_same_ip=True,
-                    limit_local_peers=True)
+        base = dict(
+            listen="127.0.0.1:0",
+            dht=False,
+            lsd=False,
+            port_mapping=False,
+            utp=False,
+            allow_same_ip=True,
+            limit_local_peers=True,
+        )
         return cls(**{**base, **changes})  # type: ignore[arg-type]
 
 

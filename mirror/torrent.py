@@ -101,8 +101,11 @@ def meta_from_info(ti: lt.torrent_info, raw: dict[bytes, Any] | None = None) -> 
         name=name,
         info_hash_v1=_hex_or_none(hashes.v1, NO_V1) if hashes.has_v1() else None,
         info_hash_v2=_hex_or_none(hashes.v2, NO_V2) if hashes.has_v2() else None,
-        piece_length=ti.piece_length(), num_pieces=ti.num_pieces(), files=tuple(files),
-        trackers=tuple(dict.fromkeys(trackers)), web_seeds=tuple(s.decode() for s in seeds),
+        piece_length=ti.piece_length(),
+        num_pieces=ti.num_pieces(),
+        files=tuple(files),
+        trackers=tuple(dict.fromkeys(trackers)),
+        web_seeds=tuple(s.decode() for s in seeds),
     )
 
 

@@ -27,10 +27,18 @@ class ModelArgs:
 
     @classmethod
     def from_architecture(cls, arch: Architecture) -> ModelArgs:
-        return cls(dim=arch.dim, n_layers=arch.n_layers, head_dim=arch.head_dim, hidden_dim=arch.hidden_dim,
-                   n_heads=arch.n_heads, n_kv_heads=arch.n_kv_heads, norm_eps=arch.norm_eps,
-                   sliding_window=arch.sliding_window, vocab_size=arch.vocab_size,
-                   rope_theta=arch.effective_rope_theta)
+        return cls(
+            dim=arch.dim,
+            n_layers=arch.n_layers,
+            head_dim=arch.head_dim,
+            hidden_dim=arch.hidden_dim,
+            n_heads=arch.n_heads,
+            n_kv_heads=arch.n_kv_heads,
+            norm_eps=arch.norm_eps,
+            sliding_window=arch.sliding_window,
+            vocab_size=arch.vocab_size,
+            rope_theta=arch.effective_rope_theta,
+        )
 
     @classmethod
     def from_params_file(cls, path: Path) -> ModelArgs:

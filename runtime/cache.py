@@ -14,8 +14,15 @@ from torch import nn
 class RollingKVCache(nn.Module):
     """One layer's keys and values, shaped (batch, n_kv_heads, capacity, head_dim)."""
 
-    def __init__(self, batch_size: int, n_kv_heads: int, capacity: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        n_kv_heads: int,
+        capacity: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__()
         shape = (batch_size, n_kv_heads, capacity, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)

@@ -19,8 +19,9 @@ def compiled_decode(device: torch.device) -> DecodeFn:
     The first calls compile (about a minute for a 7B model); later calls replay.
     """
     if device.type != "cuda":
-        raise InvalidInputError(f"compiling the decode step is for CUDA devices (found {device}); on the CPU the "
-                                "eager step is the fast one")
+        raise InvalidInputError(
+            f"compiling the decode step is for CUDA devices (found {device}); on the CPU the eager step is the fast one"
+        )
     return torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
 
 

@@ -54,7 +54,7 @@ def prefill(model: Transformer, tokens: torch.Tensor, start_pos: int, chunk_size
     length = tokens.shape[1]
     logits = None
     for begin in range(0, length, chunk_size):
-        chunk = tokens[:, begin:begin + chunk_size]
+        chunk = tokens[:, begin : begin + chunk_size]
         pos = torch.arange(start_pos + begin, start_pos + begin + chunk.shape[1], device=tokens.device)
         logits = model(chunk, pos, last_only=True)
     assert logits is not None
@@ -72,9 +72,15 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def generate(model: Transformer, prompt: list[int], config: GenerationConfig, eos_id: int | None = None,
-             on_token: Callable[[int], None] | None = None, decode_fn: DecodeFn = decode_one_token,
-             max_seq_len: int | None = None) -> GenerationResult:
+def generate(
+    model: Transformer,
+    prompt: list[int],
+    config: GenerationConfig,
+    eos_id: int | None = None,
+    on_token: Callable[[int], None] | None = None,
+    decode_fn: DecodeFn = decode_one_token,
+    max_seq_len: int | None = None,
+) -> GenerationResult:
     """Complete `prompt` (token ids, BOS included) with up to `config.max_tokens` tokens.
 
     `on_token` sees each id as soon as it is sampled. The caches are (re)allocated for the prompt plus
@@ -119,5 +125,6 @@ def generate(model: Transformer, prompt: list[int], config: GenerationConfig, eo
             stop = "eos"
     _sync(device)
     decode_s = time.perf_counter() - decode_start
-    return GenerationResult(prompt_tokens=list(prompt), tokens=out, stop_reason=stop, ttft_s=ttft, prefill_s=prefill_s,
-                            decode_s=decode_s)
+    return GenerationResult(
+        prompt_tokens=list(prompt), tokens=out, stop_reason=stop, ttft_s=ttft, prefill_s=prefill_s, decode_s=decode_s
+    )

@@ -25,8 +25,9 @@ class Runtime:
     weights_path: Path
 
 
-def build_model(args: ModelArgs, state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
-                ) -> Transformer:
+def build_model(
+    args: ModelArgs, state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> Transformer:
     """A model holding `state` (already checked) on `device` in `dtype`, without a second copy on the CPU."""
     with torch.device("meta"):
         model = Transformer(args)
@@ -36,8 +37,9 @@ def build_model(args: ModelArgs, state: dict[str, torch.Tensor], device: torch.d
     return model.eval()
 
 
-def load_runtime(release_dir: Path, device: torch.device, dtype: torch.dtype,
-                 args_override: ModelArgs | None = None) -> Runtime:
+def load_runtime(
+    release_dir: Path, device: torch.device, dtype: torch.dtype, args_override: ModelArgs | None = None
+) -> Runtime:
     """Read params.json, the weights and tokenizer.model from `release_dir`.
 
     `args_override` replaces params.json's values after the shape check (the smoke battery uses it to test the
@@ -45,8 +47,9 @@ def load_runtime(release_dir: Path, device: torch.device, dtype: torch.dtype,
     """
     release_dir = Path(release_dir)
     if not release_dir.is_dir():
-        raise NotFoundError(f"{release_dir} is not a folder: point at a release folder (params.json, "
-                            f"{TOKENIZER_NAME} and the weights)")
+        raise NotFoundError(
+            f"{release_dir} is not a folder: point at a release folder (params.json, {TOKENIZER_NAME} and the weights)"
+        )
     arch = load_params(release_dir / "params.json")
     tokenizer = Tokenizer(release_dir / TOKENIZER_NAME)
     state, weights_path = load_state_dict(release_dir)

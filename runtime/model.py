@@ -29,8 +29,9 @@ class RMSNorm(nn.Module):
         return normed.type_as(x) * self.weight
 
 
-def precompute_freqs(seq_len: int, head_dim: int, theta: float, device: torch.device | str | None = None
-                     ) -> torch.Tensor:
+def precompute_freqs(
+    seq_len: int, head_dim: int, theta: float, device: torch.device | str | None = None
+) -> torch.Tensor:
     """cos and sin of each position's rotation angles: shape (seq_len, head_dim // 2, 2), float32."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device)[: head_dim // 2].float() / head_dim))
     angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
@@ -94,8 +95,9 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.kv_cache: RollingKVCache | None = None
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor,
-                decode: bool) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, decode: bool
+    ) -> torch.Tensor:
         b, length, _ = x.shape
         q = self.wq(x).view(b, length, self.n_heads, self.head_dim)
         k = self.wk(x).view(b, length, self.n_kv_heads, self.head_dim)
@@ -140,8 +142,9 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor,
-                decode: bool) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, decode: bool
+    ) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), freqs, mask, slots, decode)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -166,8 +169,9 @@ class Transformer(nn.Module):
         cache = self.layers[0].attention.kv_cache
         return 0 if cache is None else cache.capacity
 
-    def setup_caches(self, batch_size: int, max_seq_len: int, capacity: int | None = None,
-                     cache_dtype: torch.dtype | None = None) -> None:
+    def setup_caches(
+        self, batch_size: int, max_seq_len: int, capacity: int | None = None, cache_dtype: torch.dtype | None = None
+    ) -> None:
         """Allocate the rolling caches for positions 0 … max_seq_len-1.
 
         `capacity` defaults to min(W, max_seq_len); a larger one (e.g. max_seq_len) keeps every position, which
@@ -182,12 +186,17 @@ class Transformer(nn.Module):
         # update them in place.
         with torch.inference_mode(False):
             for layer in self.layers:
-                layer.attention.kv_cache = RollingKVCache(batch_size, self.args.n_kv_heads, capacity,
-                                                          self.args.head_dim, dtype, weight.device)
-            self.register_buffer("slot_pos", torch.full((capacity,), -1, dtype=torch.long, device=weight.device),
-                                 persistent=False)
-            self.register_buffer("freqs", precompute_freqs(max_seq_len, self.args.head_dim, self.args.rope_theta,
-                                                           weight.device), persistent=False)
+                layer.attention.kv_cache = RollingKVCache(
+                    batch_size, self.args.n_kv_heads, capacity, self.args.head_dim, dtype, weight.device
+                )
+            self.register_buffer(
+                "slot_pos", torch.full((capacity,), -1, dtype=torch.long, device=weight.device), persistent=False
+            )
+            self.register_buffer(
+                "freqs",
+                precompute_freqs(max_seq_len, self.args.head_dim, self.args.rope_theta, weight.device),
+                persistent=False,
+            )
         self.max_seq_len = max_seq_len
 
     def reset_caches(self) -> None:
@@ -214,7 +223,7 @@ class Transformer(nn.Module):
             self.slot_pos.index_copy_(0, slots, input_pos)
             key_pos = self.slot_pos
         else:
-            write_pos = input_pos[-min(length, capacity):]
+            write_pos = input_pos[-min(length, capacity) :]
             slots = write_pos % capacity
             key_pos = torch.cat([self.slot_pos, input_pos])
         mask = grouped_mask(band_mask(input_pos, key_pos, self.window), self.args.n_rep)

@@ -69,28 +69,35 @@ def _all_logits(model: Transformer, ids: torch.Tensor, chunk: int, capacity: int
     outs = []
     for begin in range(0, n, chunk):
         pos = torch.arange(begin, min(begin + chunk, n), device=ids.device)
-        outs.append(model(ids[:, begin:begin + chunk], pos)[0])
+        outs.append(model(ids[:, begin : begin + chunk], pos)[0])
     return torch.cat(outs)
 
 
 def check_determinism(model: Transformer, tokenizer: Tokenizer, seed: int) -> SmokeCheck:
     prompt = tokenizer.encode(SMOKE_PROMPT)
-    config = GenerationConfig(max_tokens=16, sampling=SamplingConfig(temperature=0.8, top_p=0.95, seed=seed),
-                              stop_at_eos=False)
+    config = GenerationConfig(
+        max_tokens=16, sampling=SamplingConfig(temperature=0.8, top_p=0.95, seed=seed), stop_at_eos=False
+    )
     first = generate(model, prompt, config).tokens
     second = generate(model, prompt, config).tokens
     same = first == second
-    return SmokeCheck("same seed twice gives the same tokens", same,
-                      f"seed {seed}, temperature 0.8, top-p 0.95, {len(first)} tokens: "
-                      + ("identical" if same else f"differ: {first} vs {second}"))
+    return SmokeCheck(
+        "same seed twice gives the same tokens",
+        same,
+        f"seed {seed}, temperature 0.8, top-p 0.95, {len(first)} tokens: "
+        + ("identical" if same else f"differ: {first} vs {second}"),
+    )
 
 
 def check_finite(model: Transformer, tokenizer: Tokenizer) -> SmokeCheck:
     ids = torch.tensor([tokenizer.encode(SMOKE_PROMPT)], device=model.output.weight.device)
     logits = _all_logits(model, ids, model.window)
     bad = int((~torch.isfinite(logits)).sum().item())
-    return SmokeCheck("logits are finite", bad == 0,
-                      f"{logits.numel():,} logits over {ids.shape[1]} prompt positions, {bad} not finite")
+    return SmokeCheck(
+        "logits are finite",
+        bad == 0,
+        f"{logits.numel():,} logits over {ids.shape[1]} prompt positions, {bad} not finite",
+    )
 
 
 def check_chunked_prefill(model: Transformer, dtype: torch.dtype, seed: int) -> SmokeCheck:
@@ -102,9 +109,13 @@ def check_chunked_prefill(model: Transformer, dtype: torch.dtype, seed: int) -> 
     chunked = _all_logits(model, ids, chunk)
     diff, rel = _max_diff(chunked, single)
     ok = rel <= TOLERANCE[dtype]
-    return SmokeCheck("chunked prefill equals a single pass", ok,
-                      f"{n} tokens (W={w}) in chunks of {chunk} vs one pass: max |diff| {diff:.2e} "
-                      f"({rel:.1e} of the largest logit, tolerance {TOLERANCE[dtype]:.0e})", rel)
+    return SmokeCheck(
+        "chunked prefill equals a single pass",
+        ok,
+        f"{n} tokens (W={w}) in chunks of {chunk} vs one pass: max |diff| {diff:.2e} "
+        f"({rel:.1e} of the largest logit, tolerance {TOLERANCE[dtype]:.0e})",
+        rel,
+    )
 
 
 def check_rolling_cache(model: Transformer, dtype: torch.dtype, seed: int) -> tuple[SmokeCheck, float]:
@@ -138,10 +149,14 @@ def check_rolling_cache(model: Transformer, dtype: torch.dtype, seed: int) -> tu
     rolled = torch.stack(step_logits)
     diff, rel = _max_diff(rolled, full)
     ok = rel <= TOLERANCE[dtype]
-    check = SmokeCheck("rolling cache equals a full recompute past the window", ok,
-                       f"prompt {prompt_len} + {steps - 1} decode steps to position {total - 2} (W={w}, cache "
-                       f"{min(w, total)} slots) vs one band-masked pass: max |diff| {diff:.2e} ({rel:.1e} of the "
-                       f"largest logit)", rel)
+    check = SmokeCheck(
+        "rolling cache equals a full recompute past the window",
+        ok,
+        f"prompt {prompt_len} + {steps - 1} decode steps to position {total - 2} (W={w}, cache "
+        f"{min(w, total)} slots) vs one band-masked pass: max |diff| {diff:.2e} ({rel:.1e} of the "
+        f"largest logit)",
+        rel,
+    )
     return check, (steps - 1) / elapsed if elapsed > 0 else 0.0
 
 
@@ -159,14 +174,22 @@ def check_cache_memory(model: Transformer, seed: int) -> SmokeCheck:
     a = model.args
     expected = a.n_layers * 2 * a.n_kv_heads * w * a.head_dim * model.layers[0].attention.kv_cache.k_cache.itemsize
     ok = at_w == at_4w == expected and same_buffers
-    return SmokeCheck("cache memory constant after W tokens", ok,
-                      f"{at_w:,} bytes after W={w} tokens, {at_4w:,} after {4 * w} (expected {expected:,}: "
-                      f"{a.n_layers} layers x K,V x {a.n_kv_heads} kv heads x {w} slots x {a.head_dim})"
-                      + ("" if same_buffers else "; the buffers were reallocated"))
+    return SmokeCheck(
+        "cache memory constant after W tokens",
+        ok,
+        f"{at_w:,} bytes after W={w} tokens, {at_4w:,} after {4 * w} (expected {expected:,}: "
+        f"{a.n_layers} layers x K,V x {a.n_kv_heads} kv heads x {w} slots x {a.head_dim})"
+        + ("" if same_buffers else "; the buffers were reallocated"),
+    )
 
 
-def run_smoke(model: Transformer, tokenizer: Tokenizer, dtype: torch.dtype, seed: int = 0,
-              progress: ProgressCallback = ignore_progress) -> SmokeReport:
+def run_smoke(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    dtype: torch.dtype,
+    seed: int = 0,
+    progress: ProgressCallback = ignore_progress,
+) -> SmokeReport:
     """Run every check (none stops the others) and return the report."""
     checks: list[SmokeCheck] = []
     rate = 0.0

@@ -24,8 +24,9 @@ class Tokenizer:
         try:
             self.sp.Load(str(path))
         except (OSError, RuntimeError) as exc:
-            raise InvalidInputError(f"{path} is not a sentencepiece model ({exc}); restore the release's "
-                                    f"{TOKENIZER_NAME}") from exc
+            raise InvalidInputError(
+                f"{path} is not a sentencepiece model ({exc}); restore the release's {TOKENIZER_NAME}"
+            ) from exc
         self.bos_id: int = self.sp.bos_id()
         self.eos_id: int = self.sp.eos_id()
 
@@ -37,8 +38,9 @@ class Tokenizer:
         """Token ids for `text`, with BOS first as the reference does. Text that gives no tokens is an error."""
         ids = self.sp.encode(text)
         if not ids:
-            raise InvalidInputError(f"the prompt {text!r} tokenises to nothing (no tokens besides BOS); "
-                                    "give a prompt with some text")
+            raise InvalidInputError(
+                f"the prompt {text!r} tokenises to nothing (no tokens besides BOS); give a prompt with some text"
+            )
         return [self.bos_id, *ids] if bos else ids
 
     def decode(self, ids: list[int]) -> str:

@@ -23,8 +23,10 @@ def find_weights(release_dir: Path) -> Path:
         path = Path(release_dir) / name
         if path.is_file():
             return path
-    raise NotFoundError(f"{release_dir} holds neither {SAFETENSORS_NAME} nor {CHECKPOINT_NAME}: point at a release "
-                        "folder (or its converted native folder)")
+    raise NotFoundError(
+        f"{release_dir} holds neither {SAFETENSORS_NAME} nor {CHECKPOINT_NAME}: point at a release "
+        "folder (or its converted native folder)"
+    )
 
 
 def load_state_dict(release_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
@@ -37,8 +39,10 @@ def load_state_dict(release_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 return {key: f.get_tensor(key) for key in f.keys()}, path  # noqa: SIM118 (safe_open has no iter)
         except SafetensorError as exc:
-            raise InvalidInputError(f"{path} is not a readable safetensors file ({exc}); reconvert the release "
-                                    "with `m7b convert --to native`") from exc
+            raise InvalidInputError(
+                f"{path} is not a readable safetensors file ({exc}); reconvert the release "
+                "with `m7b convert --to native`"
+            ) from exc
     from m7b.verify.checkpoint import load_checkpoint
 
     return load_checkpoint(path), path  # memory-mapped; UnsafeError / MismatchError for a refused file
@@ -52,6 +56,8 @@ def check_shapes(arch: Architecture, state: dict[str, torch.Tensor], source: Pat
     shapes = TensorCheck(missing=found.missing, extra=found.extra, wrong_shape=found.wrong_shape)
     if shapes.ok:
         return
-    raise MismatchError(f"params.json and {source} disagree: {'; '.join(shapes.problems())}. The params.json does "
-                        "not describe these weights: restore the release's own params.json (or re-fetch the release "
-                        "and run `m7b verify`)")
+    raise MismatchError(
+        f"params.json and {source} disagree: {'; '.join(shapes.problems())}. The params.json does "
+        "not describe these weights: restore the release's own params.json (or re-fetch the release "
+        "and run `m7b verify`)"
+    )

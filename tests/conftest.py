@@ -36,8 +36,13 @@ def cli() -> Callable[..., CliResult]:
     """Run `python -m m7b ARGS` as a user would; returns exit code, stdout and stderr."""
 
     def run(*args: str | Path, timeout: float = 300, env: dict[str, str] | None = None) -> CliResult:
-        proc = subprocess.run([sys.executable, "-m", "m7b", *map(str, args)], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, "COLUMNS": "200", **(env or {})})
+        proc = subprocess.run(
+            [sys.executable, "-m", "m7b", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "COLUMNS": "200", **(env or {})},
+        )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     return run

@@ -27,7 +27,9 @@ from m7b.verify.pieces import TorrentPlan, V1PieceLane, V2PieceLane, load_torren
 from m7b.verify.report import FileRecord, VerifyReport
 
 _ERROR_STATUS: list[tuple[type[M7bError], Status]] = [
-    (UnsafeError, Status.UNSAFE), (MismatchError, Status.MISMATCH), (NotFoundError, Status.MISSING),
+    (UnsafeError, Status.UNSAFE),
+    (MismatchError, Status.MISMATCH),
+    (NotFoundError, Status.MISSING),
 ]
 
 
@@ -45,8 +47,14 @@ def disk_files(root: Path) -> list[str]:
     return out
 
 
-def verify_release(root: Path, manifest: Manifest | None = None, torrent: Path | None = None, *,
-                   name: str | None = None, progress: ProgressCallback = ignore_progress) -> VerifyReport:
+def verify_release(
+    root: Path,
+    manifest: Manifest | None = None,
+    torrent: Path | None = None,
+    *,
+    name: str | None = None,
+    progress: ProgressCallback = ignore_progress,
+) -> VerifyReport:
     """Check a release folder; never raises for what it finds (the report holds it), only for unusable input."""
     started = time.monotonic()
     root = Path(root)
@@ -84,33 +92,55 @@ def verify_release(root: Path, manifest: Manifest | None = None, torrent: Path |
     if plan:
         findings += _piece_findings(plan, found, v1, v2)
     if manifest:
-        findings += check_manifest_files(manifest, found, sha256.digests, md5.digests,
-                                         {f.rel for f in plan.data_files()} if plan else None)
+        findings += check_manifest_files(
+            manifest, found, sha256.digests, md5.digests, {f.rel for f in plan.data_files()} if plan else None
+        )
     elif plan:
         torrent_paths = {f.rel for f in plan.data_files()}
-        findings += [Finding("files", Status.NOTE, f"{rel}: extra file on disk; the torrent does not name it", rel)
-                     for rel, seen in found.items() if seen.size is not None and rel not in torrent_paths]
+        findings += [
+            Finding("files", Status.NOTE, f"{rel}: extra file on disk; the torrent does not name it", rel)
+            for rel, seen in found.items()
+            if seen.size is not None and rel not in torrent_paths
+        ]
     if not manifest and not plan:
-        findings.append(Finding("binding", Status.MISSING, "nothing to bind these files to: no manifest and no torrent "
-                                "metadata; pass --manifest FILE and/or --torrent FILE"))
+        findings.append(
+            Finding(
+                "binding",
+                Status.MISSING,
+                "nothing to bind these files to: no manifest and no torrent "
+                "metadata; pass --manifest FILE and/or --torrent FILE",
+            )
+        )
 
     evidence = find_evidence(root)
     findings += _license_findings(manifest, evidence)
     findings += checkpoint_findings
 
-    files = [FileRecord(rel, r.size, r.mtime_ns or 0, sha256.digests.get(rel), md5.digests.get(rel))
-             for rel, r in found.items() if r.size is not None]
+    files = [
+        FileRecord(rel, r.size, r.mtime_ns or 0, sha256.digests.get(rel), md5.digests.get(rel))
+        for rel, r in found.items()
+        if r.size is not None
+    ]
     status = verdict(findings)
     magnet_ok = any(f.check == "magnet" and f.status == Status.OK for f in findings)
     pieces_ok = magnet_ok and bool(plan) and not any(f.check == "pieces" and f.status != Status.OK for f in findings)
-    published = manifest is not None and not any(f.check == "manifest" and f.status not in (Status.OK, Status.NOTE)
-                                                 for f in findings)
+    published = manifest is not None and not any(
+        f.check == "manifest" and f.status not in (Status.OK, Status.NOTE) for f in findings
+    )
     return VerifyReport(
-        kind="release", root=root, name=name or (manifest.name if manifest else None), verdict=status,
-        findings=findings, files=files, bytes_read=sum(f.size for f in files),
-        seconds=time.monotonic() - started, torrent=_torrent_doc(plan, v1, v2),
-        license=[e.to_json() for e in evidence], checkpoint=checkpoint_doc,
-        bound_to_magnet=pieces_ok and status != Status.UNSAFE, bound_to_publisher=published,
+        kind="release",
+        root=root,
+        name=name or (manifest.name if manifest else None),
+        verdict=status,
+        findings=findings,
+        files=files,
+        bytes_read=sum(f.size for f in files),
+        seconds=time.monotonic() - started,
+        torrent=_torrent_doc(plan, v1, v2),
+        license=[e.to_json() for e in evidence],
+        checkpoint=checkpoint_doc,
+        bound_to_magnet=pieces_ok and status != Status.UNSAFE,
+        bound_to_publisher=published,
     )
 
 
@@ -124,9 +154,17 @@ def _link_findings(root: Path, items: list[ReadItem]) -> list[Finding]:
             continue
         target = item.disk.resolve()
         where = "inside the release folder" if target.is_relative_to(inside) else "outside the release folder"
-        out.append(Finding("files", Status.NOTE, f"{item.rel} is a symlink to {target} ({where}); it is verified "
-                           "through the link, and `m7b seed` serves what it points to — replace it with the file "
-                           "itself to keep the release self-contained", item.rel, {"symlink": str(target)}))
+        out.append(
+            Finding(
+                "files",
+                Status.NOTE,
+                f"{item.rel} is a symlink to {target} ({where}); it is verified "
+                "through the link, and `m7b seed` serves what it points to — replace it with the file "
+                "itself to keep the release self-contained",
+                item.rel,
+                {"symlink": str(target)},
+            )
+        )
     return out
 
 
@@ -148,9 +186,15 @@ def _bound_plan(manifest: Manifest | None, torrent: Path | None, findings: list[
     wanted += [h for h in magnet_hashes(facts.magnet if facts else None) if h not in wanted]
     if torrent is None:
         if wanted:
-            findings.append(Finding("magnet", Status.MISSING, f"no torrent metadata for info-hash {wanted[0]} in the "
-                                    "store: without it nothing proves these are the files the magnet names; fetch "
-                                    "the metadata (`m7b fetch`) or pass --torrent FILE"))
+            findings.append(
+                Finding(
+                    "magnet",
+                    Status.MISSING,
+                    f"no torrent metadata for info-hash {wanted[0]} in the "
+                    "store: without it nothing proves these are the files the magnet names; fetch "
+                    "the metadata (`m7b fetch`) or pass --torrent FILE",
+                )
+            )
         return None
     try:
         plan = load_torrent(torrent)
@@ -160,16 +204,30 @@ def _bound_plan(manifest: Manifest | None, torrent: Path | None, findings: list[
     have = {h for h in (plan.info_hash_v1, plan.info_hash_v2) if h}
     if wanted:
         if not have & set(wanted):
-            findings.append(Finding("magnet", Status.MISMATCH, f"{torrent} has info-hash "
-                                    f"{' / '.join(sorted(have))}, but the magnet names {' / '.join(wanted)}: it is "
-                                    "metadata of another torrent and proves nothing about this release",
-                                    detail={"expected": wanted, "found": sorted(have)}))
+            findings.append(
+                Finding(
+                    "magnet",
+                    Status.MISMATCH,
+                    f"{torrent} has info-hash "
+                    f"{' / '.join(sorted(have))}, but the magnet names {' / '.join(wanted)}: it is "
+                    "metadata of another torrent and proves nothing about this release",
+                    detail={"expected": wanted, "found": sorted(have)},
+                )
+            )
             return None
-        findings.append(Finding("magnet", Status.OK, f"torrent metadata {torrent.name} has the magnet's info-hash "
-                                f"{' / '.join(wanted)}"))
+        findings.append(
+            Finding(
+                "magnet", Status.OK, f"torrent metadata {torrent.name} has the magnet's info-hash {' / '.join(wanted)}"
+            )
+        )
     else:
-        findings.append(Finding("magnet", Status.NOTE, f"the torrent's info-hash {' / '.join(sorted(have))} is not "
-                                "bound to a magnet: the manifest names none"))
+        findings.append(
+            Finding(
+                "magnet",
+                Status.NOTE,
+                f"the torrent's info-hash {' / '.join(sorted(have))} is not bound to a magnet: the manifest names none",
+            )
+        )
     return plan
 
 
@@ -190,26 +248,57 @@ def magnet_hashes(magnet: str | None) -> list[str]:
     return out
 
 
-def _piece_findings(plan: TorrentPlan, found: dict[str, FileRead], v1: V1PieceLane | None,
-                    v2: V2PieceLane | None) -> list[Finding]:
+def _piece_findings(
+    plan: TorrentPlan, found: dict[str, FileRead], v1: V1PieceLane | None, v2: V2PieceLane | None
+) -> list[Finding]:
     out: list[Finding] = []
     for f in plan.data_files():
         seen = found.get(f.rel)
         if seen is None or seen.size is None:
-            out.append(Finding("files", Status.MISSING, f"{f.rel}: {seen.error if seen else 'missing'}; the torrent "
-                               f"names it ({f.size:,} bytes) — fetch the release again to complete it", f.rel))
+            out.append(
+                Finding(
+                    "files",
+                    Status.MISSING,
+                    f"{f.rel}: {seen.error if seen else 'missing'}; the torrent "
+                    f"names it ({f.size:,} bytes) — fetch the release again to complete it",
+                    f.rel,
+                )
+            )
         elif seen.size != f.size:
-            out.append(Finding("files", Status.MISMATCH, f"{f.rel}: {seen.size:,} bytes, the torrent says "
-                               f"{f.size:,}", f.rel, {"expected": f.size, "found": seen.size}))
+            out.append(
+                Finding(
+                    "files",
+                    Status.MISMATCH,
+                    f"{f.rel}: {seen.size:,} bytes, the torrent says {f.size:,}",
+                    f.rel,
+                    {"expected": f.size, "found": seen.size},
+                )
+            )
     failures = (v1_failures(plan, v1.failed) if v1 else []) + (v2_failures(plan, v2.failed) if v2 else [])
     for fail in failures:
-        out.append(Finding("pieces", Status.MISMATCH, fail.describe(), fail.path,
-                           {"version": fail.version, "pieces": [list(r) for r in fail.pieces],
-                            "bytes": [fail.first_byte, fail.last_byte]}))
+        out.append(
+            Finding(
+                "pieces",
+                Status.MISMATCH,
+                fail.describe(),
+                fail.path,
+                {
+                    "version": fail.version,
+                    "pieces": [list(r) for r in fail.pieces],
+                    "bytes": [fail.first_byte, fail.last_byte],
+                },
+            )
+        )
     unchecked = (len(v1.unchecked) if v1 else 0) + (v2.unchecked if v2 else 0)
     if unchecked:
-        out.append(Finding("pieces", Status.MISSING, f"{unchecked} piece(s) could not be checked: bytes of them are "
-                           "missing from disk (see the missing or short files above)"))
+        out.append(
+            Finding(
+                "pieces",
+                Status.MISSING,
+                f"{unchecked} piece(s) could not be checked: bytes of them are "
+                "missing from disk (see the missing or short files above)",
+            )
+        )
     if not failures and not unchecked:
         counts = [f"{lane.checked} v{n} pieces" for n, lane in ((1, v1), (2, v2)) if lane is not None]
         out.append(Finding("pieces", Status.OK, f"all {' and '.join(counts)} match the torrent"))
@@ -219,23 +308,37 @@ def _piece_findings(plan: TorrentPlan, found: dict[str, FileRead], v1: V1PieceLa
 def _torrent_doc(plan: TorrentPlan | None, v1: V1PieceLane | None, v2: V2PieceLane | None) -> dict[str, Any] | None:
     if plan is None:
         return None
-    return {"source": plan.source, "name": plan.name, "info_hash_v1": plan.info_hash_v1,
-            "info_hash_v2": plan.info_hash_v2, "piece_length": plan.piece_length, "total_size": plan.total_size,
-            "v1_pieces_checked": v1.checked if v1 else 0, "v1_pieces_failed": len(v1.failed) if v1 else 0,
-            "v1_pieces_unchecked": len(v1.unchecked) if v1 else 0, "v2_pieces_checked": v2.checked if v2 else 0,
-            "v2_pieces_unchecked": v2.unchecked if v2 else 0,
-            "v2_pieces_failed": sum(len(p) for p in v2.failed.values()) if v2 else 0}
+    return {
+        "source": plan.source,
+        "name": plan.name,
+        "info_hash_v1": plan.info_hash_v1,
+        "info_hash_v2": plan.info_hash_v2,
+        "piece_length": plan.piece_length,
+        "total_size": plan.total_size,
+        "v1_pieces_checked": v1.checked if v1 else 0,
+        "v1_pieces_failed": len(v1.failed) if v1 else 0,
+        "v1_pieces_unchecked": len(v1.unchecked) if v1 else 0,
+        "v2_pieces_checked": v2.checked if v2 else 0,
+        "v2_pieces_unchecked": v2.unchecked if v2 else 0,
+        "v2_pieces_failed": sum(len(p) for p in v2.failed.values()) if v2 else 0,
+    }
 
 
 def _license_findings(manifest: Manifest | None, evidence: list) -> list[Finding]:
     out: list[Finding] = []
     if manifest is not None and manifest.license != APACHE_SPDX:
-        out.append(Finding("license", Status.MISMATCH, f"the manifest's license is {manifest.license!r}; m7b vouches "
-                           f"for {APACHE_SPDX} releases only"))
+        out.append(
+            Finding(
+                "license",
+                Status.MISMATCH,
+                f"the manifest's license is {manifest.license!r}; m7b vouches for {APACHE_SPDX} releases only",
+            )
+        )
     contradictions = [e for e in evidence if e.kind == Evidence.CONTRADICTION]
     for e in contradictions:
-        out.append(Finding("license", Status.MISMATCH, f"{e.path}: {e.detail}, which contradicts {APACHE_SPDX}",
-                           e.path))
+        out.append(
+            Finding("license", Status.MISMATCH, f"{e.path}: {e.detail}, which contradicts {APACHE_SPDX}", e.path)
+        )
     strong = [e for e in evidence if e.kind in (Evidence.CANONICAL, Evidence.NORMALISED)]
     mentions = [e for e in evidence if e.kind == Evidence.MENTION]
     if strong:
@@ -244,8 +347,14 @@ def _license_findings(manifest: Manifest | None, evidence: list) -> list[Finding
         out += [Finding("license", Status.OK, f"{e.path}: {e.detail}", e.path) for e in mentions]
     elif not contradictions:
         source = manifest.sources.get("release") if manifest else None
-        out.append(Finding("license", Status.NOTE, "no license text in the release"
-                           + (f"; {APACHE_SPDX} rests on the publisher's word: {source}" if source else "")))
+        out.append(
+            Finding(
+                "license",
+                Status.NOTE,
+                "no license text in the release"
+                + (f"; {APACHE_SPDX} rests on the publisher's word: {source}" if source else ""),
+            )
+        )
     return out
 
 
@@ -260,11 +369,20 @@ def _checkpoint_findings(root: Path, manifest: Manifest | None) -> tuple[list[Fi
         except M7bError as exc:
             findings.append(Finding("params", status_for(exc), str(exc), "params.json"))
     if arch and manifest and manifest.architecture and arch != manifest.architecture:
-        diff = {k: (v, manifest.architecture.to_params().get(k)) for k, v in arch.to_params().items()
-                if manifest.architecture.to_params().get(k) != v}
-        findings.append(Finding("params", Status.MISMATCH, "params.json differs from the manifest's architecture: "
-                                + ", ".join(f"{k} {a!r} (manifest {b!r})" for k, (a, b) in diff.items()),
-                                "params.json"))
+        diff = {
+            k: (v, manifest.architecture.to_params().get(k))
+            for k, v in arch.to_params().items()
+            if manifest.architecture.to_params().get(k) != v
+        }
+        findings.append(
+            Finding(
+                "params",
+                Status.MISMATCH,
+                "params.json differs from the manifest's architecture: "
+                + ", ".join(f"{k} {a!r} (manifest {b!r})" for k, (a, b) in diff.items()),
+                "params.json",
+            )
+        )
     arch = arch or (manifest.architecture if manifest else None)
     doc: dict[str, Any] | None = None
     for rel in sorted(p.name for p in root.glob("*.pth") if p.is_file()):
@@ -275,22 +393,50 @@ def _checkpoint_findings(root: Path, manifest: Manifest | None) -> tuple[list[Fi
         except M7bError as exc:
             findings.append(Finding("checkpoint", status_for(exc), str(exc), rel))
             continue
-        doc = {"path": rel, "archive": inspection.archive, "pickle_bytes": inspection.pickle_bytes,
-               "globals": sorted({g.name for g in inspection.globals}), "tensors": len(state)}
+        doc = {
+            "path": rel,
+            "archive": inspection.archive,
+            "pickle_bytes": inspection.pickle_bytes,
+            "globals": sorted({g.name for g in inspection.globals}),
+            "tensors": len(state),
+        }
         if arch is None:
-            findings.append(Finding("checkpoint", Status.NOTE, f"{rel}: pickle holds only allowed globals; no "
-                                    "params.json to check its keys and shapes against", rel))
+            findings.append(
+                Finding(
+                    "checkpoint",
+                    Status.NOTE,
+                    f"{rel}: pickle holds only allowed globals; no params.json to check its keys and shapes against",
+                    rel,
+                )
+            )
             continue
         result = check_tensors(state, arch, manifest.checkpoint if manifest else None)
         doc.update({"parameters": result.parameters, "dtype": result.dtype})
         if result.ok:
-            findings.append(Finding("checkpoint", Status.OK, f"{rel}: pickle holds only allowed globals; "
-                                    f"{result.tensors} tensors, {result.parameters:,} parameters, {result.dtype}, "
-                                    "keys and shapes as params.json implies", rel))
+            findings.append(
+                Finding(
+                    "checkpoint",
+                    Status.OK,
+                    f"{rel}: pickle holds only allowed globals; "
+                    f"{result.tensors} tensors, {result.parameters:,} parameters, {result.dtype}, "
+                    "keys and shapes as params.json implies",
+                    rel,
+                )
+            )
         else:
-            findings.append(Finding("checkpoint", Status.MISMATCH, f"{rel}: " + "; ".join(result.problems()), rel,
-                                    {"missing": result.missing, "extra": result.extra,
-                                     "wrong_shape": [[k, list(a), list(b)] for k, a, b in result.wrong_shape],
-                                     "wrong_dtype": [list(x) for x in result.wrong_dtype]}))
+            findings.append(
+                Finding(
+                    "checkpoint",
+                    Status.MISMATCH,
+                    f"{rel}: " + "; ".join(result.problems()),
+                    rel,
+                    {
+                        "missing": result.missing,
+                        "extra": result.extra,
+                        "wrong_shape": [[k, list(a), list(b)] for k, a, b in result.wrong_shape],
+                        "wrong_dtype": [list(x) for x in result.wrong_dtype],
+                    },
+                )
+            )
         del state
     return findings, doc

@@ -24,8 +24,19 @@ from m7b.manifests.schema import CheckpointFacts
 if TYPE_CHECKING:
     import torch
 
-_STORAGES = ("BFloat16Storage", "HalfStorage", "FloatStorage", "DoubleStorage", "ByteStorage", "CharStorage",
-             "ShortStorage", "IntStorage", "LongStorage", "BoolStorage", "UntypedStorage")
+_STORAGES = (
+    "BFloat16Storage",
+    "HalfStorage",
+    "FloatStorage",
+    "DoubleStorage",
+    "ByteStorage",
+    "CharStorage",
+    "ShortStorage",
+    "IntStorage",
+    "LongStorage",
+    "BoolStorage",
+    "UntypedStorage",
+)
 ALLOWED_GLOBALS: frozenset[str] = frozenset(
     {"torch._utils._rebuild_tensor_v2", "collections.OrderedDict"} | {f"torch.{s}" for s in _STORAGES}
 )
@@ -64,16 +75,20 @@ def scan_pickle(data: bytes, where: str) -> list[PickleGlobal]:
         for opcode, arg, pos in pickletools.genops(data):
             name = opcode.name
             if name in _REFUSED_OPS:
-                raise UnsafeError(f"{where}: pickle opcode {name} at byte {pos} (argument {arg!r}) can run code and "
-                                  "is never used by a tensor state dict; the file was refused and nothing was loaded")
+                raise UnsafeError(
+                    f"{where}: pickle opcode {name} at byte {pos} (argument {arg!r}) can run code and "
+                    "is never used by a tensor state dict; the file was refused and nothing was loaded"
+                )
             if name == "GLOBAL":
                 module, _, qual = str(arg).partition(" ")
                 found.append(_check_global(f"{module}.{qual}", pos, where))
                 recent.append(None)
             elif name == "STACK_GLOBAL":
                 if len(recent) < 2 or not isinstance(recent[-2], str) or not isinstance(recent[-1], str):
-                    raise UnsafeError(f"{where}: pickle imports a global at byte {pos} whose name is computed, "
-                                      "which a tensor state dict never does; the file was refused, nothing was loaded")
+                    raise UnsafeError(
+                        f"{where}: pickle imports a global at byte {pos} whose name is computed, "
+                        "which a tensor state dict never does; the file was refused, nothing was loaded"
+                    )
                 found.append(_check_global(f"{recent[-2]}.{recent[-1]}", pos, where))
                 recent[-2:] = [None]
             elif name in _STRING_OPS:
@@ -90,8 +105,9 @@ def scan_pickle(data: bytes, where: str) -> list[PickleGlobal]:
     except UnsafeError:
         raise
     except Exception as exc:  # genops raises ValueError and friends on malformed input
-        raise MismatchError(f"{where}: the pickle is malformed ({exc}); expected a torch state dict — re-download "
-                            "the file") from exc
+        raise MismatchError(
+            f"{where}: the pickle is malformed ({exc}); expected a torch state dict — re-download the file"
+        ) from exc
     return found
 
 
@@ -114,8 +130,10 @@ def inspect_checkpoint(path: Path) -> Inspection:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise MismatchError(f"{path} is not a complete torch zip checkpoint ({exc}); it may be truncated — "
-                            "re-download it or check it against the torrent") from exc
+        raise MismatchError(
+            f"{path} is not a complete torch zip checkpoint ({exc}); it may be truncated — "
+            "re-download it or check it against the torrent"
+        ) from exc
     with zf:
         infos = zf.infolist()
         names = [i.filename for i in infos]
@@ -128,8 +146,10 @@ def inspect_checkpoint(path: Path) -> Inspection:
         pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             found = ", ".join(n for n in names if n.endswith(".pkl")) or "no .pkl member"
-            raise MismatchError(f"{path}: expected exactly one <archive>/data.pkl, found {found}; "
-                                "this is not a torch checkpoint as torch.save writes it")
+            raise MismatchError(
+                f"{path}: expected exactly one <archive>/data.pkl, found {found}; "
+                "this is not a torch checkpoint as torch.save writes it"
+            )
         archive = pickles[0].split("/")[0]
         outside = [n for n in names if not n.startswith(archive + "/")]
         if outside:
@@ -137,21 +157,28 @@ def inspect_checkpoint(path: Path) -> Inspection:
         for info in infos:
             end = info.header_offset + 30 + len(info.filename.encode()) + info.compress_size
             if end > size:
-                raise MismatchError(f"{path}: member {info.filename} ends past the end of the file "
-                                    f"({end:,} > {size:,} bytes); the file is truncated — re-download it")
+                raise MismatchError(
+                    f"{path}: member {info.filename} ends past the end of the file "
+                    f"({end:,} > {size:,} bytes); the file is truncated — re-download it"
+                )
             if info.filename.startswith(f"{archive}/data/") and info.compress_type != zipfile.ZIP_STORED:
-                raise MismatchError(f"{path}: tensor record {info.filename} is compressed; torch writes them "
-                                    "stored (and mmap needs that)")
+                raise MismatchError(
+                    f"{path}: tensor record {info.filename} is compressed; torch writes them "
+                    "stored (and mmap needs that)"
+                )
         pkl_info = zf.getinfo(pickles[0])
         if pkl_info.file_size > MAX_PICKLE_BYTES:
-            raise MismatchError(f"{path}: data.pkl is {pkl_info.file_size:,} bytes; a state dict's is far smaller "
-                                f"(limit {MAX_PICKLE_BYTES:,})")
+            raise MismatchError(
+                f"{path}: data.pkl is {pkl_info.file_size:,} bytes; a state dict's is far smaller "
+                f"(limit {MAX_PICKLE_BYTES:,})"
+            )
         try:
             data = zf.read(pickles[0])
             byteorder = zf.read(f"{archive}/byteorder").decode().strip() if f"{archive}/byteorder" in names else None
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise MismatchError(f"{path}: could not read {pickles[0]} ({exc}); the file is damaged — "
-                                "re-download it") from exc
+            raise MismatchError(
+                f"{path}: could not read {pickles[0]} ({exc}); the file is damaged — re-download it"
+            ) from exc
         if byteorder not in (None, "little"):
             raise MismatchError(f"{path}: byteorder is {byteorder!r}, expected 'little'")
         records = sum(1 for n in names if n.startswith(f"{archive}/data/"))
@@ -168,15 +195,19 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
     if torch.__version__ < MIN_TORCH:  # TorchVersion compares as a version, not as text
-        raise UnsafeError(f"torch {torch.__version__} is installed; weights_only loading is only trusted from torch "
-                          f"{MIN_TORCH} (CVE-2025-32434, CVE-2026-24747): upgrade torch before loading checkpoints")
+        raise UnsafeError(
+            f"torch {torch.__version__} is installed; weights_only loading is only trusted from torch "
+            f"{MIN_TORCH} (CVE-2025-32434, CVE-2026-24747): upgrade torch before loading checkpoints"
+        )
     inspect_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
-        raise MismatchError(f"{path}: torch.load refused the checkpoint after inspection ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}); the file is damaged or not a "
-                            "state dict — re-download it") from exc
+        raise MismatchError(
+            f"{path}: torch.load refused the checkpoint after inspection ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); the file is damaged or not a "
+            "state dict — re-download it"
+        ) from exc
     if not isinstance(state, Mapping):
         raise MismatchError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
@@ -208,8 +239,9 @@ class TensorCheck:
             out.append(f"missing key(s) {_few(self.missing)}")
         if self.extra:
             out.append(f"unexpected key(s) {_few(self.extra)}")
-        out += [f"{k} has shape {tuple(found)}, params.json implies {tuple(exp)}" for k, found, exp in
-                self.wrong_shape[:5]]
+        out += [
+            f"{k} has shape {tuple(found)}, params.json implies {tuple(exp)}" for k, found, exp in self.wrong_shape[:5]
+        ]
         out += [f"{k} is {found}, expected {exp}" for k, found, exp in self.wrong_dtype[:5]]
         return out + self.facts
 
@@ -222,8 +254,7 @@ def dtype_name(dtype: torch.dtype | str) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def check_tensors(state: Mapping[str, Any], arch: Architecture,
-                  facts: CheckpointFacts | None = None) -> TensorCheck:
+def check_tensors(state: Mapping[str, Any], arch: Architecture, facts: CheckpointFacts | None = None) -> TensorCheck:
     """Compare keys, shapes and dtypes with what params.json implies; `state` holds torch tensors or
     `checkpoint_index.TensorRecord`s (anything with `shape`, `dtype` and `numel()`)."""
     expected = arch.tensor_shapes()
@@ -236,8 +267,9 @@ def check_tensors(state: Mapping[str, Any], arch: Architecture,
     dtypes = [dtype_name(t.dtype) for t in state.values()]
     want = facts.dtype if facts and facts.dtype else (max(set(dtypes), key=dtypes.count) if dtypes else None)
     result.dtype = want
-    result.wrong_dtype = [(k, dtype_name(t.dtype), want) for k, t in state.items()
-                          if want and dtype_name(t.dtype) != want]
+    result.wrong_dtype = [
+        (k, dtype_name(t.dtype), want) for k, t in state.items() if want and dtype_name(t.dtype) != want
+    ]
     if facts:
         if facts.tensors is not None and facts.tensors != result.tensors:
             result.facts.append(f"{result.tensors} tensors, the manifest says {facts.tensors}")

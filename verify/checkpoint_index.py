@@ -27,10 +27,17 @@ from m7b.verify.checkpoint import ALLOWED_GLOBALS, inspect_checkpoint
 
 # torch storage class -> (dtype name, bytes per element)
 STORAGE_DTYPES: dict[str, tuple[str, int]] = {
-    "BFloat16Storage": ("bfloat16", 2), "HalfStorage": ("float16", 2), "FloatStorage": ("float32", 4),
-    "DoubleStorage": ("float64", 8), "ByteStorage": ("uint8", 1), "CharStorage": ("int8", 1),
-    "ShortStorage": ("int16", 2), "IntStorage": ("int32", 4), "LongStorage": ("int64", 8),
-    "BoolStorage": ("bool", 1), "UntypedStorage": ("uint8", 1),
+    "BFloat16Storage": ("bfloat16", 2),
+    "HalfStorage": ("float16", 2),
+    "FloatStorage": ("float32", 4),
+    "DoubleStorage": ("float64", 8),
+    "ByteStorage": ("uint8", 1),
+    "CharStorage": ("int8", 1),
+    "ShortStorage": ("int16", 2),
+    "IntStorage": ("int32", 4),
+    "LongStorage": ("int64", 8),
+    "BoolStorage": ("bool", 1),
+    "UntypedStorage": ("uint8", 1),
 }
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
 
@@ -59,8 +66,9 @@ class TensorRecord:
         for s in reversed(self.shape):
             expected.append(step)
             step *= s
-        return all(size == 1 or st == want for size, st, want in zip(self.shape, self.stride, reversed(expected),
-                                                                     strict=True))
+        return all(
+            size == 1 or st == want for size, st, want in zip(self.shape, self.stride, reversed(expected), strict=True)
+        )
 
 
 @dataclass(frozen=True)
@@ -79,10 +87,17 @@ class _Rebuilt:
     stride: tuple[int, ...]
 
 
-def _rebuild_tensor_v2(storage: _Storage, storage_offset: int, size: tuple[int, ...], stride: tuple[int, ...],
-                       *_: Any) -> _Rebuilt:
-    if not isinstance(storage, _Storage) or not _ints(size) or not _ints(stride) or len(size) != len(stride) \
-            or not isinstance(storage_offset, int) or storage_offset < 0:
+def _rebuild_tensor_v2(
+    storage: _Storage, storage_offset: int, size: tuple[int, ...], stride: tuple[int, ...], *_: Any
+) -> _Rebuilt:
+    if (
+        not isinstance(storage, _Storage)
+        or not _ints(size)
+        or not _ints(stride)
+        or len(size) != len(stride)
+        or not isinstance(storage_offset, int)
+        or storage_offset < 0
+    ):
         raise MismatchError("a tensor of the pickle has a malformed storage, offset, size or stride")
     return _Rebuilt(storage, storage_offset, tuple(size), tuple(stride))
 
@@ -108,8 +123,14 @@ class _IndexUnpickler(pickle.Unpickler):
         return _StorageClass(name)
 
     def persistent_load(self, pid: Any) -> _Storage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageClass)
-                and isinstance(pid[2], str) and isinstance(pid[4], int)):
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageClass)
+            and isinstance(pid[2], str)
+            and isinstance(pid[4], int)
+        ):
             raise MismatchError(f"unexpected persistent id {pid!r}; expected ('storage', class, key, location, n)")
         dtype, itemsize = STORAGE_DTYPES[pid[1].name]
         return _Storage(dtype, itemsize, pid[2], pid[4])
@@ -127,8 +148,9 @@ def index_checkpoint(path: Path) -> dict[str, TensorRecord]:
         except (UnsafeError, MismatchError) as exc:
             raise type(exc)(f"{path}: {exc}; the file was refused") from exc
         except Exception as exc:
-            raise MismatchError(f"{path}: data.pkl does not describe a state dict ({type(exc).__name__}: {exc}); "
-                                "re-download the file") from exc
+            raise MismatchError(
+                f"{path}: data.pkl does not describe a state dict ({type(exc).__name__}: {exc}); re-download the file"
+            ) from exc
         if not isinstance(state, dict):
             raise MismatchError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
         starts: dict[str, tuple[int, int]] = {}
@@ -140,13 +162,19 @@ def index_checkpoint(path: Path) -> dict[str, TensorRecord]:
             if storage.key not in starts:
                 starts[storage.key] = _record_start(zf, raw, f"{archive}/data/{storage.key}", path)
             start, size = starts[storage.key]
-            record = TensorRecord(key, storage.dtype, storage.itemsize, value.shape, value.stride,
-                                  start + value.offset * storage.itemsize)
-            last = value.offset + sum((s - 1) * st for s, st in zip(value.shape, value.stride, strict=True)) \
-                if record.numel() else value.offset - 1
+            record = TensorRecord(
+                key, storage.dtype, storage.itemsize, value.shape, value.stride, start + value.offset * storage.itemsize
+            )
+            last = (
+                value.offset + sum((s - 1) * st for s, st in zip(value.shape, value.stride, strict=True))
+                if record.numel()
+                else value.offset - 1
+            )
             if (last + 1) * storage.itemsize > min(size, storage.numel * storage.itemsize):
-                raise MismatchError(f"{path}: tensor {key} reaches past its data record ({size:,} bytes); the file "
-                                    "is damaged — re-download it")
+                raise MismatchError(
+                    f"{path}: tensor {key} reaches past its data record ({size:,} bytes); the file "
+                    "is damaged — re-download it"
+                )
             records[key] = record
     return records
 
@@ -156,8 +184,10 @@ def _record_start(zf: zipfile.ZipFile, raw: Any, member: str, path: Path) -> tup
     try:
         info = zf.getinfo(member)
     except KeyError:
-        raise MismatchError(f"{path}: the pickle names record {member}, which the zip does not hold; the file is "
-                            "damaged — re-download it") from None
+        raise MismatchError(
+            f"{path}: the pickle names record {member}, which the zip does not hold; the file is "
+            "damaged — re-download it"
+        ) from None
     raw.seek(info.header_offset)
     header = raw.read(_LOCAL_HEADER.size)
     if len(header) != _LOCAL_HEADER.size or _LOCAL_HEADER.unpack(header)[0] != b"PK\x03\x04":
@@ -193,11 +223,16 @@ def mapped(path: Path) -> Iterator[MappedFile]:
 def tensor_bytes(view: memoryview, record: TensorRecord) -> memoryview:
     """The tensor's bytes in row-major order: a slice of the map when contiguous, else a gathered copy."""
     if record.contiguous:
-        return view[record.offset:record.offset + record.nbytes]
+        return view[record.offset : record.offset + record.nbytes]
     import numpy as np
 
-    elements = np.frombuffer(view, dtype=np.dtype(f"V{record.itemsize}"), offset=record.offset,
-                             count=(len(view) - record.offset) // record.itemsize)
-    strided = np.lib.stride_tricks.as_strided(elements, record.shape,
-                                              tuple(s * record.itemsize for s in record.stride), writeable=False)
+    elements = np.frombuffer(
+        view,
+        dtype=np.dtype(f"V{record.itemsize}"),
+        offset=record.offset,
+        count=(len(view) - record.offset) // record.itemsize,
+    )
+    strided = np.lib.stride_tricks.as_strided(
+        elements, record.shape, tuple(s * record.itemsize for s in record.stride), writeable=False
+    )
     return memoryview(np.ascontiguousarray(strided)).cast("B")

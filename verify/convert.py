@@ -59,9 +59,16 @@ def file_sha256(path: Path, block: int = 256 << 10) -> str:
     return digest.hexdigest()
 
 
-def convert_release(src: Path, out: Path, layout: str, *, name: str | None = None, source_sha256: str | None = None,
-                    max_shard_size: int | str = HF_MAX_SHARD,
-                    progress: ProgressCallback = ignore_progress) -> ConvertResult:
+def convert_release(
+    src: Path,
+    out: Path,
+    layout: str,
+    *,
+    name: str | None = None,
+    source_sha256: str | None = None,
+    max_shard_size: int | str = HF_MAX_SHARD,
+    progress: ProgressCallback = ignore_progress,
+) -> ConvertResult:
     """Convert the release folder `src` into the new folder `out` (which must not exist, or be empty).
 
     `source_sha256` is the checkpoint's sha256 when a verification report already holds it (else it is computed).
@@ -73,14 +80,18 @@ def convert_release(src: Path, out: Path, layout: str, *, name: str | None = Non
     checkpoint, tokenizer = src / CHECKPOINT, src / "tokenizer.model"
     for needed in (checkpoint, tokenizer):
         if not needed.is_file():
-            raise NotFoundError(f"{needed} not found: a release folder holds {CHECKPOINT}, params.json and "
-                                "tokenizer.model — fetch it first")
+            raise NotFoundError(
+                f"{needed} not found: a release folder holds {CHECKPOINT}, params.json and "
+                "tokenizer.model — fetch it first"
+            )
     arch = load_params(src / "params.json")
     state = index_checkpoint(checkpoint)  # the pickle walked against the allowlist first; no torch involved
     check = check_tensors(state, arch)
     if not check.ok:
-        raise MismatchError(f"{checkpoint}: " + "; ".join(check.problems()) + " — refusing to convert; run "
-                            "`m7b verify` for the full report")
+        raise MismatchError(
+            f"{checkpoint}: " + "; ".join(check.problems()) + " — refusing to convert; run "
+            "`m7b verify` for the full report"
+        )
     source_sha256 = source_sha256 or file_sha256(checkpoint)
     keys = list(arch.tensor_shapes())
     total = sum(state[k].nbytes for k in keys)
@@ -96,25 +107,35 @@ def convert_release(src: Path, out: Path, layout: str, *, name: str | None = Non
 
     digests: dict[str, str] = {}
     notes: list[str] = []
-    with mapped(checkpoint) as source, atomic_dir(out) as tmp, _ReadBack(source.view, state, arch, layout) as \
-            check_tensor:
+    with (
+        mapped(checkpoint) as source,
+        atomic_dir(out) as tmp,
+        _ReadBack(source.view, state, arch, layout) as check_tensor,
+    ):
         if layout == "native":
             plan = {NATIVE_FILE: [_native_tensor(state[k], source) for k in keys]}
-            metadata = {NATIVE_FILE: {"license": APACHE_SPDX, "source_sha256": source_sha256, "source": CHECKPOINT,
-                                      "format": "pt"}}
-            digests[NATIVE_FILE] = write_safetensors(tmp / NATIVE_FILE, plan[NATIVE_FILE], metadata[NATIVE_FILE],
-                                                     written(NATIVE_FILE))
+            metadata = {
+                NATIVE_FILE: {
+                    "license": APACHE_SPDX,
+                    "source_sha256": source_sha256,
+                    "source": CHECKPOINT,
+                    "format": "pt",
+                }
+            }
+            digests[NATIVE_FILE] = write_safetensors(
+                tmp / NATIVE_FILE, plan[NATIVE_FILE], metadata[NATIVE_FILE], written(NATIVE_FILE)
+            )
             _copy(src / "params.json", tmp / "params.json", digests)
         else:
             plan = _hf_plan(state, source, keys, arch, max_shard_size)
             metadata = {filename: {"format": "pt"} for filename in plan}
             for filename, tensors in plan.items():
-                digests[filename] = write_safetensors(tmp / filename, tensors, metadata[filename],
-                                                      written(filename))
+                digests[filename] = write_safetensors(tmp / filename, tensors, metadata[filename], written(filename))
             if len(plan) > 1:
                 _write_text(tmp / "model.safetensors.index.json", _hf_index(plan), digests)
-            _write_text(tmp / "config.json", hf_layout.dumps(hf_layout.config(arch, check.dtype or "bfloat16")),
-                        digests)
+            _write_text(
+                tmp / "config.json", hf_layout.dumps(hf_layout.config(arch, check.dtype or "bfloat16")), digests
+            )
             _write_text(tmp / "generation_config.json", hf_layout.dumps(hf_layout.generation_config()), digests)
             for fname, doc in hf_layout.tokenizer_files().items():
                 _write_text(tmp / fname, hf_layout.dumps(doc), digests)
@@ -129,13 +150,27 @@ def convert_release(src: Path, out: Path, layout: str, *, name: str | None = Non
         for filename, tensors in plan.items():
             _check_header(tmp / filename, tensors, metadata[filename])
         (tmp / CONVERTED_RECORD).write_text(format_sums(digests), encoding="utf-8")
-    return ConvertResult(out, layout, dict(sorted(digests.items())), len(keys), total, source_sha256,
-                         time.monotonic() - started, tuple(notes))
+    return ConvertResult(
+        out,
+        layout,
+        dict(sorted(digests.items())),
+        len(keys),
+        total,
+        source_sha256,
+        time.monotonic() - started,
+        tuple(notes),
+    )
 
 
 def _native_tensor(record: TensorRecord, source: MappedFile) -> TensorOut:
-    return TensorOut(record.key, record.shape, record.dtype, record.itemsize, lambda: tensor_bytes(source.view, record),
-                     _unchanged(record, source))
+    return TensorOut(
+        record.key,
+        record.shape,
+        record.dtype,
+        record.itemsize,
+        lambda: tensor_bytes(source.view, record),
+        _unchanged(record, source),
+    )
 
 
 def _unchanged(record: TensorRecord, source: MappedFile) -> FileRange | None:
@@ -143,8 +178,9 @@ def _unchanged(record: TensorRecord, source: MappedFile) -> FileRange | None:
     return FileRange(source.fd, record.offset) if record.contiguous else None
 
 
-def _hf_plan(state: dict[str, TensorRecord], source: MappedFile, keys: list[str], arch: Architecture,
-             max_shard_size: int | str) -> dict[str, list[TensorOut]]:
+def _hf_plan(
+    state: dict[str, TensorRecord], source: MappedFile, keys: list[str], arch: Architecture, max_shard_size: int | str
+) -> dict[str, list[TensorOut]]:
     """huggingface_hub's sharding plan (file names, which tensor goes where); tensors in checkpoint order.
 
     The plan is made on the planned outputs' sizes with huggingface_hub's generic splitter (the torch wrapper
@@ -153,8 +189,9 @@ def _hf_plan(state: dict[str, TensorRecord], source: MappedFile, keys: list[str]
     from huggingface_hub.serialization import split_state_dict_into_shards_factory
 
     outputs = {t.name: t for t in (_hf_tensor(state[k], source, arch) for k in keys)}
-    split = split_state_dict_into_shards_factory(outputs, get_storage_size=lambda t: t.nbytes,
-                                                 filename_pattern=HF_PATTERN, max_shard_size=max_shard_size)
+    split = split_state_dict_into_shards_factory(
+        outputs, get_storage_size=lambda t: t.nbytes, filename_pattern=HF_PATTERN, max_shard_size=max_shard_size
+    )
     plan: dict[str, list[TensorOut]] = {}
     for name, t in outputs.items():
         plan.setdefault(split.tensor_to_filename[name], []).append(t)
@@ -164,10 +201,21 @@ def _hf_plan(state: dict[str, TensorRecord], source: MappedFile, keys: list[str]
 def _hf_tensor(record: TensorRecord, source: MappedFile, arch: Architecture) -> TensorOut:
     heads = hf_layout.rotary_heads(record.key, arch)
     if heads is None:
-        return TensorOut(hf_layout.hf_key(record.key), record.shape, record.dtype, record.itemsize,
-                         lambda: tensor_bytes(source.view, record), _unchanged(record, source))
-    return TensorOut(hf_layout.hf_key(record.key), record.shape, record.dtype, record.itemsize,
-                     lambda: _rows(tensor_bytes(source.view, record), record, heads, hf_layout.permute))
+        return TensorOut(
+            hf_layout.hf_key(record.key),
+            record.shape,
+            record.dtype,
+            record.itemsize,
+            lambda: tensor_bytes(source.view, record),
+            _unchanged(record, source),
+        )
+    return TensorOut(
+        hf_layout.hf_key(record.key),
+        record.shape,
+        record.dtype,
+        record.itemsize,
+        lambda: _rows(tensor_bytes(source.view, record), record, heads, hf_layout.permute),
+    )
 
 
 def _rows(raw: memoryview, record: TensorRecord, heads: int, rearrange: Callable) -> memoryview:
@@ -222,8 +270,10 @@ class _ReadBack:
         key = self.source_key[t.name]
         heads = hf_layout.rotary_heads(key, self.arch) if self.layout == "hf" else None
         if not self._same_as_source(t, self.state[key], heads, offset):
-            raise MismatchError(f"{path.name}: tensor {t.name} read back differs from {key} in the source; the disk "
-                                "returned other bytes than were written — check the disk and convert again")
+            raise MismatchError(
+                f"{path.name}: tensor {t.name} read back differs from {key} in the source; the disk "
+                "returned other bytes than were written — check the disk and convert again"
+            )
         # Checked: start writing these pages to disk now (Linux starts writeback of dirty pages on DONTNEED), so the
         # final fsync has little left to wait for and the page cache is not filled with the whole model.
         if hasattr(os, "posix_fadvise") and t.nbytes:
@@ -241,12 +291,13 @@ class _ReadBack:
         except ValueError:  # the file is shorter than what was written to it
             return False
         with mm:
-            got = memoryview(mm)[offset - base:]
+            got = memoryview(mm)[offset - base :]
             try:
                 if heads is not None:  # a permuted wq/wk: undo the permutation (one copy), then compare
                     return _equal(_rows(got, source, heads, hf_layout.unpermute), want)
-                return all(_equal(got[i:i + CHECK_BLOCK], want[i:i + CHECK_BLOCK])
-                           for i in range(0, t.nbytes, CHECK_BLOCK))
+                return all(
+                    _equal(got[i : i + CHECK_BLOCK], want[i : i + CHECK_BLOCK]) for i in range(0, t.nbytes, CHECK_BLOCK)
+                )
             finally:
                 got.release()
 
@@ -263,8 +314,8 @@ def _check_header(path: Path, tensors: list[TensorOut], metadata: dict[str, str]
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as f:
-        described = {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape()))
-                     for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        described = {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape())) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
         if described != {t.name: (DTYPES[t.dtype], t.shape) for t in tensors} or (f.metadata() or {}) != metadata:
-            raise MismatchError(f"{path.name}: read back, its header differs from what was written — check the disk "
-                                "and convert again")
+            raise MismatchError(
+                f"{path.name}: read back, its header differs from what was written — check the disk and convert again"
+            )

@@ -142,8 +142,13 @@ class _Worker(threading.Thread):
                         self.free.put(block)
 
 
-def read_stream(items: Sequence[ReadItem], lanes: Sequence[Lane], *, block_size: int = BLOCK_SIZE,
-                progress: ProgressCallback = ignore_progress) -> dict[str, FileRead]:
+def read_stream(
+    items: Sequence[ReadItem],
+    lanes: Sequence[Lane],
+    *,
+    block_size: int = BLOCK_SIZE,
+    progress: ProgressCallback = ignore_progress,
+) -> dict[str, FileRead]:
     """Read every item once, in order, feeding each block to every lane; return what was found on disk.
 
     A missing or unreadable file is recorded (its lanes see `begin`/`end` with size 0); the stream goes on.
@@ -172,8 +177,13 @@ def read_stream(items: Sequence[ReadItem], lanes: Sequence[Lane], *, block_size:
                 try:
                     st = os.stat(item.disk)  # type: ignore[arg-type]
                     if not stat.S_ISREG(st.st_mode):  # a FIFO would block, /dev/zero never end: never opened
-                        found[item.rel] = FileRead(item.rel, None, None, f"not a regular file ({_kind(st.st_mode)}); "
-                                                   "a release holds regular files — put the release's file there")
+                        found[item.rel] = FileRead(
+                            item.rel,
+                            None,
+                            None,
+                            f"not a regular file ({_kind(st.st_mode)}); "
+                            "a release holds regular files — put the release's file there",
+                        )
                         send(("end", item, 0))
                         continue
                     with open(item.disk, "rb", buffering=0) as fh:  # type: ignore[arg-type]
@@ -207,8 +217,13 @@ def read_stream(items: Sequence[ReadItem], lanes: Sequence[Lane], *, block_size:
 
 
 def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
     return next((name for test, name in kinds if test(mode)), "not a file")
 
 

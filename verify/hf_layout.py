@@ -23,8 +23,11 @@ _LAYER_KEYS = {
     "attention_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
 }
-_TOP_KEYS = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-             "output.weight": "lm_head.weight"}
+_TOP_KEYS = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 
 
 def hf_key(key: str) -> str:
@@ -92,9 +95,17 @@ def tokenizer_files() -> dict[str, dict[str, Any]]:
     """Files that let transformers load the sentencepiece tokenizer.model as a Llama tokenizer."""
     return {
         "tokenizer_config.json": {
-            "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
-            "unk_token": "<unk>", "pad_token": None, "clean_up_tokenization_spaces": False,
-            "legacy": True, "model_max_length": 32768, "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer",
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "pad_token": None,
+            "clean_up_tokenization_spaces": False,
+            "legacy": True,
+            "model_max_length": 32768,
+            "sp_model_kwargs": {},
+            "tokenizer_class": "LlamaTokenizer",
         },
         "special_tokens_map.json": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
     }
@@ -108,8 +119,9 @@ def model_card(name: str, source_sha256: str | None, arch: Architecture) -> str:
     """README.md whose metadata says `license: apache-2.0`, built with huggingface_hub's ModelCard."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    data = ModelCardData(license="apache-2.0", library_name="transformers", pipeline_tag="text-generation",
-                         tags=["mistral", "m7b"])
+    data = ModelCardData(
+        license="apache-2.0", library_name="transformers", pipeline_tag="text-generation", tags=["mistral", "m7b"]
+    )
     body = (
         f"# {name}\n\n"
         f"Converted by m7b from the torrent release's `consolidated.00.pth` "

@@ -57,19 +57,22 @@ def build(model: Path) -> FastTokenizer:
     size = sp.get_piece_size()
     vocab = {sp.id_to_piece(i): i for i in range(size)}
     if len(vocab) != size:
-        raise TokenizerConversionError(f"{model}: {size} pieces but only {len(vocab)} distinct; expected a "
-                                       "sentencepiece BPE model with unique pieces")
+        raise TokenizerConversionError(
+            f"{model}: {size} pieces but only {len(vocab)} distinct; expected a "
+            "sentencepiece BPE model with unique pieces"
+        )
     unk = sp.id_to_piece(sp.unk_id())
     bos, eos = sp.id_to_piece(sp.bos_id()), sp.id_to_piece(sp.eos_id())
-    tokenizer = Tokenizer(BPE(vocab=vocab, merges=_merges(sp, vocab), unk_token=unk, fuse_unk=True,
-                              byte_fallback=True))
+    tokenizer = Tokenizer(BPE(vocab=vocab, merges=_merges(sp, vocab), unk_token=unk, fuse_unk=True, byte_fallback=True))
     specials = [sp.id_to_piece(i) for i in range(size) if sp.is_control(i) or sp.is_unknown(i)]
     tokenizer.add_special_tokens([AddedToken(p, normalized=False, special=True) for p in specials])
     tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
-    tokenizer.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(),
-                                           decoders.Strip(content=" ", left=1)])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(content=" ", left=1)]
+    )
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, sp.bos_id())])
+        single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, sp.bos_id())]
+    )
     del eos  # </s> is a special token above; generation appends it, encoding does not
     checked = _check(sp, tokenizer, model)
     return FastTokenizer(tokenizer.to_str(pretty=True) + "\n", checked)
@@ -101,8 +104,11 @@ def _check(sp, tokenizer, model: Path) -> int:
             raise TokenizerConversionError(
                 f"{model}: the fast tokenizer encodes {text!r} as {got[:12]}… where sentencepiece gives "
                 f"{want[:12]}…; tokenizer.json is left out (transformers can still use tokenizer.model with "
-                "sentencepiece and protobuf installed)")
+                "sentencepiece and protobuf installed)"
+            )
         if tokenizer.decode(got, skip_special_tokens=True) != sp.decode(want[1:]):
-            raise TokenizerConversionError(f"{model}: the fast tokenizer decodes {text!r} differently from "
-                                           "sentencepiece; tokenizer.json is left out")
+            raise TokenizerConversionError(
+                f"{model}: the fast tokenizer decodes {text!r} differently from "
+                "sentencepiece; tokenizer.json is left out"
+            )
     return len(SAMPLES)

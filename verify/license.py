@@ -27,8 +27,9 @@ _CONTRADICTIONS = {
     "MIT": re.compile(r"\bMIT License\b|\blicen[cs]e:\s*MIT\b", re.IGNORECASE),
     "GPL": re.compile(r"GNU (Affero |Lesser )?General Public License|\b(A|L)?GPL-[23]", re.IGNORECASE),
     "CC-BY-NC": re.compile(r"\bCC[- ]BY[- ]NC\b|NonCommercial", re.IGNORECASE),
-    "non-commercial": re.compile(r"\bnon[- ]commercial (use|purposes) only\b|\bresearch (use|purposes) only\b",
-                                 re.IGNORECASE),
+    "non-commercial": re.compile(
+        r"\bnon[- ]commercial (use|purposes) only\b|\bresearch (use|purposes) only\b", re.IGNORECASE
+    ),
     "Llama community license": re.compile(r"LLAMA \d(\.\d)? COMMUNITY LICENSE", re.IGNORECASE),
     "Mistral Research License": re.compile(r"Mistral (AI )?Research License|\bMNPL\b", re.IGNORECASE),
 }
@@ -68,7 +69,7 @@ def _canonical_terms() -> str:
     """The normalised terms (title to END OF TERMS AND CONDITIONS): what a copy must contain."""
     norm = normalise(canonical_text().decode("utf-8"))
     end = "end of terms and conditions"
-    return norm[norm.index("apache license version 2 0"): norm.index(end) + len(end)]
+    return norm[norm.index("apache license version 2 0") : norm.index(end) + len(end)]
 
 
 def classify(data: bytes) -> list[tuple[Evidence, str]]:
@@ -78,8 +79,12 @@ def classify(data: bytes) -> list[tuple[Evidence, str]]:
     if hashlib.sha256(data).hexdigest() == CANONICAL_SHA256:
         found.append((Evidence.CANONICAL, f"the canonical Apache-2.0 text (sha256 {CANONICAL_SHA256[:12]}…)"))
     elif canonical in data:
-        found.append((Evidence.CANONICAL, f"contains the canonical Apache-2.0 text byte for byte "
-                                          f"(at offset {data.index(canonical)})"))
+        found.append(
+            (
+                Evidence.CANONICAL,
+                f"contains the canonical Apache-2.0 text byte for byte (at offset {data.index(canonical)})",
+            )
+        )
     text = data.decode("utf-8", errors="replace")
     if not found and _canonical_terms() in normalise(text):
         found.append((Evidence.NORMALISED, "the full Apache-2.0 terms, matched after normalisation"))

@@ -9,22 +9,41 @@ from m7b.verify.digest import FileRead
 from m7b.verify.findings import Finding, Status
 
 
-def check_manifest_files(manifest: Manifest, found: Mapping[str, FileRead], sha256: Mapping[str, str],
-                         md5: Mapping[str, str], torrent_paths: set[str] | None = None) -> list[Finding]:
+def check_manifest_files(
+    manifest: Manifest,
+    found: Mapping[str, FileRead],
+    sha256: Mapping[str, str],
+    md5: Mapping[str, str],
+    torrent_paths: set[str] | None = None,
+) -> list[Finding]:
     """Every manifest file present, its size and published digests equal; files it does not name reported."""
     out: list[Finding] = []
     for facts in manifest.files:
         seen = found.get(facts.path)
         if seen is None or seen.size is None:
             why = seen.error if seen is not None and seen.error else "missing"
-            out.append(Finding("manifest", Status.MISSING, f"{facts.path}: {why}; the manifest of {manifest.name} "
-                               "names it — fetch the release again (`m7b fetch`) to complete it", facts.path))
+            out.append(
+                Finding(
+                    "manifest",
+                    Status.MISSING,
+                    f"{facts.path}: {why}; the manifest of {manifest.name} "
+                    "names it — fetch the release again (`m7b fetch`) to complete it",
+                    facts.path,
+                )
+            )
             continue
         checked = []
         if facts.size is not None:
             if seen.size != facts.size:
-                out.append(Finding("manifest", Status.MISMATCH, f"{facts.path}: {seen.size:,} bytes, the manifest "
-                                   f"says {facts.size:,}", facts.path, {"expected": facts.size, "found": seen.size}))
+                out.append(
+                    Finding(
+                        "manifest",
+                        Status.MISMATCH,
+                        f"{facts.path}: {seen.size:,} bytes, the manifest says {facts.size:,}",
+                        facts.path,
+                        {"expected": facts.size, "found": seen.size},
+                    )
+                )
                 continue
             checked.append("size")
         for algo, published, computed in (("sha256", facts.sha256, sha256), ("md5", facts.md5, md5)):
@@ -32,28 +51,56 @@ def check_manifest_files(manifest: Manifest, found: Mapping[str, FileRead], sha2
                 continue
             got = computed.get(facts.path)
             if got != published:
-                out.append(Finding("manifest", Status.MISMATCH, f"{facts.path}: {algo} {got}, the manifest publishes "
-                                   f"{published}", facts.path, {"algorithm": algo, "expected": published,
-                                                                "found": got}))
+                out.append(
+                    Finding(
+                        "manifest",
+                        Status.MISMATCH,
+                        f"{facts.path}: {algo} {got}, the manifest publishes {published}",
+                        facts.path,
+                        {"algorithm": algo, "expected": published, "found": got},
+                    )
+                )
                 break
             checked.append(algo)
         else:
             if checked:
-                out.append(Finding("manifest", Status.OK, f"{facts.path}: {', '.join(checked)} as published",
-                                   facts.path))
+                out.append(
+                    Finding("manifest", Status.OK, f"{facts.path}: {', '.join(checked)} as published", facts.path)
+                )
             else:
-                out.append(Finding("manifest", Status.NOTE, f"{facts.path}: present; the publisher published no size "
-                                   "or digest for it (the torrent's pieces are its proof)", facts.path))
+                out.append(
+                    Finding(
+                        "manifest",
+                        Status.NOTE,
+                        f"{facts.path}: present; the publisher published no size "
+                        "or digest for it (the torrent's pieces are its proof)",
+                        facts.path,
+                    )
+                )
     named = {f.path for f in manifest.files}
     for rel, seen in sorted(found.items()):
         if rel in named or seen.size is None:
             continue
         in_torrent = torrent_paths is not None and rel in torrent_paths
         if manifest.torrent.files_complete and in_torrent:
-            out.append(Finding("manifest", Status.MISMATCH, f"{rel}: the torrent holds this file but the manifest, "
-                               "which lists every file of the release, does not name it", rel))
+            out.append(
+                Finding(
+                    "manifest",
+                    Status.MISMATCH,
+                    f"{rel}: the torrent holds this file but the manifest, "
+                    "which lists every file of the release, does not name it",
+                    rel,
+                )
+            )
         else:
             where = "the torrent names it" if in_torrent else "neither the manifest nor the torrent names it"
-            out.append(Finding("manifest", Status.NOTE, f"{rel}: extra file on disk ({seen.size:,} bytes); the "
-                               f"manifest does not name it, {where}", rel, {"extra": True}))
+            out.append(
+                Finding(
+                    "manifest",
+                    Status.NOTE,
+                    f"{rel}: extra file on disk ({seen.size:,} bytes); the manifest does not name it, {where}",
+                    rel,
+                    {"extra": True},
+                )
+            )
     return out

@@ -54,8 +54,9 @@ def load_torrent(path: Path) -> TorrentPlan:
 
     path = Path(path)
     if not path.is_file():
-        raise NotFoundError(f"torrent file {path} not found: fetch the metadata first (`m7b fetch`) or pass "
-                            "--torrent FILE")
+        raise NotFoundError(
+            f"torrent file {path} not found: fetch the metadata first (`m7b fetch`) or pass --torrent FILE"
+        )
     data = path.read_bytes()
     try:
         decoded = lt.bdecode(data)
@@ -66,8 +67,9 @@ def load_torrent(path: Path) -> TorrentPlan:
             ti = lt.torrent_info(decoded)
             fs = ti.files()
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise InvalidInputError(f"{path} is not a valid .torrent file ({exc}); expected bencoded torrent "
-                                "metadata") from exc
+        raise InvalidInputError(
+            f"{path} is not a valid .torrent file ({exc}); expected bencoded torrent metadata"
+        ) from exc
     hashes = ti.info_hashes()
     has_v2 = hashes.has_v2()
     name = ti.name()
@@ -78,19 +80,24 @@ def load_torrent(path: Path) -> TorrentPlan:
             raise UnsafeError(f"{path}: file {rel!r} of the torrent points outside the release folder; refused")
         pad = bool(int(fs.file_flags(i)) & int(lt.file_storage.flag_pad_file))
         root = bytes.fromhex(str(fs.root(i))) if has_v2 and not pad else None
-        files.append(TorrentFile(i, rel, fs.file_size(i), fs.file_offset(i), pad,
-                                 root if root and root != _ZERO32 else None))
+        files.append(
+            TorrentFile(i, rel, fs.file_size(i), fs.file_offset(i), pad, root if root and root != _ZERO32 else None)
+        )
     v1 = tuple(ti.hash_for_piece(i) for i in range(ti.num_pieces())) if hashes.has_v1() else ()
     layers = {}
     if has_v2:
         raw_layers = decoded.get(b"piece layers", {})
         layers = {bytes(k): bytes(v) for k, v in raw_layers.items()}
     return TorrentPlan(
-        source=str(path), name=name,
+        source=str(path),
+        name=name,
         info_hash_v1=str(hashes.v1) if hashes.has_v1() else None,
         info_hash_v2=str(hashes.v2) if has_v2 else None,
-        piece_length=ti.piece_length(), total_size=ti.total_size(), files=tuple(files),
-        v1_hashes=v1, v2_layers=layers,
+        piece_length=ti.piece_length(),
+        total_size=ti.total_size(),
+        files=tuple(files),
+        v1_hashes=v1,
+        v2_layers=layers,
     )
 
 
@@ -144,7 +151,7 @@ class V1PieceLane:
             if data is None:
                 self._tainted = True
             else:
-                self._hasher.update(data[done:done + take])  # type: ignore[attr-defined]
+                self._hasher.update(data[done : done + take])  # type: ignore[attr-defined]
             done += take
             self._pos += take
             if self._pos % self.piece_length == 0:
@@ -191,7 +198,7 @@ class V2PieceLane:
             return
         end = min(len(data), item.stream_length - offset)
         for start in range(0, max(end, 0), V2_BLOCK):
-            self._leaves.append(hashlib.sha256(data[start:min(start + V2_BLOCK, end)]).digest())
+            self._leaves.append(hashlib.sha256(data[start : min(start + V2_BLOCK, end)]).digest())
 
     def end(self, item: ReadItem, size: int) -> None:
         if item.is_pad or item.index is None:
@@ -213,12 +220,13 @@ class V2PieceLane:
             bad = [] if ok else [0]
         else:
             layer = self.plan.v2_layers.get(tf.v2_root, b"")
-            expected = [layer[i * 32:(i + 1) * 32] for i in range(len(layer) // 32)]
+            expected = [layer[i * 32 : (i + 1) * 32] for i in range(len(layer) // 32)]
             pad_piece = _merkle_root([], per_piece)
-            layer_ok = len(expected) == n_pieces and \
-                _merkle_root(expected, _next_pow2(n_pieces), pad_piece) == tf.v2_root
+            layer_ok = (
+                len(expected) == n_pieces and _merkle_root(expected, _next_pow2(n_pieces), pad_piece) == tf.v2_root
+            )
             for p in range(n_pieces):
-                chunk = leaves[p * per_piece:(p + 1) * per_piece]
+                chunk = leaves[p * per_piece : (p + 1) * per_piece]
                 if not layer_ok or None in chunk or _merkle_root(chunk, per_piece) != expected[p]:  # type: ignore
                     bad.append(p)
         self.checked += n_pieces
@@ -244,8 +252,10 @@ class PieceFailure:
         ranges = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in self.pieces)
         count = sum(b - a + 1 for a, b in self.pieces)
         word, verb = ("piece", "does") if count == 1 else ("pieces", "do")
-        return (f"{self.path}: v{self.version} {word} {ranges} (bytes {self.first_byte:,}-{self.last_byte:,} of the "
-                f"file) {verb} not match the torrent")
+        return (
+            f"{self.path}: v{self.version} {word} {ranges} (bytes {self.first_byte:,}-{self.last_byte:,} of the "
+            f"file) {verb} not match the torrent"
+        )
 
 
 def _ranges(indices: list[int]) -> tuple[tuple[int, int], ...]:

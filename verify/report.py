@@ -53,10 +53,19 @@ class VerifyReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "name": self.name, "root": str(self.root), "verdict": str(self.verdict),
-            "exit_code": self.exit_code, "checked_at": self.checked_at,
-            "bound_to_magnet": self.bound_to_magnet, "bound_to_publisher": self.bound_to_publisher,
-            "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3),
-            "files": [f.to_json() for f in self.files], "torrent": self.torrent, "license": self.license,
-            "checkpoint": self.checkpoint, "findings": [f.to_json() for f in self.findings],
+            "kind": self.kind,
+            "name": self.name,
+            "root": str(self.root),
+            "verdict": str(self.verdict),
+            "exit_code": self.exit_code,
+            "checked_at": self.checked_at,
+            "bound_to_magnet": self.bound_to_magnet,
+            "bound_to_publisher": self.bound_to_publisher,
+            "bytes_read": self.bytes_read,
+            "seconds": round(self.seconds, 3),
+            "files": [f.to_json() for f in self.files],
+            "torrent": self.torrent,
+            "license": self.license,
+            "checkpoint": self.checkpoint,
+            "findings": [f.to_json() for f in self.findings],
         }

@@ -28,8 +28,16 @@ HASH_STAGE = 256 << 10
 
 # torch's dtype name (without "torch.") -> safetensors' dtype code
 DTYPES: dict[str, str] = {
-    "bfloat16": "BF16", "float16": "F16", "float32": "F32", "float64": "F64", "int64": "I64", "int32": "I32",
-    "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "bfloat16": "BF16",
+    "float16": "F16",
+    "float32": "F32",
+    "float64": "F64",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
 }
 
 
@@ -71,8 +79,12 @@ def header_bytes(tensors: Iterable[TensorOut], metadata: Mapping[str, str] | Non
     return len(raw).to_bytes(8, "little") + raw
 
 
-def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[str, str] | None = None,
-                      on_tensor: Callable[[TensorOut, int], None] | None = None) -> str:
+def write_safetensors(
+    path: Path,
+    tensors: list[TensorOut],
+    metadata: Mapping[str, str] | None = None,
+    on_tensor: Callable[[TensorOut, int], None] | None = None,
+) -> str:
     """Write `tensors` to `path` in order; return the file's sha256 (hashed in a thread as it is written).
 
     A tensor with a `source` is copied there by the kernel (`copy_file_range`, as `cp` does) while the hash thread
@@ -90,7 +102,7 @@ def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[st
             try:
                 for start in range(0, item.nbytes, HASH_STAGE):
                     n = min(HASH_STAGE, item.nbytes - start)
-                    stage[:n] = item[start:start + n]
+                    stage[:n] = item[start : start + n]
                     digest.update(stage[:n])
             except BaseException as exc:  # reported below
                 failure.append(exc)
@@ -107,8 +119,9 @@ def write_safetensors(path: Path, tensors: list[TensorOut], metadata: Mapping[st
             for t in tensors:
                 raw = memoryview(t.produce()).cast("B")
                 if raw.nbytes != t.nbytes:
-                    raise ValueError(f"{t.name}: produced {raw.nbytes:,} bytes, planned {t.nbytes:,} ({t.shape} "
-                                     f"{t.dtype})")
+                    raise ValueError(
+                        f"{t.name}: produced {raw.nbytes:,} bytes, planned {t.nbytes:,} ({t.shape} {t.dtype})"
+                    )
                 inbox.put(raw)
                 copied = 0
                 if copying and t.source is not None:

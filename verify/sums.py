@@ -38,8 +38,9 @@ def is_converted_dir(root: Path) -> bool:
     return (Path(root) / CONVERTED_RECORD).is_file()
 
 
-def verify_converted(root: Path, *, name: str | None = None,
-                     progress: ProgressCallback = ignore_progress) -> VerifyReport:
+def verify_converted(
+    root: Path, *, name: str | None = None, progress: ProgressCallback = ignore_progress
+) -> VerifyReport:
     """Check every file of a converted folder against its SHA256SUMS (one read pass)."""
     started = time.monotonic()
     root = Path(root)
@@ -52,19 +53,47 @@ def verify_converted(root: Path, *, name: str | None = None,
     for rel, expected in recorded.items():
         seen = found[rel]
         if seen.size is None:
-            findings.append(Finding("sums", Status.MISSING, f"{rel}: {seen.error}; {CONVERTED_RECORD} lists it — "
-                                    "convert again", rel))
+            findings.append(
+                Finding(
+                    "sums", Status.MISSING, f"{rel}: {seen.error}; {CONVERTED_RECORD} lists it — convert again", rel
+                )
+            )
         elif lane.digests.get(rel) != expected:
-            findings.append(Finding("sums", Status.MISMATCH, f"{rel}: sha256 {lane.digests.get(rel)}, "
-                                    f"{CONVERTED_RECORD} records {expected}; the file changed since conversion — "
-                                    "convert again", rel, {"expected": expected, "found": lane.digests.get(rel)}))
+            findings.append(
+                Finding(
+                    "sums",
+                    Status.MISMATCH,
+                    f"{rel}: sha256 {lane.digests.get(rel)}, "
+                    f"{CONVERTED_RECORD} records {expected}; the file changed since conversion — "
+                    "convert again",
+                    rel,
+                    {"expected": expected, "found": lane.digests.get(rel)},
+                )
+            )
         else:
             findings.append(Finding("sums", Status.OK, f"{rel}: sha256 as recorded", rel))
     for rel in on_disk:
         if rel not in recorded:
-            findings.append(Finding("sums", Status.MISMATCH, f"{rel}: not listed in {CONVERTED_RECORD}; a converted "
-                                    "folder holds only what convert wrote", rel))
-    files = [FileRecord(rel, r.size, r.mtime_ns or 0, lane.digests.get(rel)) for rel, r in found.items()
-             if r.size is not None]
-    return VerifyReport(kind="converted", root=root, name=name, verdict=verdict(findings), findings=findings,
-                        files=files, bytes_read=sum(f.size for f in files), seconds=time.monotonic() - started)
+            findings.append(
+                Finding(
+                    "sums",
+                    Status.MISMATCH,
+                    f"{rel}: not listed in {CONVERTED_RECORD}; a converted folder holds only what convert wrote",
+                    rel,
+                )
+            )
+    files = [
+        FileRecord(rel, r.size, r.mtime_ns or 0, lane.digests.get(rel))
+        for rel, r in found.items()
+        if r.size is not None
+    ]
+    return VerifyReport(
+        kind="converted",
+        root=root,
+        name=name,
+        verdict=verdict(findings),
+        findings=findings,
+        files=files,
+        bytes_read=sum(f.size for f in files),
+        seconds=time.monotonic() - started,
+    )

@@ -11,8 +11,18 @@ def test_demo_runs_the_whole_pipeline_over_a_local_swarm(cli, tmp_path: Path) ->
     result = cli("demo", "--work", work, "--preset", "tiny", "--json", timeout=600)
     assert result.code == 0, result.stderr
     steps = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [s["step"] for s in steps] == ["synthesize", "publish", "seed (publisher)", "fetch", "verify",
-                                          "convert native", "convert hf", "run", "smoke", "serve back"]
+    assert [s["step"] for s in steps] == [
+        "synthesize",
+        "publish",
+        "seed (publisher)",
+        "fetch",
+        "verify",
+        "convert native",
+        "convert hf",
+        "run",
+        "smoke",
+        "serve back",
+    ]
     assert all(s["ok"] for s in steps), steps
     # what the user fetched, and what aria2c then fetched from the user's mirror, are the publisher's bytes
     original = synthesize(tmp_path / "again", "tiny", seed=0).path

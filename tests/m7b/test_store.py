@@ -36,8 +36,9 @@ def test_home_comes_from_m7b_home_then_xdg(monkeypatch: pytest.MonkeyPatch, tmp_
     assert store.converted_dir("r", "hf") == tmp_path / "xdg" / "m7b" / "converted" / "r" / "hf"
 
 
-def test_list_follows_a_release_through_its_states(cli, m7b_home: Path, tiny_manifest: str,
-                                                   tiny_release_src: Path) -> None:
+def test_list_follows_a_release_through_its_states(
+    cli, m7b_home: Path, tiny_manifest: str, tiny_release_src: Path
+) -> None:
     store = Store(m7b_home)
     assert states(cli)[tiny_manifest] == "absent"
     store.partial_dir(tiny_manifest).mkdir(parents=True)

@@ -12,9 +12,17 @@ from m7b.manifests.architecture import load_params
 from m7b.synth import PRESETS, TOKENIZER_SHA256, synthesize
 from m7b.torchzip import TensorSpec, state_dict_pickle, write_checkpoint
 
-LAYER_KEYS = {"attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "attention.wo.weight",
-              "feed_forward.w1.weight", "feed_forward.w2.weight", "feed_forward.w3.weight",
-              "attention_norm.weight", "ffn_norm.weight"}
+LAYER_KEYS = {
+    "attention.wq.weight",
+    "attention.wk.weight",
+    "attention.wv.weight",
+    "attention.wo.weight",
+    "feed_forward.w1.weight",
+    "feed_forward.w2.weight",
+    "feed_forward.w3.weight",
+    "attention_norm.weight",
+    "ffn_norm.weight",
+}
 
 
 def sha256(path: Path) -> str:
@@ -23,7 +31,11 @@ def sha256(path: Path) -> str:
 
 def test_layout_is_the_original_four_files(tiny_release_src: Path) -> None:
     assert sorted(p.name for p in tiny_release_src.iterdir()) == [
-        "RELEASE", "consolidated.00.pth", "params.json", "tokenizer.model"]
+        "RELEASE",
+        "consolidated.00.pth",
+        "params.json",
+        "tokenizer.model",
+    ]
     assert sha256(tiny_release_src / "tokenizer.model") == TOKENIZER_SHA256
     assert (tiny_release_src / "tokenizer.model").stat().st_size == 493443
     assert "SYNTHETIC" in (tiny_release_src / "RELEASE").read_text()
@@ -38,7 +50,10 @@ def test_checkpoint_loads_weights_only_with_exactly_the_implied_keys(tiny_releas
     layer_keys = {k.split(".", 2)[2] for k in state if k.startswith("layers.")}
     assert layer_keys == LAYER_KEYS
     assert set(state) - {k for k in state if k.startswith("layers.")} == {
-        "tok_embeddings.weight", "norm.weight", "output.weight"}
+        "tok_embeddings.weight",
+        "norm.weight",
+        "output.weight",
+    }
     assert all(torch.isfinite(v.float()).all() for v in state.values())
 
 

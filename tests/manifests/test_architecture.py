@@ -8,8 +8,17 @@ import pytest
 from m7b.errors import InvalidInputError, NotFoundError
 from m7b.manifests.architecture import load_params
 
-REAL = {"dim": 4096, "n_layers": 32, "head_dim": 128, "hidden_dim": 14336, "n_heads": 32, "n_kv_heads": 8,
-        "norm_eps": 1e-05, "sliding_window": 4096, "vocab_size": 32000}
+REAL = {
+    "dim": 4096,
+    "n_layers": 32,
+    "head_dim": 128,
+    "hidden_dim": 14336,
+    "n_heads": 32,
+    "n_kv_heads": 8,
+    "norm_eps": 1e-05,
+    "sliding_window": 4096,
+    "vocab_size": 32000,
+}
 
 
 def write(tmp_path: Path, content: str) -> Path:
@@ -30,14 +39,17 @@ def test_sliding_window_as_an_integer_string_is_accepted(tmp_path: Path) -> None
     assert load_params(write(tmp_path, json.dumps({**REAL, "sliding_window": "4096"}))).sliding_window == 4096
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ("{not json", "is not valid JSON"),
-    (json.dumps([1, 2]), "expected a JSON object"),
-    (json.dumps({**REAL, "sliding_window": "4k"}), "'sliding_window' must be an integer, found the string '4k'"),
-    (json.dumps({**REAL, "dim": 4096.0}), "'dim' must be an integer, found float"),
-    (json.dumps({**REAL, "n_kv_heads": 5}), "must be a multiple of n_kv_heads"),
-    (json.dumps({k: v for k, v in REAL.items() if k != "vocab_size"}), "missing field(s) vocab_size"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        (json.dumps([1, 2]), "expected a JSON object"),
+        (json.dumps({**REAL, "sliding_window": "4k"}), "'sliding_window' must be an integer, found the string '4k'"),
+        (json.dumps({**REAL, "dim": 4096.0}), "'dim' must be an integer, found float"),
+        (json.dumps({**REAL, "n_kv_heads": 5}), "must be a multiple of n_kv_heads"),
+        (json.dumps({k: v for k, v in REAL.items() if k != "vocab_size"}), "missing field(s) vocab_size"),
+    ],
+)
 def test_bad_params_are_refused_clearly(tmp_path: Path, params: str, message: str) -> None:
     with pytest.raises(InvalidInputError) as info:
         load_params(write(tmp_path, params))

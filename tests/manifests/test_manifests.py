@@ -22,12 +22,23 @@ def test_bundled_manifests_hold_the_published_facts_with_sources() -> None:
     assert [f.path for f in m.files] == ["RELEASE", "consolidated.00.pth", "params.json", "tokenizer.model"]
     tok = m.file("tokenizer.model")
     assert (tok.size, tok.sha256, tok.md5) == (
-        493443, "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055", "37974873eb68a7ab30c4912fc36264ae")
+        493443,
+        "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055",
+        "37974873eb68a7ab30c4912fc36264ae",
+    )
     # nobody published these: absent, never guessed
     assert m.file("consolidated.00.pth").sha256 is None and m.file("consolidated.00.pth").size is None
-    assert m.architecture.to_params() == {"dim": 4096, "n_layers": 32, "head_dim": 128, "hidden_dim": 14336,
-                                          "n_heads": 32, "n_kv_heads": 8, "norm_eps": 1e-05,
-                                          "sliding_window": 4096, "vocab_size": 32000}
+    assert m.architecture.to_params() == {
+        "dim": 4096,
+        "n_layers": 32,
+        "head_dim": 128,
+        "hidden_dim": 14336,
+        "n_heads": 32,
+        "n_kv_heads": 8,
+        "norm_eps": 1e-05,
+        "sliding_window": 4096,
+        "vocab_size": 32000,
+    }
     assert m.architecture.rope_theta is None and m.architecture.effective_rope_theta == 10000
     assert (m.checkpoint.tensors, m.checkpoint.parameters) == (291, 7_241_732_096)
     assert m.architecture.parameter_count() == m.checkpoint.parameters
@@ -44,21 +55,26 @@ def raw_mistral() -> dict:
     return tomllib.loads(MISTRAL.read_text())
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda r: r.pop("license"), "field 'license': missing"),
-    (lambda r: r.update(lisence="MIT"), "field 'lisence': unknown field"),
-    (lambda r: r["files"][3].update(size="big"), "field 'files[3].size': expected an integer, found str"),
-    (lambda r: r["files"][3].update(sha265="00"), "field 'files[3].sha265': unknown field"),
-    (lambda r: r["files"][3].update(md5="XYZ"), "field 'files[3].md5': expected 32 lowercase hex digits"),
-    (lambda r: r["torrent"].update(info_hash_v1="208b"), "field 'torrent.info_hash_v1': expected 40"),
-    (lambda r: r["torrent"].update(trackers="udp://x"), "field 'torrent.trackers': expected a list"),
-    (lambda r: r["files"].append({"path": "../../etc/passwd"}), "expected a relative path inside the release"),
-    (lambda r: r["architecture"].update(n_heads="32"), "'n_heads' must be an integer, found str"),
-    (lambda r: r["sources"].pop("architecture"), "field 'sources.architecture': every fact needs a source"),
-    (lambda r: r.update(schema=2), "field 'schema': expected 1, found 2"),
-    (lambda r: r["torrent"].update(magnet="magnet:?xt=urn:btih:" + "1" * 40),
-     "field 'torrent.magnet': names info-hash 1111"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.pop("license"), "field 'license': missing"),
+        (lambda r: r.update(lisence="MIT"), "field 'lisence': unknown field"),
+        (lambda r: r["files"][3].update(size="big"), "field 'files[3].size': expected an integer, found str"),
+        (lambda r: r["files"][3].update(sha265="00"), "field 'files[3].sha265': unknown field"),
+        (lambda r: r["files"][3].update(md5="XYZ"), "field 'files[3].md5': expected 32 lowercase hex digits"),
+        (lambda r: r["torrent"].update(info_hash_v1="208b"), "field 'torrent.info_hash_v1': expected 40"),
+        (lambda r: r["torrent"].update(trackers="udp://x"), "field 'torrent.trackers': expected a list"),
+        (lambda r: r["files"].append({"path": "../../etc/passwd"}), "expected a relative path inside the release"),
+        (lambda r: r["architecture"].update(n_heads="32"), "'n_heads' must be an integer, found str"),
+        (lambda r: r["sources"].pop("architecture"), "field 'sources.architecture': every fact needs a source"),
+        (lambda r: r.update(schema=2), "field 'schema': expected 1, found 2"),
+        (
+            lambda r: r["torrent"].update(magnet="magnet:?xt=urn:btih:" + "1" * 40),
+            "field 'torrent.magnet': names info-hash 1111",
+        ),
+    ],
+)
 def test_a_bad_manifest_names_file_and_field(change, message) -> None:
     raw = raw_mistral()
     change(raw)

@@ -24,10 +24,13 @@ class Published:
 def publish(tiny_release: Path) -> Callable[..., Published]:
     """Publish the test's copy of the tiny release: FOLDER.torrent and NAME.toml beside it."""
 
-    def make(trackers: Sequence[str] = (), web_seeds: Sequence[str] = (), name: str = "tiny-test",
-             folder: Path = tiny_release) -> Published:
-        made = create_release(folder, trackers=trackers, web_seeds=web_seeds, manifest_name=name,
-                              publisher="m7b tests")
+    def make(
+        trackers: Sequence[str] = (),
+        web_seeds: Sequence[str] = (),
+        name: str = "tiny-test",
+        folder: Path = tiny_release,
+    ) -> Published:
+        made = create_release(folder, trackers=trackers, web_seeds=web_seeds, manifest_name=name, publisher="m7b tests")
         torrent = folder.parent / f"{folder.name}.torrent"
         torrent.write_bytes(made.torrent)
         manifest = folder.parent / f"{name}.toml"

@@ -23,8 +23,11 @@ __all__ = ["free_port", "local_opentracker"]
 
 def tree_digests(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder`, by relative path."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def wait_for(predicate, timeout: float = 30.0, step: float = 0.05) -> bool:
@@ -37,8 +40,9 @@ def wait_for(predicate, timeout: float = 30.0, step: float = 0.05) -> bool:
 
 
 @contextlib.contextmanager
-def plain_seeder(torrent: Path, folder: Path, *, upload_limit: int = 0, trust_without_check: bool = False,
-                 tracker: str | None = None) -> Iterator[str]:
+def plain_seeder(
+    torrent: Path, folder: Path, *, upload_limit: int = 0, trust_without_check: bool = False, tracker: str | None = None
+) -> Iterator[str]:
     """A plain libtorrent session seeding `folder` (the release files, renamed as m7b lays them out).
 
     With `trust_without_check`, resume data claims every piece, so a corrupted copy is served as is.

@@ -22,8 +22,9 @@ def v1_pieces_match(folder: Path, torrent: Path) -> bool:
     ti, meta = load_torrent(torrent)
     stream = b"".join((folder / f.path).read_bytes() for f in meta.data_files)
     n = meta.piece_length
-    return all(hashlib.sha1(stream[i * n:(i + 1) * n]).digest() == ti.hash_for_piece(i)
-               for i in range(meta.num_pieces))
+    return all(
+        hashlib.sha1(stream[i * n : (i + 1) * n]).digest() == ti.hash_for_piece(i) for i in range(meta.num_pieces)
+    )
 
 
 def test_create_is_deterministic_and_the_manifest_hashes_every_file(cli, tiny_release: Path, tmp_path) -> None:
@@ -48,8 +49,9 @@ def test_create_is_deterministic_and_the_manifest_hashes_every_file(cli, tiny_re
 
 
 def test_hybrid_web_seeds_and_piece_size(cli, tiny_release: Path, tmp_path) -> None:
-    result = create(cli, tiny_release, tmp_path, "--hybrid", "--piece-size", "64K", "--web-seed",
-                    "http://127.0.0.1:8000/")
+    result = create(
+        cli, tiny_release, tmp_path, "--hybrid", "--piece-size", "64K", "--web-seed", "http://127.0.0.1:8000/"
+    )
     assert result.code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert len(doc["info_hash_v2"]) == 64 and doc["piece_length"] == 65536
@@ -61,8 +63,15 @@ def test_hybrid_web_seeds_and_piece_size(cli, tiny_release: Path, tmp_path) -> N
 
 def test_libtorrent_sees_the_created_torrent_complete(cli, tiny_release: Path, tmp_path) -> None:
     doc = json.loads(create(cli, tiny_release, tmp_path / "t").stdout)
-    ses = lt.session({"enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
-                      "listen_interfaces": "127.0.0.1:0"})
+    ses = lt.session(
+        {
+            "enable_dht": False,
+            "enable_lsd": False,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            "listen_interfaces": "127.0.0.1:0",
+        }
+    )
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(doc["torrent"])
     params.save_path = str(tiny_release.parent)
@@ -78,14 +87,18 @@ def test_libtorrent_sees_the_created_torrent_complete(cli, tiny_release: Path, t
     assert handle.status().num_pieces == doc["pieces"]
 
 
-@pytest.mark.parametrize(("setup", "code", "message"), [
-    (lambda d: d.rename(d.parent / "gone"), 3, "not found"),
-    (lambda d: [p.unlink() for p in d.iterdir()], 4, "is empty"),
-    (lambda d: (d / "link").symlink_to("/etc/passwd"), 4, "is not a regular file"),
-    (lambda d: (d / "params.json").write_text("{oops"), 4, "is not valid JSON"),
-])
-def test_bad_release_folders_are_refused_and_nothing_is_written(cli, tiny_release, tmp_path, setup, code,
-                                                                message) -> None:
+@pytest.mark.parametrize(
+    ("setup", "code", "message"),
+    [
+        (lambda d: d.rename(d.parent / "gone"), 3, "not found"),
+        (lambda d: [p.unlink() for p in d.iterdir()], 4, "is empty"),
+        (lambda d: (d / "link").symlink_to("/etc/passwd"), 4, "is not a regular file"),
+        (lambda d: (d / "params.json").write_text("{oops"), 4, "is not valid JSON"),
+    ],
+)
+def test_bad_release_folders_are_refused_and_nothing_is_written(
+    cli, tiny_release, tmp_path, setup, code, message
+) -> None:
     setup(tiny_release)
     result = create(cli, tiny_release, tmp_path / "out")
     assert result.code == code and message in result.stderr

@@ -23,8 +23,10 @@ def test_fetch_by_magnet_through_a_real_tracker(cli, m7b_home, publish, tmp_path
     # the tracker's whitelist names the info-hash, and the torrent names the tracker: pick the port first
     port = free_port()
     pub = publish(trackers=[f"http://127.0.0.1:{port}/announce"])
-    with local_opentracker(tmp_path / "tracker", [pub.meta.info_hash], port=port) as tracker, \
-            plain_seeder(pub.torrent, pub.folder, tracker=tracker):
+    with (
+        local_opentracker(tmp_path / "tracker", [pub.meta.info_hash], port=port) as tracker,
+        plain_seeder(pub.torrent, pub.folder, tracker=tracker),
+    ):
         result = cli("fetch", pub.magnet, *LOOPBACK, "--json", "--timeout", "60")
     assert result.code == 0, result.stderr
     done = last_json(result.stdout)
@@ -64,8 +66,23 @@ def test_resume_after_kill_9_downloads_only_what_was_missing(cli, m7b_home, publ
     total, piece = pub.meta.total_size, pub.meta.piece_length
     resume = m7b_home / "resume" / f"{pub.meta.info_hash}.fastresume"
     with plain_seeder(pub.torrent, pub.folder, upload_limit=1 << 20) as slow_peer:
-        proc = subprocess.Popen([sys.executable, "-m", "m7b", "fetch", pub.magnet, "--peer", slow_peer, *LOOPBACK,
-                                 "--json", "--resume-interval", "0.5"], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "m7b",
+                "fetch",
+                pub.magnet,
+                "--peer",
+                slow_peer,
+                *LOOPBACK,
+                "--json",
+                "--resume-interval",
+                "0.5",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         halfway = None
         for line in proc.stdout:
             event = json.loads(line)
@@ -100,8 +117,10 @@ def test_a_peer_serving_a_corrupted_copy_is_outvoted_by_the_pieces_hashes(cli, m
     for offset in range(0, len(data), 50_000):
         data[offset] ^= 0xFF
     (bad / "consolidated.00.pth").write_bytes(bytes(data))
-    with plain_seeder(pub.torrent, bad, trust_without_check=True) as liar, \
-            plain_seeder(pub.torrent, pub.folder, upload_limit=2 << 20) as honest:
+    with (
+        plain_seeder(pub.torrent, bad, trust_without_check=True) as liar,
+        plain_seeder(pub.torrent, pub.folder, upload_limit=2 << 20) as honest,
+    ):
         result = cli("fetch", pub.magnet, "--peer", liar, "--peer", honest, *LOOPBACK, "--json")
     assert result.code == 0, result.stderr
     done = last_json(result.stdout)
@@ -110,8 +129,12 @@ def test_a_peer_serving_a_corrupted_copy_is_outvoted_by_the_pieces_hashes(cli, m
 
 
 def test_a_torrent_whose_path_escapes_is_refused_and_nothing_is_written(cli, m7b_home, tmp_path) -> None:
-    info = {b"name": b"evil", b"piece length": 16384, b"pieces": b"\x00" * 20,
-            b"files": [{b"length": 5, b"path": [b"..", b"..", b"escaped.txt"]}]}
+    info = {
+        b"name": b"evil",
+        b"piece length": 16384,
+        b"pieces": b"\x00" * 20,
+        b"files": [{b"length": 5, b"path": [b"..", b"..", b"escaped.txt"]}],
+    }
     evil = tmp_path / "evil.torrent"
     evil.write_bytes(lt.bencode({b"info": info}))
     result = cli("fetch", evil, "--dest", tmp_path / "dest", *LOOPBACK)
@@ -121,9 +144,17 @@ def test_a_torrent_whose_path_escapes_is_refused_and_nothing_is_written(cli, m7b
 
     # the same metadata arriving from a peer by magnet
     ti = lt.torrent_info(lt.bencode({b"info": info}))
-    session = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False, "enable_lsd": False,
-                          "enable_upnp": False, "enable_natpmp": False, "enable_outgoing_utp": False,
-                          "allow_multiple_connections_per_ip": True})
+    session = lt.session(
+        {
+            "listen_interfaces": "127.0.0.1:0",
+            "enable_dht": False,
+            "enable_lsd": False,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            "enable_outgoing_utp": False,
+            "allow_multiple_connections_per_ip": True,
+        }
+    )
     atp = lt.add_torrent_params()
     atp.ti = ti
     atp.save_path = str(tmp_path / "seeder")
@@ -165,8 +196,23 @@ def test_sigterm_saves_resume_data_and_the_next_run_continues(cli, m7b_home, pub
     pub = publish()
     resume = m7b_home / "resume" / f"{pub.meta.info_hash}.fastresume"
     with plain_seeder(pub.torrent, pub.folder, upload_limit=1 << 20) as slow_peer:
-        proc = subprocess.Popen([sys.executable, "-m", "m7b", "fetch", pub.magnet, "--peer", slow_peer, *LOOPBACK,
-                                 "--json", "--resume-interval", "60"], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "m7b",
+                "fetch",
+                pub.magnet,
+                "--peer",
+                slow_peer,
+                *LOOPBACK,
+                "--json",
+                "--resume-interval",
+                "60",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for line in proc.stdout:
             event = json.loads(line)
             if event.get("total") and event["done"] >= 0.25 * event["total"]:
@@ -193,8 +239,13 @@ def test_a_disk_that_refuses_writes_stops_with_a_clear_error(m7b_home, publish) 
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
     with plain_seeder(pub.torrent, pub.folder) as peer:
-        proc = subprocess.run([sys.executable, "-m", "m7b", "fetch", pub.magnet, "--peer", peer, *LOOPBACK,
-                               "--timeout", "30"], capture_output=True, text=True, preexec_fn=small_disk, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "m7b", "fetch", pub.magnet, "--peer", peer, *LOOPBACK, "--timeout", "30"],
+            capture_output=True,
+            text=True,
+            preexec_fn=small_disk,
+            timeout=120,
+        )
     assert proc.returncode == 8, proc.stderr
     assert "could not write" in proc.stderr and "resume data was kept" in proc.stderr
     assert not (m7b_home / "releases" / pub.folder.name).exists()  # nothing under the final name

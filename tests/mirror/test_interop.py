@@ -9,8 +9,16 @@ import subprocess
 from swarm import free_port, local_opentracker, tree_digests, wait_for
 from test_seed import LOOPBACK, running_seed, stop
 
-ARIA2 = ["--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
-         "--console-log-level=warn", "--summary-interval=0", "--check-integrity=true", "--file-allocation=none"]
+ARIA2 = [
+    "--enable-dht=false",
+    "--enable-dht6=false",
+    "--bt-enable-lpd=false",
+    "--enable-peer-exchange=false",
+    "--console-log-level=warn",
+    "--summary-interval=0",
+    "--check-integrity=true",
+    "--file-allocation=none",
+]
 
 
 def aria2c() -> str:
@@ -22,12 +30,18 @@ def aria2c() -> str:
 def test_aria2c_downloads_from_m7b_seed_through_the_tracker(m7b_home, publish, tmp_path) -> None:
     port = free_port()
     pub = publish(trackers=[f"http://127.0.0.1:{port}/announce"])
-    with local_opentracker(tmp_path / "tracker", [pub.meta.info_hash], port=port), \
-            running_seed(pub.folder) as (proc, status):
+    with (
+        local_opentracker(tmp_path / "tracker", [pub.meta.info_hash], port=port),
+        running_seed(pub.folder) as (proc, status),
+    ):
         assert status["releases"][0]["state"] == "seeding"
         out = tmp_path / "aria2"
-        result = subprocess.run([aria2c(), *ARIA2, "--seed-time=0", "--bt-stop-timeout=60", f"--dir={out}",
-                                 str(pub.torrent)], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [aria2c(), *ARIA2, "--seed-time=0", "--bt-stop-timeout=60", f"--dir={out}", str(pub.torrent)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         events = stop(proc)
     assert tree_digests(out / pub.meta.name) == tree_digests(pub.folder)
@@ -38,9 +52,11 @@ def test_m7b_fetches_from_an_aria2c_seeder(cli, m7b_home, publish, tmp_path) -> 
     pub = publish()
     port = free_port()
     # aria2c seeds the folder it finds under --dir/<torrent name> after checking every piece
-    seeder = subprocess.Popen([aria2c(), *ARIA2, "--seed-ratio=0.0", f"--listen-port={port}",
-                               f"--dir={pub.folder.parent}", str(pub.torrent)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seeder = subprocess.Popen(
+        [aria2c(), *ARIA2, "--seed-ratio=0.0", f"--listen-port={port}", f"--dir={pub.folder.parent}", str(pub.torrent)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         import socket
 

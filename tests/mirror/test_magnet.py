@@ -11,10 +11,14 @@ HASH = "208b101a0f51514ecf285885a8b0f6fb1a1e4d7d"
 
 
 def test_the_mistral_magnet() -> None:
-    m = parse_magnet(f"magnet:?xt=urn:btih:{HASH}&dn=mistral-7B-v0.1"
-                     "&tr=udp%3A%2F%2Ftracker.opentrackr.org%3A1337%2Fannounce")
-    assert (m.info_hash_v1, m.name, m.trackers) == (HASH, "mistral-7B-v0.1",
-                                                    ("udp://tracker.opentrackr.org:1337/announce",))
+    m = parse_magnet(
+        f"magnet:?xt=urn:btih:{HASH}&dn=mistral-7B-v0.1&tr=udp%3A%2F%2Ftracker.opentrackr.org%3A1337%2Fannounce"
+    )
+    assert (m.info_hash_v1, m.name, m.trackers) == (
+        HASH,
+        "mistral-7B-v0.1",
+        ("udp://tracker.opentrackr.org:1337/announce",),
+    )
 
 
 def test_base32_v2_web_seeds_and_peers() -> None:
@@ -24,12 +28,15 @@ def test_base32_v2_web_seeds_and_peers() -> None:
     assert m.web_seeds == ("http://m/",) and m.peers == ("1.2.3.4:5",)
 
 
-@pytest.mark.parametrize(("uri", "message"), [
-    ("http://example.com/x.torrent", "is not a magnet link"),
-    ("magnet:?dn=nothing", "has no BitTorrent info-hash"),
-    (f"magnet:?xt=urn:btih:{HASH[:-1]}", "expected 40 hex digits or 32 base32"),
-    ("magnet:?xt=urn:btmh:1220abcd", "expected '1220' and 64 hex digits"),
-])
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("http://example.com/x.torrent", "is not a magnet link"),
+        ("magnet:?dn=nothing", "has no BitTorrent info-hash"),
+        (f"magnet:?xt=urn:btih:{HASH[:-1]}", "expected 40 hex digits or 32 base32"),
+        ("magnet:?xt=urn:btmh:1220abcd", "expected '1220' and 64 hex digits"),
+    ],
+)
 def test_malformed_magnets(uri: str, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
         parse_magnet(uri)

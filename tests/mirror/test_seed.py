@@ -19,8 +19,12 @@ LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
 @contextmanager
 def running_seed(*args: str | Path) -> Iterator[tuple[subprocess.Popen, dict]]:
     """Start `m7b seed ARGS --json`; yield it with its first status once no release is still checking."""
-    proc = subprocess.Popen([sys.executable, "-m", "m7b", "seed", *map(str, args), *LOOPBACK, "--json",
-                             "--interval", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "m7b", "seed", *map(str, args), *LOOPBACK, "--json", "--interval", "0.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         ready = None
         for line in proc.stdout:
@@ -60,8 +64,9 @@ def test_seed_serves_good_releases_and_refuses_an_altered_one(cli, m7b_home, pub
         assert states["bad-rel"]["failed_files"] == ["consolidated.00.pth"]
         assert "1 of" in states["bad-rel"]["reason"] and "not served" in states["bad-rel"]["reason"]
         peer = f"127.0.0.1:{status['listen_port']}"
-        fetched = cli("fetch", good.magnet, "--peer", peer, *LOOPBACK, "--json",
-                      env={"M7B_HOME": str(m7b_home / "leecher")})
+        fetched = cli(
+            "fetch", good.magnet, "--peer", peer, *LOOPBACK, "--json", env={"M7B_HOME": str(m7b_home / "leecher")}
+        )
         assert fetched.code == 0, fetched.stderr
         events = stop(proc)
     assert tree_digests(m7b_home / "leecher" / "releases" / "good-rel") == tree_digests(good_dir)
@@ -77,8 +82,16 @@ def test_a_refused_release_serves_no_byte(cli, m7b_home, publish, tiny_release: 
     (pub.folder / "params.json").write_text((pub.folder / "params.json").read_text().replace("64", "65", 1))
     with running_seed(pub.folder) as (proc, status):
         assert status["releases"][0]["state"] == "refused"
-        result = cli("fetch", pub.magnet, "--peer", f"127.0.0.1:{status['listen_port']}", *LOOPBACK,
-                     "--timeout", "3", env={"M7B_HOME": str(m7b_home / "leecher")})
+        result = cli(
+            "fetch",
+            pub.magnet,
+            "--peer",
+            f"127.0.0.1:{status['listen_port']}",
+            *LOOPBACK,
+            "--timeout",
+            "3",
+            env={"M7B_HOME": str(m7b_home / "leecher")},
+        )
         assert result.code == 7
         stop(proc)
 
@@ -133,8 +146,7 @@ def test_rate_and_peer_options_reach_the_session(cli, m7b_home, tiny_release: Pa
     from m7b.cli_mirror import parse_rate, session_options
     from m7b.mirror.session import make_session, settings
 
-    options = session_options("127.0.0.1:0", True, upload_limit=parse_rate("2M", "--upload-limit"),
-                              max_connections=7)
+    options = session_options("127.0.0.1:0", True, upload_limit=parse_rate("2M", "--upload-limit"), max_connections=7)
     pack = settings(options)
     assert (pack["upload_rate_limit"], pack["connections_limit"]) == (2 << 20, 7)
     session = make_session(options)  # loopback peers are limited too, or a local swarm would ignore the limit

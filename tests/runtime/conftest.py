@@ -42,8 +42,7 @@ class InProcessResult:
 
 
 @pytest.fixture
-def cli_inproc(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-               ) -> Callable[..., InProcessResult]:
+def cli_inproc(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., InProcessResult]:
     """`m7b ARGS` through the real entry point (error rendering, exit codes) in this process: no torch import
     per call, and monkeypatches apply."""
     from m7b.cli import main

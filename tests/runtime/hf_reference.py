@@ -15,8 +15,11 @@ def permute_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def hf_state_dict(state: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
-    out = {"model.embed_tokens.weight": state["tok_embeddings.weight"], "model.norm.weight": state["norm.weight"],
-           "lm_head.weight": state["output.weight"]}
+    out = {
+        "model.embed_tokens.weight": state["tok_embeddings.weight"],
+        "model.norm.weight": state["norm.weight"],
+        "lm_head.weight": state["output.weight"],
+    }
     for i in range(args.n_layers):
         src, dst = f"layers.{i}.", f"model.layers.{i}."
         out[dst + "self_attn.q_proj.weight"] = permute_rows(state[src + "attention.wq.weight"], args.n_heads)
@@ -31,17 +34,32 @@ def hf_state_dict(state: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, 
     return out
 
 
-def hf_model(state: dict[str, torch.Tensor], args: ModelArgs, dtype: torch.dtype = torch.float32,
-             attn_implementation: str = "eager"):
+def hf_model(
+    state: dict[str, torch.Tensor],
+    args: ModelArgs,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "eager",
+):
     """A MistralForCausalLM holding `state` (checkpoint key names), with the same window and rope_theta."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    config = MistralConfig(vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.hidden_dim,
-                           num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
-                           num_key_value_heads=args.n_kv_heads, head_dim=args.head_dim, rms_norm_eps=args.norm_eps,
-                           sliding_window=args.sliding_window, rope_theta=args.rope_theta,
-                           max_position_embeddings=32768, tie_word_embeddings=False, bos_token_id=1,
-                           eos_token_id=2, attn_implementation=attn_implementation)
+    config = MistralConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.dim,
+        intermediate_size=args.hidden_dim,
+        num_hidden_layers=args.n_layers,
+        num_attention_heads=args.n_heads,
+        num_key_value_heads=args.n_kv_heads,
+        head_dim=args.head_dim,
+        rms_norm_eps=args.norm_eps,
+        sliding_window=args.sliding_window,
+        rope_theta=args.rope_theta,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        attn_implementation=attn_implementation,
+    )
     with torch.device("meta"):
         model = MistralForCausalLM(config)
     sd = {k: v.to(dtype) for k, v in hf_state_dict(state, args).items()}

@@ -18,8 +18,9 @@ def _logits(model, ids: torch.Tensor, chunk: int, capacity: int | None = None) -
     n = ids.shape[1]
     model.setup_caches(1, n, capacity=capacity)
     with torch.inference_mode():
-        return torch.cat([model(ids[:, b:b + chunk], torch.arange(b, min(b + chunk, n)))[0]
-                          for b in range(0, n, chunk)])
+        return torch.cat(
+            [model(ids[:, b : b + chunk], torch.arange(b, min(b + chunk, n)))[0] for b in range(0, n, chunk)]
+        )
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 16])
@@ -40,7 +41,7 @@ def test_rolling_cache_equals_full_recompute(tiny_runtime, random_ids) -> None:
     with torch.inference_mode():
         rolled = [model(ids[:, :8], torch.arange(8))[0]]
         for p in range(8, 72):
-            rolled.append(model(ids[:, p:p + 1], torch.tensor([p]))[0])
+            rolled.append(model(ids[:, p : p + 1], torch.tensor([p]))[0])
     assert (torch.cat(rolled) - full).abs().max().item() <= TOL
 
 
@@ -52,7 +53,7 @@ def test_cache_bytes_stop_growing_at_the_window(tiny_runtime, random_ids) -> Non
         model(ids[:, :w], torch.arange(w))
         after_w = model.cache_nbytes()
         for p in range(w, 4 * w):
-            model(ids[:, p:p + 1], torch.tensor([p]))
+            model(ids[:, p : p + 1], torch.tensor([p]))
         after_4w = model.cache_nbytes()
     a = tiny_runtime.args
     assert after_w == after_4w == a.n_layers * 2 * a.n_kv_heads * w * a.head_dim * 4
@@ -80,8 +81,9 @@ def test_grouped_attention_equals_repeated_kv_heads() -> None:
     k = torch.randn(1, 2, 12, 16, generator=gen)
     v = torch.randn(1, 2, 12, 16, generator=gen)
     mask = band_mask(torch.arange(7, 12), torch.arange(12), 4)
-    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1),
-                                         attn_mask=mask)
+    ref = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1), attn_mask=mask
+    )
     ours = grouped_attention(q, k, v, grouped_mask(mask, 4))
     assert (ours - ref).abs().max().item() <= 1e-6
 
@@ -100,8 +102,17 @@ def test_rope_rotates_interleaved_pairs_like_the_complex_reference() -> None:
 
 
 def test_model_args_rope_theta_defaults_to_10000(tmp_path) -> None:
-    params = {"dim": 64, "n_layers": 2, "head_dim": 16, "hidden_dim": 128, "n_heads": 4, "n_kv_heads": 2,
-              "norm_eps": 1e-5, "sliding_window": "16", "vocab_size": 32000}
+    params = {
+        "dim": 64,
+        "n_layers": 2,
+        "head_dim": 16,
+        "hidden_dim": 128,
+        "n_heads": 4,
+        "n_kv_heads": 2,
+        "norm_eps": 1e-5,
+        "sliding_window": "16",
+        "vocab_size": 32000,
+    }
     path = tmp_path / "params.json"
     path.write_text(json.dumps(params))
     args = ModelArgs.from_params_file(path)

@@ -20,8 +20,9 @@ def _m7b_logits(model, ids: torch.Tensor, chunk: int) -> torch.Tensor:
     n = ids.shape[1]
     model.setup_caches(1, n)
     with torch.inference_mode():
-        return torch.cat([model(ids[:, b:b + chunk], torch.arange(b, min(b + chunk, n)))[0]
-                          for b in range(0, n, chunk)])
+        return torch.cat(
+            [model(ids[:, b : b + chunk], torch.arange(b, min(b + chunk, n)))[0] for b in range(0, n, chunk)]
+        )
 
 
 def test_window_is_small_and_sequence_crosses_it(tiny_runtime) -> None:
@@ -75,8 +76,9 @@ def test_32_greedy_tokens_past_the_window_match(tiny_runtime, hf_tiny, random_id
     assert (torch.stack(steps) - ref).abs().max().item() <= TOL
 
 
-def test_the_converters_hf_folder_loads_into_transformers_with_the_same_logits(tiny_runtime, tiny_release_src,
-                                                                              tmp_path, random_ids) -> None:
+def test_the_converters_hf_folder_loads_into_transformers_with_the_same_logits(
+    tiny_runtime, tiny_release_src, tmp_path, random_ids
+) -> None:
     """The `m7b convert --to hf` output, opened by transformers' own from_pretrained, agrees with the runtime."""
     from transformers import MistralForCausalLM
 

@@ -18,8 +18,9 @@ def test_run_streams_text_and_reports_figures(cli, tiny_release_src) -> None:
     assert result.stdout.strip()
     for figure in ("time to first token", "prefill", "decode", "tok/s"):
         assert figure in result.stderr
-    as_json = cli("run", tiny_release_src, "--prompt", "Hello, my name is", "--max-tokens", "12", "--device", "cpu",
-                  "--json")
+    as_json = cli(
+        "run", tiny_release_src, "--prompt", "Hello, my name is", "--max-tokens", "12", "--device", "cpu", "--json"
+    )
     record = json.loads(as_json.stdout)
     assert record["text"] + "\n" == result.stdout  # the streamed text is the same greedy completion
     assert len(record["token_ids"]) == record["generated_tokens"] == 12
@@ -29,14 +30,43 @@ def test_run_streams_text_and_reports_figures(cli, tiny_release_src) -> None:
 
 
 def test_run_with_a_prompt_longer_than_the_window(cli_inproc, tiny_release_src) -> None:
-    result = cli_inproc("run", str(tiny_release_src), "--prompt", LONG_PROMPT, "--max-tokens", "40", "--json",
-                        "--temperature", "0.7", "--top-p", "0.9", "--seed", "3", "--ignore-eos")
+    result = cli_inproc(
+        "run",
+        str(tiny_release_src),
+        "--prompt",
+        LONG_PROMPT,
+        "--max-tokens",
+        "40",
+        "--json",
+        "--temperature",
+        "0.7",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--ignore-eos",
+    )
     assert result.code == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["prompt_tokens"] > 3 * 16 and record["generated_tokens"] == 40
-    again = json.loads(cli_inproc("run", str(tiny_release_src), "--prompt", LONG_PROMPT, "--max-tokens", "40",
-                                  "--json", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3",
-                                  "--ignore-eos").stdout)
+    again = json.loads(
+        cli_inproc(
+            "run",
+            str(tiny_release_src),
+            "--prompt",
+            LONG_PROMPT,
+            "--max-tokens",
+            "40",
+            "--json",
+            "--temperature",
+            "0.7",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "3",
+            "--ignore-eos",
+        ).stdout
+    )
     assert again["token_ids"] == record["token_ids"]
 
 
@@ -127,6 +157,7 @@ def test_smoke_window_override(cli_inproc, tiny_release_src) -> None:
 
 
 # --- bad input: one clear line, a documented exit code, no traceback ------------------------------------------
+
 
 def _one_clear_line(stderr: str) -> str:
     assert "Traceback" not in stderr

@@ -31,7 +31,7 @@ def test_streaming_never_emits_broken_utf8(tiny_runtime, text) -> None:
     chunks = [stream.push(i) for i in ids]
     chunks.append(stream.flush())
     assert all("\ufffd" not in c for c in chunks)
-    expected = tok.decode(prompt[1:] + ids)[len(tok.decode(prompt[1:])):]
+    expected = tok.decode(prompt[1:] + ids)[len(tok.decode(prompt[1:])) :]
     assert "".join(chunks) == expected
     if any(tok.sp.is_byte(i) for i in ids):
         assert "" in chunks[:-1]  # a partial character was held back, not printed broken
@@ -60,19 +60,23 @@ def test_same_seed_same_tokens_other_seed_other_tokens(tiny_runtime) -> None:
     prompt = tiny_runtime.tokenizer.encode("Once upon a time")
 
     def run(seed: int) -> list[int]:
-        config = GenerationConfig(max_tokens=24, stop_at_eos=False,
-                                  sampling=SamplingConfig(temperature=1.0, top_p=0.9, seed=seed))
+        config = GenerationConfig(
+            max_tokens=24, stop_at_eos=False, sampling=SamplingConfig(temperature=1.0, top_p=0.9, seed=seed)
+        )
         return generate(tiny_runtime.model, prompt, config).tokens
 
     assert run(7) == run(7)
     assert run(7) != run(8)
 
 
-@pytest.mark.parametrize(("config", "match"), [
-    (GenerationConfig(max_tokens=0), "--max-tokens"),
-    (GenerationConfig(sampling=SamplingConfig(temperature=-1)), "--temperature"),
-    (GenerationConfig(sampling=SamplingConfig(top_p=0)), "--top-p"),
-])
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        (GenerationConfig(max_tokens=0), "--max-tokens"),
+        (GenerationConfig(sampling=SamplingConfig(temperature=-1)), "--temperature"),
+        (GenerationConfig(sampling=SamplingConfig(top_p=0)), "--top-p"),
+    ],
+)
 def test_bad_generation_options(config, match) -> None:
     with pytest.raises(InvalidInputError, match=match):
         config.validate()
@@ -83,10 +87,14 @@ def test_generation_stops_at_eos(tiny_runtime, monkeypatch) -> None:
 
     real = gen.sample
     calls = iter(range(100))
-    monkeypatch.setattr(gen, "sample", lambda logits, c, g: real(logits, c, g) if next(calls) < 3
-                        else torch.tensor([tiny_runtime.tokenizer.eos_id]))
-    result = generate(tiny_runtime.model, [1, 22557], GenerationConfig(max_tokens=20),
-                      eos_id=tiny_runtime.tokenizer.eos_id)
+    monkeypatch.setattr(
+        gen,
+        "sample",
+        lambda logits, c, g: real(logits, c, g) if next(calls) < 3 else torch.tensor([tiny_runtime.tokenizer.eos_id]),
+    )
+    result = generate(
+        tiny_runtime.model, [1, 22557], GenerationConfig(max_tokens=20), eos_id=tiny_runtime.tokenizer.eos_id
+    )
     assert result.stop_reason == "eos" and len(result.tokens) == 4
 
 

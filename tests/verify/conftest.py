@@ -21,5 +21,7 @@ def converted_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_release_src: P
     from m7b.verify.convert import convert_release
 
     base = tmp_path_factory.mktemp("converted")
-    return {layout: convert_release(tiny_release_src, base / layout, layout, max_shard_size=3_000_000).out
-            for layout in ("native", "hf")}
+    return {
+        layout: convert_release(tiny_release_src, base / layout, layout, max_shard_size=3_000_000).out
+        for layout in ("native", "hf")
+    }

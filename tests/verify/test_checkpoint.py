@@ -22,8 +22,9 @@ PKL = "consolidated/data.pkl"
 
 
 @pytest.mark.parametrize("protocol", [2, 4], ids=["GLOBAL", "STACK_GLOBAL"])
-def test_hostile_pickle_is_refused_by_name_and_offset_and_never_runs(tiny_release: Path, tmp_path: Path,
-                                                                      protocol: int) -> None:
+def test_hostile_pickle_is_refused_by_name_and_offset_and_never_runs(
+    tiny_release: Path, tmp_path: Path, protocol: int
+) -> None:
     marker = tmp_path / "pwned"
     rewrite_zip(tiny_release / PTH, {PKL: hostile_pickle(marker, protocol)})
     with pytest.raises(UnsafeError) as info:
@@ -50,8 +51,9 @@ def test_cli_refuses_hostile_checkpoint_with_exit_6(cli, m7b_home: Path, tiny_re
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("target", ["builtins.eval", "builtins.exec", "torch.load", "nosuchmodule.thing",
-                                    "torch._utils._rebuild_parameter"])
+@pytest.mark.parametrize(
+    "target", ["builtins.eval", "builtins.exec", "torch.load", "nosuchmodule.thing", "torch._utils._rebuild_parameter"]
+)
 def test_only_the_allowlist_passes(target: str) -> None:
     module, name = target.rsplit(".", 1)
     data = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b")R."
@@ -111,10 +113,13 @@ def _rewrite_checkpoint(root: Path, change: dict[str, TensorSpec | None], add: l
 
 
 def test_wrong_shape_and_dtype_are_named(tiny_release: Path) -> None:
-    _rewrite_checkpoint(tiny_release, {
-        "layers.0.attention.wk.weight": TensorSpec("layers.0.attention.wk.weight", (64, 64)),
-        "norm.weight": TensorSpec("norm.weight", (64,), torch.float32),
-    })
+    _rewrite_checkpoint(
+        tiny_release,
+        {
+            "layers.0.attention.wk.weight": TensorSpec("layers.0.attention.wk.weight", (64, 64)),
+            "norm.weight": TensorSpec("norm.weight", (64,), torch.float32),
+        },
+    )
     report = verify_release(tiny_release)
     assert report.exit_code == 5
     finding = next(f for f in report.findings if f.check == "checkpoint")

@@ -37,10 +37,19 @@ def _same_as_torch(path: Path) -> int:
 def test_every_layout_torch_save_writes_gives_torch_loads_bytes(tmp_path: Path) -> None:
     """Shared storages, storage offsets, transposed and strided views, scalars, empty tensors, five dtypes."""
     base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
-    state = {"base": base, "transposed": base.t(), "rows": base[2:4], "column": base[:, 3],
-             "every_other": base[::2, 1::3], "bf16": torch.randn(5, 7).to(torch.bfloat16),
-             "half": torch.randn(3).half(), "long": torch.arange(9), "empty": torch.empty(0, 4),
-             "scalar": torch.tensor(3.5), "mask": torch.tensor([True, False, True])}
+    state = {
+        "base": base,
+        "transposed": base.t(),
+        "rows": base[2:4],
+        "column": base[:, 3],
+        "every_other": base[::2, 1::3],
+        "bf16": torch.randn(5, 7).to(torch.bfloat16),
+        "half": torch.randn(3).half(),
+        "long": torch.arange(9),
+        "empty": torch.empty(0, 4),
+        "scalar": torch.tensor(3.5),
+        "mask": torch.tensor([True, False, True]),
+    }
     torch.save(state, tmp_path / "mixed.pth")
     assert _same_as_torch(tmp_path / "mixed.pth") == len(state)
     torch.save(torch.nn.Linear(4, 3).state_dict(), tmp_path / "module.pth")  # an OrderedDict with _metadata
@@ -52,8 +61,9 @@ def test_the_synthetic_release_indexes_like_torch_loads_it(tiny_release_src: Pat
 
 
 @pytest.mark.parametrize("bypassed", [False, True], ids=["inspected", "inspection-bypassed"])
-def test_hostile_pickle_is_refused_and_never_runs(tiny_release: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch, bypassed: bool) -> None:
+def test_hostile_pickle_is_refused_and_never_runs(
+    tiny_release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bypassed: bool
+) -> None:
     """The index's own unpickler resolves nothing outside the allowlist, so even a pickle the genops walk missed
     cannot import os.system."""
     marker = tmp_path / "pwned"

@@ -32,8 +32,13 @@ def _sums_match(folder: Path) -> None:
 
 def test_native_layout(converted_tiny: dict[str, Path], tiny_release_src: Path) -> None:
     out = converted_tiny["native"]
-    assert {p.name for p in out.iterdir()} == {"consolidated.safetensors", "params.json", "tokenizer.model",
-                                               "LICENSE", "SHA256SUMS"}
+    assert {p.name for p in out.iterdir()} == {
+        "consolidated.safetensors",
+        "params.json",
+        "tokenizer.model",
+        "LICENSE",
+        "SHA256SUMS",
+    }
     _sums_match(out)
     assert file_sha256(out / "LICENSE") == CANONICAL_SHA256
     source = load_checkpoint(tiny_release_src / "consolidated.00.pth")
@@ -46,8 +51,9 @@ def test_native_layout(converted_tiny: dict[str, Path], tiny_release_src: Path) 
             assert torch.equal(f.get_tensor(key).view(torch.uint8), source[key].view(torch.uint8))
 
 
-def test_hf_layout_loads_in_transformers_offline(converted_tiny: dict[str, Path], tiny_release_src: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hf_layout_loads_in_transformers_offline(
+    converted_tiny: dict[str, Path], tiny_release_src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = converted_tiny["hf"]
     _sums_match(out)
     index = json.loads((out / "model.safetensors.index.json").read_text())
@@ -71,9 +77,9 @@ def test_hf_layout_loads_in_transformers_offline(converted_tiny: dict[str, Path]
         assert torch.equal(loaded[hf_layout.hf_key(key)].view(torch.uint8), expected.view(torch.uint8)), key
 
 
-def test_hf_tokenizer_loads_in_transformers_and_matches_sentencepiece(converted_tiny: dict[str, Path],
-                                                                        tiny_release_src: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hf_tokenizer_loads_in_transformers_and_matches_sentencepiece(
+    converted_tiny: dict[str, Path], tiny_release_src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """AutoTokenizer loads the hf folder offline (from tokenizer.json: no protobuf needed) and gives
     sentencepiece's ids for the release's tokenizer.model, `<s>` first, and decodes back to the text."""
     import sentencepiece as spm
@@ -107,7 +113,7 @@ def test_permutation_maps_interleaved_rotary_onto_half_split_rotary() -> None:
     def hf(w: torch.Tensor) -> torch.Tensor:
         v = (x @ w.T).view(seq, heads, head_dim)
         cos, sin = torch.cat([angles.cos()] * 2, -1)[:, None, :], torch.cat([angles.sin()] * 2, -1)[:, None, :]
-        half = torch.cat([-v[..., head_dim // 2:], v[..., : head_dim // 2]], -1)
+        half = torch.cat([-v[..., head_dim // 2 :], v[..., : head_dim // 2]], -1)
         return v * cos + half * sin
 
     scores_mistral = torch.einsum("qhd,khd->hqk", mistral(wq), mistral(wk))
@@ -117,8 +123,9 @@ def test_permutation_maps_interleaved_rotary_onto_half_split_rotary() -> None:
 
 
 @pytest.mark.parametrize("layout", ["native", "hf"])
-def test_reruns_are_byte_identical(converted_tiny: dict[str, Path], tiny_release_src: Path, tmp_path: Path,
-                                   layout: str) -> None:
+def test_reruns_are_byte_identical(
+    converted_tiny: dict[str, Path], tiny_release_src: Path, tmp_path: Path, layout: str
+) -> None:
     again = convert_release(tiny_release_src, tmp_path / layout, layout, max_shard_size=3_000_000).out
     first = converted_tiny[layout]
     names = sorted(p.name for p in first.iterdir())
@@ -181,8 +188,9 @@ def _faulty_disk(monkeypatch: pytest.MonkeyPatch, disk: type[_FullDisk], limit: 
 
 @pytest.mark.parametrize("path", ["write", "copy"])
 @pytest.mark.parametrize("layout", ["native", "hf"])
-def test_full_disk_leaves_nothing_under_a_final_name(tiny_release_src: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch, layout: str, path: str) -> None:
+def test_full_disk_leaves_nothing_under_a_final_name(
+    tiny_release_src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str, path: str
+) -> None:
     _faulty_disk(monkeypatch, _FullDisk, 2_000_000, path)
     parent = tmp_path / "converted"
     parent.mkdir()
@@ -193,18 +201,18 @@ def test_full_disk_leaves_nothing_under_a_final_name(tiny_release_src: Path, tmp
 
 @pytest.mark.parametrize("path", ["write", "copy"])
 @pytest.mark.parametrize("layout", ["native", "hf"])
-def test_read_back_check_catches_a_byte_the_disk_changed(tiny_release_src: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch, layout: str,
-                                                         path: str) -> None:
+def test_read_back_check_catches_a_byte_the_disk_changed(
+    tiny_release_src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str, path: str
+) -> None:
     _faulty_disk(monkeypatch, _FlippingDisk, 1_000_000, path)
     with pytest.raises(MismatchError, match="read back differs"):
         convert_release(tiny_release_src, tmp_path / layout, layout)
     assert not (tmp_path / layout).exists() and list(tmp_path.iterdir()) == []
 
 
-def test_a_file_system_without_in_kernel_copy_gets_the_bytes_written(tiny_release_src: Path, tmp_path: Path,
-                                                                     converted_tiny: dict[str, Path],
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_system_without_in_kernel_copy_gets_the_bytes_written(
+    tiny_release_src: Path, tmp_path: Path, converted_tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """copy_file_range refused (EXDEV, as across devices on some kernels): the same bytes are written instead."""
     import m7b.verify.safetensors_out as writer
 
@@ -217,8 +225,9 @@ def test_a_file_system_without_in_kernel_copy_gets_the_bytes_written(tiny_releas
     monkeypatch.setattr(writer, "_copy_file_range", refuse)
     out = convert_release(tiny_release_src, tmp_path / "native", "native").out
     assert len(calls) == 1  # tried once, then written for the rest of the file
-    assert filecmp.cmp(out / "consolidated.safetensors", converted_tiny["native"] / "consolidated.safetensors",
-                       shallow=False)
+    assert filecmp.cmp(
+        out / "consolidated.safetensors", converted_tiny["native"] / "consolidated.safetensors", shallow=False
+    )
 
 
 def test_convert_refuses_a_checkpoint_that_disagrees_with_params(tiny_release: Path, tmp_path: Path) -> None:
@@ -262,8 +271,9 @@ def test_verify_converted_reports_unlisted_files(converted_tiny: dict[str, Path]
     assert report.exit_code == 5 and any(f.path == "extra.bin" for f in report.failures())
 
 
-def test_convert_onto_another_file_system_gives_the_same_bytes(tiny_release_src: Path,
-                                                                converted_tiny: dict[str, Path]) -> None:
+def test_convert_onto_another_file_system_gives_the_same_bytes(
+    tiny_release_src: Path, converted_tiny: dict[str, Path]
+) -> None:
     """Out on tmpfs, source on the test disk: the kernel refuses the cross-device copy (EXDEV) for real and the
     bytes are written instead, identical to a same-disk conversion."""
     import tempfile
@@ -273,5 +283,6 @@ def test_convert_onto_another_file_system_gives_the_same_bytes(tiny_release_src:
         pytest.skip("needs /dev/shm on another file system than the test release")
     with tempfile.TemporaryDirectory(dir=shm) as tmp:
         out = convert_release(tiny_release_src, Path(tmp) / "native", "native").out
-        assert filecmp.cmp(out / "consolidated.safetensors", converted_tiny["native"] / "consolidated.safetensors",
-                           shallow=False)
+        assert filecmp.cmp(
+            out / "consolidated.safetensors", converted_tiny["native"] / "consolidated.safetensors", shallow=False
+        )

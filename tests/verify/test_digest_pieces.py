@@ -30,8 +30,11 @@ def test_one_pass_digests_equal_hashlib_whatever_the_block_size(odd_files: Path)
     names = sorted(p.name for p in odd_files.iterdir())
     for block in (16 << 10, 1 << 20):
         sha, md5 = FileDigestLane("sha256"), FileDigestLane("md5", {"big.bin"})
-        found = read_stream([ReadItem(n, odd_files / n) for n in names] + [ReadItem("gone", odd_files / "gone")],
-                            [sha, md5], block_size=block)
+        found = read_stream(
+            [ReadItem(n, odd_files / n) for n in names] + [ReadItem("gone", odd_files / "gone")],
+            [sha, md5],
+            block_size=block,
+        )
         for n in names:
             data = (odd_files / n).read_bytes()
             assert sha.digests[n] == hashlib.sha256(data).hexdigest()
@@ -41,8 +44,9 @@ def test_one_pass_digests_equal_hashlib_whatever_the_block_size(odd_files: Path)
 
 
 @pytest.mark.parametrize("hybrid", [False, True], ids=["v1", "hybrid-v1-v2"])
-def test_pieces_spanning_files_pass_then_a_flipped_byte_is_named_by_piece(odd_files: Path, tmp_path: Path,
-                                                                          hybrid: bool) -> None:
+def test_pieces_spanning_files_pass_then_a_flipped_byte_is_named_by_piece(
+    odd_files: Path, tmp_path: Path, hybrid: bool
+) -> None:
     root = Path(shutil.copytree(odd_files, tmp_path / odd_files.name))
     files = ("a.bin", "big.bin", "c.bin")
     torrent = tmp_path / "r.torrent"
@@ -99,8 +103,12 @@ def test_bound_release_passes_every_check(tiny_release: Path, tmp_path: Path) ->
     report = verify_release(tiny_release, make_manifest(tiny_release, "tiny", ih), torrent)
     assert report.verdict == Status.OK, [f.message for f in report.failures()]
     assert report.bound_to_magnet and report.bound_to_publisher
-    assert {f["path"] for f in report.to_json()["files"]} == {"RELEASE", "consolidated.00.pth", "params.json",
-                                                              "tokenizer.model"}
+    assert {f["path"] for f in report.to_json()["files"]} == {
+        "RELEASE",
+        "consolidated.00.pth",
+        "params.json",
+        "tokenizer.model",
+    }
 
 
 def test_manifest_digest_and_size_mismatches_and_extra_files(tiny_release: Path, tmp_path: Path) -> None:
@@ -128,8 +136,9 @@ def test_a_manifest_with_only_a_magnet_binds_by_the_magnets_hash(tiny_release: P
     b32 = base64.b32encode(bytes.fromhex(ih)).decode()
     assert magnet_hashes(f"magnet:?xt=urn:btih:{b32}&dn=x") == [ih]
     manifest = make_manifest(tiny_release, "tiny", None)
-    manifest = dataclasses.replace(manifest, torrent=dataclasses.replace(
-        manifest.torrent, magnet=f"magnet:?xt=urn:btih:{ih}&dn=tiny"))
+    manifest = dataclasses.replace(
+        manifest, torrent=dataclasses.replace(manifest.torrent, magnet=f"magnet:?xt=urn:btih:{ih}&dn=tiny")
+    )
     report = verify_release(tiny_release, manifest, torrent)
     assert report.verdict == Status.OK and report.bound_to_magnet
 
@@ -145,8 +154,12 @@ def test_progress_counts_bytes_up_to_the_total_and_renders_a_rate(odd_files: Pat
     names = sorted(p.name for p in odd_files.iterdir())
     total = sum((odd_files / n).stat().st_size for n in names)
     events: list[ProgressEvent] = []
-    read_stream([ReadItem(n, odd_files / n) for n in names], [FileDigestLane("sha256")], block_size=16 << 10,
-                progress=events.append)
+    read_stream(
+        [ReadItem(n, odd_files / n) for n in names],
+        [FileDigestLane("sha256")],
+        block_size=16 << 10,
+        progress=events.append,
+    )
     assert events and {e.phase for e in events} == {"hashing"} and {e.total for e in events} == {total}
     assert [e.done for e in events] == sorted(e.done for e in events) and events[-1].done == total
     assert {e.unit for e in events} == {"B"}

@@ -33,14 +33,19 @@ def test_fast_tokenizer_equals_sentencepiece_on_2000_texts() -> None:
     assert built.checked == len(hf_tokenizer.SAMPLES)
     tok = Tokenizer.from_str(built.json)
     sp = spm.SentencePieceProcessor(model_file=str(bundled_tokenizer()))
-    differ = [t for t in _texts(2000) if tok.encode(t).ids != [sp.bos_id(), *sp.encode(t)]
-              or tok.decode(tok.encode(t).ids, skip_special_tokens=True) != sp.decode(sp.encode(t))]
+    differ = [
+        t
+        for t in _texts(2000)
+        if tok.encode(t).ids != [sp.bos_id(), *sp.encode(t)]
+        or tok.decode(tok.encode(t).ids, skip_special_tokens=True) != sp.decode(sp.encode(t))
+    ]
     assert differ == []
     assert hf_tokenizer.build(bundled_tokenizer()).json == built.json  # deterministic
 
 
-def test_a_conversion_that_disagrees_with_sentencepiece_is_left_out(tiny_release_src: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_conversion_that_disagrees_with_sentencepiece_is_left_out(
+    tiny_release_src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Merges in the wrong order tokenize differently: the check refuses them, convert leaves tokenizer.json out
     and says why, and the rest of the hf folder is complete."""
     real_merges = hf_tokenizer._merges

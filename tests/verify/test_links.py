@@ -48,8 +48,9 @@ def test_a_link_to_dev_zero_is_not_read_forever(cli, m7b_home: Path, tiny_releas
     assert "consolidated.00.pth" in result.stderr and "a character device" in result.stderr
 
 
-def test_a_symlink_to_the_right_bytes_verifies_and_is_named(cli, m7b_home: Path, tiny_release_src: Path,
-                                                             tmp_path: Path) -> None:
+def test_a_symlink_to_the_right_bytes_verifies_and_is_named(
+    cli, m7b_home: Path, tiny_release_src: Path, tmp_path: Path
+) -> None:
     root = install_release(m7b_home, tiny_release_src, "tiny-test")
     elsewhere = tmp_path / "elsewhere" / "consolidated.00.pth"
     elsewhere.parent.mkdir()

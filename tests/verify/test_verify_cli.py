@@ -85,8 +85,9 @@ def test_folder_with_manifest_and_torrent_files(cli, m7b_home: Path, tiny_releas
     assert not (m7b_home / "reports").exists()
 
 
-def test_v2_only_torrent_binds_and_names_a_flipped_byte_by_its_v2_piece(cli, m7b_home: Path,
-                                                                         tiny_release_src: Path) -> None:
+def test_v2_only_torrent_binds_and_names_a_flipped_byte_by_its_v2_piece(
+    cli, m7b_home: Path, tiny_release_src: Path
+) -> None:
     """A BitTorrent v2-only release (btmh magnet, SHA-256 merkle trees per file, no SHA-1 pieces) is proven through
     its per-file piece layers."""
     root = install_release(m7b_home, tiny_release_src, "tiny-v2", v2_only=True)

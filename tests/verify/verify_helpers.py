@@ -18,8 +18,15 @@ from m7b.synth import RELEASE_FILES
 PIECE = 64 << 10  # small pieces: many pieces per file, pieces spanning file boundaries
 
 
-def make_torrent(root: Path, out: Path, *, piece_size: int = PIECE, hybrid: bool = False, v2_only: bool = False,
-                 files: tuple[str, ...] = RELEASE_FILES) -> str:
+def make_torrent(
+    root: Path,
+    out: Path,
+    *,
+    piece_size: int = PIECE,
+    hybrid: bool = False,
+    v2_only: bool = False,
+    files: tuple[str, ...] = RELEASE_FILES,
+) -> str:
     """A torrent of `files` in `root` (multi-file, named after the folder): v1 (default), hybrid or v2-only;
     returns its v1 info-hash, or the full v2 one (64 hex) for v2-only."""
     import libtorrent as lt
@@ -39,31 +46,52 @@ def make_torrent(root: Path, out: Path, *, piece_size: int = PIECE, hybrid: bool
     return ih
 
 
-def make_manifest(root: Path, name: str, info_hash: str | None, *, sha256: bool = True, md5: bool = True,
-                  license_id: str = "Apache-2.0", info_hash_v2: str | None = None) -> Manifest:
+def make_manifest(
+    root: Path,
+    name: str,
+    info_hash: str | None,
+    *,
+    sha256: bool = True,
+    md5: bool = True,
+    license_id: str = "Apache-2.0",
+    info_hash_v2: str | None = None,
+) -> Manifest:
     files = []
     for f in RELEASE_FILES:
         data = (root / f).read_bytes()
-        files.append(FileFacts(f, len(data), hashlib.sha256(data).hexdigest() if sha256 else None,
-                               hashlib.md5(data).hexdigest() if md5 else None))
+        files.append(
+            FileFacts(
+                f,
+                len(data),
+                hashlib.sha256(data).hexdigest() if sha256 else None,
+                hashlib.md5(data).hexdigest() if md5 else None,
+            )
+        )
     arch = load_params(root / "params.json")
     sources = {"release": "test fixture", "architecture": "test params.json", "checkpoint": "test"}
     if info_hash or info_hash_v2:
         sources["torrent"] = "test torrent"
     sources.update({f"files.{f.path}": "test digests" for f in files})
     return Manifest(
-        name=name, title=f"Test {name}", publisher="m7b tests", license=license_id,
+        name=name,
+        title=f"Test {name}",
+        publisher="m7b tests",
+        license=license_id,
         torrent=TorrentFacts(name=root.name, info_hash_v1=info_hash, info_hash_v2=info_hash_v2, files_complete=True)
-        if info_hash or info_hash_v2 else TorrentFacts(),
-        files=tuple(files), architecture=arch,
-        checkpoint=CheckpointFacts(tensors=len(arch.tensor_shapes()), parameters=arch.parameter_count(),
-                                   dtype="bfloat16"),
+        if info_hash or info_hash_v2
+        else TorrentFacts(),
+        files=tuple(files),
+        architecture=arch,
+        checkpoint=CheckpointFacts(
+            tensors=len(arch.tensor_shapes()), parameters=arch.parameter_count(), dtype="bfloat16"
+        ),
         sources=sources,
     )
 
 
-def install_release(home: Path, src: Path, name: str, *, hybrid: bool = False, v2_only: bool = False,
-                    **manifest_kw) -> Path:
+def install_release(
+    home: Path, src: Path, name: str, *, hybrid: bool = False, v2_only: bool = False, **manifest_kw
+) -> Path:
     """Put a copy of `src` into the store as release `name`, with its torrent and manifest; return its folder."""
     root = home / "releases" / name
     shutil.copytree(src, root)
