@@ -20,7 +20,7 @@ from m7b.atomic import write_bytes
 from m7b.errors import InvalidInputError, M7bError, NetworkError, StorageError
 from m7b.manifests.loader import find_manifest, known_manifests
 from m7b.manifests.schema import Manifest
-from m7b.mirror.layout import check_against_manifest, checked_meta, release_files_exist, renamed_files
+from m7b.mirror.layout import check_against_manifest, checked_meta, files_not_in_place, renamed_files
 from m7b.mirror.magnet import Magnet, is_magnet, parse_magnet, parse_peer
 from m7b.mirror.resume import load_resume, record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
@@ -126,6 +126,7 @@ class _Download:
         self.hash_failures = 0
         self.pieces_at_start = 0
         self.resume_pending = False
+        self.flush_pending = False
         self.pending_renames: set[int] = set()
 
     def add(self, peers: Sequence[str]) -> lt.torrent_handle:
@@ -214,6 +215,8 @@ class _Download:
                 )
             elif isinstance(alert, lt.hash_failed_alert):
                 self.hash_failures += 1
+            elif isinstance(alert, lt.cache_flushed_alert):
+                self.flush_pending = False
             elif isinstance(alert, lt.save_resume_data_alert):
                 save_resume(self.store, self.target.info_hash, alert.params)
                 self.resume_pending = False
@@ -226,6 +229,25 @@ class _Download:
                 )
             elif isinstance(alert, lt.torrent_error_alert):
                 raise StorageError(f"libtorrent stopped the download: {alert.message()}")
+
+    def settle(self, wait: float = 120.0) -> None:
+        """Wait until every block libtorrent accepted is written to its file and the files are closed.
+
+        libtorrent 2 hashes a piece from its write buffer, so a piece passes (and the torrent reports itself
+        finished) before its blocks reach the disk; with many files per piece the gap is seconds. flush_cache
+        queues a fence behind every outstanding disk job of the torrent; cache_flushed_alert says it ran.
+        """
+        self.flush_pending = True
+        self.handle.flush_cache()
+        deadline = time.monotonic() + wait
+        while self.flush_pending:
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    f"libtorrent did not finish writing to {self.save_path} within {wait:g} s; resume data was "
+                    "kept: check the disk and rerun the same command"
+                )
+            self.session.wait_for_alert(100)
+            self.handle_alerts()
 
     def save_resume_now(self, wait: float = 10.0) -> None:
         if self.meta is None or not self.handle.is_valid():
@@ -334,6 +356,8 @@ def fetch(
             if now - last_resume > resume_interval and download.meta is not None and handle.need_save_resume_data():
                 handle.save_resume_data(lt.save_resume_flags_t.save_info_dict)
                 last_resume = now
+        # every piece passed its hash; whether the files are complete is judged once every write has landed
+        download.settle()
     except BaseException as exc:
         if download.meta is None and created_partial and not isinstance(exc, KeyboardInterrupt):
             shutil.rmtree(download.partial, ignore_errors=True)  # refused or timed out: nothing was written
@@ -346,10 +370,11 @@ def fetch(
     download.session.remove_torrent(handle)
     meta = download.meta
     assert meta is not None
-    if not release_files_exist(meta, download.save_path):
+    wrong = files_not_in_place(meta, download.save_path)
+    if wrong:
         raise StorageError(
-            f"libtorrent reported the download complete but files are missing from "
-            f"{download.save_path}; resume data was kept: rerun the same command to recheck"
+            f"every piece passed its hash but {len(wrong)} file(s) are missing or have the wrong size in "
+            f"{download.save_path} (first: {wrong[0]}); resume data was kept: rerun the same command to recheck"
         )
     if not download.in_place:
         if final.exists():
