@@ -16,6 +16,8 @@ from m7b.mirror.create import create_release
 
 LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
 
+pytestmark = pytest.mark.slow  # each runs m7b as a user would, in processes of its own (3-8 s each here)
+
 
 def _many_file_release(folder: Path, count: int) -> tuple[Path, str, str]:
     """A release of `count` tiny files (a few pieces, each spanning hundreds of files); its .torrent and magnet."""
@@ -28,7 +30,6 @@ def _many_file_release(folder: Path, count: int) -> tuple[Path, str, str]:
     return torrent, made.magnet, made.meta.info_hash
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("by", ["torrent", "magnet"])
 def test_a_many_file_torrent_completes_on_its_first_fetch(cli, m7b_home, tmp_path, by) -> None:
     # 2,000 files in 2 pieces: a piece passes its hash (from libtorrent's write buffer) long before its
