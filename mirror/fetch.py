@@ -6,6 +6,7 @@ passed its hash. Resume data is saved every few seconds and on exit, so a killed
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -400,6 +401,10 @@ def _fetch_locked(
             final.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error(exc, final) from exc
+    stored = store.torrent_path(target.info_hash)
+    if target.torrent is None and stored.is_file():
+        # another command may have learnt the metadata while this one waited for the lock
+        target = dataclasses.replace(target, torrent=load_torrent(stored)[0])
     marker = final.parent / f".{final.name}.incomplete"
     download = _Download(target, store, final, options, progress, repair=repair)
     created_partial = not download.partial.exists()
