@@ -12,9 +12,9 @@ import typer
 from rich.table import Table
 
 from m7b.cli import app
-from m7b.errors import InvalidInputError
+from m7b.errors import InvalidInputError, StorageError
 from m7b.progress import ProgressEvent
-from m7b.render import emit_json, err, out, progress_bars
+from m7b.render import emit_json, err, out, progress_bars, report_lock_wait
 from m7b.store import Store
 
 PeerOption = Annotated[list[str] | None, typer.Option("--peer", help="Connect to HOST:PORT (repeatable).")]
@@ -78,10 +78,21 @@ def fetch_command(
     download_limit: Annotated[str | None, typer.Option(help="Max download rate, e.g. 20M.")] = None,
     resume_interval: Annotated[float, typer.Option(help="Seconds between resume-data saves.")] = 5.0,
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines: progress events, then the result.")] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="--dest already holds (some of) the release: recheck it in place and rewrite only failing pieces. "
+            "Without it m7b refuses to touch a file it did not write. (A release in the store is always repaired.)",
+        ),
+    ] = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="If another command is writing this release, fail at once (exit 8).")
+    ] = False,
 ) -> None:
     """Download a release over BitTorrent, checking its metadata against its manifest before any data."""
     from m7b.errors import EXIT_INTERRUPTED
-    from m7b.mirror.fetch import fetch, resolve
+    from m7b.mirror.fetch import FilesInTheWayError, fetch, resolve
 
     options = session_options(listen, no_dht, download_limit=parse_rate(download_limit, "--download-limit"))
     store = Store.from_env()
@@ -110,7 +121,12 @@ def fetch_command(
                 resume_interval=resume_interval,
                 progress=json_progress if json_out else bars,
                 should_stop=lambda: stop[0],
+                repair=repair,
+                wait=not no_wait,
+                on_wait=lambda holder: report_lock_wait(holder, json_out),
             )
+        except FilesInTheWayError as exc:
+            raise StorageError(f"{exc}: to repair it, rerun with --repair") from exc
         except KeyboardInterrupt:
             if json_out:
                 emit_json({"event": "interrupted", "info_hash": target.info_hash})

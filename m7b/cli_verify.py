@@ -12,7 +12,7 @@ from rich.table import Table
 from m7b.cli import app
 from m7b.errors import InvalidInputError, MismatchError, NotFoundError, UnsafeError
 from m7b.manifests.schema import Manifest
-from m7b.render import emit_json, err, out, progress_bars
+from m7b.render import emit_json, err, out, progress_bars, report_lock_wait
 from m7b.store import Store
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
@@ -179,8 +179,12 @@ def convert(
     ] = None,
     max_shard_size: Annotated[str, typer.Option(help="hf only: largest shard, e.g. 5GB or 500MB.")] = "5GB",
     json_out: JsonOption = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="If another command is writing this output, fail at once (exit 8).")
+    ] = False,
 ) -> None:
     """Convert a release to safetensors: streaming, deterministic, atomic, every tensor checked bit for bit."""
+    from m7b.locks import hold
     from m7b.verify.convert import CHECKPOINT, convert_release
 
     store = Store.from_env()
@@ -194,7 +198,12 @@ def convert(
             "to its magnet and publisher",
             highlight=False,
         )
-    with progress_bars(enabled=not json_out) as progress:
+    lock = store.converted_lock(label, to)
+    wait_report = lambda holder: report_lock_wait(holder, json_out)  # noqa: E731
+    with (
+        hold(store, lock, f"converted output {label}/{to}", wait=not no_wait, on_wait=wait_report),
+        progress_bars(enabled=not json_out) as progress,
+    ):
         result = convert_release(
             root,
             out_path,

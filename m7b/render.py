@@ -22,6 +22,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from m7b.locks import LockHolder
 from m7b.progress import ProgressCallback, ProgressEvent
 
 out = Console(soft_wrap=True)
@@ -82,3 +83,11 @@ def progress_bars(enabled: bool = True, single: bool = False) -> Iterator[Progre
 
     with bars:
         yield on_event
+
+
+def report_lock_wait(holder: LockHolder, json_out: bool) -> None:
+    """What a command prints while another one holds what it wants to write."""
+    if json_out:
+        emit_json({"event": "waiting", "for": holder.what, "pid": holder.pid, "command": holder.command})
+    else:
+        err.print(f"waiting: {holder.what} is being written by {holder} (--no-wait fails at once)", highlight=False)

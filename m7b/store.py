@@ -10,16 +10,20 @@
     converted/<name>/{native,hf}/     safetensors outputs, each with its SHA256SUMS
     reports/<name>.json               the last verification report
     manifests/*.toml                  manifests of the user's own releases
+    locks/releases/<name>.lock        held (flock) by the command writing a release; holds its pid and command
+    locks/converted/<name>/<layout>.lock   the same for a converted output
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from m7b.errors import StorageError
 from m7b.manifests.schema import Manifest
 
 CONVERTED_RECORD = "SHA256SUMS"
@@ -40,10 +44,39 @@ class Store:
 
     @classmethod
     def from_env(cls) -> Store:
+        """The store M7B_HOME names (default: $XDG_DATA_HOME/m7b); refused at once if that is not a folder."""
         if os.environ.get("M7B_HOME"):
-            return cls(Path(os.environ["M7B_HOME"]).expanduser())
-        data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        return cls(Path(data).expanduser() / "m7b")
+            store = cls(Path(os.environ["M7B_HOME"]).expanduser())
+        else:
+            data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+            store = cls(Path(data).expanduser() / "m7b")
+        if store.home.exists() and not store.home.is_dir():
+            raise StorageError(
+                f"the store {store.home} (M7B_HOME) is not a folder: point M7B_HOME at a folder you can write to "
+                "(it is created if missing)"
+            )
+        return store
+
+    def ensure_dir(self, path: Path) -> Path:
+        """Create `path` (a folder inside the store) with its parents; the disk's refusal is a StorageError."""
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = {
+                errno.ENOTDIR: "a part of that path is a file, not a folder",
+                errno.ENOENT: "that place does not allow new folders",
+                errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied",
+                errno.EROFS: "the file system is read-only",
+                errno.ENOSPC: "the disk is full",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            raise StorageError(
+                f"could not create {path} in the store {self.home}: {why}; point M7B_HOME at a folder you can "
+                "write to (it is created if missing)"
+            ) from exc
+        if not path.is_dir():
+            raise StorageError(f"{path} in the store {self.home} is not a folder: move it away and rerun")
+        return path
 
     @property
     def releases_dir(self) -> Path:
@@ -83,6 +116,13 @@ class Store:
 
     def converted_dir(self, name: str, layout: str) -> Path:
         return self.home / "converted" / name / layout
+
+    def release_lock(self, name: str) -> Path:
+        """The lock file held by the one command that may write release `name` (and its resume data)."""
+        return self.home / "locks" / "releases" / f"{name}.lock"
+
+    def converted_lock(self, name: str, layout: str) -> Path:
+        return self.home / "locks" / "converted" / name / f"{layout}.lock"
 
     def report_path(self, name: str) -> Path:
         return self.reports_dir / f"{name}.json"

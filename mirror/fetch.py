@@ -6,6 +6,7 @@ passed its hash. Resume data is saved every few seconds and on exit, so a killed
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -16,11 +17,12 @@ from pathlib import Path
 
 import libtorrent as lt
 
-from m7b.atomic import write_bytes
+from m7b.atomic import storage_error, write_bytes
 from m7b.errors import InvalidInputError, M7bError, NetworkError, StorageError
+from m7b.locks import LockWaitCallback, hold
 from m7b.manifests.loader import find_manifest, known_manifests
 from m7b.manifests.schema import Manifest
-from m7b.mirror.layout import check_against_manifest, checked_meta, release_files_exist, renamed_files
+from m7b.mirror.layout import check_against_manifest, checked_meta, files_not_in_place, renamed_files
 from m7b.mirror.magnet import Magnet, is_magnet, parse_magnet, parse_peer
 from m7b.mirror.resume import load_resume, record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
@@ -38,6 +40,19 @@ class FetchTarget:
     magnet: Magnet | None = None
     torrent: lt.torrent_info | None = None
     manifest: Manifest | None = None
+
+
+class FilesInTheWayError(StorageError):
+    """The destination already holds files of the release that m7b did not write: nothing was changed."""
+
+    def __init__(self, folder: Path, files: Sequence[str]) -> None:
+        self.folder, self.files = folder, tuple(files)
+        shown = ", ".join(self.files[:5]) + (f" and {len(self.files) - 5} more" if len(self.files) > 5 else "")
+        super().__init__(
+            f"{folder} already holds {len(self.files)} file(s) of this release that m7b did not write: {shown}. "
+            "Nothing was changed: fetch into a new or empty folder, or repair this copy in place (every piece is "
+            "rechecked and only the pieces that fail are written)"
+        )
 
 
 @dataclass(frozen=True)
@@ -115,17 +130,28 @@ class _Download:
     """One fetch: the session, the handle, and the bookkeeping of its alert loop."""
 
     def __init__(
-        self, target: FetchTarget, store: Store, final: Path, options: SessionOptions, progress: ProgressCallback
+        self,
+        target: FetchTarget,
+        store: Store,
+        final: Path,
+        options: SessionOptions,
+        progress: ProgressCallback,
+        *,
+        repair: bool,
     ) -> None:
         self.target, self.store, self.final, self.progress = target, store, final, progress
         self.partial = final.parent / f".{final.name}.partial"
+        self.marker = final.parent / f".{final.name}.incomplete"
         self.in_place = final.is_dir() and any(final.iterdir())
+        # a store release folder is m7b's own: fetching it again repairs it; any other folder is the user's
+        self.repair = repair or final == store.release_dir(target.name)
         self.save_path = final if self.in_place else self.partial
         self.session = make_session(options)
         self.meta: TorrentMeta | None = None
         self.hash_failures = 0
         self.pieces_at_start = 0
         self.resume_pending = False
+        self.flush_pending = False
         self.pending_renames: set[int] = set()
 
     def add(self, peers: Sequence[str]) -> lt.torrent_handle:
@@ -169,7 +195,10 @@ class _Download:
         atp.flags = flags
         if resume is not None:
             self.pieces_at_start = sum(1 for have in resume.have_pieces if have)
-        self.save_path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.save_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(exc, self.save_path) from exc
         self.handle = self.session.add_torrent(atp)
         for peer in [*peers, *(t.magnet.peers if t.magnet else ())]:
             self.handle.connect_peer(parse_peer(peer))
@@ -179,12 +208,24 @@ class _Download:
         meta = checked_meta(ti)
         if self.target.manifest is not None:
             check_against_manifest(meta, self.target.manifest)
+        if self.in_place:
+            self._check_files_in_the_way(meta)
+            self.marker.touch()
         trackers = list(self.target.magnet.trackers) if self.target.magnet else []
-        self.store.torrents_dir.mkdir(parents=True, exist_ok=True)
+        self.store.ensure_dir(self.store.torrents_dir)
         stored = self.store.torrent_path(meta.info_hash)
         if not stored.exists():
             write_bytes(stored, _torrent_bytes(ti, trackers))
         return meta
+
+    def _check_files_in_the_way(self, meta: TorrentMeta) -> None:
+        """m7b rewrites a file already in the folder only when asked to repair, or when m7b itself wrote it
+        (its record of a completed download still matches, or its own in-place run was interrupted)."""
+        if self.repair or self.marker.exists() or still_complete(self.store, meta, self.final):
+            return
+        existing = [f.path for f in meta.data_files if os.path.lexists(self.final / f.path)]
+        if existing:
+            raise FilesInTheWayError(self.final, existing)
 
     def on_metadata(self) -> None:
         ti = self.handle.torrent_file()
@@ -199,6 +240,8 @@ class _Download:
         # or a first piece could be written under the old name.
         self.pending_renames.discard(index)
         if not self.pending_renames:
+            if self.in_place:
+                self.handle.force_recheck()  # files already there were checked under the old names: check again
             self.handle.unset_flags(lt.torrent_flags.upload_mode)
 
     def handle_alerts(self) -> None:
@@ -214,6 +257,8 @@ class _Download:
                 )
             elif isinstance(alert, lt.hash_failed_alert):
                 self.hash_failures += 1
+            elif isinstance(alert, lt.cache_flushed_alert):
+                self.flush_pending = False
             elif isinstance(alert, lt.save_resume_data_alert):
                 save_resume(self.store, self.target.info_hash, alert.params)
                 self.resume_pending = False
@@ -226,6 +271,25 @@ class _Download:
                 )
             elif isinstance(alert, lt.torrent_error_alert):
                 raise StorageError(f"libtorrent stopped the download: {alert.message()}")
+
+    def settle(self, wait: float = 120.0) -> None:
+        """Wait until every block libtorrent accepted is written to its file and the files are closed.
+
+        libtorrent 2 hashes a piece from its write buffer, so a piece passes (and the torrent reports itself
+        finished) before its blocks reach the disk; with many files per piece the gap is seconds. flush_cache
+        queues a fence behind every outstanding disk job of the torrent; cache_flushed_alert says it ran.
+        """
+        self.flush_pending = True
+        self.handle.flush_cache()
+        deadline = time.monotonic() + wait
+        while self.flush_pending:
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    f"libtorrent did not finish writing to {self.save_path} within {wait:g} s; resume data was "
+                    "kept: check the disk and rerun the same command"
+                )
+            self.session.wait_for_alert(100)
+            self.handle_alerts()
 
     def save_resume_now(self, wait: float = 10.0) -> None:
         if self.meta is None or not self.handle.is_valid():
@@ -279,16 +343,70 @@ def fetch(
     resume_interval: float = 5.0,
     progress: ProgressCallback = ignore_progress,
     should_stop: Callable[[], bool] = lambda: False,
+    repair: bool = False,
+    wait: bool = True,
+    on_wait: LockWaitCallback = lambda holder: None,
 ) -> FetchResult:
     """Download `target` into `dest` (default: the store's release folder); every piece is hash-checked.
 
     `timeout` bounds the wait for metadata and any stretch without new data. Interrupts (KeyboardInterrupt,
     `should_stop`) save resume data before returning control.
+
+    A release in the store is m7b's: fetching it again rechecks it and rewrites only failing pieces. A `dest`
+    folder is the user's: a file of the release already there is refused (FilesInTheWayError, nothing changed)
+    unless `repair`, or m7b's own record shows it wrote that copy. One command at a time writes a release (and
+    its resume data): a second one waits, reporting the holder through `on_wait`, or without `wait` fails at once.
     """
     final = Path(dest) if dest is not None else store.release_dir(target.name)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and not final.is_dir():
+        raise StorageError(f"{final} is a file, not a folder: choose a folder for the release's files")
+    with hold(
+        store,
+        store.release_lock(target.name),
+        f"release {target.name}",
+        wait=wait,
+        on_wait=on_wait,
+        should_stop=should_stop,
+    ):
+        return _fetch_locked(
+            target,
+            store,
+            final,
+            options or SessionOptions(),
+            peers,
+            timeout,
+            resume_interval,
+            progress,
+            should_stop,
+            repair,
+        )
+
+
+def _fetch_locked(
+    target: FetchTarget,
+    store: Store,
+    final: Path,
+    options: SessionOptions,
+    peers: Sequence[str],
+    timeout: float,
+    resume_interval: float,
+    progress: ProgressCallback,
+    should_stop: Callable[[], bool],
+    repair: bool,
+) -> FetchResult:
+    if final == store.release_dir(target.name):
+        store.ensure_dir(final.parent)
+    else:
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(exc, final) from exc
+    stored = store.torrent_path(target.info_hash)
+    if target.torrent is None and stored.is_file():
+        # another command may have learnt the metadata while this one waited for the lock
+        target = dataclasses.replace(target, torrent=load_torrent(stored)[0])
     marker = final.parent / f".{final.name}.incomplete"
-    download = _Download(target, store, final, options or SessionOptions(), progress)
+    download = _Download(target, store, final, options, progress, repair=repair)
     created_partial = not download.partial.exists()
     start = time.monotonic()
     try:
@@ -297,8 +415,6 @@ def fetch(
         if created_partial:
             shutil.rmtree(download.partial, ignore_errors=True)
         raise
-    if download.in_place:
-        marker.touch()
     last_change, last_done, last_resume = start, -1, start
     try:
         while True:
@@ -334,6 +450,8 @@ def fetch(
             if now - last_resume > resume_interval and download.meta is not None and handle.need_save_resume_data():
                 handle.save_resume_data(lt.save_resume_flags_t.save_info_dict)
                 last_resume = now
+        # every piece passed its hash; whether the files are complete is judged once every write has landed
+        download.settle()
     except BaseException as exc:
         if download.meta is None and created_partial and not isinstance(exc, KeyboardInterrupt):
             shutil.rmtree(download.partial, ignore_errors=True)  # refused or timed out: nothing was written
@@ -346,10 +464,11 @@ def fetch(
     download.session.remove_torrent(handle)
     meta = download.meta
     assert meta is not None
-    if not release_files_exist(meta, download.save_path):
+    wrong = files_not_in_place(meta, download.save_path)
+    if wrong:
         raise StorageError(
-            f"libtorrent reported the download complete but files are missing from "
-            f"{download.save_path}; resume data was kept: rerun the same command to recheck"
+            f"every piece passed its hash but {len(wrong)} file(s) are missing or have the wrong size in "
+            f"{download.save_path} (first: {wrong[0]}); resume data was kept: rerun the same command to recheck"
         )
     if not download.in_place:
         if final.exists():

@@ -87,5 +87,11 @@ def renamed_files(meta: TorrentMeta) -> dict[int, str]:
     return {i: f.path for i, f in enumerate(meta.files) if not f.pad}
 
 
-def release_files_exist(meta: TorrentMeta, folder: Path) -> bool:
-    return all((folder / PurePosixPath(f.path)).is_file() for f in meta.data_files)
+def files_not_in_place(meta: TorrentMeta, folder: Path) -> list[str]:
+    """The torrent's files that are missing from `folder` or have another size than the torrent says."""
+    wrong = []
+    for f in meta.data_files:
+        path = folder / PurePosixPath(f.path)
+        if not path.is_file() or path.stat().st_size != f.size:
+            wrong.append(f.path)
+    return wrong

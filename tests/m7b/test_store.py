@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -76,3 +77,61 @@ def test_list_human_output(cli, m7b_home: Path) -> None:
     result = cli("list")
     assert result.code == 0
     assert "mistral-7b-v0.1" in result.stdout and "absent" in result.stdout
+
+
+def test_a_store_that_is_a_file_or_cannot_be_created_is_a_storage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from m7b.errors import StorageError
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    monkeypatch.setenv("M7B_HOME", str(a_file))
+    with pytest.raises(StorageError, match="is not a folder: point M7B_HOME at a folder"):
+        Store.from_env()
+    store = Store(Path("/proc/m7b-store"))
+    with pytest.raises(StorageError, match="could not create /proc/m7b-store/locks in the store /proc/m7b-store"):
+        store.ensure_dir(store.home / "locks")
+    assert not store.home.exists()
+
+
+def test_a_lock_held_elsewhere_names_its_holder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from m7b.errors import StorageError
+    from m7b.locks import hold
+
+    store = Store(tmp_path / "store")
+    lock = store.release_lock("tiny")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from m7b.locks import hold; from m7b.store import Store; from pathlib import Path\n"
+            f"with hold(Store(Path({str(store.home)!r})), Path({str(lock)!r}), 'release tiny'):\n"
+            "    print('held', flush=True); sys.stdin.readline()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline().strip() == "held"
+    with (
+        pytest.raises(StorageError, match=f"release tiny is being written by pid {holder.pid} "),
+        hold(store, lock, "release tiny", wait=False),
+    ):
+        pass
+    seen = []
+
+    def release_holder(who) -> None:  # the waiter reports the holder once, then the holder goes away
+        seen.append(who)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+
+    with hold(store, lock, "release tiny", on_wait=release_holder):
+        assert lock.read_text().splitlines()[0] == str(os.getpid())
+    holder.wait(timeout=10)
+    assert [h.pid for h in seen] == [holder.pid]
+    assert lock.read_text() == ""  # no stale holder left in the file
