@@ -91,19 +91,22 @@ def resolve_release(text: str, store: Store) -> Release:
         return by_name
     if here.is_dir():
         return _folder(store, here)
-    known = sorted({*known_manifests(store.manifests_dir), *store.recorded_releases()})
     raise NotFoundError(
-        f"unknown release {text!r}; known releases: {', '.join(known) or 'none'} (see `m7b list`); "
-        "or name a folder, a magnet, a .torrent or a manifest .toml"
+        f"unknown release {text!r} (store: {store.home}); known releases: {', '.join(release_names(store)) or 'none'}"
+        " (see `m7b list`); or name a folder, a magnet, a .torrent or a manifest .toml"
     )
 
 
 def release_names(store: Store) -> dict[str, Manifest | None]:
-    """Every release known by name: manifests, then releases the store recorded without one."""
+    """Every release known by name, sorted: manifests, releases the store recorded, and folders in the store."""
     names: dict[str, Manifest | None] = dict(known_manifests(store.manifests_dir))
     for name in store.recorded_releases():
         names.setdefault(name, None)
-    return names
+    if store.releases_dir.is_dir():
+        for folder in store.releases_dir.iterdir():
+            if folder.is_dir() and not folder.name.startswith("."):
+                names.setdefault(folder.name, None)
+    return dict(sorted(names.items()))
 
 
 def name_for_hash(store: Store, info_hash: str, display_name: str) -> str:
@@ -144,6 +147,10 @@ def _by_name(store: Store, name: str) -> Release | None:
     recorded = store.recorded_releases()
     if name in recorded:
         return _store_release(store, name, None, recorded[name])
+    if not name.startswith(".") and store.release_dir(name).is_dir():  # a store folder with no record (older m7b)
+        torrent = _store_torrent_named(store, name)
+        info_hash = load_torrent(torrent)[1].info_hash if torrent else None
+        return _store_release(store, name, manifest_for_hash(info_hash, store) if info_hash else None, info_hash)
     return None
 
 
@@ -209,3 +216,29 @@ def _store_torrent_named(store: Store, name: str) -> Path | None:
         if name in (meta.name, slug(meta.name)):
             return candidate
     return None
+
+
+def require_present(release: Release) -> Release:
+    """The release, when its folder exists; else NotFoundError saying how to get it."""
+    if release.folder.is_dir():
+        return release
+    if release.in_store:
+        raise NotFoundError(
+            f"release {release.name} is not in the store ({release.folder} does not exist): fetch it first with "
+            f"`m7b fetch {release.name}`, or pass its folder"
+        )
+    raise NotFoundError(f"release folder {release.folder} not found")
+
+
+def runtime_folder(release: Release, store: Store) -> Path:
+    """The folder the runtime loads: the store's converted native folder when there is one, else the release's."""
+    if not release.in_store:
+        return require_present(release).folder
+    candidates = [store.converted_dir(release.name, "native"), release.folder]
+    for folder in candidates:
+        if (folder / "params.json").is_file() and (folder / "tokenizer.model").is_file():
+            return folder
+    raise NotFoundError(
+        f"release {release.name!r} has no runnable folder in the store {store.home} (looked in "
+        f"{', '.join(str(c) for c in candidates)}): fetch it with `m7b fetch {release.name}` or pass a release folder"
+    )

@@ -108,7 +108,7 @@ def verify_release(
                 "binding",
                 Status.MISSING,
                 "nothing to bind these files to: no manifest and no torrent "
-                "metadata; pass --manifest FILE and/or --torrent FILE",
+                "metadata; give the release's manifest and/or its .torrent file",
             )
         )
 
@@ -192,7 +192,7 @@ def _bound_plan(manifest: Manifest | None, torrent: Path | None, findings: list[
                     Status.MISSING,
                     f"no torrent metadata for info-hash {wanted[0]} in the "
                     "store: without it nothing proves these are the files the magnet names; fetch "
-                    "the metadata (`m7b fetch`) or pass --torrent FILE",
+                    "the metadata (`m7b fetch`) or give the .torrent file",
                 )
             )
         return None
