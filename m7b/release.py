@@ -23,13 +23,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from m7b.errors import M7bError, NotFoundError
 from m7b.manifests.loader import known_manifests, load_manifest
 from m7b.manifests.schema import Manifest
 from m7b.mirror.magnet import Magnet, is_magnet, parse_magnet
 from m7b.mirror.torrent import load_torrent
+from m7b.progress import ProgressCallback, ignore_progress
 from m7b.store import Store
+
+if TYPE_CHECKING:
+    from m7b.verify.report import VerifyReport
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,8 @@ def resolve_release(text: str, store: Store) -> Release:
     if here.is_dir():
         return _folder(store, here)
     raise NotFoundError(
-        f"unknown release {text!r} (store: {store.home}); known releases: {', '.join(release_names(store)) or 'none'}"
-        " (see `m7b list`); or name a folder, a magnet, a .torrent or a manifest .toml"
+        f"unknown release {text!r}; known releases: {', '.join(release_names(store)) or 'none'} (store: "
+        f"{store.home}; see `m7b list`); or name a folder, a magnet, a .torrent or a manifest .toml"
     )
 
 
@@ -188,6 +193,8 @@ def _folder(store: Store, path: Path) -> Release:
         if candidate.is_file():
             manifest = load_manifest(candidate)
             break
+    if torrent is None and manifest is not None:
+        torrent = store_torrent(store, manifest.torrent.info_hash_v1, manifest.torrent.info_hash_v2)
     info_hash = None
     if torrent is not None:
         _, meta = load_torrent(torrent)
@@ -242,3 +249,21 @@ def runtime_folder(release: Release, store: Store) -> Path:
         f"release {release.name!r} has no runnable folder in the store {store.home} (looked in "
         f"{', '.join(str(c) for c in candidates)}): fetch it with `m7b fetch {release.name}` or pass a release folder"
     )
+
+
+@dataclass(frozen=True)
+class Verification:
+    report: VerifyReport
+    report_path: Path | None  # where the report was saved (store releases only)
+
+
+def verify(release: Release, store: Store, *, progress: ProgressCallback = ignore_progress) -> Verification:
+    """Verify a resolved release against its manifest and torrent; a store release's report is saved where
+    `Store.is_verified` (and so `m7b list`, convert and seed) reads it, whoever calls this."""
+    from m7b.verify.check import verify_release
+
+    require_present(release)
+    name = release.name if release.in_store else None
+    report = verify_release(release.folder, release.manifest, release.torrent, name=name, progress=progress)
+    saved = store.save_report(release.name, report.to_json()) if release.in_store else None
+    return Verification(report, saved)
