@@ -117,3 +117,12 @@ def resolve(text: str, store: Store) -> Release:
     if release.note:
         err.print(f"[yellow]note:[/yellow] {release.note}", highlight=False)
     return release
+
+
+def fail_after_document(exc: M7bError, json_out: bool) -> None:
+    """Raise a failure whose details a document already printed on stdout (a verify report, a smoke table): with
+    --json that document is the answer, so the error goes to stderr only and stdout stays one document."""
+    if not json_out:
+        raise exc
+    err.print(f"[red]error:[/red] {cli_message(exc)}", highlight=False)
+    raise typer.Exit(exc.exit_code)

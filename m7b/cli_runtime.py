@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from m7b.cli_options import DeviceOption, DtypeOption, JsonOption, ReleaseArg, resolve
+from m7b.cli_options import DeviceOption, DtypeOption, JsonOption, ReleaseArg, fail_after_document, resolve
 from m7b.errors import InvalidInputError, MismatchError
 from m7b.release import runtime_folder
 from m7b.render import emit_json, err, out, show
@@ -179,7 +179,8 @@ def smoke(
     show(doc, json_out, _print_smoke)
     if not report.passed:
         failed = [c.name for c in report.checks if not c.passed]
-        raise MismatchError(f"smoke: {len(failed)} of {len(report.checks)} checks failed: {'; '.join(failed)}")
+        error = MismatchError(f"smoke: {len(failed)} of {len(report.checks)} checks failed: {'; '.join(failed)}")
+        fail_after_document(error, json_out)
 
 
 def _print_smoke(doc: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from m7b.cli_options import JsonOption, TargetArg, resolve
+from m7b.cli_options import JsonOption, TargetArg, fail_after_document, resolve
 from m7b.errors import InvalidInputError, MismatchError, NotFoundError, UnsafeError
 from m7b.release import Release, require_present
 from m7b.render import err, out, progress_bars, show
@@ -73,10 +73,10 @@ def verify(
     doc = report.to_json()
     doc["report_path"] = str(saved) if saved else None
     show(doc, json_out, _print_report)
-    _fail_unless_ok(report)
+    _fail_unless_ok(report, json_out)
 
 
-def _fail_unless_ok(report: Any) -> None:
+def _fail_unless_ok(report: Any, json_out: bool) -> None:
     """The report is printed; a failing verdict becomes the error (one line on stderr) and its exit code."""
     from m7b.verify.findings import Status
 
@@ -91,7 +91,7 @@ def _fail_unless_ok(report: Any) -> None:
     }[report.verdict]
     worst = next(f for f in failures if f.status == report.verdict)
     more = f" (and {len(failures) - 1} more finding(s) above)" if len(failures) > 1 else ""
-    raise error(f"verification failed ({report.verdict}): {worst.message}{more}")
+    fail_after_document(error(f"verification failed ({report.verdict}): {worst.message}{more}"), json_out)
 
 
 def _print_report(doc: dict[str, Any]) -> None:

@@ -264,6 +264,12 @@ def verify(release: Release, store: Store, *, progress: ProgressCallback = ignor
 
     require_present(release)
     name = release.name if release.in_store else None
-    report = verify_release(release.folder, release.manifest, release.torrent, name=name, progress=progress)
+    # the hash the user asked for: the magnet's, or the one fetch recorded (never one read from the torrent itself)
+    asked = release.magnet.info_hash if release.magnet else None
+    if asked is None and release.in_store:
+        asked = store.recorded_releases().get(release.name)
+    report = verify_release(
+        release.folder, release.manifest, release.torrent, name=name, info_hash=asked, progress=progress
+    )
     saved = store.save_report(release.name, report.to_json()) if release.in_store else None
     return Verification(report, saved)

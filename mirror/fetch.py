@@ -312,7 +312,7 @@ def fetch(
                     raise NetworkError(
                         f"no peer sent the metadata of {target.info_hash} within {timeout:g} s "
                         f"({status.num_peers} peers connected): check the magnet's trackers, connect to a known "
-                        "peer (peers), or raise the timeout",
+                        "peer (peers), or raise the timeout (timeout)",
                         fields=("peers", "timeout"),
                     )
                 raise NetworkError(
