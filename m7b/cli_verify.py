@@ -91,7 +91,9 @@ def _fail_unless_ok(report: Any, json_out: bool) -> None:
     }[report.verdict]
     worst = next(f for f in failures if f.status == report.verdict)
     more = f" (and {len(failures) - 1} more finding(s) above)" if len(failures) > 1 else ""
-    fail_after_document(error(f"verification failed ({report.verdict}): {worst.message}{more}"), json_out)
+    # findings name the parameters that would fix them ("(torrent)"); the CLI words them as its flags
+    message = f"verification failed ({report.verdict}): {worst.message}{more}"
+    fail_after_document(error(message, fields=("manifest", "torrent")), json_out)
 
 
 def _print_report(doc: dict[str, Any]) -> None:

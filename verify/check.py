@@ -112,7 +112,7 @@ def verify_release(
                 "binding",
                 Status.MISSING,
                 "nothing to bind these files to: no manifest and no torrent "
-                "metadata; give the release's manifest and/or its .torrent file",
+                "metadata; give the release's manifest (manifest) and/or its .torrent file (torrent)",
             )
         )
 
@@ -200,7 +200,7 @@ def _bound_plan(
                     Status.MISSING,
                     f"no torrent metadata for info-hash {wanted[0]} in the "
                     "store: without it nothing proves these are the files the magnet names; fetch "
-                    "the metadata (`m7b fetch`) or give the .torrent file",
+                    "the metadata (`m7b fetch`) or give the .torrent file (torrent)",
                 )
             )
         return None
