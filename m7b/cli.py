@@ -1,7 +1,7 @@
 """The `m7b` command line: every command in one list, global options, and error handling.
 
 Commands live in the cli_* modules as plain functions; this module names each one once, in `COMMANDS` and
-`RELEASE_COMMANDS`, and builds the app from them. Errors are one line on stderr, or with `--json` a JSON document
+`RELEASE_COMMANDS`, and builds the app from them. Errors are one line on stderr and, with `--json`, also a JSON document
 on stdout: `{"error": message, "exit_code": n, ...data}` (with `"event": "error"` in a JSON-lines stream).
 """
 
@@ -82,11 +82,10 @@ def _is_usage_error(exc: Exception) -> bool:
 
 def _fail(state: CliState, message: str, exit_code: int, data: dict[str, Any] | None = None) -> None:
     """Report an error the way the output was asked for, and exit with its code."""
+    err.print(f"[red]error:[/red] {message}", highlight=False)  # the one line for people, always
     if state.json:
         doc = {"event": "error"} if state.stream else {}
         emit_json({**doc, "error": message, "exit_code": exit_code, **(data or {})})
-    else:
-        err.print(f"[red]error:[/red] {message}", highlight=False)
     sys.exit(exit_code)
 
 
