@@ -1,27 +1,38 @@
-"""The `m7b` command line: global options, error handling, and the registration of every command."""
+"""The `m7b` command line: every command in one list, global options, and error handling.
+
+Commands live in the cli_* modules as plain functions; this module names each one once, in `COMMANDS` and
+`RELEASE_COMMANDS`, and builds the app from them. Errors are one line on stderr and, with `--json`, also a JSON document
+on stdout: `{"error": message, "exit_code": n, ...data}` (with `"event": "error"` in a JSON-lines stream).
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
-from m7b import __version__
+from m7b import __version__, cli_demo, cli_mirror, cli_release, cli_runtime, cli_store, cli_verify
+from m7b.cli_options import CliState, cli_message
 from m7b.errors import EXIT_INTERRUPTED, M7bError
-from m7b.render import err
+from m7b.render import emit_json, err
 
-app = typer.Typer(
-    name="m7b",
-    help="Fetch, verify, convert, run and seed a torrent-released open-weights model (Mistral 7B v0.1).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-class _State:
-    debug = False
+COMMANDS: list[tuple[str, Callable[..., None]]] = [
+    ("list", cli_store.list_releases),
+    ("show", cli_store.show_release),
+    ("fetch", cli_mirror.fetch_command),
+    ("verify", cli_verify.verify),
+    ("convert", cli_verify.convert),
+    ("run", cli_runtime.run),
+    ("smoke", cli_runtime.smoke),
+    ("seed", cli_mirror.seed_command),
+    ("demo", cli_demo.demo),
+]
+RELEASE_COMMANDS: list[tuple[str, Callable[..., None]]] = [
+    ("synth", cli_release.synth),
+    ("create", cli_release.create),
+]
 
 
 def _version(value: bool) -> None:
@@ -30,19 +41,38 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
-    _State.debug = debug
+    if isinstance(ctx.obj, CliState):
+        ctx.obj.debug = debug
 
 
-def _register() -> None:
-    # Each area keeps its commands in its own module; importing it registers them on `app`.
-    from m7b import cli_demo, cli_mirror, cli_release, cli_runtime, cli_store, cli_verify  # noqa: F401
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="m7b",
+        help="Fetch, verify, convert, run and seed a torrent-released open-weights model (Mistral 7B v0.1).",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.callback()(_root)
+    for name, command in COMMANDS:
+        app.command(name)(command)
+    release_app = typer.Typer(
+        help="Make releases: synthetic ones for testing, torrents and manifests for publishing.", no_args_is_help=True
+    )
+    for name, command in RELEASE_COMMANDS:
+        release_app.command(name)(command)
+    app.add_typer(release_app, name="release")
+    return app
+
+
+app = build_app()
 
 
 def _is_usage_error(exc: Exception) -> bool:
@@ -50,17 +80,25 @@ def _is_usage_error(exc: Exception) -> bool:
     return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
 
 
+def _fail(state: CliState, message: str, exit_code: int, data: dict[str, Any] | None = None) -> None:
+    """Report an error the way the output was asked for, and exit with its code."""
+    err.print(f"[red]error:[/red] {message}", highlight=False)  # the one line for people, always
+    if state.json:
+        doc = {"event": "error"} if state.stream else {}
+        emit_json({**doc, "error": message, "exit_code": exit_code, **(data or {})})
+    sys.exit(exit_code)
+
+
 def main() -> None:
-    _register()
+    state = CliState()
     try:
-        code = app(standalone_mode=False)  # a command's typer.Exit(code) comes back as the return value
+        code = app(standalone_mode=False, obj=state)  # a command's typer.Exit(code) comes back as the return value
         if isinstance(code, int) and code:
             sys.exit(code)
     except M7bError as exc:
-        if _State.debug:
+        if state.debug:
             raise
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        sys.exit(exc.exit_code)
+        _fail(state, cli_message(exc), exc.exit_code, exc.data)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(EXIT_INTERRUPTED)
@@ -72,10 +110,6 @@ def main() -> None:
         if _is_usage_error(exc):
             exc.show()  # type: ignore[attr-defined]
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-        if _State.debug:
+        if state.debug:
             raise
-        err.print(
-            f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-            highlight=False,
-        )
-        sys.exit(1)
+        _fail(state, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)

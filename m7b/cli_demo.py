@@ -9,11 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from m7b.cli import app
+from m7b.cli_options import JsonLinesOption
 from m7b.render import emit_json, err, out
 
 
-@app.command("demo")
 def demo(
     work: Annotated[
         Path | None,
@@ -23,7 +22,7 @@ def demo(
         ),
     ] = None,
     preset: Annotated[str, typer.Option(help="Synthetic release preset.")] = "small",
-    json_out: Annotated[bool, typer.Option("--json", help="JSON lines: one record per step.")] = False,
+    json_out: JsonLinesOption = False,
 ) -> None:
     """Publish a synthetic release, seed it behind a real tracker, fetch, verify, convert, run, smoke-test it,
     and serve it back to an independent client (aria2c)."""

@@ -6,27 +6,16 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from m7b.cli import app
+from m7b.cli_options import JsonLinesOption, ListenOption, LoopbackOption, PeerOption, resolve
 from m7b.errors import InvalidInputError, StorageError
 from m7b.progress import ProgressEvent
-from m7b.render import emit_json, err, out, progress_bars, report_lock_wait
+from m7b.render import emit_json, err, out, progress_bars, report_lock_wait, show
 from m7b.store import Store
-
-PeerOption = Annotated[list[str] | None, typer.Option("--peer", help="Connect to HOST:PORT (repeatable).")]
-ListenOption = Annotated[
-    str | None, typer.Option("--listen", help="Listen on HOST:PORT (default 0.0.0.0:6881; port 0 picks a free one).")
-]
-LoopbackOption = Annotated[
-    bool,
-    typer.Option(
-        "--no-dht", help="No DHT, LSD, UPnP/NAT-PMP or uTP: trackers, web seeds and --peer only (local swarms, tests)."
-    ),
-]
 
 
 def parse_rate(text: str | None, option: str) -> int:
@@ -67,17 +56,24 @@ def stop_on_signals() -> Iterator[list[bool]]:
             signal.signal(s, h)
 
 
-@app.command("fetch")
 def fetch_command(
-    source: Annotated[str, typer.Argument(help="A magnet link, a release name (see `m7b list`) or a .torrent file.")],
-    dest: Annotated[Path | None, typer.Option(help="Folder for the release's files (default: the store).")] = None,
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A magnet link, a release name (see `m7b list`), a .torrent file, a manifest .toml, or a folder "
+            "with FOLDER.torrent beside it (fetched or repaired in place)."
+        ),
+    ],
+    dest: Annotated[
+        Path | None, typer.Option(help="Folder for the release's files (default: the store, or the folder named).")
+    ] = None,
     peer: PeerOption = None,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds without metadata or data.")] = 120.0,
     listen: ListenOption = None,
     no_dht: LoopbackOption = False,
     download_limit: Annotated[str | None, typer.Option(help="Max download rate, e.g. 20M.")] = None,
     resume_interval: Annotated[float, typer.Option(help="Seconds between resume-data saves.")] = 5.0,
-    json_out: Annotated[bool, typer.Option("--json", help="JSON lines: progress events, then the result.")] = False,
+    json_out: JsonLinesOption = False,
     repair: Annotated[
         bool,
         typer.Option(
@@ -92,11 +88,14 @@ def fetch_command(
 ) -> None:
     """Download a release over BitTorrent, checking its metadata against its manifest before any data."""
     from m7b.errors import EXIT_INTERRUPTED
-    from m7b.mirror.fetch import FilesInTheWayError, fetch, resolve
+    from m7b.mirror.fetch import FilesInTheWayError, fetch, fetch_target
 
     options = session_options(listen, no_dht, download_limit=parse_rate(download_limit, "--download-limit"))
     store = Store.from_env()
-    target = resolve(source, store)
+    release = resolve(source, store)
+    target = fetch_target(release)
+    if dest is None and not release.in_store:
+        dest = release.folder
     last_json = [0.0]
 
     def json_progress(event: ProgressEvent) -> None:
@@ -145,22 +144,25 @@ def fetch_command(
         "seconds": round(result.seconds, 3),
         "rate_mib_s": round(result.downloaded_bytes / max(result.seconds, 1e-9) / (1 << 20), 1),
     }
-    if json_out:
-        emit_json(doc)
-        return
+    show(doc, json_out, _print_fetched)
+
+
+def _print_fetched(doc: dict[str, Any]) -> None:
     err.print(
-        f"fetched {result.name}: {result.total_size:,} bytes in {result.pieces} pieces, every piece passed its "
-        f"SHA-1 check ({result.hash_failures} bad pieces from peers were rejected and fetched again)"
+        f"fetched {doc['name']}: {doc['total_size']:,} bytes in {doc['pieces']} pieces, every piece passed its "
+        f"SHA-1 check ({doc['hash_failures']} bad pieces from peers were rejected and fetched again)"
     )
-    err.print(f"files: {result.path}")
-    err.print(f"next: `m7b verify {result.name}` for the full proof (manifest hashes, license, checkpoint)")
+    err.print(f"files: {doc['path']}")
+    err.print(f"next: `m7b verify {doc['name']}` for the full proof (manifest hashes, license, checkpoint)")
 
 
-@app.command("seed")
 def seed_command(
     releases: Annotated[
         list[str],
-        typer.Argument(help="Release names in the store, or release folders with FOLDER.torrent beside them."),
+        typer.Argument(
+            help="Release names (see `m7b list`), magnets, .torrent files, or release folders with FOLDER.torrent "
+            "beside them."
+        ),
     ],
     listen: ListenOption = None,
     no_dht: LoopbackOption = False,
@@ -168,16 +170,16 @@ def seed_command(
     max_peers: Annotated[int, typer.Option(help="Max peer connections.")] = 200,
     tracker: Annotated[list[str] | None, typer.Option("--tracker", help="Also announce to URL (repeatable).")] = None,
     interval: Annotated[float, typer.Option(help="Seconds between status reports.")] = 5.0,
-    json_out: Annotated[bool, typer.Option("--json", help="JSON lines: one status record per report.")] = False,
+    json_out: JsonLinesOption = False,
 ) -> None:
     """Serve verified releases to the swarm until SIGINT/SIGTERM; refuse any release whose data fails a check."""
-    from m7b.mirror.seed import Mirror, ReleaseStatus, resolve_seed, serve
+    from m7b.mirror.seed import Mirror, ReleaseStatus, seed_release, serve
 
     options = session_options(
         listen, no_dht, upload_limit=parse_rate(upload_limit, "--upload-limit"), max_connections=max_peers
     )
     store = Store.from_env()
-    resolved = [resolve_seed(r, store) for r in releases]
+    resolved = [seed_release(resolve(r, store)) for r in releases]
     mirror = Mirror(resolved, store, options, trackers=tracker or ())
     announced: set[str] = set()
 

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from m7b.cli import app
-from m7b.render import emit_json, err, progress_bars
-
-release_app = typer.Typer(
-    help="Make releases: synthetic ones for testing, torrents and manifests for publishing.", no_args_is_help=True
-)
-app.add_typer(release_app, name="release")
+from m7b.cli_options import JsonOption
+from m7b.render import err, progress_bars, show
 
 
-@release_app.command("synth")
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to create (must not exist, or be empty).")],
     preset: Annotated[str, typer.Option(help="Size preset: tiny, small, bench-cpu, bench-2g, mistral-7b.")] = "tiny",
@@ -25,7 +19,7 @@ def synth(
         Path | None,
         typer.Option(help="tokenizer.model to ship (default: the real one from the mistral-common package)."),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Write a synthetic release laid out exactly like Mistral 7B v0.1 (random bf16 weights, real tokenizer)."""
     from m7b.synth import synthesize
@@ -40,13 +34,14 @@ def synth(
         "checkpoint_tensor_bytes": made.checkpoint_bytes,
         "params": made.architecture.to_params(),
     }
-    if json_out:
-        emit_json(doc)
-    else:
-        err.print(
-            f"wrote synthetic release [bold]{made.path}[/bold] (preset {preset}, seed {seed}, "
-            f"{doc['parameters']:,} parameters)"
-        )
+    show(
+        doc,
+        json_out,
+        lambda d: err.print(
+            f"wrote synthetic release [bold]{d['path']}[/bold] (preset {preset}, seed {seed}, "
+            f"{d['parameters']:,} parameters)"
+        ),
+    )
 
 
 def _write_output(path: Path, data: bytes, force: bool) -> None:
@@ -58,7 +53,6 @@ def _write_output(path: Path, data: bytes, force: bool) -> None:
     write_bytes(path, data)
 
 
-@release_app.command("create")
 def create(
     folder: Annotated[Path, typer.Argument(help="The release folder; its name becomes the torrent's name.")],
     tracker: Annotated[
@@ -78,7 +72,7 @@ def create(
         Path | None, typer.Option(help="Where to write NAME.torrent and NAME.toml (default: the folder's parent).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace existing output files with other content.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Make a deterministic .torrent, print its magnet, and write a manifest with size/sha256/md5 of every file."""
     import datetime as dt
@@ -122,9 +116,10 @@ def create(
         "torrent": str(torrent_path),
         "manifest": str(manifest_path),
     }
-    if json_out:
-        emit_json(doc)
-        return
-    err.print(f"torrent: {torrent_path} ({made.meta.num_pieces} pieces of {made.meta.piece_length:,} bytes)")
-    err.print(f"manifest: {manifest_path}")
-    typer.echo(made.magnet)
+    show(doc, json_out, _print_created)
+
+
+def _print_created(doc: dict[str, Any]) -> None:
+    err.print(f"torrent: {doc['torrent']} ({doc['pieces']} pieces of {doc['piece_length']:,} bytes)")
+    err.print(f"manifest: {doc['manifest']}")
+    typer.echo(doc["magnet"])

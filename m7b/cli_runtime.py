@@ -4,57 +4,21 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from m7b.cli import app
-from m7b.errors import InvalidInputError, MismatchError, NotFoundError
-from m7b.render import emit_json, err, out
+from m7b.cli_options import DeviceOption, DtypeOption, JsonOption, ReleaseArg, fail_after_document, resolve
+from m7b.errors import InvalidInputError, MismatchError
+from m7b.release import runtime_folder
+from m7b.render import emit_json, err, out, show
+from m7b.store import Store
 
 if TYPE_CHECKING:
     from m7b.runtime.loader import Runtime
 
 DEFAULT_RELEASE = "mistral-7b-v0.1"
-
-ReleaseArg = Annotated[
-    str,
-    typer.Argument(
-        help="A release name in the store (see `m7b list`) or a release folder "
-        "(params.json, tokenizer.model, consolidated.00.pth or "
-        "consolidated.safetensors)."
-    ),
-]
-DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")]
-DtypeOption = Annotated[
-    str | None, typer.Option(help="float32 or bfloat16 (default: bfloat16 on CUDA, float32 on the CPU).")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
-
-
-def resolve_release(name_or_dir: str) -> Path:
-    """A release folder: the path itself, else the store's converted native folder or release folder."""
-    from m7b.store import Store
-
-    path = Path(name_or_dir).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise InvalidInputError(f"{path} is a file; expected a release folder or a release name")
-    if "/" in name_or_dir or name_or_dir.startswith("."):
-        raise NotFoundError(f"release folder {path} not found")
-    store = Store.from_env()
-    candidates = [store.converted_dir(name_or_dir, "native"), store.release_dir(name_or_dir)]
-    for folder in candidates:
-        if (folder / "params.json").is_file() and (folder / "tokenizer.model").is_file():
-            return folder
-    raise NotFoundError(
-        f"no release named {name_or_dir!r} in the store {store.home} (looked in "
-        f"{', '.join(str(c) for c in candidates)}): fetch it with `m7b fetch {name_or_dir}` or "
-        "pass a release folder"
-    )
 
 
 def _load(release: str, device: str, dtype: str | None, window: int | None = None) -> Runtime:
@@ -64,7 +28,8 @@ def _load(release: str, device: str, dtype: str | None, window: int | None = Non
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    folder = resolve_release(release)
+    store = Store.from_env()
+    folder = runtime_folder(resolve(release, store), store)
     override = None
     if window is not None:
         if window < 2:
@@ -84,7 +49,6 @@ def _figures(result: Any) -> dict[str, Any]:
     }
 
 
-@app.command("run")
 def run(
     release: ReleaseArg = DEFAULT_RELEASE,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text to continue (BOS is added).")] = ...,
@@ -172,7 +136,6 @@ def run(
     )
 
 
-@app.command("smoke")
 def smoke(
     release: ReleaseArg = DEFAULT_RELEASE,
     device: DeviceOption = "auto",
@@ -198,36 +161,32 @@ def smoke(
     else:
         with err.status("smoke") as status:
 
-            def show(event: ProgressEvent) -> None:
+            def on_check(event: ProgressEvent) -> None:
                 status.update(f"smoke: {event.item} ({event.done}/{event.total})")
 
-            report = run_smoke(rt.model, rt.tokenizer, rt.dtype, seed=seed, progress=show)
+            report = run_smoke(rt.model, rt.tokenizer, rt.dtype, seed=seed, progress=on_check)
     checks = [{"name": c.name, "passed": c.passed, "detail": c.detail, "value": c.value} for c in report.checks]
-    if json_out:
-        emit_json(
-            {
-                "release": release,
-                "path": str(rt.weights_path.parent),
-                "device": str(rt.device),
-                "dtype": str(rt.dtype).removeprefix("torch."),
-                "window": report.window,
-                "passed": report.passed,
-                "decode_tok_s": round(report.decode_tok_s, 2),
-                "checks": checks,
-            }
-        )
-    else:
-        table = Table(
-            title=f"smoke: {rt.weights_path.parent} ({rt.device}, "
-            f"{str(rt.dtype).removeprefix('torch.')}, W={report.window})"
-        )
-        for col in ("check", "result", "detail"):
-            table.add_column(col)
-        for c in report.checks:
-            table.add_row(c.name, "[green]PASS[/green]" if c.passed else "[red]FAIL[/red]", c.detail)
-        out.print(table)
+    doc = {
+        "release": release,
+        "path": str(rt.weights_path.parent),
+        "device": str(rt.device),
+        "dtype": str(rt.dtype).removeprefix("torch."),
+        "window": report.window,
+        "passed": report.passed,
+        "decode_tok_s": round(report.decode_tok_s, 2),
+        "checks": checks,
+    }
+    show(doc, json_out, _print_smoke)
     if not report.passed:
-        raise MismatchError(
-            f"smoke: {len(report.failed)} of {len(report.checks)} checks failed: "
-            f"{'; '.join(c.name for c in report.failed)}"
-        )
+        failed = [c.name for c in report.checks if not c.passed]
+        error = MismatchError(f"smoke: {len(failed)} of {len(report.checks)} checks failed: {'; '.join(failed)}")
+        fail_after_document(error, json_out)
+
+
+def _print_smoke(doc: dict[str, Any]) -> None:
+    table = Table(title=f"smoke: {doc['path']} ({doc['device']}, {doc['dtype']}, W={doc['window']})")
+    for col in ("check", "result", "detail"):
+        table.add_column(col)
+    for c in doc["checks"]:
+        table.add_row(c["name"], "[green]PASS[/green]" if c["passed"] else "[red]FAIL[/red]", c["detail"])
+    out.print(table)

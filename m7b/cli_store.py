@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from m7b.cli import app
-from m7b.manifests.loader import find_manifest, known_manifests, load_manifest
+from m7b.cli_options import JsonOption, resolve
 from m7b.manifests.schema import Manifest
-from m7b.render import emit_json, out
+from m7b.release import release_names
+from m7b.render import out, show
 from m7b.store import Store
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
 
 def manifest_document(m: Manifest) -> dict[str, Any]:
@@ -30,48 +27,62 @@ def manifest_document(m: Manifest) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if v not in (None, (), [])}
 
 
-@app.command("list")
 def list_releases(json_out: JsonOption = False) -> None:
-    """Known releases and their state in the store (absent / partial / downloaded / verified / converted)."""
+    """Known releases and their state in the store (absent / partial / downloaded / verified / converted): those
+    with a manifest, and those fetched from a magnet or .torrent without one."""
     store = Store.from_env()
+    recorded = store.recorded_releases()
     rows = []
-    for name, m in sorted(known_manifests().items()):
+    for name, m in release_names(store).items():
         rows.append(
             {
                 "name": name,
-                "title": m.title,
-                "license": m.license,
-                "release_date": m.release_date.isoformat() if m.release_date else None,
-                "info_hash": m.torrent.info_hash_v1 or m.torrent.info_hash_v2,
-                "state": str(store.state(m)),
+                "title": m.title if m else name,
+                "license": m.license if m else None,
+                "release_date": m.release_date.isoformat() if m and m.release_date else None,
+                "info_hash": (m.torrent.info_hash_v1 or m.torrent.info_hash_v2) if m else recorded.get(name),
+                "manifest": m is not None,
+                "state": str(store.state_of(name, m)),
                 "converted": store.converted_layouts(name),
                 "path": str(store.release_dir(name)),
             }
         )
-    if json_out:
-        emit_json({"store": str(store.home), "releases": rows})
-        return
-    table = Table(title=f"releases (store: {store.home})")
+    show({"store": str(store.home), "releases": rows}, json_out, _print_list)
+
+
+def _print_list(doc: dict[str, Any]) -> None:
+    table = Table(title=f"releases (store: {doc['store']})")
     for col in ("name", "title", "date", "license", "state", "info-hash"):
         table.add_column(col)
-    for r in rows:
+    for r in doc["releases"]:
         state = r["state"] + (f" ({', '.join(r['converted'])})" if r["converted"] else "")
-        table.add_row(r["name"], r["title"], r["release_date"] or "", r["license"], state, r["info_hash"] or "")
+        title = r["title"] if r["manifest"] else "(no manifest)"
+        table.add_row(r["name"], title, r["release_date"] or "", r["license"] or "", state, r["info_hash"] or "")
     out.print(table)
 
 
-@app.command("show")
-def show(
-    name: Annotated[str, typer.Argument(help="A release name (see `m7b list`) or a manifest .toml file.")],
+def show_release(
+    name: Annotated[
+        str, typer.Argument(help="A release name (see `m7b list`), a magnet, a .torrent or a manifest .toml file.")
+    ],
     json_out: JsonOption = False,
 ) -> None:
     """Everything the manifest of a release says, with the source of each fact."""
-    m = load_manifest(Path(name)) if name.endswith(".toml") else find_manifest(name)
-    doc = manifest_document(m)
-    doc["state"] = str(Store.from_env().state(m))
-    if json_out:
-        emit_json(doc)
+    store = Store.from_env()
+    release = resolve(name, store)
+    m = release.manifest
+    if m is None:
+        doc = {"name": release.name, "info_hash": release.info_hash, "manifest": None}
+        doc |= {"torrent": str(release.torrent) if release.torrent else None, "path": str(release.folder)}
+        doc["state"] = str(store.state_of(release.name)) if release.in_store else None
+        show(doc, json_out, lambda d: out.print("\n".join(f"{k}: {v}" for k, v in d.items()), highlight=False))
         return
+    doc = manifest_document(m)
+    doc["state"] = str(store.state(m))
+    show(doc, json_out, lambda d: _print_manifest(m, d))
+
+
+def _print_manifest(m: Manifest, doc: dict[str, Any]) -> None:
     out.print(
         f"[bold]{m.title}[/bold] ({m.name}) — {m.publisher}, "
         f"{m.release_date.isoformat() if m.release_date else 'date unknown'}, license {m.license}"

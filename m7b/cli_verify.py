@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from m7b.cli import app
+from m7b.cli_options import JsonOption, TargetArg, fail_after_document, resolve
 from m7b.errors import InvalidInputError, MismatchError, NotFoundError, UnsafeError
-from m7b.manifests.schema import Manifest
-from m7b.render import emit_json, err, out, progress_bars, report_lock_wait
+from m7b.release import Release, require_present
+from m7b.render import err, out, progress_bars, report_lock_wait, show
 from m7b.store import Store
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
-Target = Annotated[str | None, typer.Argument(help="A release name (see `m7b list`) or a folder.", show_default=False)]
 _STYLE = {
     "ok": "green",
     "note": "cyan",
@@ -27,46 +26,25 @@ _STYLE = {
 }
 
 
-def _resolve(store: Store, target: str | None, manifest_file: Path | None) -> tuple[Path, str | None, Manifest | None]:
-    """The folder to check, the release name (when it has one in the store) and its manifest."""
-    from m7b.manifests.loader import find_manifest, known_manifests, load_manifest
+def _release(store: Store, target: str | None, manifest_file: Path | None, torrent: Path | None) -> Release:
+    """The release to check: resolved from TARGET (or the manifest file), with --manifest/--torrent overriding."""
+    from m7b.manifests.loader import load_manifest
 
     manifest = load_manifest(manifest_file) if manifest_file else None
     if target is None:
-        if manifest is None:
+        if manifest_file is None:
             raise NotFoundError("name a release (see `m7b list`), a folder, or pass --manifest FILE")
-        target = manifest.name
-    as_path = Path(target).expanduser()
-    if as_path.is_dir() and ("/" in target or target.startswith(".") or not (store.release_dir(target)).is_dir()):
-        root = as_path.resolve()
-        name = root.name if root.parent == store.releases_dir.resolve() else None
-        if manifest is None and name is not None and name in known_manifests():
-            manifest = find_manifest(name)
-        return root, name, manifest
-    manifest = manifest or find_manifest(target)
-    root = store.release_dir(target)
-    if not root.is_dir():
-        raise NotFoundError(
-            f"release {target} is not in the store ({root} does not exist): fetch it first with "
-            f"`m7b fetch {target}`, or pass its folder"
-        )
-    return root, target, manifest
-
-
-def _torrent_for(store: Store, manifest: Manifest | None, torrent: Path | None) -> Path | None:
+        target = str(manifest_file)
+    release = resolve(target, store)
+    if manifest is not None:
+        release = replace(release, manifest=manifest)
     if torrent is not None:
-        return torrent
-    if manifest is None:
-        return None
-    for ih in (manifest.torrent.info_hash_v1, manifest.torrent.info_hash_v2):
-        if ih and store.torrent_path(ih).is_file():
-            return store.torrent_path(ih)
-    return None
+        release = replace(release, torrent=torrent)
+    return release
 
 
-@app.command("verify")
 def verify(
-    target: Target = None,
+    target: TargetArg = None,
     manifest: Annotated[
         Path | None, typer.Option(help="Manifest .toml to check against (default: the release's own).")
     ] = None,
@@ -78,8 +56,7 @@ def verify(
     """Prove a release is what its magnet and publisher named: torrent pieces, manifest digests, license
     evidence, and a checkpoint inspected before anything is unpickled. A converted folder is checked against
     its SHA256SUMS."""
-    from m7b.atomic import write_text
-    from m7b.verify.check import verify_release
+    from m7b.release import verify as verify_resolved
     from m7b.verify.sums import is_converted_dir, verify_converted
 
     store = Store.from_env()
@@ -89,23 +66,17 @@ def verify(
             report = verify_converted(root, name=root.parent.name, progress=progress)
         saved = None
     else:
-        root, name, man = _resolve(store, target, manifest)
+        release = _release(store, target, manifest, torrent)
         with progress_bars(enabled=not json_out) as progress:
-            report = verify_release(root, man, _torrent_for(store, man, torrent), name=name, progress=progress)
-        saved = store.report_path(name) if name else None
+            verification = verify_resolved(release, store, progress=progress)
+        report, saved = verification.report, verification.report_path
     doc = report.to_json()
     doc["report_path"] = str(saved) if saved else None
-    if saved:
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        write_text(saved, json.dumps(doc, indent=2) + "\n")
-    if json_out:
-        emit_json(doc)
-    else:
-        _print_report(doc)
-    _fail_unless_ok(report)
+    show(doc, json_out, _print_report)
+    _fail_unless_ok(report, json_out)
 
 
-def _fail_unless_ok(report: Any) -> None:
+def _fail_unless_ok(report: Any, json_out: bool) -> None:
     """The report is printed; a failing verdict becomes the error (one line on stderr) and its exit code."""
     from m7b.verify.findings import Status
 
@@ -120,7 +91,9 @@ def _fail_unless_ok(report: Any) -> None:
     }[report.verdict]
     worst = next(f for f in failures if f.status == report.verdict)
     more = f" (and {len(failures) - 1} more finding(s) above)" if len(failures) > 1 else ""
-    raise error(f"verification failed ({report.verdict}): {worst.message}{more}")
+    # findings name the parameters that would fix them ("(torrent)"); the CLI words them as its flags
+    message = f"verification failed ({report.verdict}): {worst.message}{more}"
+    fail_after_document(error(message, fields=("manifest", "torrent")), json_out)
 
 
 def _print_report(doc: dict[str, Any]) -> None:
@@ -168,9 +141,8 @@ def _known_sha256(store: Store, name: str | None, checkpoint: Path) -> str | Non
     return None
 
 
-@app.command("convert")
 def convert(
-    target: Target = None,
+    target: TargetArg = None,
     to: Annotated[
         str, typer.Option("--to", help="native (consolidated.safetensors) or hf (Hugging Face layout).")
     ] = "native",
@@ -188,7 +160,10 @@ def convert(
     from m7b.verify.convert import CHECKPOINT, convert_release
 
     store = Store.from_env()
-    root, name, _ = _resolve(store, target, None)
+    if target is None:
+        raise NotFoundError("name a release (see `m7b list`) or a folder to convert")
+    release = require_present(resolve(target, store))
+    root, name = release.folder, (release.name if release.in_store else None)
     label = name or root.name
     out_path = out_dir or store.converted_dir(label, to)
     verified = bool(name) and store.is_verified(name)
@@ -225,9 +200,10 @@ def convert(
         "files": result.files,
         "notes": list(result.notes),
     }
-    if json_out:
-        emit_json(doc)
-        return
+    show(doc, json_out, lambda _: _print_conversion(label, result))
+
+
+def _print_conversion(label: str, result: Any) -> None:
     table = Table(title=f"{label} → {result.layout} ({result.out})")
     table.add_column("file")
     table.add_column("sha256")

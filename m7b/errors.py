@@ -7,9 +7,17 @@ from __future__ import annotations
 
 
 class M7bError(Exception):
-    """Base of every error m7b reports to a user."""
+    """Base of every error m7b reports to a user.
+
+    Keyword arguments are data a caller can act on (e.g. `field="max_tokens"`, the parameter that is wrong);
+    they are kept in `data`, and the CLI adds them to its JSON error document and words fields as its flags.
+    """
 
     exit_code: int = 1
+
+    def __init__(self, message: str = "", **data: object) -> None:
+        super().__init__(message)
+        self.data: dict[str, object] = data
 
 
 class NotFoundError(M7bError):

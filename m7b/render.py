@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,6 +33,14 @@ def emit_json(document: Any) -> None:
     """One JSON document (or one JSON line of a stream) on stdout."""
     sys.stdout.write(json.dumps(document, default=str) + "\n")
     sys.stdout.flush()
+
+
+def show(document: dict[str, Any], json_out: bool, human: Callable[[dict[str, Any]], None]) -> None:
+    """The one output helper: a command's result as one JSON document, or drawn for people by `human`."""
+    if json_out:
+        emit_json(document)
+    else:
+        human(document)
 
 
 class _AmountColumn(ProgressColumn):

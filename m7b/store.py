@@ -5,6 +5,8 @@
     releases/<name>/                  the release files as the torrent lays them out
     releases/.<name>.partial/         a download until every piece has passed its hash (then renamed)
     releases/.<name>.incomplete       present while an existing release folder is being repaired in place
+    releases/.<name>.json             the release record: {"name": <name>, "info_hash": <hex>} (written by fetch;
+                                      how a release fetched without a manifest is known by name)
     torrents/<infohash>.torrent       metadata, once resolved
     resume/<infohash>.fastresume      libtorrent resume data
     converted/<name>/{native,hf}/     safetensors outputs, each with its SHA256SUMS
@@ -22,6 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from m7b.errors import StorageError
 from m7b.manifests.schema import Manifest
@@ -127,6 +130,41 @@ class Store:
     def report_path(self, name: str) -> Path:
         return self.reports_dir / f"{name}.json"
 
+    def save_report(self, name: str, document: dict[str, Any]) -> Path:
+        """Write the verification report of store release `name` (what `is_verified` reads back)."""
+        from m7b.atomic import write_text
+
+        path = self.report_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps({**document, "report_path": str(path)}, indent=2, default=str) + "\n")
+        return path
+
+    def release_record_path(self, name: str) -> Path:
+        return self.releases_dir / f".{name}.json"
+
+    def record_release(self, name: str, info_hash: str) -> None:
+        """Remember which torrent (by info-hash) the store release `name` is, so it is known by name."""
+        from m7b.atomic import write_text
+
+        self.releases_dir.mkdir(parents=True, exist_ok=True)
+        doc = {"name": name, "info_hash": info_hash.lower()}
+        write_text(self.release_record_path(name), json.dumps(doc, indent=1) + "\n")
+
+    def recorded_releases(self) -> dict[str, str]:
+        """Release name -> info-hash for every release record in the store (unreadable records are skipped)."""
+        found: dict[str, str] = {}
+        if not self.releases_dir.is_dir():
+            return found
+        for path in sorted(self.releases_dir.glob(".*.json")):
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            ok = isinstance(doc, dict) and isinstance(doc.get("name"), str) and isinstance(doc.get("info_hash"), str)
+            if ok and path.name == f".{doc['name']}.json":
+                found[doc["name"]] = doc["info_hash"]
+        return found
+
     def converted_layouts(self, name: str) -> list[str]:
         """Layouts whose conversion finished (its record of output hashes exists)."""
         return [lay for lay in LAYOUTS if (self.converted_dir(name, lay) / CONVERTED_RECORD).is_file()]
@@ -150,19 +188,23 @@ class Store:
         return True
 
     def state(self, manifest: Manifest) -> ReleaseState:
-        root = self.release_dir(manifest.name)
+        return self.state_of(manifest.name, manifest)
+
+    def state_of(self, name: str, manifest: Manifest | None = None) -> ReleaseState:
+        """The state of store release `name`; without a manifest, its files are not checked against one."""
+        root = self.release_dir(name)
         if not root.is_dir():
-            return ReleaseState.PARTIAL if self.partial_dir(manifest.name).is_dir() else ReleaseState.ABSENT
-        if self.incomplete_marker(manifest.name).exists():
+            return ReleaseState.PARTIAL if self.partial_dir(name).is_dir() else ReleaseState.ABSENT
+        if self.incomplete_marker(name).exists():
             return ReleaseState.PARTIAL
-        for f in manifest.files:
+        for f in manifest.files if manifest else ():
             path = root / f.path
             if not path.is_file() or (f.size is not None and path.stat().st_size != f.size):
                 return ReleaseState.PARTIAL
         if not any(root.iterdir()):
             return ReleaseState.PARTIAL
-        if not self.is_verified(manifest.name):
+        if not self.is_verified(name):
             return ReleaseState.DOWNLOADED
-        if self.converted_layouts(manifest.name):
+        if self.converted_layouts(name):
             return ReleaseState.CONVERTED
         return ReleaseState.VERIFIED

@@ -83,13 +83,15 @@ def bundled_tokenizer() -> Path:
     if spec is None or spec.origin is None:
         raise NotFoundError(
             "the real tokenizer.model comes from the mistral-common package, which is not "
-            "installed: run `pip install mistral-common` or pass --tokenizer FILE"
+            "installed: run `pip install mistral-common` or pass a tokenizer file (tokenizer)",
+            field="tokenizer",
         )
     path = Path(spec.origin).parent / "data" / TOKENIZER_RESOURCE
     if not path.is_file():
         raise NotFoundError(
             f"expected {path} inside the mistral-common package, found nothing: "
-            "reinstall mistral-common or pass --tokenizer FILE"
+            "reinstall mistral-common or pass a tokenizer file (tokenizer)",
+            field="tokenizer",
         )
     return path
 
@@ -142,7 +144,8 @@ def synthesize(
         if found != TOKENIZER_SHA256:
             raise InvalidInputError(
                 f"{source} has sha256 {found}, expected the release's {TOKENIZER_SHA256}; "
-                "pass --tokenizer FILE with the real tokenizer.model"
+                "pass the real tokenizer.model (tokenizer)",
+                field="tokenizer",
             )
     specs = [TensorSpec(k, s) for k, s in arch.tensor_shapes().items()]
     with atomic_dir(Path(out)) as tmp:

@@ -99,7 +99,9 @@ def create_release(
     manifest_name = manifest_name or name.lower()
     if not NAME_RE.match(manifest_name):
         raise InvalidInputError(
-            f"release name {manifest_name!r}: expected lowercase letters, digits, '.', '_', '-' (pass --name)"
+            f"release name {manifest_name!r}: expected lowercase letters, digits, '.', '_', '-' "
+            "(pass another manifest_name)",
+            field="manifest_name",
         )
     architecture = load_params(root / "params.json") if "params.json" in files else None
     sizes = {f: (root / f).stat().st_size for f in files}

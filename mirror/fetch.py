@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -18,16 +17,16 @@ from pathlib import Path
 import libtorrent as lt
 
 from m7b.atomic import storage_error, write_bytes
-from m7b.errors import InvalidInputError, M7bError, NetworkError, StorageError
+from m7b.errors import InvalidInputError, M7bError, NetworkError, NotFoundError, StorageError
 from m7b.locks import LockWaitCallback, hold
-from m7b.manifests.loader import find_manifest, known_manifests
 from m7b.manifests.schema import Manifest
 from m7b.mirror.layout import check_against_manifest, checked_meta, files_not_in_place, renamed_files
-from m7b.mirror.magnet import Magnet, is_magnet, parse_magnet, parse_peer
+from m7b.mirror.magnet import Magnet, parse_magnet, parse_peer
 from m7b.mirror.resume import load_resume, record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
 from m7b.mirror.torrent import TorrentMeta, load_torrent
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
+from m7b.release import Release
 from m7b.store import Store
 
 
@@ -68,18 +67,6 @@ class FetchResult:
     seconds: float
 
 
-def _slug(text: str) -> str:
-    slug = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
-    return slug or "release"
-
-
-def manifest_for_hash(info_hash: str, store: Store) -> Manifest | None:
-    for manifest in known_manifests(store.manifests_dir).values():
-        if info_hash in (manifest.torrent.info_hash_v1, manifest.torrent.info_hash_v2):
-            return manifest
-    return None
-
-
 def _manifest_magnet(manifest: Manifest) -> Magnet:
     t = manifest.torrent
     if t.magnet:
@@ -90,27 +77,25 @@ def _manifest_magnet(manifest: Manifest) -> Magnet:
     return parse_magnet(f"magnet:?xt={xt}")
 
 
-def resolve(source: str, store: Store) -> FetchTarget:
-    """A magnet link, a .torrent file, or a release name from the manifests."""
+def fetch_target(release: Release) -> FetchTarget:
+    """What to fetch for a resolved release (see m7b.release.resolve_release): its metadata when a .torrent is
+    on disk, else its magnet (given, or made from its manifest)."""
     torrent = None
-    if is_magnet(source):
-        magnet = parse_magnet(source)
-        manifest = manifest_for_hash(magnet.info_hash, store)
-        name = manifest.name if manifest else _slug(magnet.name or magnet.info_hash)
-    elif source.endswith(".torrent") or Path(source).is_file():
-        torrent, meta = load_torrent(Path(source))
+    magnet = release.magnet
+    if release.torrent is not None:
+        torrent, _ = load_torrent(release.torrent)
         checked_meta(torrent)
-        magnet, manifest = None, manifest_for_hash(meta.info_hash, store)
-        name = manifest.name if manifest else _slug(meta.name)
-    else:
-        manifest = find_manifest(source, store.manifests_dir)
-        magnet = _manifest_magnet(manifest)
-        name = manifest.name
+    elif magnet is None and release.manifest is not None:
+        magnet = _manifest_magnet(release.manifest)
+    if torrent is None and magnet is None:
+        raise NotFoundError(
+            f"nothing to fetch {release.name} from: no magnet, no .torrent beside {release.folder} and no "
+            "manifest naming one; give its magnet or .torrent file"
+        )
     info_hash = magnet.info_hash if magnet else checked_meta(torrent).info_hash
-    stored = store.torrent_path(info_hash)
-    if torrent is None and stored.is_file():
-        torrent, _ = load_torrent(stored)
-    return FetchTarget(name=name, info_hash=info_hash, magnet=magnet, torrent=torrent, manifest=manifest)
+    return FetchTarget(
+        name=release.name, info_hash=info_hash, magnet=magnet, torrent=torrent, manifest=release.manifest
+    )
 
 
 def _torrent_bytes(ti: lt.torrent_info, trackers: Sequence[str]) -> bytes:
@@ -216,6 +201,8 @@ class _Download:
         stored = self.store.torrent_path(meta.info_hash)
         if not stored.exists():
             write_bytes(stored, _torrent_bytes(ti, trackers))
+        if self.final == self.store.release_dir(self.target.name):
+            self.store.record_release(self.target.name, meta.info_hash)  # known by name from now on
         return meta
 
     def _check_files_in_the_way(self, meta: TorrentMeta) -> None:
@@ -440,8 +427,9 @@ def _fetch_locked(
                 if phase == "metadata":
                     raise NetworkError(
                         f"no peer sent the metadata of {target.info_hash} within {timeout:g} s "
-                        f"({status.num_peers} peers connected): check the magnet's trackers, add --peer HOST:PORT, "
-                        "or raise --timeout"
+                        f"({status.num_peers} peers connected): check the magnet's trackers, connect to a known "
+                        "peer (peers), or raise the timeout (timeout)",
+                        fields=("peers", "timeout"),
                     )
                 raise NetworkError(
                     f"no data arrived for {timeout:g} s ({status.num_peers} peers connected); "

@@ -16,11 +16,11 @@ from pathlib import Path
 import libtorrent as lt
 
 from m7b.errors import NotFoundError
-from m7b.manifests.loader import find_manifest
 from m7b.mirror.layout import checked_meta, renamed_files
 from m7b.mirror.resume import record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
 from m7b.mirror.torrent import TorrentMeta, load_torrent
+from m7b.release import Release
 from m7b.store import Store
 
 
@@ -45,30 +45,22 @@ class ReleaseStatus:
     failed_files: list[str] = field(default_factory=list)
 
 
-def resolve_seed(arg: str, store: Store) -> SeedRelease:
-    """NAME (a release in the store) or DIR (a release folder with DIR.torrent beside it, or in the store)."""
-    folder = Path(arg)
-    if folder.is_dir():
-        candidates = [folder.parent / f"{folder.name}.torrent"]
-        candidates += sorted(store.torrents_dir.glob("*.torrent")) if store.torrents_dir.is_dir() else []
-        for candidate in candidates:
-            if candidate.is_file():
-                ti, _ = load_torrent(candidate)
-                meta = checked_meta(ti)
-                if candidate == candidates[0] or meta.name == folder.name:
-                    return SeedRelease(name=folder.name.lower(), folder=folder.resolve(), torrent=ti, meta=meta)
+def seed_release(release: Release) -> SeedRelease:
+    """A resolved release (see m7b.release.resolve_release) ready to serve: its folder and its torrent."""
+    if not release.folder.is_dir():
         raise NotFoundError(
-            f"no torrent for {folder}: expected {candidates[0]} (make it with "
-            f"`m7b release create {folder}`) or a torrent named {folder.name!r} in the store"
+            f"{release.name} is not in the store ({release.folder}): run `m7b fetch {release.name}` first"
+            if release.in_store
+            else f"release folder {release.folder} not found"
         )
-    manifest = find_manifest(arg, store.manifests_dir)
-    info_hash = manifest.torrent.info_hash_v1 or manifest.torrent.info_hash_v2 or ""
-    torrent_path = store.torrent_path(info_hash)
-    release = store.release_dir(manifest.name)
-    if not torrent_path.is_file() or not release.is_dir():
-        raise NotFoundError(f"{manifest.name} is not in the store ({release}): run `m7b fetch {manifest.name}` first")
-    ti, _ = load_torrent(torrent_path)
-    return SeedRelease(name=manifest.name, folder=release, torrent=ti, meta=checked_meta(ti))
+    if release.torrent is None:
+        raise NotFoundError(
+            f"no torrent for {release.folder}: expected {release.folder.parent / (release.folder.name + '.torrent')} "
+            f"(make it with `m7b release create {release.folder}`) or a torrent named {release.folder.name!r} in "
+            "the store"
+        )
+    ti, _ = load_torrent(release.torrent)
+    return SeedRelease(name=release.name, folder=release.folder, torrent=ti, meta=checked_meta(ti))
 
 
 def _store_hash(hashes: lt.info_hash_t) -> str:

@@ -21,13 +21,15 @@ def resolve_device(name: str) -> torch.device:
     if re.fullmatch(r"cuda(:\d+)?", name):
         if not torch.cuda.is_available():
             raise InvalidInputError(
-                f"--device {name}: no CUDA device is available to this torch "
-                f"({torch.__version__}); use --device cpu, or auto to pick what is there"
+                f"device {name}: no CUDA device is available to this torch "
+                f"({torch.__version__}); use device cpu, or auto to pick what is there",
+                field="device",
             )
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InvalidInputError(
-                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+                f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0",
+                field="device",
             )
         return device
     raise InvalidInputError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N")

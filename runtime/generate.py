@@ -24,7 +24,7 @@ class GenerationConfig:
 
     def validate(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise InvalidInputError(f"--max-tokens must be at least 1, found {self.max_tokens}")
+            raise InvalidInputError(f"max_tokens must be at least 1, found {self.max_tokens}", field="max_tokens")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise InvalidInputError(f"the prefill chunk size must be at least 1, found {self.chunk_size}")
         self.sampling.validate()

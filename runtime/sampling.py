@@ -17,9 +17,11 @@ class SamplingConfig:
 
     def validate(self) -> None:
         if not self.temperature >= 0:
-            raise InvalidInputError(f"--temperature must be 0 (greedy) or positive, found {self.temperature}")
+            raise InvalidInputError(
+                f"temperature must be 0 (greedy) or positive, found {self.temperature}", field="temperature"
+            )
         if not 0 < self.top_p <= 1:
-            raise InvalidInputError(f"--top-p must be in (0, 1], found {self.top_p}")
+            raise InvalidInputError(f"top_p must be in (0, 1], found {self.top_p}", field="top_p")
 
     def generator(self, device: torch.device) -> torch.Generator | None:
         if self.temperature == 0:

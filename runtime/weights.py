@@ -41,7 +41,7 @@ def load_state_dict(release_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
         except SafetensorError as exc:
             raise InvalidInputError(
                 f"{path} is not a readable safetensors file ({exc}); reconvert the release "
-                "with `m7b convert --to native`"
+                "to native safetensors (`m7b convert`)"
             ) from exc
     from m7b.verify.checkpoint import load_checkpoint
 

@@ -53,15 +53,19 @@ def verify_release(
     torrent: Path | None = None,
     *,
     name: str | None = None,
+    info_hash: str | None = None,
     progress: ProgressCallback = ignore_progress,
 ) -> VerifyReport:
-    """Check a release folder; never raises for what it finds (the report holds it), only for unusable input."""
+    """Check a release folder; never raises for what it finds (the report holds it), only for unusable input.
+
+    `info_hash` is the hash the user asked for (a magnet's, or the one the store recorded when it fetched the
+    release): the torrent is bound to it when the manifest names none."""
     started = time.monotonic()
     root = Path(root)
     if not root.is_dir():
         raise NotFoundError(f"release folder {root} not found: fetch it first (`m7b fetch NAME`) or pass a folder")
     findings: list[Finding] = []
-    plan = _bound_plan(manifest, torrent, findings)
+    plan = _bound_plan(manifest, torrent, findings, info_hash)
 
     items: list[ReadItem] = plan.items(root) if plan else []
     listed = {it.rel for it in items}
@@ -108,7 +112,7 @@ def verify_release(
                 "binding",
                 Status.MISSING,
                 "nothing to bind these files to: no manifest and no torrent "
-                "metadata; pass --manifest FILE and/or --torrent FILE",
+                "metadata; give the release's manifest (manifest) and/or its .torrent file (torrent)",
             )
         )
 
@@ -179,11 +183,15 @@ def _inspection_pool() -> Executor:
         return ThreadPoolExecutor(1, thread_name_prefix="m7b-inspect")
 
 
-def _bound_plan(manifest: Manifest | None, torrent: Path | None, findings: list[Finding]) -> TorrentPlan | None:
-    """The torrent metadata, if its info-hash is the one the manifest's magnet names."""
+def _bound_plan(
+    manifest: Manifest | None, torrent: Path | None, findings: list[Finding], info_hash: str | None = None
+) -> TorrentPlan | None:
+    """The torrent metadata, if its info-hash is the one the manifest's magnet (else `info_hash`) names."""
     facts = manifest.torrent if manifest else None
     wanted = [h for h in ((facts.info_hash_v1, facts.info_hash_v2) if facts else ()) if h]
     wanted += [h for h in magnet_hashes(facts.magnet if facts else None) if h not in wanted]
+    if not wanted and info_hash:
+        wanted = [info_hash.lower()]
     if torrent is None:
         if wanted:
             findings.append(
@@ -192,7 +200,7 @@ def _bound_plan(manifest: Manifest | None, torrent: Path | None, findings: list[
                     Status.MISSING,
                     f"no torrent metadata for info-hash {wanted[0]} in the "
                     "store: without it nothing proves these are the files the magnet names; fetch "
-                    "the metadata (`m7b fetch`) or pass --torrent FILE",
+                    "the metadata (`m7b fetch`) or give the .torrent file (torrent)",
                 )
             )
         return None

@@ -55,7 +55,7 @@ def load_torrent(path: Path) -> TorrentPlan:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(
-            f"torrent file {path} not found: fetch the metadata first (`m7b fetch`) or pass --torrent FILE"
+            f"torrent file {path} not found: fetch the metadata first (`m7b fetch`) or give the .torrent file"
         )
     data = path.read_bytes()
     try:

@@ -37,6 +37,14 @@ def test_fetch_by_magnet_through_a_real_tracker(cli, m7b_home, publish, tmp_path
     assert not (m7b_home / "releases" / f".{done['name']}.partial").exists()
     phases = {json.loads(line)["phase"] for line in result.stdout.splitlines()[:-1]}
     assert "done" in phases
+    # fetched without a manifest: a store release by name, verified against the torrent the store kept
+    record = json.loads((m7b_home / "releases" / f".{done['name']}.json").read_text())
+    assert record == {"name": done["name"], "info_hash": pub.meta.info_hash}
+    listed = json.loads(cli("list", "--json").stdout)["releases"]
+    assert any(r["name"] == done["name"] for r in listed)
+    verified = cli("verify", done["name"], "--json")
+    assert verified.code == 0, verified.stderr
+    assert json.loads(verified.stdout)["bound_to_magnet"] is True
 
 
 def test_fetch_by_release_name_through_a_manifest(cli, m7b_home, publish) -> None:

@@ -212,7 +212,7 @@ def test_unknown_release(cli_inproc, m7b_home) -> None:
     result = cli_inproc("run", "no-such-release", "--prompt", "Hello")
     assert result.code == 3
     line = _one_clear_line(result.stderr)
-    assert "no release named 'no-such-release'" in line and str(m7b_home) in line
+    assert "unknown release 'no-such-release'" in line and str(m7b_home) in line
 
 
 def test_release_folder_without_weights(cli_inproc, tiny_release: Path) -> None:

@@ -1,0 +1,128 @@
+"""Option and argument definitions shared by the commands, declared once; and the CLI's wording of library data.
+
+The `--json` options record on the click context's state (`CliState`, made by `m7b.cli.main`) that the output is
+JSON, so that an error becomes a JSON document on stdout too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import typer
+
+from m7b.errors import M7bError
+from m7b.release import Release, resolve_release
+from m7b.render import err
+from m7b.store import Store
+
+
+@dataclass
+class CliState:
+    """Per-invocation state, carried as the click context's `obj` (no module globals)."""
+
+    debug: bool = False
+    json: bool = False  # --json was given: errors go to stdout as JSON too
+    stream: bool = False  # the output is JSON lines: the error is an event of the stream
+
+
+def _state(ctx: typer.Context) -> CliState | None:
+    return ctx.obj if isinstance(ctx.obj, CliState) else None
+
+
+def _json_document(ctx: typer.Context, value: bool) -> bool:
+    state = _state(ctx)
+    if state is not None and value:
+        state.json = True
+    return value
+
+
+def _json_lines(ctx: typer.Context, value: bool) -> bool:
+    state = _state(ctx)
+    if state is not None and value:
+        state.json = state.stream = True
+    return value
+
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", callback=_json_document, help="Print one JSON document (errors too).")
+]
+JsonLinesOption = Annotated[
+    bool,
+    typer.Option("--json", callback=_json_lines, help="JSON lines: progress events, then a result or an error event."),
+]
+TargetArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="A release name (see `m7b list`), a folder, a magnet, a .torrent or a manifest .toml.",
+        show_default=False,
+    ),
+]
+ReleaseArg = Annotated[
+    str,
+    typer.Argument(
+        help="A release name in the store (see `m7b list`) or a release folder "
+        "(params.json, tokenizer.model, consolidated.00.pth or consolidated.safetensors)."
+    ),
+]
+DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")]
+DtypeOption = Annotated[
+    str | None, typer.Option(help="float32 or bfloat16 (default: bfloat16 on CUDA, float32 on the CPU).")
+]
+PeerOption = Annotated[list[str] | None, typer.Option("--peer", help="Connect to HOST:PORT (repeatable).")]
+ListenOption = Annotated[
+    str | None, typer.Option("--listen", help="Listen on HOST:PORT (default 0.0.0.0:6881; port 0 picks a free one).")
+]
+LoopbackOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-dht", help="No DHT, LSD, UPnP/NAT-PMP or uTP: trackers, web seeds and --peer only (local swarms, tests)."
+    ),
+]
+
+# library parameter (an error's `field`/`fields` data) -> the flag that sets it
+FLAG_FOR: dict[str, str] = {
+    "max_tokens": "--max-tokens",
+    "temperature": "--temperature",
+    "top_p": "--top-p",
+    "device": "--device",
+    "peers": "--peer",
+    "timeout": "--timeout",
+    "tokenizer": "--tokenizer",
+    "manifest_name": "--name",
+    "work": "--work",
+    "manifest": "--manifest",
+    "torrent": "--torrent",
+}
+
+
+def cli_message(exc: M7bError) -> str:
+    """The library's message in the CLI's words: a parameter it names (at the start, or in parentheses) becomes the
+    flag that sets it."""
+    message = str(exc)
+    fields = exc.data.get("fields") or ((exc.data["field"],) if "field" in exc.data else ())
+    for field in fields if isinstance(fields, tuple | list) else ():
+        flag = FLAG_FOR.get(str(field))
+        if flag is None:
+            continue
+        if message.startswith(f"{field} "):
+            message = flag + message[len(str(field)) :]
+        message = message.replace(f"({field})", f"({flag})")
+    return message
+
+
+def resolve(text: str, store: Store) -> Release:
+    """The one resolver (m7b.release), with its note — when the text could have meant something else — on stderr."""
+    release = resolve_release(text, store)
+    if release.note:
+        err.print(f"[yellow]note:[/yellow] {release.note}", highlight=False)
+    return release
+
+
+def fail_after_document(exc: M7bError, json_out: bool) -> None:
+    """Raise a failure whose details a document already printed on stdout (a verify report, a smoke table): with
+    --json that document is the answer, so the error goes to stderr only and stdout stays one document."""
+    if not json_out:
+        raise exc
+    err.print(f"[red]error:[/red] {cli_message(exc)}", highlight=False)
+    raise typer.Exit(exc.exit_code)

@@ -1,0 +1,59 @@
+"""The CLI is one list of commands; with --json an error is a JSON document on stdout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from m7b.errors import InvalidInputError
+
+
+def test_show_unknown_release_as_json_is_an_error_document(cli, m7b_home) -> None:
+    result = cli("show", "nosuch", "--json")
+    assert result.code == 3
+    doc = json.loads(result.stdout)
+    assert doc["exit_code"] == 3 and "unknown release 'nosuch'" in doc["error"]
+
+
+def test_a_json_lines_stream_ends_with_an_error_event(cli, m7b_home) -> None:
+    result = cli("fetch", "nosuch", "--json")
+    assert result.code == 3
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last["event"] == "error" and last["exit_code"] == 3
+
+
+@pytest.mark.slow
+def test_a_library_field_is_worded_as_the_cli_flag(cli, m7b_home, tiny_release_src) -> None:
+    result = cli("run", tiny_release_src, "--prompt", "Hi", "--max-tokens", "0", "--json")
+    assert result.code == 4
+    doc = json.loads(result.stdout)
+    assert doc["error"].startswith("--max-tokens must be at least 1") and doc["field"] == "max_tokens"
+
+
+def test_library_errors_carry_the_field_and_never_name_a_flag() -> None:
+    from m7b.runtime.generate import GenerationConfig
+    from m7b.runtime.sampling import SamplingConfig
+
+    for make, field in (
+        (lambda: GenerationConfig(max_tokens=0).validate(), "max_tokens"),
+        (lambda: SamplingConfig(temperature=-1).validate(), "temperature"),
+        (lambda: SamplingConfig(top_p=2).validate(), "top_p"),
+    ):
+        with pytest.raises(InvalidInputError) as caught:
+            make()
+        assert caught.value.data["field"] == field and "--" not in str(caught.value)
+
+
+def test_every_command_is_listed_once_in_cli_py_and_no_module_registers_itself() -> None:
+    from m7b.cli import COMMANDS, RELEASE_COMMANDS
+
+    names = [name for name, _ in COMMANDS]
+    assert len(names) == len(set(names))
+    assert {"list", "show", "fetch", "verify", "convert", "run", "smoke", "seed", "demo"} == set(names)
+    assert [name for name, _ in RELEASE_COMMANDS] == ["synth", "create"]
+    for module in (Path(__file__).parents[2] / "m7b").glob("cli_*.py"):
+        text = module.read_text()
+        assert "from m7b.cli import" not in text and ".command(" not in text, module.name
+        assert 'typer.Option("--json"' not in text or module.name == "cli_options.py", module.name
