@@ -15,8 +15,8 @@ from m7b.errors import InvalidInputError, NotFoundError
 from m7b.manifests.architecture import load_params
 from m7b.manifests.loader import NAME_RE
 from m7b.manifests.schema import FileFacts, Manifest, TorrentFacts
-from m7b.mirror.torrent import TorrentMeta, parse_torrent
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
+from m7b.torrent import TorrentMeta, parse_torrent
 
 BLOCK = 8 << 20
 MIN_PIECE = 16 << 10

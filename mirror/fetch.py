@@ -18,15 +18,15 @@ import libtorrent as lt
 
 from m7b.atomic import write_bytes
 from m7b.errors import InvalidInputError, M7bError, NetworkError, StorageError
+from m7b.magnet import Magnet, is_magnet, parse_magnet, parse_peer
 from m7b.manifests.loader import find_manifest, known_manifests
 from m7b.manifests.schema import Manifest
-from m7b.mirror.layout import check_against_manifest, checked_meta, release_files_exist, renamed_files
-from m7b.mirror.magnet import Magnet, is_magnet, parse_magnet, parse_peer
+from m7b.mirror.layout import check_against_manifest, release_files_exist, renamed_files
 from m7b.mirror.resume import load_resume, record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
-from m7b.mirror.torrent import TorrentMeta, load_torrent
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.store import Store
+from m7b.torrent import TorrentMeta, load_torrent, meta_from_info
 
 
 @dataclass(frozen=True)
@@ -84,14 +84,14 @@ def resolve(source: str, store: Store) -> FetchTarget:
         name = manifest.name if manifest else _slug(magnet.name or magnet.info_hash)
     elif source.endswith(".torrent") or Path(source).is_file():
         torrent, meta = load_torrent(Path(source))
-        checked_meta(torrent)
+        meta_from_info(torrent)
         magnet, manifest = None, manifest_for_hash(meta.info_hash, store)
         name = manifest.name if manifest else _slug(meta.name)
     else:
         manifest = find_manifest(source, store.manifests_dir)
         magnet = _manifest_magnet(manifest)
         name = manifest.name
-    info_hash = magnet.info_hash if magnet else checked_meta(torrent).info_hash
+    info_hash = magnet.info_hash if magnet else meta_from_info(torrent).info_hash
     stored = store.torrent_path(info_hash)
     if torrent is None and stored.is_file():
         torrent, _ = load_torrent(stored)
@@ -176,7 +176,7 @@ class _Download:
         return self.handle
 
     def _accept(self, ti: lt.torrent_info) -> TorrentMeta:
-        meta = checked_meta(ti)
+        meta = meta_from_info(ti)
         if self.target.manifest is not None:
             check_against_manifest(meta, self.target.manifest)
         trackers = list(self.target.magnet.trackers) if self.target.magnet else []

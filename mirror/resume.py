@@ -8,8 +8,8 @@ from pathlib import Path
 import libtorrent as lt
 
 from m7b.atomic import write_bytes, write_text
-from m7b.mirror.torrent import TorrentMeta
 from m7b.store import Store
+from m7b.torrent import TorrentMeta
 
 
 def completion_record(store: Store, info_hash: str) -> Path:

@@ -17,11 +17,11 @@ import libtorrent as lt
 
 from m7b.errors import NotFoundError
 from m7b.manifests.loader import find_manifest
-from m7b.mirror.layout import checked_meta, renamed_files
+from m7b.mirror.layout import renamed_files
 from m7b.mirror.resume import record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
-from m7b.mirror.torrent import TorrentMeta, load_torrent
 from m7b.store import Store
+from m7b.torrent import TorrentMeta, load_torrent, meta_from_info
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def resolve_seed(arg: str, store: Store) -> SeedRelease:
         for candidate in candidates:
             if candidate.is_file():
                 ti, _ = load_torrent(candidate)
-                meta = checked_meta(ti)
+                meta = meta_from_info(ti)
                 if candidate == candidates[0] or meta.name == folder.name:
                     return SeedRelease(name=folder.name.lower(), folder=folder.resolve(), torrent=ti, meta=meta)
         raise NotFoundError(
@@ -68,7 +68,7 @@ def resolve_seed(arg: str, store: Store) -> SeedRelease:
     if not torrent_path.is_file() or not release.is_dir():
         raise NotFoundError(f"{manifest.name} is not in the store ({release}): run `m7b fetch {manifest.name}` first")
     ti, _ = load_torrent(torrent_path)
-    return SeedRelease(name=manifest.name, folder=release, torrent=ti, meta=checked_meta(ti))
+    return SeedRelease(name=manifest.name, folder=release, torrent=ti, meta=meta_from_info(ti))
 
 
 def _store_hash(hashes: lt.info_hash_t) -> str:

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from verify_helpers import PIECE, make_manifest, make_torrent
 
+from m7b.torrent import load_torrent
 from m7b.verify.check import verify_release
 from m7b.verify.digest import FileDigestLane, ReadItem, read_stream
 from m7b.verify.findings import Status
-from m7b.verify.pieces import V1PieceLane, load_torrent
+from m7b.verify.pieces import V1PieceLane, read_items
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +52,10 @@ def test_pieces_spanning_files_pass_then_a_flipped_byte_is_named_by_piece(
     files = ("a.bin", "big.bin", "c.bin")
     torrent = tmp_path / "r.torrent"
     make_torrent(root, torrent, files=files, hybrid=hybrid)
-    plan = load_torrent(torrent)
+    _, plan = load_torrent(torrent)
     assert (plan.info_hash_v2 is not None) == hybrid
     lane = V1PieceLane(plan.piece_length, plan.v1_hashes)
-    read_stream(plan.items(root), [lane], block_size=1 << 20)
+    read_stream(read_items(plan, root), [lane], block_size=1 << 20)
     assert lane.failed == [] and lane.checked == len(plan.v1_hashes)
 
     offset = 1_500_000  # the middle of big.bin
