@@ -130,12 +130,12 @@ def test_a_manifest_with_only_a_magnet_binds_by_the_magnets_hash(tiny_release: P
     import base64
     import dataclasses
 
-    from m7b.verify.check import magnet_hashes
+    from m7b.magnet import parse_magnet
 
     torrent = tmp_path / "r.torrent"
     ih = make_torrent(tiny_release, torrent)
     b32 = base64.b32encode(bytes.fromhex(ih)).decode()
-    assert magnet_hashes(f"magnet:?xt=urn:btih:{b32}&dn=x") == [ih]
+    assert parse_magnet(f"magnet:?xt=urn:btih:{b32}&dn=x").hashes == (ih,)
     manifest = make_manifest(tiny_release, "tiny", None)
     manifest = dataclasses.replace(
         manifest, torrent=dataclasses.replace(manifest.torrent, magnet=f"magnet:?xt=urn:btih:{ih}&dn=tiny")
