@@ -42,7 +42,7 @@ def list_releases(json_out: JsonOption = False) -> None:
                 "title": m.title,
                 "license": m.license,
                 "release_date": m.release_date.isoformat() if m.release_date else None,
-                "info_hash": m.torrent.info_hash_v1 or m.torrent.info_hash_v2,
+                "info_hash": m.torrent.info_hash or None,
                 "state": str(store.state(m)),
                 "converted": store.converted_layouts(name),
                 "path": str(store.release_dir(name)),

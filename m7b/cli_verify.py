@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from m7b.cli import app
-from m7b.errors import InvalidInputError, MismatchError, NotFoundError, UnsafeError
+from m7b.errors import NotFoundError
 from m7b.manifests.schema import Manifest
 from m7b.render import emit_json, err, out, progress_bars
 from m7b.store import Store
@@ -107,17 +107,12 @@ def verify(
 
 def _fail_unless_ok(report: Any) -> None:
     """The report is printed; a failing verdict becomes the error (one line on stderr) and its exit code."""
-    from m7b.verify.findings import Status
+    from m7b.verify.findings import error_for
 
     failures = report.failures()
     if not failures:
         return
-    error = {
-        Status.UNSAFE: UnsafeError,
-        Status.MISSING: NotFoundError,
-        Status.MISMATCH: MismatchError,
-        Status.INVALID: InvalidInputError,
-    }[report.verdict]
+    error = error_for(report.verdict)
     worst = next(f for f in failures if f.status == report.verdict)
     more = f" (and {len(failures) - 1} more finding(s) above)" if len(failures) > 1 else ""
     raise error(f"verification failed ({report.verdict}): {worst.message}{more}")

@@ -160,6 +160,16 @@ def _hex_or_none(value: Any, present: bool) -> str | None:
     return text if present and text.strip("0") else None
 
 
+def hashes_of(hashes: lt.info_hash_t) -> tuple[str | None, str | None]:
+    """libtorrent's info-hashes as (v1, v2) hex, None for a version the torrent lacks."""
+    return _hex_or_none(hashes.v1, hashes.has_v1()), _hex_or_none(hashes.v2, hashes.has_v2())
+
+
+def store_hash(hashes: lt.info_hash_t) -> str:
+    """The hash the store names a torrent by (see `preferred_hash`)."""
+    return preferred_hash(*hashes_of(hashes))
+
+
 def meta_from_info(ti: lt.torrent_info, raw: dict[bytes, Any] | None = None, source: str = "metadata") -> TorrentMeta:
     """The record of a libtorrent torrent_info (and, when known, the .torrent's top-level dict: trackers, web
     seeds, v2 piece layers). Every path is checked to stay inside the release folder."""
@@ -193,8 +203,8 @@ def meta_from_info(ti: lt.torrent_info, raw: dict[bytes, Any] | None = None, sou
     return TorrentMeta(
         source=source,
         name=name,
-        info_hash_v1=_hex_or_none(hashes.v1, hashes.has_v1()),
-        info_hash_v2=_hex_or_none(hashes.v2, has_v2),
+        info_hash_v1=hashes_of(hashes)[0],
+        info_hash_v2=hashes_of(hashes)[1],
         piece_length=ti.piece_length(),
         num_pieces=ti.num_pieces(),
         files=tuple(files),

@@ -69,7 +69,7 @@ def _manifest_magnet(manifest: Manifest) -> Magnet:
     t = manifest.torrent
     if t.magnet:
         return parse_magnet(t.magnet)
-    if not (t.info_hash_v1 or t.info_hash_v2):
+    if not t.info_hash:
         raise InvalidInputError(f"the manifest of {manifest.name} names no magnet or info-hash: nothing to fetch")
     xt = f"urn:btih:{t.info_hash_v1}" if t.info_hash_v1 else f"urn:btmh:1220{t.info_hash_v2}"
     return parse_magnet(f"magnet:?xt={xt}")

@@ -21,7 +21,7 @@ from m7b.mirror.layout import renamed_files
 from m7b.mirror.resume import record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
 from m7b.store import Store
-from m7b.torrent import TorrentMeta, load_torrent, meta_from_info
+from m7b.torrent import TorrentMeta, load_torrent, meta_from_info, store_hash
 
 
 @dataclass(frozen=True)
@@ -62,18 +62,13 @@ def resolve_seed(arg: str, store: Store) -> SeedRelease:
             f"`m7b release create {folder}`) or a torrent named {folder.name!r} in the store"
         )
     manifest = find_manifest(arg, store.manifests_dir)
-    info_hash = manifest.torrent.info_hash_v1 or manifest.torrent.info_hash_v2 or ""
+    info_hash = manifest.torrent.info_hash
     torrent_path = store.torrent_path(info_hash)
     release = store.release_dir(manifest.name)
     if not torrent_path.is_file() or not release.is_dir():
         raise NotFoundError(f"{manifest.name} is not in the store ({release}): run `m7b fetch {manifest.name}` first")
     ti, _ = load_torrent(torrent_path)
     return SeedRelease(name=manifest.name, folder=release, torrent=ti, meta=meta_from_info(ti))
-
-
-def _store_hash(hashes: lt.info_hash_t) -> str:
-    """The hash the store names a torrent by: v1 when present (as magnets use), else v2."""
-    return str(hashes.v1) if hashes.has_v1() else str(hashes.v2)
 
 
 def failing_files(release: SeedRelease, handle: lt.torrent_handle) -> list[str]:
@@ -128,7 +123,7 @@ class Mirror:
         """Handle alerts, refuse releases that failed their check, and return every release's status."""
         for alert in self.session.pop_alerts():
             if isinstance(alert, lt.save_resume_data_alert):
-                save_resume(self.store, _store_hash(alert.params.info_hashes), alert.params)
+                save_resume(self.store, store_hash(alert.params.info_hashes), alert.params)
         for release in self.releases:
             current = self.status[release.name]
             if current.state == "refused":
@@ -179,7 +174,7 @@ class Mirror:
             self.session.wait_for_alert(100)
             for alert in self.session.pop_alerts():
                 if isinstance(alert, lt.save_resume_data_alert):
-                    save_resume(self.store, _store_hash(alert.params.info_hashes), alert.params)
+                    save_resume(self.store, store_hash(alert.params.info_hashes), alert.params)
                     pending -= 1
                 elif isinstance(alert, lt.save_resume_data_failed_alert):
                     pending -= 1

@@ -9,7 +9,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from m7b.errors import M7bError, MismatchError, NotFoundError, UnsafeError
+from m7b.errors import M7bError, NotFoundError
 from m7b.magnet import parse_magnet
 from m7b.manifests.architecture import Architecture, load_params
 from m7b.manifests.schema import Manifest
@@ -17,21 +17,11 @@ from m7b.progress import ProgressCallback, ignore_progress
 from m7b.torrent import TorrentMeta, load_torrent
 from m7b.verify.checkpoint import check_tensors, inspect_checkpoint, load_checkpoint
 from m7b.verify.digest import FileDigestLane, FileRead, Lane, ReadItem, read_stream
-from m7b.verify.findings import Finding, Status, verdict
+from m7b.verify.findings import Finding, Status, status_for, verdict
 from m7b.verify.license import APACHE_SPDX, Evidence, find_evidence
 from m7b.verify.manifest_check import check_manifest_files
 from m7b.verify.pieces import V1PieceLane, V2PieceLane, read_items, v1_failures, v2_failures
 from m7b.verify.report import FileRecord, VerifyReport
-
-_ERROR_STATUS: list[tuple[type[M7bError], Status]] = [
-    (UnsafeError, Status.UNSAFE),
-    (MismatchError, Status.MISMATCH),
-    (NotFoundError, Status.MISSING),
-]
-
-
-def status_for(exc: M7bError) -> Status:
-    return next((s for cls, s in _ERROR_STATUS if isinstance(exc, cls)), Status.INVALID)
 
 
 def disk_files(root: Path) -> list[str]:
