@@ -229,5 +229,7 @@ def convert(
     )
 
 
-def _shard_size(text: str) -> int | str:
-    return int(text) if text.isdigit() else text
+def _shard_size(text: str) -> int:
+    from m7b.sizes import parse_size
+
+    return parse_size(text, "--max-shard-size", "bytes or a size like 5GB or 500MB", minimum=1)
