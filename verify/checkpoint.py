@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from m7b.dtypes import dtype_name
 from m7b.errors import MismatchError, NotFoundError, UnsafeError
 from m7b.manifests.architecture import Architecture
 from m7b.manifests.schema import CheckpointFacts
@@ -248,10 +249,6 @@ class TensorCheck:
 
 def _few(keys: list[str]) -> str:
     return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-
-
-def dtype_name(dtype: torch.dtype | str) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def check_tensors(state: Mapping[str, Any], arch: Architecture, facts: CheckpointFacts | None = None) -> TensorCheck:
