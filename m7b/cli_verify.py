@@ -148,17 +148,14 @@ def _known_sha256(store: Store, name: str | None, checkpoint: Path) -> str | Non
     """The checkpoint's sha256 from the verification report, if the file is unchanged since."""
     if not name or not store.is_verified(name):
         return None
+    from m7b.store import unchanged_since
+
     try:
         report = json.loads(store.report_path(name).read_text(encoding="utf-8"))
-        st = checkpoint.stat()
     except (OSError, ValueError):
         return None
     for entry in report.get("files", []):
-        if (
-            entry.get("path") == checkpoint.name
-            and entry.get("size") == st.st_size
-            and entry.get("mtime_ns") == st.st_mtime_ns
-        ):
+        if entry.get("path") == checkpoint.name and unchanged_since(checkpoint.parent, entry):
             return entry.get("sha256")
     return None
 

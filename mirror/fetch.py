@@ -25,7 +25,7 @@ from m7b.mirror.layout import check_against_manifest, release_files_exist, renam
 from m7b.mirror.resume import load_resume, record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
-from m7b.store import Store
+from m7b.store import Store, incomplete_marker_for, partial_dir_for
 from m7b.torrent import TorrentMeta, load_torrent, meta_from_info
 
 
@@ -118,7 +118,7 @@ class _Download:
         self, target: FetchTarget, store: Store, final: Path, options: SessionOptions, progress: ProgressCallback
     ) -> None:
         self.target, self.store, self.final, self.progress = target, store, final, progress
-        self.partial = final.parent / f".{final.name}.partial"
+        self.partial = partial_dir_for(final)
         self.in_place = final.is_dir() and any(final.iterdir())
         self.save_path = final if self.in_place else self.partial
         self.session = make_session(options)
@@ -287,7 +287,7 @@ def fetch(
     """
     final = Path(dest) if dest is not None else store.release_dir(target.name)
     final.parent.mkdir(parents=True, exist_ok=True)
-    marker = final.parent / f".{final.name}.incomplete"
+    marker = incomplete_marker_for(final)
     download = _Download(target, store, final, options or SessionOptions(), progress)
     created_partial = not download.partial.exists()
     start = time.monotonic()
