@@ -129,13 +129,14 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, int]:
 
 def hash_only(root: Path, work: Path) -> tuple[float]:
     """The one-pass hashing alone, in this process (no interpreter start, no torch): sha256 + v1 pieces."""
+    from m7b.torrent import load_torrent
     from m7b.verify.digest import FileDigestLane, read_stream
-    from m7b.verify.pieces import V1PieceLane, load_torrent
+    from m7b.verify.pieces import V1PieceLane, read_items
 
-    plan = load_torrent(work / f"{NAME}.torrent")
+    _, plan = load_torrent(work / f"{NAME}.torrent")
     lanes = [FileDigestLane("sha256"), V1PieceLane(plan.piece_length, plan.v1_hashes)]
     start = time.perf_counter()
-    read_stream(plan.items(root), lanes)
+    read_stream(read_items(plan, root), lanes)
     assert not lanes[1].failed
     return (time.perf_counter() - start,)
 

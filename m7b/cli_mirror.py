@@ -12,23 +12,16 @@ import typer
 from rich.table import Table
 
 from m7b.cli_options import JsonLinesOption, ListenOption, LoopbackOption, PeerOption, resolve
-from m7b.errors import InvalidInputError, StorageError
+from m7b.errors import StorageError
 from m7b.progress import ProgressEvent
 from m7b.render import emit_json, err, out, progress_bars, report_lock_wait, show
+from m7b.sizes import parse_size
 from m7b.store import Store
 
 
 def parse_rate(text: str | None, option: str) -> int:
     """Bytes per second with an optional K/M/G suffix; 0 or none = unlimited."""
-    if not text:
-        return 0
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    try:
-        if text[-1].lower() in units:
-            return int(float(text[:-1]) * units[text[-1].lower()])
-        return int(text)
-    except ValueError as exc:
-        raise InvalidInputError(f"{option} {text!r}: expected bytes per second, e.g. 500K or 20M") from exc
+    return parse_size(text, option, "bytes per second, e.g. 500K or 20M")
 
 
 def session_options(listen: str | None, no_dht: bool, **changes: object):

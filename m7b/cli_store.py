@@ -40,7 +40,7 @@ def list_releases(json_out: JsonOption = False) -> None:
                 "title": m.title if m else name,
                 "license": m.license if m else None,
                 "release_date": m.release_date.isoformat() if m and m.release_date else None,
-                "info_hash": (m.torrent.info_hash_v1 or m.torrent.info_hash_v2) if m else recorded.get(name),
+                "info_hash": m.torrent.info_hash if m else recorded.get(name),
                 "manifest": m is not None,
                 "state": str(store.state_of(name, m)),
                 "converted": store.converted_layouts(name),

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from m7b.cli_options import JsonOption, TargetArg, fail_after_document, resolve
-from m7b.errors import InvalidInputError, MismatchError, NotFoundError, UnsafeError
+from m7b.errors import NotFoundError
 from m7b.release import Release, require_present
 from m7b.render import err, out, progress_bars, report_lock_wait, show
 from m7b.store import Store
@@ -78,17 +78,12 @@ def verify(
 
 def _fail_unless_ok(report: Any, json_out: bool) -> None:
     """The report is printed; a failing verdict becomes the error (one line on stderr) and its exit code."""
-    from m7b.verify.findings import Status
+    from m7b.verify.findings import error_for
 
     failures = report.failures()
     if not failures:
         return
-    error = {
-        Status.UNSAFE: UnsafeError,
-        Status.MISSING: NotFoundError,
-        Status.MISMATCH: MismatchError,
-        Status.INVALID: InvalidInputError,
-    }[report.verdict]
+    error = error_for(report.verdict)
     worst = next(f for f in failures if f.status == report.verdict)
     more = f" (and {len(failures) - 1} more finding(s) above)" if len(failures) > 1 else ""
     # findings name the parameters that would fix them ("(torrent)"); the CLI words them as its flags
@@ -126,17 +121,14 @@ def _known_sha256(store: Store, name: str | None, checkpoint: Path) -> str | Non
     """The checkpoint's sha256 from the verification report, if the file is unchanged since."""
     if not name or not store.is_verified(name):
         return None
+    from m7b.store import unchanged_since
+
     try:
         report = json.loads(store.report_path(name).read_text(encoding="utf-8"))
-        st = checkpoint.stat()
     except (OSError, ValueError):
         return None
     for entry in report.get("files", []):
-        if (
-            entry.get("path") == checkpoint.name
-            and entry.get("size") == st.st_size
-            and entry.get("mtime_ns") == st.st_mtime_ns
-        ):
+        if entry.get("path") == checkpoint.name and unchanged_since(checkpoint.parent, entry):
             return entry.get("sha256")
     return None
 
@@ -219,5 +211,7 @@ def _print_conversion(label: str, result: Any) -> None:
     )
 
 
-def _shard_size(text: str) -> int | str:
-    return int(text) if text.isdigit() else text
+def _shard_size(text: str) -> int:
+    from m7b.sizes import parse_size
+
+    return parse_size(text, "--max-shard-size", "bytes or a size like 5GB or 500MB", minimum=1)

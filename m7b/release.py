@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from m7b.errors import M7bError, NotFoundError
+from m7b.magnet import Magnet, is_magnet, parse_magnet
 from m7b.manifests.loader import known_manifests, load_manifest
 from m7b.manifests.schema import Manifest
-from m7b.mirror.magnet import Magnet, is_magnet, parse_magnet
-from m7b.mirror.torrent import load_torrent
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.store import Store
+from m7b.torrent import load_torrent
 
 if TYPE_CHECKING:
     from m7b.verify.report import VerifyReport
@@ -59,10 +59,6 @@ def slug(text: str) -> str:
     """A store name made from a torrent's or magnet's display name."""
     made = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
     return made or "release"
-
-
-def manifest_info_hash(manifest: Manifest) -> str | None:
-    return manifest.torrent.info_hash_v1 or manifest.torrent.info_hash_v2
 
 
 def manifest_for_hash(info_hash: str, store: Store) -> Manifest | None:
@@ -141,7 +137,7 @@ def _store_release(store: Store, name: str, manifest: Manifest | None, info_hash
         manifest=manifest,
         torrent=store_torrent(store, info_hash, *hashes),
         in_store=True,
-        info_hash=info_hash or (manifest_info_hash(manifest) if manifest else None),
+        info_hash=info_hash or (manifest.torrent.info_hash or None if manifest else None),
     )
 
 

@@ -41,6 +41,32 @@ class ReleaseState(enum.StrEnum):
     CONVERTED = "converted"
 
 
+def partial_dir_for(folder: Path) -> Path:
+    """Where a download into `folder` (in the store or a --dest) lives until every piece has passed its hash."""
+    return folder.parent / f".{folder.name}.partial"
+
+
+def incomplete_marker_for(folder: Path) -> Path:
+    """Present while the existing release `folder` is being repaired in place."""
+    return folder.parent / f".{folder.name}.incomplete"
+
+
+def file_state(root: Path, rel: str) -> dict[str, object]:
+    """What m7b records of a file it checked, to trust it later while unchanged: path, size, mtime_ns."""
+    st = (root / rel).stat()
+    return {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def unchanged_since(root: Path, recorded: dict[str, Any]) -> bool:
+    """True when the file a record (`file_state`, or a verify report's file entry) names still has its size and
+    mtime; False when it changed, is gone, or the record is malformed."""
+    try:
+        st = (root / recorded["path"]).stat()
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    return st.st_size == recorded.get("size") and st.st_mtime_ns == recorded.get("mtime_ns")
+
+
 @dataclass(frozen=True)
 class Store:
     home: Path
@@ -105,11 +131,15 @@ class Store:
         return self.releases_dir / name
 
     def incomplete_marker(self, name: str) -> Path:
-        return self.releases_dir / f".{name}.incomplete"
+        return incomplete_marker_for(self.release_dir(name))
 
     def partial_dir(self, name: str) -> Path:
         """Where a download lives until every piece has passed its hash."""
-        return self.releases_dir / f".{name}.partial"
+        return partial_dir_for(self.release_dir(name))
+
+    def completion_path(self, info_hash: str) -> Path:
+        """m7b's record of a completed, hash-checked download (files with their sizes and mtimes)."""
+        return self.resume_dir / f"{info_hash.lower()}.complete.json"
 
     def torrent_path(self, info_hash: str) -> Path:
         return self.torrents_dir / f"{info_hash.lower()}.torrent"
@@ -178,14 +208,7 @@ class Store:
         if not isinstance(report, dict) or report.get("verdict") != "ok" or not report.get("files"):
             return False
         root = self.release_dir(name)
-        for entry in report["files"]:
-            try:
-                st = (root / entry["path"]).stat()
-            except (OSError, KeyError, TypeError):
-                return False
-            if st.st_size != entry.get("size") or st.st_mtime_ns != entry.get("mtime_ns"):
-                return False
-        return True
+        return all(isinstance(e, dict) and unchanged_since(root, e) for e in report["files"])
 
     def state(self, manifest: Manifest) -> ReleaseState:
         return self.state_of(manifest.name, manifest)

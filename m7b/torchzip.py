@@ -23,16 +23,12 @@ from pathlib import Path
 import torch
 
 from m7b.atomic import atomic_file
+from m7b.dtypes import BY_NAME, dtype_name
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 
 ALIGNMENT = 64
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _PAD_HEADER_ID = 0x4246  # "FB", the id torch's writer uses for its alignment padding
-_STORAGE_CLASS: dict[torch.dtype, str] = {
-    torch.bfloat16: "BFloat16Storage",
-    torch.float16: "HalfStorage",
-    torch.float32: "FloatStorage",
-}
 
 
 @dataclass(frozen=True)
@@ -74,7 +70,7 @@ class _TensorRef:
 class _Pickler(pickle.Pickler):
     def persistent_id(self, obj: object) -> tuple | None:
         if isinstance(obj, _StorageRef):
-            storage_class = getattr(torch, _STORAGE_CLASS[obj.spec.dtype])
+            storage_class = getattr(torch, BY_NAME[dtype_name(obj.spec.dtype)].storage)
             return ("storage", storage_class, str(obj.index), "cpu", obj.spec.numel)
         return None
 

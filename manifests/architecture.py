@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,26 @@ class Architecture:
     @property
     def effective_rope_theta(self) -> float:
         return DEFAULT_ROPE_THETA if self.rope_theta is None else self.rope_theta
+
+    @property
+    def n_rep(self) -> int:
+        """How many query heads share one key/value head."""
+        return self.n_heads // self.n_kv_heads
+
+    def resolved(self) -> Architecture:
+        """The values a model runs with: an undeclared rope_theta replaced by its default (10000 for v0.1, not the
+        1e6 of later releases). The runtime's `ModelArgs` is this class."""
+        return replace(self, rope_theta=self.effective_rope_theta)
+
+    @classmethod
+    def from_architecture(cls, arch: Architecture) -> Architecture:
+        """`ModelArgs.from_architecture(arch)`: the architecture as a model runs it (see `resolved`)."""
+        return arch.resolved()
+
+    @classmethod
+    def from_params_file(cls, path: Path) -> Architecture:
+        """`ModelArgs.from_params_file(path)`: read and validate a params.json, resolved for running."""
+        return load_params(path).resolved()
 
     def to_params(self) -> dict[str, Any]:
         """The params.json mapping, in the original key order; rope_theta only when declared."""

@@ -6,13 +6,14 @@ import datetime as dt
 import os
 import re
 import tomllib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from m7b.errors import InvalidInputError, NotFoundError
+from m7b.magnet import parse_magnet
 from m7b.manifests.architecture import architecture_from_mapping
 from m7b.manifests.schema import ArchiveFacts, CheckpointFacts, FileFacts, Manifest, TorrentFacts
+from m7b.paths import path_problem
 
 SCHEMA_VERSION = 1
 BUNDLED_DIR = Path(__file__).parent
@@ -115,18 +116,10 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _safe_relative(reader: _Reader, key: str, value: str) -> str:
-    p = PurePosixPath(value)
-    if p.is_absolute() or ".." in p.parts or "\\" in value or not p.parts:
-        reader.fail(key, f"expected a relative path inside the release, found {value!r}")
-    return str(p)
-
-
-def _magnet_btih(magnet: str) -> set[str]:
-    parts = urlsplit(magnet)
-    if parts.scheme != "magnet":
-        return set()
-    xts = parse_qs(parts.query).get("xt", [])
-    return {x[len("urn:btih:") :].lower() for x in xts if x.lower().startswith("urn:btih:")}
+    problem = path_problem(value)
+    if problem is not None:
+        reader.fail(key, f"expected a relative path inside the release, found {value!r} (it {problem})")
+    return value
 
 
 def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
@@ -150,11 +143,15 @@ def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
         files_complete=bool(t.get("files_complete", bool)),
     )
     if torrent.magnet is not None:
-        hashes = _magnet_btih(torrent.magnet)
-        if not hashes:
+        try:
+            named = parse_magnet(torrent.magnet).info_hash_v1
+        except InvalidInputError as exc:
+            named = None
+            t.fail("magnet", f"expected a magnet:?xt=urn:btih:... link, found {torrent.magnet!r} ({exc})")
+        if named is None:
             t.fail("magnet", f"expected a magnet:?xt=urn:btih:... link, found {torrent.magnet!r}")
-        if torrent.info_hash_v1 and torrent.info_hash_v1 not in hashes:
-            t.fail("magnet", f"names info-hash {', '.join(sorted(hashes))}, but info_hash_v1 is {torrent.info_hash_v1}")
+        if torrent.info_hash_v1 and torrent.info_hash_v1 != named:
+            t.fail("magnet", f"names info-hash {named}, but info_hash_v1 is {torrent.info_hash_v1}")
 
     files: list[FileFacts] = []
     for i, entry in enumerate(top.tables("files")):

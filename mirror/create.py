@@ -15,8 +15,9 @@ from m7b.errors import InvalidInputError, NotFoundError
 from m7b.manifests.architecture import load_params
 from m7b.manifests.loader import NAME_RE
 from m7b.manifests.schema import FileFacts, Manifest, TorrentFacts
-from m7b.mirror.torrent import TorrentMeta, parse_torrent
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
+from m7b.sizes import SizeError, parse_size
+from m7b.torrent import TorrentMeta, parse_torrent
 
 BLOCK = 8 << 20
 MIN_PIECE = 16 << 10
@@ -51,15 +52,9 @@ def release_files(root: Path) -> list[str]:
 
 def parse_piece_size(text: str | None) -> int:
     """'0'/None = libtorrent's choice; else bytes with an optional K/M suffix, a power of two ≥ 16 KiB."""
-    if text is None or text in ("", "0"):
-        return 0
-    units = {"k": 1 << 10, "m": 1 << 20}
-    try:
-        value = int(text[:-1]) * units[text[-1].lower()] if text[-1].lower() in units else int(text)
-    except (ValueError, IndexError) as exc:
-        raise InvalidInputError(f"piece size {text!r}: expected bytes or a K/M suffix, e.g. 4M") from exc
-    if value < MIN_PIECE or value & (value - 1):
-        raise InvalidInputError(f"piece size {text!r}: expected a power of two of at least 16K, found {value}")
+    value = parse_size(text, "piece size", "bytes or a K/M suffix, e.g. 4M")
+    if value and (value < MIN_PIECE or value & (value - 1)):
+        raise SizeError("piece size", str(text), f"a power of two of at least 16K, found {value}")
     return value
 
 

@@ -19,15 +19,15 @@ import libtorrent as lt
 from m7b.atomic import storage_error, write_bytes
 from m7b.errors import InvalidInputError, M7bError, NetworkError, NotFoundError, StorageError
 from m7b.locks import LockWaitCallback, hold
+from m7b.magnet import Magnet, parse_magnet, parse_peer
 from m7b.manifests.schema import Manifest
-from m7b.mirror.layout import check_against_manifest, checked_meta, files_not_in_place, renamed_files
-from m7b.mirror.magnet import Magnet, parse_magnet, parse_peer
+from m7b.mirror.layout import check_against_manifest, files_not_in_place, renamed_files
 from m7b.mirror.resume import load_resume, record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
-from m7b.mirror.torrent import TorrentMeta, load_torrent
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.release import Release
-from m7b.store import Store
+from m7b.store import Store, incomplete_marker_for, partial_dir_for
+from m7b.torrent import TorrentMeta, load_torrent, meta_from_info
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _manifest_magnet(manifest: Manifest) -> Magnet:
     t = manifest.torrent
     if t.magnet:
         return parse_magnet(t.magnet)
-    if not (t.info_hash_v1 or t.info_hash_v2):
+    if not t.info_hash:
         raise InvalidInputError(f"the manifest of {manifest.name} names no magnet or info-hash: nothing to fetch")
     xt = f"urn:btih:{t.info_hash_v1}" if t.info_hash_v1 else f"urn:btmh:1220{t.info_hash_v2}"
     return parse_magnet(f"magnet:?xt={xt}")
@@ -84,7 +84,7 @@ def fetch_target(release: Release) -> FetchTarget:
     magnet = release.magnet
     if release.torrent is not None:
         torrent, _ = load_torrent(release.torrent)
-        checked_meta(torrent)
+        meta_from_info(torrent)
     elif magnet is None and release.manifest is not None:
         magnet = _manifest_magnet(release.manifest)
     if torrent is None and magnet is None:
@@ -92,7 +92,7 @@ def fetch_target(release: Release) -> FetchTarget:
             f"nothing to fetch {release.name} from: no magnet, no .torrent beside {release.folder} and no "
             "manifest naming one; give its magnet or .torrent file"
         )
-    info_hash = magnet.info_hash if magnet else checked_meta(torrent).info_hash
+    info_hash = magnet.info_hash if magnet else meta_from_info(torrent).info_hash
     return FetchTarget(
         name=release.name, info_hash=info_hash, magnet=magnet, torrent=torrent, manifest=release.manifest
     )
@@ -125,8 +125,8 @@ class _Download:
         repair: bool,
     ) -> None:
         self.target, self.store, self.final, self.progress = target, store, final, progress
-        self.partial = final.parent / f".{final.name}.partial"
-        self.marker = final.parent / f".{final.name}.incomplete"
+        self.partial = partial_dir_for(final)
+        self.marker = incomplete_marker_for(final)
         self.in_place = final.is_dir() and any(final.iterdir())
         # a store release folder is m7b's own: fetching it again repairs it; any other folder is the user's
         self.repair = repair or final == store.release_dir(target.name)
@@ -190,7 +190,7 @@ class _Download:
         return self.handle
 
     def _accept(self, ti: lt.torrent_info) -> TorrentMeta:
-        meta = checked_meta(ti)
+        meta = meta_from_info(ti)
         if self.target.manifest is not None:
             check_against_manifest(meta, self.target.manifest)
         if self.in_place:
@@ -392,7 +392,7 @@ def _fetch_locked(
     if target.torrent is None and stored.is_file():
         # another command may have learnt the metadata while this one waited for the lock
         target = dataclasses.replace(target, torrent=load_torrent(stored)[0])
-    marker = final.parent / f".{final.name}.incomplete"
+    marker = incomplete_marker_for(final)
     download = _Download(target, store, final, options, progress, repair=repair)
     created_partial = not download.partial.exists()
     start = time.monotonic()

@@ -7,54 +7,10 @@ own folder name, so the files are renamed when the torrent is added.
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import Any
 
-import libtorrent as lt
-
-from m7b.errors import MismatchError, UnsafeError
+from m7b.errors import MismatchError
 from m7b.manifests.schema import Manifest
-from m7b.mirror.torrent import TorrentMeta, meta_from_info
-
-
-def _check_component(part: Any, where: str) -> None:
-    text = part.decode("utf-8", "replace") if isinstance(part, bytes) else str(part)
-    if text in ("", ".", "..") or "/" in text or "\\" in text or "\x00" in text or text.startswith("~"):
-        raise UnsafeError(
-            f"torrent metadata names the path element {text!r} in {where}: it could escape the "
-            "download folder, so the torrent was refused and nothing was written"
-        )
-
-
-def _walk_file_tree(tree: dict, where: str) -> None:
-    for key, value in tree.items():
-        if key == b"":  # a file entry in a v2 file tree
-            continue
-        _check_component(key, where)
-        if isinstance(value, dict):
-            _walk_file_tree(value, where)
-
-
-def check_info_paths(info_section: bytes) -> None:
-    """Check the raw info dictionary (libtorrent silently rewrites unsafe paths; m7b refuses them)."""
-    info = lt.bdecode(info_section)
-    if not isinstance(info, dict):
-        raise UnsafeError("torrent metadata is not a dictionary: refused")
-    _check_component(info.get(b"name", b""), "the torrent name")
-    for entry in info.get(b"files", []):
-        attr = entry.get(b"attr", b"")
-        if b"l" in attr:
-            raise UnsafeError("torrent metadata holds a symlink: refused, nothing written")
-        if b"p" in attr:
-            continue
-        for part in entry.get(b"path.utf-8", entry.get(b"path", [])):
-            _check_component(part, "a file path")
-    if b"file tree" in info:
-        _walk_file_tree(info[b"file tree"], "the v2 file tree")
-
-
-def checked_meta(ti: lt.torrent_info, raw: dict | None = None) -> TorrentMeta:
-    check_info_paths(ti.info_section())
-    return meta_from_info(ti, raw)
+from m7b.torrent import TorrentMeta
 
 
 def check_against_manifest(meta: TorrentMeta, manifest: Manifest) -> None:

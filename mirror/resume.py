@@ -8,12 +8,8 @@ from pathlib import Path
 import libtorrent as lt
 
 from m7b.atomic import write_bytes, write_text
-from m7b.mirror.torrent import TorrentMeta
-from m7b.store import Store
-
-
-def completion_record(store: Store, info_hash: str) -> Path:
-    return store.resume_dir / f"{info_hash.lower()}.complete.json"
+from m7b.store import Store, file_state, unchanged_since
+from m7b.torrent import TorrentMeta
 
 
 def load_resume(store: Store, info_hash: str) -> lt.add_torrent_params | None:
@@ -32,25 +28,23 @@ def save_resume(store: Store, info_hash: str, params: lt.add_torrent_params) -> 
     write_bytes(store.resume_path(info_hash), lt.write_resume_data_buf(params))
 
 
-def _file_states(meta: TorrentMeta, folder: Path) -> list[dict[str, object]]:
-    states = []
-    for f in meta.data_files:
-        st = (folder / f.path).stat()
-        states.append({"path": f.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    return states
-
-
 def record_complete(store: Store, meta: TorrentMeta, folder: Path) -> None:
     """After every piece passed its hash: remember the files' sizes and mtimes, so a seed can trust them."""
     store.resume_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"info_hash": meta.info_hash, "folder": str(folder.resolve()), "files": _file_states(meta, folder)}
-    write_text(completion_record(store, meta.info_hash), json.dumps(doc, indent=1))
+    files = [file_state(folder, f.path) for f in meta.data_files]
+    doc = {"info_hash": meta.info_hash, "folder": str(folder.resolve()), "files": files}
+    write_text(store.completion_path(meta.info_hash), json.dumps(doc, indent=1))
 
 
 def still_complete(store: Store, meta: TorrentMeta, folder: Path) -> bool:
     """True when m7b recorded this folder complete and no file changed size or mtime since."""
     try:
-        doc = json.loads(completion_record(store, meta.info_hash).read_text())
-        return doc["folder"] == str(folder.resolve()) and doc["files"] == _file_states(meta, folder)
-    except (OSError, ValueError, KeyError):
+        doc = json.loads(store.completion_path(meta.info_hash).read_text())
+        files = doc["files"]
+        return (
+            doc["folder"] == str(folder.resolve())
+            and [e.get("path") for e in files] == [f.path for f in meta.data_files]
+            and all(unchanged_since(folder, e) for e in files)
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False

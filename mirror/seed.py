@@ -16,12 +16,12 @@ from pathlib import Path
 import libtorrent as lt
 
 from m7b.errors import NotFoundError
-from m7b.mirror.layout import checked_meta, renamed_files
+from m7b.mirror.layout import renamed_files
 from m7b.mirror.resume import record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
-from m7b.mirror.torrent import TorrentMeta, load_torrent
 from m7b.release import Release
 from m7b.store import Store
+from m7b.torrent import TorrentMeta, load_torrent, meta_from_info, store_hash
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,7 @@ def seed_release(release: Release) -> SeedRelease:
             "the store"
         )
     ti, _ = load_torrent(release.torrent)
-    return SeedRelease(name=release.name, folder=release.folder, torrent=ti, meta=checked_meta(ti))
-
-
-def _store_hash(hashes: lt.info_hash_t) -> str:
-    """The hash the store names a torrent by: v1 when present (as magnets use), else v2."""
-    return str(hashes.v1) if hashes.has_v1() else str(hashes.v2)
+    return SeedRelease(name=release.name, folder=release.folder, torrent=ti, meta=meta_from_info(ti))
 
 
 def failing_files(release: SeedRelease, handle: lt.torrent_handle) -> list[str]:
@@ -120,7 +115,7 @@ class Mirror:
         """Handle alerts, refuse releases that failed their check, and return every release's status."""
         for alert in self.session.pop_alerts():
             if isinstance(alert, lt.save_resume_data_alert):
-                save_resume(self.store, _store_hash(alert.params.info_hashes), alert.params)
+                save_resume(self.store, store_hash(alert.params.info_hashes), alert.params)
         for release in self.releases:
             current = self.status[release.name]
             if current.state == "refused":
@@ -171,7 +166,7 @@ class Mirror:
             self.session.wait_for_alert(100)
             for alert in self.session.pop_alerts():
                 if isinstance(alert, lt.save_resume_data_alert):
-                    save_resume(self.store, _store_hash(alert.params.info_hashes), alert.params)
+                    save_resume(self.store, store_hash(alert.params.info_hashes), alert.params)
                     pending -= 1
                 elif isinstance(alert, lt.save_resume_data_failed_alert):
                     pending -= 1

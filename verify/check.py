@@ -3,38 +3,25 @@ license evidence and inspect its checkpoint — one read pass over the files for
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import multiprocessing
-import re
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from m7b.errors import M7bError, MismatchError, NotFoundError, UnsafeError
+from m7b.errors import M7bError, NotFoundError
+from m7b.magnet import parse_magnet
 from m7b.manifests.architecture import Architecture, load_params
 from m7b.manifests.schema import Manifest
 from m7b.progress import ProgressCallback, ignore_progress
+from m7b.torrent import TorrentMeta, load_torrent
 from m7b.verify.checkpoint import check_tensors, inspect_checkpoint, load_checkpoint
 from m7b.verify.digest import FileDigestLane, FileRead, Lane, ReadItem, read_stream
-from m7b.verify.findings import Finding, Status, verdict
+from m7b.verify.findings import Finding, Status, status_for, verdict
 from m7b.verify.license import APACHE_SPDX, Evidence, find_evidence
 from m7b.verify.manifest_check import check_manifest_files
-from m7b.verify.pieces import TorrentPlan, V1PieceLane, V2PieceLane, load_torrent, v1_failures, v2_failures
+from m7b.verify.pieces import V1PieceLane, V2PieceLane, read_items, v1_failures, v2_failures
 from m7b.verify.report import FileRecord, VerifyReport
-
-_ERROR_STATUS: list[tuple[type[M7bError], Status]] = [
-    (UnsafeError, Status.UNSAFE),
-    (MismatchError, Status.MISMATCH),
-    (NotFoundError, Status.MISSING),
-]
-
-
-def status_for(exc: M7bError) -> Status:
-    return next((s for cls, s in _ERROR_STATUS if isinstance(exc, cls)), Status.INVALID)
 
 
 def disk_files(root: Path) -> list[str]:
@@ -67,7 +54,7 @@ def verify_release(
     findings: list[Finding] = []
     plan = _bound_plan(manifest, torrent, findings, info_hash)
 
-    items: list[ReadItem] = plan.items(root) if plan else []
+    items: list[ReadItem] = read_items(plan, root) if plan else []
     listed = {it.rel for it in items}
     for rel in [f.path for f in manifest.files] if manifest else []:
         if rel not in listed:
@@ -97,10 +84,10 @@ def verify_release(
         findings += _piece_findings(plan, found, v1, v2)
     if manifest:
         findings += check_manifest_files(
-            manifest, found, sha256.digests, md5.digests, {f.rel for f in plan.data_files()} if plan else None
+            manifest, found, sha256.digests, md5.digests, {f.path for f in plan.data_files} if plan else None
         )
     elif plan:
-        torrent_paths = {f.rel for f in plan.data_files()}
+        torrent_paths = {f.path for f in plan.data_files}
         findings += [
             Finding("files", Status.NOTE, f"{rel}: extra file on disk; the torrent does not name it", rel)
             for rel, seen in found.items()
@@ -185,11 +172,12 @@ def _inspection_pool() -> Executor:
 
 def _bound_plan(
     manifest: Manifest | None, torrent: Path | None, findings: list[Finding], info_hash: str | None = None
-) -> TorrentPlan | None:
+) -> TorrentMeta | None:
     """The torrent metadata, if its info-hash is the one the manifest's magnet (else `info_hash`) names."""
     facts = manifest.torrent if manifest else None
     wanted = [h for h in ((facts.info_hash_v1, facts.info_hash_v2) if facts else ()) if h]
-    wanted += [h for h in magnet_hashes(facts.magnet if facts else None) if h not in wanted]
+    named = parse_magnet(facts.magnet).hashes if facts and facts.magnet else ()
+    wanted += [h for h in named if h not in wanted]
     if not wanted and info_hash:
         wanted = [info_hash.lower()]
     if torrent is None:
@@ -205,11 +193,11 @@ def _bound_plan(
             )
         return None
     try:
-        plan = load_torrent(torrent)
+        _, plan = load_torrent(torrent)
     except M7bError as exc:
         findings.append(Finding("magnet", status_for(exc), str(exc)))
         return None
-    have = {h for h in (plan.info_hash_v1, plan.info_hash_v2) if h}
+    have = set(plan.hashes)
     if wanted:
         if not have & set(wanted):
             findings.append(
@@ -239,37 +227,20 @@ def _bound_plan(
     return plan
 
 
-def magnet_hashes(magnet: str | None) -> list[str]:
-    """The info-hashes a magnet names, as lowercase hex: btih (v1; hex or base32) and btmh (v2 multihash)."""
-    if not magnet:
-        return []
-    out = []
-    for xt in parse_qs(urlsplit(magnet).query).get("xt", []):
-        kind, _, value = xt.lower().rpartition(":")
-        if kind == "urn:btih" and re.fullmatch(r"[0-9a-f]{40}", value):
-            out.append(value)
-        elif kind == "urn:btih" and len(value) == 32:
-            with contextlib.suppress(ValueError, binascii.Error):
-                out.append(base64.b32decode(value.upper()).hex())
-        elif kind == "urn:btmh" and re.fullmatch(r"1220[0-9a-f]{64}", value):
-            out.append(value[4:])
-    return out
-
-
 def _piece_findings(
-    plan: TorrentPlan, found: dict[str, FileRead], v1: V1PieceLane | None, v2: V2PieceLane | None
+    plan: TorrentMeta, found: dict[str, FileRead], v1: V1PieceLane | None, v2: V2PieceLane | None
 ) -> list[Finding]:
     out: list[Finding] = []
-    for f in plan.data_files():
-        seen = found.get(f.rel)
+    for f in plan.data_files:
+        seen = found.get(f.path)
         if seen is None or seen.size is None:
             out.append(
                 Finding(
                     "files",
                     Status.MISSING,
-                    f"{f.rel}: {seen.error if seen else 'missing'}; the torrent "
+                    f"{f.path}: {seen.error if seen else 'missing'}; the torrent "
                     f"names it ({f.size:,} bytes) — fetch the release again to complete it",
-                    f.rel,
+                    f.path,
                 )
             )
         elif seen.size != f.size:
@@ -277,8 +248,8 @@ def _piece_findings(
                 Finding(
                     "files",
                     Status.MISMATCH,
-                    f"{f.rel}: {seen.size:,} bytes, the torrent says {f.size:,}",
-                    f.rel,
+                    f"{f.path}: {seen.size:,} bytes, the torrent says {f.size:,}",
+                    f.path,
                     {"expected": f.size, "found": seen.size},
                 )
             )
@@ -313,7 +284,7 @@ def _piece_findings(
     return out
 
 
-def _torrent_doc(plan: TorrentPlan | None, v1: V1PieceLane | None, v2: V2PieceLane | None) -> dict[str, Any] | None:
+def _torrent_doc(plan: TorrentMeta | None, v1: V1PieceLane | None, v2: V2PieceLane | None) -> dict[str, Any] | None:
     if plan is None:
         return None
     return {

@@ -14,12 +14,14 @@ import pickletools
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from m7b.dtypes import dtype_name
 from m7b.errors import MismatchError, NotFoundError, UnsafeError
 from m7b.manifests.architecture import Architecture
 from m7b.manifests.schema import CheckpointFacts
+from m7b.paths import path_problem
 
 if TYPE_CHECKING:
     import torch
@@ -138,8 +140,7 @@ def inspect_checkpoint(path: Path) -> Inspection:
         infos = zf.infolist()
         names = [i.filename for i in infos]
         for n in names:
-            p = PurePosixPath(n)
-            if p.is_absolute() or ".." in p.parts or "\\" in n:
+            if path_problem(n) is not None:
                 raise UnsafeError(f"{path}: zip member {n!r} points outside the archive; the file was refused")
         if len(set(names)) != len(names):
             raise UnsafeError(f"{path}: the zip holds duplicate member names; the file was refused")
@@ -248,10 +249,6 @@ class TensorCheck:
 
 def _few(keys: list[str]) -> str:
     return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-
-
-def dtype_name(dtype: torch.dtype | str) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def check_tensors(state: Mapping[str, Any], arch: Architecture, facts: CheckpointFacts | None = None) -> TensorCheck:

@@ -22,23 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m7b.dtypes import BY_STORAGE
 from m7b.errors import MismatchError, UnsafeError
 from m7b.verify.checkpoint import ALLOWED_GLOBALS, inspect_checkpoint
 
-# torch storage class -> (dtype name, bytes per element)
-STORAGE_DTYPES: dict[str, tuple[str, int]] = {
-    "BFloat16Storage": ("bfloat16", 2),
-    "HalfStorage": ("float16", 2),
-    "FloatStorage": ("float32", 4),
-    "DoubleStorage": ("float64", 8),
-    "ByteStorage": ("uint8", 1),
-    "CharStorage": ("int8", 1),
-    "ShortStorage": ("int16", 2),
-    "IntStorage": ("int32", 4),
-    "LongStorage": ("int64", 8),
-    "BoolStorage": ("bool", 1),
-    "UntypedStorage": ("uint8", 1),
-}
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
 
 
@@ -132,8 +119,8 @@ class _IndexUnpickler(pickle.Unpickler):
             and isinstance(pid[4], int)
         ):
             raise MismatchError(f"unexpected persistent id {pid!r}; expected ('storage', class, key, location, n)")
-        dtype, itemsize = STORAGE_DTYPES[pid[1].name]
-        return _Storage(dtype, itemsize, pid[2], pid[4])
+        dtype = BY_STORAGE[pid[1].name]
+        return _Storage(dtype.name, dtype.itemsize, pid[2], pid[4])
 
 
 def index_checkpoint(path: Path) -> dict[str, TensorRecord]:

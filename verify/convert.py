@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from m7b.atomic import atomic_dir
+from m7b.dtypes import BY_NAME
 from m7b.errors import InvalidInputError, MismatchError, NotFoundError
 from m7b.manifests.architecture import Architecture, load_params
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
@@ -26,7 +27,7 @@ from m7b.verify import hf_layout, hf_tokenizer
 from m7b.verify.checkpoint import check_tensors
 from m7b.verify.checkpoint_index import MappedFile, TensorRecord, index_checkpoint, mapped, tensor_bytes
 from m7b.verify.license import APACHE_SPDX, canonical_text
-from m7b.verify.safetensors_out import DTYPES, FileRange, TensorOut, write_safetensors
+from m7b.verify.safetensors_out import FileRange, TensorOut, write_safetensors
 from m7b.verify.sums import format_sums
 
 LAYOUTS = ("native", "hf")
@@ -315,7 +316,10 @@ def _check_header(path: Path, tensors: list[TensorOut], metadata: dict[str, str]
 
     with safe_open(str(path), framework="numpy") as f:
         described = {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape())) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-        if described != {t.name: (DTYPES[t.dtype], t.shape) for t in tensors} or (f.metadata() or {}) != metadata:
+        if (
+            described != {t.name: (BY_NAME[t.dtype].safetensors, t.shape) for t in tensors}
+            or (f.metadata() or {}) != metadata
+        ):
             raise MismatchError(
                 f"{path.name}: read back, its header differs from what was written — check the disk and convert again"
             )

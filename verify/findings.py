@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from m7b.errors import InvalidInputError, MismatchError, NotFoundError, UnsafeError
+from m7b.errors import InvalidInputError, M7bError, MismatchError, NotFoundError, UnsafeError
 
 
 class Status(enum.StrEnum):
@@ -22,14 +22,15 @@ class Status(enum.StrEnum):
 # The verdict is the worst status found, in this order: data that contradicts its proof (or does not parse)
 # outranks data that is absent (pieces that cannot be checked because bytes are missing count as missing).
 _SEVERITY = [Status.OK, Status.NOTE, Status.MISSING, Status.INVALID, Status.MISMATCH, Status.UNSAFE]
-EXIT_CODES: dict[Status, int] = {
-    Status.OK: 0,
-    Status.NOTE: 0,
-    Status.INVALID: InvalidInputError.exit_code,
-    Status.MISMATCH: MismatchError.exit_code,
-    Status.MISSING: NotFoundError.exit_code,
-    Status.UNSAFE: UnsafeError.exit_code,
+# The one table of a failing status <-> the error that carries it (and so its exit code). An error of another
+# class found while checking is reported as invalid input.
+ERRORS: dict[Status, type[M7bError]] = {
+    Status.INVALID: InvalidInputError,
+    Status.MISMATCH: MismatchError,
+    Status.MISSING: NotFoundError,
+    Status.UNSAFE: UnsafeError,
 }
+EXIT_CODES: dict[Status, int] = {Status.OK: 0, Status.NOTE: 0} | {s: e.exit_code for s, e in ERRORS.items()}
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,13 @@ def verdict(findings: Iterable[Finding]) -> Status:
 
 def exit_code(status: Status) -> int:
     return EXIT_CODES[status]
+
+
+def status_for(exc: M7bError) -> Status:
+    """The status of a finding that is this error; an error of a class `ERRORS` does not name is invalid input."""
+    return next((s for s, cls in ERRORS.items() if isinstance(exc, cls)), Status.INVALID)
+
+
+def error_for(status: Status) -> type[M7bError]:
+    """The error that reports a failing status (and carries its exit code)."""
+    return ERRORS[status]

@@ -1,113 +1,24 @@
 """The torrent's own proof: every v1 SHA-1 piece (pieces span file boundaries) and every v2 merkle piece.
 
-Torrent metadata is read with libtorrent (read-only); the hashing itself runs as lanes of `digest.read_stream`.
+Torrent metadata is `m7b.torrent`'s record; the hashing itself runs as lanes of `digest.read_stream`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from m7b.errors import InvalidInputError, NotFoundError, UnsafeError
+from m7b.torrent import TorrentMeta
 from m7b.verify.digest import ReadItem
 
 V2_BLOCK = 16 << 10
 _ZERO32 = bytes(32)
 
 
-@dataclass(frozen=True)
-class TorrentFile:
-    """One entry of the torrent's file list; `rel` is relative to the release folder (the torrent name stripped)."""
-
-    index: int
-    rel: str
-    size: int
-    offset: int
-    pad: bool
-    v2_root: bytes | None = None
-
-
-@dataclass(frozen=True)
-class TorrentPlan:
-    source: str
-    name: str
-    info_hash_v1: str | None
-    info_hash_v2: str | None
-    piece_length: int
-    total_size: int
-    files: tuple[TorrentFile, ...]
-    v1_hashes: tuple[bytes, ...] = ()
-    v2_layers: dict[bytes, bytes] = field(default_factory=dict)  # pieces root -> concatenated piece hashes
-
-    def data_files(self) -> list[TorrentFile]:
-        return [f for f in self.files if not f.pad]
-
-    def items(self, root: Path) -> list[ReadItem]:
-        return [ReadItem(f.rel, None if f.pad else root / f.rel, f.size, f.index) for f in self.files]
-
-
-def load_torrent(path: Path) -> TorrentPlan:
-    """Parse a .torrent file with libtorrent; errors name the file."""
-    import libtorrent as lt
-
-    path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(
-            f"torrent file {path} not found: fetch the metadata first (`m7b fetch`) or give the .torrent file"
-        )
-    data = path.read_bytes()
-    try:
-        decoded = lt.bdecode(data)
-        if not isinstance(decoded, dict) or b"info" not in decoded:
-            raise ValueError("no info dictionary")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            ti = lt.torrent_info(decoded)
-            fs = ti.files()
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise InvalidInputError(
-            f"{path} is not a valid .torrent file ({exc}); expected bencoded torrent metadata"
-        ) from exc
-    hashes = ti.info_hashes()
-    has_v2 = hashes.has_v2()
-    name = ti.name()
-    files = []
-    for i in range(fs.num_files()):
-        rel = _strip_name(fs.file_path(i), name, fs.num_files())
-        if ".." in PurePosixPath(rel).parts or PurePosixPath(rel).is_absolute():
-            raise UnsafeError(f"{path}: file {rel!r} of the torrent points outside the release folder; refused")
-        pad = bool(int(fs.file_flags(i)) & int(lt.file_storage.flag_pad_file))
-        root = bytes.fromhex(str(fs.root(i))) if has_v2 and not pad else None
-        files.append(
-            TorrentFile(i, rel, fs.file_size(i), fs.file_offset(i), pad, root if root and root != _ZERO32 else None)
-        )
-    v1 = tuple(ti.hash_for_piece(i) for i in range(ti.num_pieces())) if hashes.has_v1() else ()
-    layers = {}
-    if has_v2:
-        raw_layers = decoded.get(b"piece layers", {})
-        layers = {bytes(k): bytes(v) for k, v in raw_layers.items()}
-    return TorrentPlan(
-        source=str(path),
-        name=name,
-        info_hash_v1=str(hashes.v1) if hashes.has_v1() else None,
-        info_hash_v2=str(hashes.v2) if has_v2 else None,
-        piece_length=ti.piece_length(),
-        total_size=ti.total_size(),
-        files=tuple(files),
-        v1_hashes=v1,
-        v2_layers=layers,
-    )
-
-
-def _strip_name(path: str, name: str, count: int) -> str:
-    parts = PurePosixPath(path.replace("\\", "/")).parts
-    if count == 1 and len(parts) == 1:
-        return parts[0]
-    if parts and parts[0] == name:
-        parts = parts[1:]
-    return str(PurePosixPath(*parts))
+def read_items(plan: TorrentMeta, root: Path) -> list[ReadItem]:
+    """The torrent's files in torrent order, as items of one read pass over `root` (pad files read as zeros)."""
+    return [ReadItem(f.path, None if f.pad else root / f.path, f.size, f.index) for f in plan.files]
 
 
 @dataclass
@@ -184,7 +95,7 @@ def _next_pow2(n: int) -> int:
 class V2PieceLane:
     """BEP 52: SHA-256 of each 16 KiB block of each file, merkle trees per piece and per file."""
 
-    plan: TorrentPlan
+    plan: TorrentMeta
     failed: dict[str, list[int]] = field(default_factory=dict)  # rel -> failing piece indices within the file
     unchecked: int = 0  # pieces with bytes missing from disk
     checked: int = 0
@@ -231,7 +142,7 @@ class V2PieceLane:
                     bad.append(p)
         self.checked += n_pieces
         if bad:
-            self.failed[tf.rel] = bad
+            self.failed[tf.path] = bad
         self._leaves = []
 
     def finish(self) -> None:
@@ -268,11 +179,11 @@ def _ranges(indices: list[int]) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def v1_failures(plan: TorrentPlan, failed: list[int]) -> list[PieceFailure]:
+def v1_failures(plan: TorrentMeta, failed: list[int]) -> list[PieceFailure]:
     """Map failing v1 piece indices onto the files they overlap."""
     out = []
     plen = plan.piece_length
-    for f in plan.data_files():
+    for f in plan.data_files:
         if f.size == 0:
             continue
         first, last = f.offset // plen, (f.offset + f.size - 1) // plen
@@ -280,13 +191,13 @@ def v1_failures(plan: TorrentPlan, failed: list[int]) -> list[PieceFailure]:
         if mine:
             lo = max(min(mine) * plen, f.offset) - f.offset
             hi = min((max(mine) + 1) * plen, f.offset + f.size) - f.offset - 1
-            out.append(PieceFailure(f.rel, 1, _ranges(mine), lo, hi))
+            out.append(PieceFailure(f.path, 1, _ranges(mine), lo, hi))
     return out
 
 
-def v2_failures(plan: TorrentPlan, failed: dict[str, list[int]]) -> list[PieceFailure]:
+def v2_failures(plan: TorrentMeta, failed: dict[str, list[int]]) -> list[PieceFailure]:
     out = []
-    sizes = {f.rel: f.size for f in plan.data_files()}
+    sizes = {f.path: f.size for f in plan.data_files}
     for rel, pieces in failed.items():
         lo = min(pieces) * plan.piece_length
         hi = min((max(pieces) + 1) * plan.piece_length, sizes[rel]) - 1

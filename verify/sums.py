@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from m7b.errors import InvalidInputError, NotFoundError
+from m7b.paths import path_problem
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.store import CONVERTED_RECORD
 from m7b.verify.check import disk_files
@@ -28,7 +29,7 @@ def parse_sums(path: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         m = _LINE.match(line)
-        if not m or ".." in Path(m.group(2)).parts or Path(m.group(2)).is_absolute():
+        if not m or path_problem(m.group(2)) is not None:
             raise InvalidInputError(f"{path}: line {number} is not '<sha256>  <file>' ({line!r})")
         out[m.group(2)] = m.group(1)
     return out

@@ -8,7 +8,7 @@ import pytest
 
 from m7b.manifests.writer import manifest_to_toml
 from m7b.mirror.create import create_release
-from m7b.mirror.torrent import TorrentMeta
+from m7b.torrent import TorrentMeta
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import libtorrent as lt
 
 from m7b.mirror.layout import renamed_files
 from m7b.mirror.session import SessionOptions, make_session
-from m7b.mirror.torrent import load_torrent
 from m7b.mirror.tracker import free_port, local_opentracker
+from m7b.torrent import load_torrent
 
 __all__ = ["free_port", "local_opentracker"]
 

@@ -9,7 +9,7 @@ import libtorrent as lt
 import pytest
 
 from m7b.manifests.loader import load_manifest
-from m7b.mirror.torrent import load_torrent
+from m7b.torrent import load_torrent
 
 TRACKER = "http://127.0.0.1:6969/announce"
 

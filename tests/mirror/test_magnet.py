@@ -5,7 +5,7 @@ import base64
 import pytest
 
 from m7b.errors import InvalidInputError
-from m7b.mirror.magnet import parse_magnet, parse_peer
+from m7b.magnet import parse_magnet, parse_peer
 
 HASH = "208b101a0f51514ecf285885a8b0f6fb1a1e4d7d"
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from verify_helpers import PIECE, make_manifest, make_torrent
 
+from m7b.torrent import load_torrent
 from m7b.verify.check import verify_release
 from m7b.verify.digest import FileDigestLane, ReadItem, read_stream
 from m7b.verify.findings import Status
-from m7b.verify.pieces import V1PieceLane, load_torrent
+from m7b.verify.pieces import V1PieceLane, read_items
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +52,10 @@ def test_pieces_spanning_files_pass_then_a_flipped_byte_is_named_by_piece(
     files = ("a.bin", "big.bin", "c.bin")
     torrent = tmp_path / "r.torrent"
     make_torrent(root, torrent, files=files, hybrid=hybrid)
-    plan = load_torrent(torrent)
+    _, plan = load_torrent(torrent)
     assert (plan.info_hash_v2 is not None) == hybrid
     lane = V1PieceLane(plan.piece_length, plan.v1_hashes)
-    read_stream(plan.items(root), [lane], block_size=1 << 20)
+    read_stream(read_items(plan, root), [lane], block_size=1 << 20)
     assert lane.failed == [] and lane.checked == len(plan.v1_hashes)
 
     offset = 1_500_000  # the middle of big.bin
@@ -129,12 +130,12 @@ def test_a_manifest_with_only_a_magnet_binds_by_the_magnets_hash(tiny_release: P
     import base64
     import dataclasses
 
-    from m7b.verify.check import magnet_hashes
+    from m7b.magnet import parse_magnet
 
     torrent = tmp_path / "r.torrent"
     ih = make_torrent(tiny_release, torrent)
     b32 = base64.b32encode(bytes.fromhex(ih)).decode()
-    assert magnet_hashes(f"magnet:?xt=urn:btih:{b32}&dn=x") == [ih]
+    assert parse_magnet(f"magnet:?xt=urn:btih:{b32}&dn=x").hashes == (ih,)
     manifest = make_manifest(tiny_release, "tiny", None)
     manifest = dataclasses.replace(
         manifest, torrent=dataclasses.replace(manifest.torrent, magnet=f"magnet:?xt=urn:btih:{ih}&dn=tiny")
