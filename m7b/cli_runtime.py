@@ -45,6 +45,7 @@ def resolve_release(name_or_dir: str) -> Path:
         raise InvalidInputError(f"{path} is a file; expected a release folder or a release name")
     if "/" in name_or_dir or name_or_dir.startswith("."):
         raise NotFoundError(f"release folder {path} not found")
+    refuse_unsupported(name_or_dir, "run")
     store = Store.from_env()
     candidates = [store.converted_dir(name_or_dir, "native"), store.release_dir(name_or_dir)]
     for folder in candidates:
@@ -55,6 +56,15 @@ def resolve_release(name_or_dir: str) -> Path:
         f"{', '.join(str(c) for c in candidates)}): fetch it with `m7b fetch {name_or_dir}` or "
         "pass a release folder"
     )
+
+
+def refuse_unsupported(name: str, action: str) -> None:
+    """A known release whose manifest says the runtime cannot run it is refused before the store is looked at."""
+    from m7b.manifests.loader import known_manifests
+
+    manifest = known_manifests().get(name)
+    if manifest is not None:
+        manifest.require_runnable(action)
 
 
 def _load(release: str, device: str, dtype: str | None, window: int | None = None) -> Runtime:

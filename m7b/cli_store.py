@@ -69,6 +69,7 @@ def show(
     m = load_manifest(Path(name)) if name.endswith(".toml") else find_manifest(name)
     doc = manifest_document(m)
     doc["state"] = str(Store.from_env().state(m))
+    doc["runtime"] = {"supported": m.unsupported is None, **({"reason": m.unsupported} if m.unsupported else {})}
     if json_out:
         emit_json(doc)
         return
@@ -77,6 +78,9 @@ def show(
         f"{m.release_date.isoformat() if m.release_date else 'date unknown'}, license {m.license}"
     )
     out.print(f"state in store: {doc['state']}")
+    out.print(
+        "runtime: " + ("supported" if m.unsupported is None else f"not supported ({m.unsupported})"), highlight=False
+    )
     t = m.torrent
     for label, value in (
         ("torrent name", t.name),
@@ -96,6 +100,8 @@ def show(
     for f in m.files:
         files.add_row(f.path, f"{f.size:,}" if f.size is not None else "—", f.sha256 or "—", f.md5 or "—")
     out.print(files)
+    if m.moe:
+        out.print(f"architecture: mixture of experts, {m.moe.describe()}", highlight=False)
     if m.architecture:
         out.print("architecture: " + ", ".join(f"{k} {v}" for k, v in m.architecture.to_params().items()))
     if m.checkpoint:

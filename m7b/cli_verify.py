@@ -184,6 +184,10 @@ def convert(
     from m7b.verify.convert import CHECKPOINT, convert_release
 
     store = Store.from_env()
+    if target is not None and not Path(target).expanduser().is_dir():
+        from m7b.cli_runtime import refuse_unsupported
+
+        refuse_unsupported(target, "convert")
     root, name, _ = _resolve(store, target, None)
     label = name or root.name
     out_path = out_dir or store.converted_dir(label, to)

@@ -190,7 +190,8 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Inspect, then load a checkpoint's tensors memory-mapped (`weights_only=True, mmap=True`).
 
     The one safe way to open a `.pth` in m7b: raises UnsafeError for a pickle that imports anything beyond a
-    plain tensor state dict, MismatchError for a damaged file; returns {key: tensor} backed by the file.
+    plain tensor state dict, MismatchError for a damaged file or a tensor that does not own exactly its bytes
+    (`checkpoint_index.require_owned`); returns {key: tensor} backed by the file.
     """
     import torch
 
@@ -199,7 +200,9 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             f"torch {torch.__version__} is installed; weights_only loading is only trusted from torch "
             f"{MIN_TORCH} (CVE-2025-32434, CVE-2026-24747): upgrade torch before loading checkpoints"
         )
-    inspect_checkpoint(path)
+    from m7b.verify.checkpoint_index import index_checkpoint
+
+    index = index_checkpoint(path)  # inspection, then each tensor proven to own exactly its bytes of the file
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
@@ -213,6 +216,12 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise MismatchError(f"{path}: entry {bad[0]!r} is not a tensor; expected a flat dict of named tensors")
+    differs = [k for k, t in state.items() if k not in index or tuple(t.shape) != index[k].shape]
+    if differs or len(state) != len(index):
+        raise MismatchError(
+            f"{path}: torch.load gives tensor {(differs or list(index))[0]!r} other than the pickle describes; the "
+            "file is damaged or crafted — re-download it"
+        )
     return dict(state)
 
 
