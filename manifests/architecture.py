@@ -103,7 +103,10 @@ class Architecture:
         return shapes
 
     def parameter_count(self) -> int:
-        return sum(math.prod(shape) for shape in self.tensor_shapes().values())
+        """The sum over `tensor_shapes()`, in closed form (no per-layer table)."""
+        d, hd, kv = self.dim, self.head_dim, self.n_kv_heads * self.head_dim
+        per_layer = 2 * self.n_heads * hd * d + 2 * kv * d + 3 * self.hidden_dim * d + 2 * d
+        return 2 * self.vocab_size * d + d + self.n_layers * per_layer
 
 
 def _int_field(raw: dict[str, Any], key: str, where: str) -> int:

@@ -237,13 +237,21 @@ class TensorCheck:
     parameters: int = 0
     dtype: str | None = None
     facts: list[str] = field(default_factory=list)  # disagreements with the manifest's checkpoint facts
+    expected_tensors: int | None = None  # set when the count alone disagrees (nothing per-key was compared)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.extra or self.wrong_shape or self.wrong_dtype or self.facts)
+        return not (
+            self.missing or self.extra or self.wrong_shape or self.wrong_dtype or self.facts or self.expected_tensors
+        )
 
     def problems(self) -> list[str]:
         out = []
+        if self.expected_tensors is not None:
+            out.append(
+                f"the checkpoint holds {self.tensors} tensors, params.json implies {self.expected_tensors:,} "
+                "(3 + 9 per layer): params.json does not describe this checkpoint"
+            )
         if self.missing:
             out.append(f"missing key(s) {_few(self.missing)}")
         if self.extra:
@@ -265,9 +273,15 @@ def dtype_name(dtype: torch.dtype | str) -> str:
 
 def check_tensors(state: Mapping[str, Any], arch: Architecture, facts: CheckpointFacts | None = None) -> TensorCheck:
     """Compare keys, shapes and dtypes with what params.json implies; `state` holds torch tensors or
-    `checkpoint_index.TensorRecord`s (anything with `shape`, `dtype` and `numel()`)."""
-    expected = arch.tensor_shapes()
+    `checkpoint_index.TensorRecord`s (anything with `shape`, `dtype` and `numel()`).
+
+    The tensor counts are compared first: a params.json declaring more layers than the checkpoint holds is refused
+    at the cost of the checkpoint, never of what params.json declares."""
     result = TensorCheck(tensors=len(state), parameters=sum(int(t.numel()) for t in state.values()))
+    if arch.tensor_count != len(state):
+        result.expected_tensors = arch.tensor_count
+        return result
+    expected = arch.tensor_shapes()
     result.missing = [k for k in expected if k not in state]
     result.extra = [k for k in state if k not in expected]
     for key, shape in expected.items():
