@@ -119,3 +119,20 @@ def test_cli_verify_convert_and_run_exit_5_on_stride_zero_views(
     assert not (tmp_path / "out").exists()
     run = cli("run", tiny_release, "--prompt", "hi", "--max-tokens", "1", "--device", "cpu")
     assert run.code == 5 and "tok_embeddings.weight" in run.stderr
+
+
+def test_a_later_convert_removes_what_a_killed_one_left(tiny_release_src: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = outs / f".native.{int(dead.stdout)}.abc123.partial"  # the name atomic_dir gives, of a finished process
+    left.mkdir()
+    (left / "consolidated.safetensors").write_bytes(b"\0" * 4096)
+    live = outs / f".native.{__import__('os').getpid()}.def456.partial"  # a convert still running: kept
+    live.mkdir()
+    convert_release(tiny_release_src, outs / "native", "native")
+    assert not left.exists() and live.is_dir()
+    assert sorted(p.name for p in outs.iterdir()) == sorted(["native", live.name])
