@@ -46,6 +46,9 @@ _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHOR
 _PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
 _GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
 _REFUSED_OPS = {"INST", "OBJ", "EXT1", "EXT2", "EXT4"}
+# What zipfile raises for a damaged or unusual archive (NotImplementedError: an unknown compression method or
+# encryption; EOFError, zlib.error via ValueError/OSError subclasses: cut data).
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def inspect_checkpoint(path: Path) -> Inspection:
     size = path.stat().st_size
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except ZIP_ERRORS as exc:
         raise MismatchError(
             f"{path} is not a complete torch zip checkpoint ({exc}); it may be truncated — "
             "re-download it or check it against the torrent"
@@ -175,7 +178,7 @@ def inspect_checkpoint(path: Path) -> Inspection:
         try:
             data = zf.read(pickles[0])
             byteorder = zf.read(f"{archive}/byteorder").decode().strip() if f"{archive}/byteorder" in names else None
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        except ZIP_ERRORS as exc:
             raise MismatchError(
                 f"{path}: could not read {pickles[0]} ({exc}); the file is damaged — re-download it"
             ) from exc

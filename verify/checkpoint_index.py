@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from m7b.errors import MismatchError, UnsafeError
-from m7b.verify.checkpoint import ALLOWED_GLOBALS, inspect_checkpoint
+from m7b.verify.checkpoint import ALLOWED_GLOBALS, ZIP_ERRORS, inspect_checkpoint
 
 # torch storage class -> (dtype name, bytes per element)
 STORAGE_DTYPES: dict[str, tuple[str, int]] = {
@@ -161,9 +161,16 @@ def index_checkpoint(path: Path, *, owned: bool = True) -> dict[str, TensorRecor
     inspection = inspect_checkpoint(path)
     file_size = path.stat().st_size
     archive = inspection.archive
-    with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+    try:
+        zf = zipfile.ZipFile(path)
+        pkl = zf.read(f"{archive}/data.pkl")
+    except ZIP_ERRORS as exc:
+        raise MismatchError(
+            f"{path}: could not read {archive}/data.pkl ({exc}); the file is damaged — re-download it"
+        ) from exc
+    with zf, open(path, "rb") as raw:
         try:
-            state = _IndexUnpickler(io.BytesIO(zf.read(f"{archive}/data.pkl"))).load()
+            state = _IndexUnpickler(io.BytesIO(pkl)).load()
         except (UnsafeError, MismatchError) as exc:
             raise type(exc)(f"{path}: {exc}; the file was refused") from exc
         except Exception as exc:
