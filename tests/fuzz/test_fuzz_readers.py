@@ -71,7 +71,7 @@ params_docs = st.fixed_dictionaries(
 )
 
 
-@given(doc=params_docs | json_values, nesting=st.integers(0, 3000))
+@given(doc=params_docs | json_values, nesting=st.sampled_from([0, 0, 0, 0, 40, 3000]))
 def test_params_json(box: Path, doc: Any, nesting: int) -> None:
     path = _fresh(box) / "params.json"
     text = json.dumps(doc) if not nesting else "[" * nesting + json.dumps(doc) + "]" * nesting

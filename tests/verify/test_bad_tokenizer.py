@@ -44,6 +44,7 @@ def test_convert_refuses_before_writing(bad_tokenizer: Path, tmp_path: Path, lay
     assert list(outs.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_convert_and_run_exit_4(cli, m7b_home: Path, tiny_release: Path, tmp_path: Path) -> None:
     (tiny_release / "tokenizer.model").write_bytes(b"")
     convert = cli("convert", tiny_release, "--to", "hf", "--out", tmp_path / "hf")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from test_storage_ownership import stride_zero
 from verify_helpers import hostile_pickle, rewrite_zip
@@ -45,6 +46,7 @@ def test_params_that_disagree_exit_5(cli, m7b_home: Path, tiny_release: Path, tm
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_mixture_of_experts_release_is_published_with_its_moe_block(
     cli, m7b_home: Path, tiny_release: Path, tmp_path: Path
 ) -> None:

@@ -106,6 +106,7 @@ def test_a_record_shorter_than_its_storage_is_refused(tiny_release: Path) -> Non
         load_checkpoint(tiny_release / PTH)
 
 
+@pytest.mark.slow
 def test_cli_verify_convert_and_run_exit_5_on_stride_zero_views(
     cli, m7b_home: Path, tiny_release: Path, tmp_path: Path
 ) -> None:
