@@ -81,6 +81,33 @@ def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Remove the temporary folders `atomic_dir(path)` left when its process was killed (`.NAME.PID.XXXX.partial`
+    whose PID no longer runs); a live process's folder is left alone. Returns what was removed."""
+    removed = []
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.partial"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if not pid.isdecimal() or not tmp.is_dir() or _alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary folder next to `path`; on success it is renamed to `path`.
@@ -91,7 +118,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise StorageError(f"output folder {path} exists and is not empty: choose a new folder or remove it first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    remove_stale_partials(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
         for child in tmp.iterdir():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,6 +55,15 @@ def _write_output(path: Path, data: bytes, force: bool) -> None:
     write_bytes(path, data)
 
 
+@contextlib.contextmanager
+def _inspection_hint(*kinds: type[Exception]) -> Iterator[None]:
+    """A refused checkpoint's error, with the override named (library messages never name flags)."""
+    try:
+        yield
+    except kinds as exc:
+        raise type(exc)(f"{exc}. Nothing was written; to publish it anyway, pass --no-inspect") from exc
+
+
 def create(
     folder: Annotated[Path, typer.Argument(help="The release folder; its name becomes the torrent's name.")],
     tracker: Annotated[
@@ -72,12 +83,20 @@ def create(
         Path | None, typer.Option(help="Where to write NAME.torrent and NAME.toml (default: the folder's parent).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace existing output files with other content.")] = False,
+    no_inspect: Annotated[
+        bool,
+        typer.Option(
+            "--no-inspect",
+            help="Publish without inspecting the checkpoint (pickle allowlist, tensors owning their bytes, shapes "
+            "against params.json): only for a publisher who knows why m7b refuses it.",
+        ),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Make a deterministic .torrent, print its magnet, and write a manifest with size/sha256/md5 of every file."""
     import datetime as dt
 
-    from m7b.errors import InvalidInputError
+    from m7b.errors import InvalidInputError, MismatchError, UnsafeError
     from m7b.manifests.writer import manifest_to_toml
     from m7b.mirror.create import create_release, parse_piece_size
 
@@ -85,7 +104,7 @@ def create(
         release_date = dt.date.fromisoformat(date) if date else None
     except ValueError as exc:
         raise InvalidInputError(f"--date {date!r}: expected YYYY-MM-DD") from exc
-    with progress_bars(enabled=not json_out) as progress:
+    with progress_bars(enabled=not json_out) as progress, _inspection_hint(MismatchError, UnsafeError):
         made = create_release(
             folder,
             trackers=tracker or (),
@@ -98,6 +117,7 @@ def create(
             license_id=license_id,
             release_date=release_date,
             progress=progress,
+            inspect=not no_inspect,
         )
     out_dir = out or folder.resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,10 @@ def _load(release: str, device: str, dtype: str | None, window: int | None = Non
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     store = Store.from_env()
-    folder = runtime_folder(resolve(release, store), store)
+    resolved = resolve(release, store)
+    if resolved.manifest is not None:
+        resolved.manifest.require_runnable("run")
+    folder = runtime_folder(resolved, store)
     override = None
     if window is not None:
         if window < 2:

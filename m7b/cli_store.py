@@ -79,6 +79,7 @@ def show_release(
         return
     doc = manifest_document(m)
     doc["state"] = str(store.state(m))
+    doc["runtime"] = {"supported": m.unsupported is None, **({"reason": m.unsupported} if m.unsupported else {})}
     show(doc, json_out, lambda d: _print_manifest(m, d))
 
 
@@ -88,6 +89,9 @@ def _print_manifest(m: Manifest, doc: dict[str, Any]) -> None:
         f"{m.release_date.isoformat() if m.release_date else 'date unknown'}, license {m.license}"
     )
     out.print(f"state in store: {doc['state']}")
+    out.print(
+        "runtime: " + ("supported" if m.unsupported is None else f"not supported ({m.unsupported})"), highlight=False
+    )
     t = m.torrent
     for label, value in (
         ("torrent name", t.name),
@@ -107,6 +111,8 @@ def _print_manifest(m: Manifest, doc: dict[str, Any]) -> None:
     for f in m.files:
         files.add_row(f.path, f"{f.size:,}" if f.size is not None else "—", f.sha256 or "—", f.md5 or "—")
     out.print(files)
+    if m.moe:
+        out.print(f"architecture: mixture of experts, {m.moe.describe()}", highlight=False)
     if m.architecture:
         out.print("architecture: " + ", ".join(f"{k} {v}" for k, v in m.architecture.to_params().items()))
     if m.checkpoint:

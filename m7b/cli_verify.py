@@ -154,7 +154,10 @@ def convert(
     store = Store.from_env()
     if target is None:
         raise NotFoundError("name a release (see `m7b list`) or a folder to convert")
-    release = require_present(resolve(target, store))
+    release = resolve(target, store)
+    if release.manifest is not None:
+        release.manifest.require_runnable("convert")
+    release = require_present(release)
     root, name = release.folder, (release.name if release.in_store else None)
     label = name or root.name
     out_path = out_dir or store.converted_dir(label, to)

@@ -3,15 +3,39 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from m7b.errors import InvalidInputError, NotFoundError
+from m7b.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
 
 # The keys of Mistral 7B v0.1's params.json, in its order; rope_theta is optional (absent means 10000).
 REQUIRED_INT = ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "sliding_window", "vocab_size")
 DEFAULT_ROPE_THETA = 10000.0
+
+# Bounds on what a params.json may declare, far beyond any released model and far below what would overflow or
+# exhaust memory before the weights are compared with them (Mistral 7B: dim 4096, vocab 32000, window 4096).
+MAX_INT_FIELD = 1 << 24  # every integer field is at most 16,777,216
+MIN_SLIDING_WINDOW = 2  # a window of 1 attends to nothing but the token itself; 0 to nothing at all
+MAX_ROPE_THETA = 1e12  # later Mistral releases use 1e6
+MAX_PARAMS_BYTES = 1 << 20  # Mistral 7B's params.json is 200 bytes
+_ASCII_INT = re.compile(r"[0-9]{1,9}")  # [0-9], not \d: str.isdigit() and \d accept '４', '٤' and '²'
+
+
+TENSORS_PER_LAYER = 9
+
+
+@dataclass(frozen=True)
+class MixtureOfExperts:
+    """A params.json `moe` block (Mixtral): experts per layer, and how many each token is routed to."""
+
+    num_experts: int
+    num_experts_per_tok: int
+
+    def describe(self) -> str:
+        return f"{self.num_experts} experts, {self.num_experts_per_tok} per token"
 
 
 @dataclass(frozen=True)
@@ -73,8 +97,14 @@ class Architecture:
     def to_json(self) -> str:
         return json.dumps(self.to_params())
 
+    @property
+    def tensor_count(self) -> int:
+        """How many tensors the checkpoint holds: embeddings, 9 per layer, the final norm and the output."""
+        return 3 + TENSORS_PER_LAYER * self.n_layers
+
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every checkpoint key with its shape, in the original checkpoint's order."""
+        """Every checkpoint key with its shape, in the original checkpoint's order (`tensor_count` entries: compare
+        that with a checkpoint's count before building this, it grows with n_layers)."""
         d, hd, kv = self.dim, self.head_dim, self.n_kv_heads * self.head_dim
         shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (self.vocab_size, d)}
         for i in range(self.n_layers):
@@ -93,40 +123,101 @@ class Architecture:
         return shapes
 
     def parameter_count(self) -> int:
-        total = 0
-        for shape in self.tensor_shapes().values():
-            n = 1
-            for s in shape:
-                n *= s
-            total += n
-        return total
+        """The sum over `tensor_shapes()`, in closed form (no per-layer table)."""
+        d, hd, kv = self.dim, self.head_dim, self.n_kv_heads * self.head_dim
+        per_layer = 2 * self.n_heads * hd * d + 2 * kv * d + 3 * self.hidden_dim * d + 2 * d
+        return 2 * self.vocab_size * d + d + self.n_layers * per_layer
 
 
 def _int_field(raw: dict[str, Any], key: str, where: str) -> int:
     value = raw[key]
     if key == "sliding_window" and isinstance(value, str):
-        # Some re-uploads carry the window as a string; accept an integer string, nothing else.
-        if value.strip().isdigit():
-            return int(value.strip())
-        raise InvalidInputError(f"{where}: 'sliding_window' must be an integer, found the string {value!r}")
+        # Some re-uploads carry the window as a string; accept a short string of ASCII digits, nothing else.
+        text = value.strip()
+        if len(text) > 9 and text.isascii() and text.isdigit():
+            raise InvalidInputError(
+                f"{where}: 'sliding_window' must be at most {MAX_INT_FIELD:,}, found a string of {len(text):,} digits"
+            )
+        if not _ASCII_INT.fullmatch(text):
+            raise InvalidInputError(
+                f"{where}: 'sliding_window' must be an integer, found the string {_short(value)} "
+                "(a JSON number, or a string of ASCII digits)"
+            )
+        value = int(text)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInputError(f"{where}: '{key}' must be an integer, found {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise InvalidInputError(f"{where}: '{key}' must be positive, found {value}")
+        raise InvalidInputError(f"{where}: '{key}' must be an integer, found {type(value).__name__} {_short(value)}")
+    low = MIN_SLIDING_WINDOW if key == "sliding_window" else 1
+    if value < low:
+        raise InvalidInputError(f"{where}: '{key}' must be at least {low}, found {value}")
+    if value > MAX_INT_FIELD:
+        raise InvalidInputError(
+            f"{where}: '{key}' must be at most {MAX_INT_FIELD:,} (far beyond any released model), found {_short(value)}"
+        )
     return value
 
 
-def _float_field(raw: dict[str, Any], key: str, where: str) -> float:
+def _short(value: Any) -> str:
+    text = (
+        repr(value)
+        if not isinstance(value, int) or value.bit_length() < 1000
+        else f"a {len(str(value)):,}-digit number"
+    )
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _float_field(raw: dict[str, Any], key: str, where: str, below: float) -> float:
+    """A finite positive number below `below` (exclusive for norm_eps, inclusive for rope_theta)."""
     value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise InvalidInputError(f"{where}: '{key}' must be a positive number, found {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError(f"{where}: '{key}' must be a positive number, found {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidInputError(f"{where}: '{key}' must be a finite positive number, found {_short(value)}")
+    if number <= 0:
+        raise InvalidInputError(f"{where}: '{key}' must be a positive number, found {_short(value)}")
+    if key == "norm_eps" and number >= below:
+        raise InvalidInputError(f"{where}: 'norm_eps' must be below 1 (Mistral uses 1e-05), found {_short(value)}")
+    if number > below:
+        raise InvalidInputError(f"{where}: '{key}' must be at most {below:g}, found {_short(value)}")
+    return number
+
+
+def _moe(raw: Any, where: str) -> MixtureOfExperts:
+    fields = ("num_experts", "num_experts_per_tok")
+    if not isinstance(raw, dict) or any(
+        isinstance(raw.get(k), bool) or not isinstance(raw.get(k), int) or not 1 <= raw[k] <= MAX_INT_FIELD
+        for k in fields
+    ):
+        raise InvalidInputError(
+            f"{where}: 'moe' must be a table of integers num_experts and num_experts_per_tok "
+            f"(1 to {MAX_INT_FIELD:,}), found {_short(raw)}"
+        )
+    moe = MixtureOfExperts(raw["num_experts"], raw["num_experts_per_tok"])
+    if moe.num_experts_per_tok > moe.num_experts:
+        raise InvalidInputError(
+            f"{where}: 'moe' routes each token to {moe.num_experts_per_tok} of only {moe.num_experts} experts"
+        )
+    return moe
 
 
 def architecture_from_mapping(raw: Any, where: str) -> Architecture:
-    """Validate a params.json-like mapping; `where` names its origin in error messages."""
+    """Validate a params.json-like mapping; `where` names its origin in error messages.
+
+    InvalidInputError for anything outside the bounds above; UnsupportedArchitectureError (also exit 4, carrying
+    the `moe` block) for a well-formed mixture of experts, which m7b can fetch, verify and seed but not run.
+    """
     if not isinstance(raw, dict):
         raise InvalidInputError(f"{where}: expected a JSON object of model parameters, found {type(raw).__name__}")
+    if "moe" in raw:
+        moe = _moe(raw["moe"], where)
+        raise UnsupportedArchitectureError(
+            f"{where}: declares a mixture of experts ({moe.describe()}); m7b's runtime runs dense Mistral models "
+            "only, so this release can be fetched, verified and seeded but not run, smoke-tested or converted",
+            moe,
+        )
     missing = [k for k in (*REQUIRED_INT, "norm_eps") if k not in raw]
     if missing:
         raise InvalidInputError(
@@ -134,8 +225,10 @@ def architecture_from_mapping(raw: Any, where: str) -> Architecture:
             f"{', '.join((*REQUIRED_INT, 'norm_eps'))}"
         )
     ints = {k: _int_field(raw, k, where) for k in REQUIRED_INT}
-    norm_eps = _float_field(raw, "norm_eps", where)
-    rope_theta = _float_field(raw, "rope_theta", where) if raw.get("rope_theta") is not None else None
+    norm_eps = _float_field(raw, "norm_eps", where, below=1.0)
+    rope_theta = (
+        _float_field(raw, "rope_theta", where, below=MAX_ROPE_THETA) if raw.get("rope_theta") is not None else None
+    )
     arch = Architecture(norm_eps=norm_eps, rope_theta=rope_theta, **ints)
     if arch.n_heads % arch.n_kv_heads:
         raise InvalidInputError(
@@ -151,8 +244,17 @@ def load_params(path: Path) -> Architecture:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"{path} not found: a release folder must hold params.json")
+    size = path.stat().st_size
+    if size > MAX_PARAMS_BYTES:
+        raise InvalidInputError(
+            f"{path} is {size:,} bytes; a params.json is a few hundred (at most {MAX_PARAMS_BYTES:,} are read): "
+            "restore the release's own params.json"
+        )
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{path} is not valid JSON ({exc}); expected the release's model parameters") from exc
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, >4300-digit integers
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise InvalidInputError(
+            f"{path} is not valid JSON ({reason}); expected the release's model parameters"
+        ) from exc
     return architecture_from_mapping(raw, str(path))

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from m7b.errors import InvalidInputError, NotFoundError
+from m7b.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
 from m7b.magnet import parse_magnet
 from m7b.manifests.architecture import architecture_from_mapping
 from m7b.manifests.schema import ArchiveFacts, CheckpointFacts, FileFacts, Manifest, TorrentFacts
@@ -161,11 +161,14 @@ def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
             f.fail("path", f"{path!r} is listed twice")
         files.append(FileFacts(path=path, size=f.count("size"), sha256=f.hexdigest("sha256"), md5=f.hexdigest("md5")))
 
-    architecture = None
+    architecture, moe = None, None
     if "architecture" in raw:
         if not isinstance(raw["architecture"], dict):
             top.fail("architecture", "expected a table of params.json fields")
-        architecture = architecture_from_mapping(raw["architecture"], f"{origin}: field 'architecture'")
+        try:
+            architecture = architecture_from_mapping(raw["architecture"], f"{origin}: field 'architecture'")
+        except UnsupportedArchitectureError as exc:  # a mixture of experts: known, and recorded as not runnable
+            moe = exc.moe
 
     checkpoint = None
     if "checkpoint" in raw:
@@ -198,6 +201,7 @@ def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
         torrent=torrent,
         files=tuple(files),
         architecture=architecture,
+        moe=moe,
         checkpoint=checkpoint,
         archives=tuple(archives),
         sources=sources,
@@ -215,7 +219,7 @@ def fact_paths(manifest: Manifest) -> list[str]:
     if manifest.torrent != TorrentFacts():
         facts.append("torrent")
     facts += [f"files.{f.path}" for f in manifest.files if (f.size, f.sha256, f.md5) != (None, None, None)]
-    if manifest.architecture is not None:
+    if manifest.architecture is not None or manifest.moe is not None:
         facts.append("architecture")
     if manifest.checkpoint is not None:
         facts.append("checkpoint")

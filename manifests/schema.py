@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from m7b.magnet import preferred_hash
-from m7b.manifests.architecture import Architecture
+from m7b.manifests.architecture import Architecture, MixtureOfExperts
 
 
 @dataclass(frozen=True)
@@ -64,11 +64,29 @@ class Manifest:
     torrent: TorrentFacts = field(default_factory=TorrentFacts)
     files: tuple[FileFacts, ...] = ()
     architecture: Architecture | None = None
+    # an `[architecture.moe]` table (params.json's `moe` block): a mixture of experts, which the runtime cannot run
+    moe: MixtureOfExperts | None = None
     checkpoint: CheckpointFacts | None = None
     archives: tuple[ArchiveFacts, ...] = ()
     # fact path ("torrent", "files.tokenizer.model", "architecture", ...) -> where it comes from
     sources: dict[str, str] = field(default_factory=dict)
     origin: Path | None = None
+
+    @property
+    def unsupported(self) -> str | None:
+        """Why m7b's runtime cannot run (or convert) this release, or None when it can (as far as the manifest says)."""
+        return f"mixture of experts: {self.moe.describe()}" if self.moe else None
+
+    def require_runnable(self, action: str) -> None:
+        """Raise UnsupportedArchitectureError (exit 4) when the runtime cannot `action` ("run", "convert") it."""
+        if self.moe is not None:
+            from m7b.errors import UnsupportedArchitectureError
+
+            raise UnsupportedArchitectureError(
+                f"{self.name} is a mixture of experts ({self.moe.describe()}); m7b's runtime runs dense Mistral "
+                f"models only, so it cannot {action} it. Fetching, verifying and seeding it work as for any release",
+                self.moe,
+            )
 
     def file(self, path: str) -> FileFacts | None:
         return next((f for f in self.files if f.path == path), None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
@@ -62,6 +63,8 @@ def manifest_to_toml(m: Manifest) -> str:
         lines += _table("[[files]]", {"path": f.path, "size": f.size, "sha256": f.sha256, "md5": f.md5})
     if m.architecture is not None:
         lines += _table("[architecture]", m.architecture.to_params())
+    elif m.moe is not None:
+        lines += _table("[architecture.moe]", dataclasses.asdict(m.moe))
     if m.checkpoint is not None:
         c = m.checkpoint
         lines += _table("[checkpoint]", {"tensors": c.tensors, "parameters": c.parameters, "dtype": c.dtype})

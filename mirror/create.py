@@ -11,8 +11,8 @@ from pathlib import Path
 
 import libtorrent as lt
 
-from m7b.errors import InvalidInputError, NotFoundError
-from m7b.manifests.architecture import load_params
+from m7b.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
+from m7b.manifests.architecture import Architecture, MixtureOfExperts, load_params
 from m7b.manifests.loader import NAME_RE
 from m7b.manifests.schema import FileFacts, Manifest, TorrentFacts
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
@@ -83,10 +83,13 @@ def create_release(
     license_id: str = "Apache-2.0",
     release_date: dt.date | None = None,
     progress: ProgressCallback = ignore_progress,
+    inspect: bool = True,
 ) -> CreatedRelease:
     """Make the .torrent (v1, or v1+v2 with `hybrid`), magnet and manifest for the release folder `root`.
 
     The same content and options always give the same bytes: no creation date, no creator, sorted files.
+    With `inspect` (the default) every top-level `.pth` first passes verify's checkpoint inspection (UnsafeError,
+    MismatchError otherwise, before anything is hashed or made): a publisher vouches only for what m7b would load.
     """
     root = Path(root).resolve()
     files = release_files(root)
@@ -98,7 +101,11 @@ def create_release(
             "(pass another manifest_name)",
             field="manifest_name",
         )
-    architecture = load_params(root / "params.json") if "params.json" in files else None
+    architecture, moe = _architecture(root, files)
+    if inspect:
+        from m7b.verify.check import inspect_release_checkpoints
+
+        inspect_release_checkpoints(root, architecture)
     sizes = {f: (root / f).stat().st_size for f in files}
     total = sum(sizes.values())
 
@@ -128,7 +135,7 @@ def create_release(
         "torrent": f"made by {tool} from the release folder",
     }
     sources.update({f"files.{f.path}": f"hashed by {tool} from the published file" for f in facts})
-    if architecture is not None:
+    if architecture is not None or moe is not None:
         sources["architecture"] = "params.json in the release folder"
     manifest = Manifest(
         name=manifest_name,
@@ -147,6 +154,17 @@ def create_release(
         ),
         files=tuple(facts),
         architecture=architecture,
+        moe=moe,
         sources=sources,
     )
     return CreatedRelease(torrent=torrent, meta=meta, magnet=magnet, manifest=manifest)
+
+
+def _architecture(root: Path, files: Sequence[str]) -> tuple[Architecture | None, MixtureOfExperts | None]:
+    """params.json's architecture, or its mixture-of-experts block (a release m7b publishes but cannot run)."""
+    if "params.json" not in files:
+        return None, None
+    try:
+        return load_params(root / "params.json"), None
+    except UnsupportedArchitectureError as exc:
+        return None, exc.moe  # type: ignore[return-value]

@@ -53,7 +53,13 @@ def check_shapes(arch: Architecture, state: dict[str, torch.Tensor], source: Pat
     from m7b.verify.checkpoint import TensorCheck, check_tensors
 
     found = check_tensors(state, arch)
-    shapes = TensorCheck(missing=found.missing, extra=found.extra, wrong_shape=found.wrong_shape)
+    shapes = TensorCheck(
+        tensors=found.tensors,
+        missing=found.missing,
+        extra=found.extra,
+        wrong_shape=found.wrong_shape,
+        expected_tensors=found.expected_tensors,
+    )
     if shapes.ok:
         return
     raise MismatchError(

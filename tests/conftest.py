@@ -11,8 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from m7b.synth import synthesize
+
+# Property-based fuzzing of every reader of outside data (tests/fuzz): a fixed budget for CI; a long campaign for
+# bench/ with `pytest tests/fuzz --hypothesis-profile=long` or `M7B_FUZZ=long`.
+_FUZZ_CHECKS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=120, deadline=None, suppress_health_check=_FUZZ_CHECKS, derandomize=True)
+settings.register_profile("long", max_examples=20_000, deadline=None, suppress_health_check=_FUZZ_CHECKS)
+settings.load_profile(os.environ.get("M7B_FUZZ", "ci"))
 
 
 @dataclass

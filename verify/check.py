@@ -9,7 +9,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from m7b.errors import M7bError, NotFoundError
+from m7b.errors import M7bError, MismatchError, NotFoundError, UnsupportedArchitectureError
 from m7b.magnet import parse_magnet
 from m7b.manifests.architecture import Architecture, load_params
 from m7b.manifests.schema import Manifest
@@ -337,6 +337,19 @@ def _license_findings(manifest: Manifest | None, evidence: list) -> list[Finding
     return out
 
 
+def inspect_release_checkpoints(root: Path, arch: Architecture | None) -> None:
+    """The publisher's gate: every top-level .pth passes the same inspection as verify (pickle allowlist, each tensor
+    owning exactly its bytes) and, with an architecture, its keys and shapes; UnsafeError / MismatchError if not."""
+    from m7b.verify.checkpoint_index import index_checkpoint
+
+    for path in sorted(p for p in Path(root).glob("*.pth") if p.is_file()):
+        records = index_checkpoint(path)
+        if arch is not None:
+            result = check_tensors(records, arch)
+            if not result.ok:
+                raise MismatchError(f"{path}: " + "; ".join(result.problems()))
+
+
 def _checkpoint_findings(root: Path, manifest: Manifest | None) -> tuple[list[Finding], dict[str, Any] | None]:
     """params.json and every top-level .pth: the pickle walked against the allowlist, then keys/shapes/dtypes."""
     findings: list[Finding] = []
@@ -345,6 +358,16 @@ def _checkpoint_findings(root: Path, manifest: Manifest | None) -> tuple[list[Fi
     if params.is_file():
         try:
             arch = load_params(params)
+        except UnsupportedArchitectureError as exc:  # verify proves the files; running them is another matter
+            findings.append(
+                Finding(
+                    "params",
+                    Status.NOTE,
+                    f"params.json declares a mixture of experts ({exc.moe.describe()}): m7b cannot run or convert "
+                    "it, and does not check the checkpoint's keys and shapes against it",
+                    "params.json",
+                )
+            )
         except M7bError as exc:
             findings.append(Finding("params", status_for(exc), str(exc), "params.json"))
     if arch and manifest and manifest.architecture and arch != manifest.architecture:

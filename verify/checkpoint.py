@@ -48,6 +48,9 @@ _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHOR
 _PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
 _GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
 _REFUSED_OPS = {"INST", "OBJ", "EXT1", "EXT2", "EXT4"}
+# What zipfile raises for a damaged or unusual archive (NotImplementedError: an unknown compression method or
+# encryption; EOFError, zlib.error via ValueError/OSError subclasses: cut data).
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def inspect_checkpoint(path: Path) -> Inspection:
     size = path.stat().st_size
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except ZIP_ERRORS as exc:
         raise MismatchError(
             f"{path} is not a complete torch zip checkpoint ({exc}); it may be truncated — "
             "re-download it or check it against the torrent"
@@ -176,7 +179,7 @@ def inspect_checkpoint(path: Path) -> Inspection:
         try:
             data = zf.read(pickles[0])
             byteorder = zf.read(f"{archive}/byteorder").decode().strip() if f"{archive}/byteorder" in names else None
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        except ZIP_ERRORS as exc:
             raise MismatchError(
                 f"{path}: could not read {pickles[0]} ({exc}); the file is damaged — re-download it"
             ) from exc
@@ -191,7 +194,8 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Inspect, then load a checkpoint's tensors memory-mapped (`weights_only=True, mmap=True`).
 
     The one safe way to open a `.pth` in m7b: raises UnsafeError for a pickle that imports anything beyond a
-    plain tensor state dict, MismatchError for a damaged file; returns {key: tensor} backed by the file.
+    plain tensor state dict, MismatchError for a damaged file or a tensor that does not own exactly its bytes
+    (`checkpoint_index.require_owned`); returns {key: tensor} backed by the file.
     """
     import torch
 
@@ -200,7 +204,9 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             f"torch {torch.__version__} is installed; weights_only loading is only trusted from torch "
             f"{MIN_TORCH} (CVE-2025-32434, CVE-2026-24747): upgrade torch before loading checkpoints"
         )
-    inspect_checkpoint(path)
+    from m7b.verify.checkpoint_index import index_checkpoint
+
+    index = index_checkpoint(path)  # inspection, then each tensor proven to own exactly its bytes of the file
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
@@ -214,6 +220,12 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise MismatchError(f"{path}: entry {bad[0]!r} is not a tensor; expected a flat dict of named tensors")
+    differs = [k for k, t in state.items() if k not in index or tuple(t.shape) != index[k].shape]
+    if differs or len(state) != len(index):
+        raise MismatchError(
+            f"{path}: torch.load gives tensor {(differs or list(index))[0]!r} other than the pickle describes; the "
+            "file is damaged or crafted — re-download it"
+        )
     return dict(state)
 
 
@@ -229,13 +241,21 @@ class TensorCheck:
     parameters: int = 0
     dtype: str | None = None
     facts: list[str] = field(default_factory=list)  # disagreements with the manifest's checkpoint facts
+    expected_tensors: int | None = None  # set when the count alone disagrees (nothing per-key was compared)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.extra or self.wrong_shape or self.wrong_dtype or self.facts)
+        return not (
+            self.missing or self.extra or self.wrong_shape or self.wrong_dtype or self.facts or self.expected_tensors
+        )
 
     def problems(self) -> list[str]:
         out = []
+        if self.expected_tensors is not None:
+            out.append(
+                f"the checkpoint holds {self.tensors} tensors, params.json implies {self.expected_tensors:,} "
+                "(3 + 9 per layer): params.json does not describe this checkpoint"
+            )
         if self.missing:
             out.append(f"missing key(s) {_few(self.missing)}")
         if self.extra:
@@ -253,9 +273,15 @@ def _few(keys: list[str]) -> str:
 
 def check_tensors(state: Mapping[str, Any], arch: Architecture, facts: CheckpointFacts | None = None) -> TensorCheck:
     """Compare keys, shapes and dtypes with what params.json implies; `state` holds torch tensors or
-    `checkpoint_index.TensorRecord`s (anything with `shape`, `dtype` and `numel()`)."""
-    expected = arch.tensor_shapes()
+    `checkpoint_index.TensorRecord`s (anything with `shape`, `dtype` and `numel()`).
+
+    The tensor counts are compared first: a params.json declaring more layers than the checkpoint holds is refused
+    at the cost of the checkpoint, never of what params.json declares."""
     result = TensorCheck(tensors=len(state), parameters=sum(int(t.numel()) for t in state.values()))
+    if arch.tensor_count != len(state):
+        result.expected_tensors = arch.tensor_count
+        return result
+    expected = arch.tensor_shapes()
     result.missing = [k for k in expected if k not in state]
     result.extra = [k for k in state if k not in expected]
     for key, shape in expected.items():

@@ -24,7 +24,7 @@ from typing import Any
 
 from m7b.dtypes import BY_STORAGE
 from m7b.errors import MismatchError, UnsafeError
-from m7b.verify.checkpoint import ALLOWED_GLOBALS, inspect_checkpoint
+from m7b.verify.checkpoint import ALLOWED_GLOBALS, ZIP_ERRORS, inspect_checkpoint
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
 
@@ -39,6 +39,9 @@ class TensorRecord:
     shape: tuple[int, ...]
     stride: tuple[int, ...]
     offset: int
+    storage: str = ""  # the zip record (`data/<storage>`) holding the tensor's storage
+    storage_offset: int = 0  # in elements
+    storage_bytes: int = 0  # the storage's size as the pickle declares it
 
     def numel(self) -> int:
         return math.prod(self.shape)
@@ -46,6 +49,18 @@ class TensorRecord:
     @property
     def nbytes(self) -> int:
         return self.numel() * self.itemsize
+
+    @property
+    def dense(self) -> bool:
+        """The elements fill their bytes exactly once: strides are row-major up to an order of the dimensions (a
+        contiguous or transposed tensor), never 0 or with gaps, for every dimension longer than 1."""
+        step = 1
+        dims = sorted(((st, sz) for sz, st in zip(self.shape, self.stride, strict=True) if sz != 1))
+        for stride, size in dims:
+            if stride != step:
+                return False
+            step *= size
+        return True
 
     @property
     def contiguous(self) -> bool:
@@ -123,15 +138,26 @@ class _IndexUnpickler(pickle.Unpickler):
         return _Storage(dtype.name, dtype.itemsize, pid[2], pid[4])
 
 
-def index_checkpoint(path: Path) -> dict[str, TensorRecord]:
+def index_checkpoint(path: Path, *, owned: bool = True) -> dict[str, TensorRecord]:
     """{key: TensorRecord} in the pickle's order; UnsafeError / MismatchError as `inspect_checkpoint`, and
-    MismatchError when a tensor reaches past its record."""
+    MismatchError when a tensor reaches past its record.
+
+    `owned` (the default, and what every release checkpoint must pass): each tensor owns exactly its bytes — see
+    `require_owned`. `owned=False` indexes any layout torch.save writes (views sharing a storage, offsets)."""
     path = Path(path)
     inspection = inspect_checkpoint(path)
+    file_size = path.stat().st_size
     archive = inspection.archive
-    with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+    try:
+        zf = zipfile.ZipFile(path)
+        pkl = zf.read(f"{archive}/data.pkl")
+    except ZIP_ERRORS as exc:
+        raise MismatchError(
+            f"{path}: could not read {archive}/data.pkl ({exc}); the file is damaged — re-download it"
+        ) from exc
+    with zf, open(path, "rb") as raw:
         try:
-            state = _IndexUnpickler(io.BytesIO(zf.read(f"{archive}/data.pkl"))).load()
+            state = _IndexUnpickler(io.BytesIO(pkl)).load()
         except (UnsafeError, MismatchError) as exc:
             raise type(exc)(f"{path}: {exc}; the file was refused") from exc
         except Exception as exc:
@@ -149,8 +175,21 @@ def index_checkpoint(path: Path) -> dict[str, TensorRecord]:
             if storage.key not in starts:
                 starts[storage.key] = _record_start(zf, raw, f"{archive}/data/{storage.key}", path)
             start, size = starts[storage.key]
+            if start + size > file_size:
+                raise MismatchError(
+                    f"{path}: the record of tensor {key} ends at byte {start + size:,}, past the end of the "
+                    f"file ({file_size:,} bytes); the file is truncated — re-download it"
+                )
             record = TensorRecord(
-                key, storage.dtype, storage.itemsize, value.shape, value.stride, start + value.offset * storage.itemsize
+                key,
+                storage.dtype,
+                storage.itemsize,
+                value.shape,
+                value.stride,
+                start + value.offset * storage.itemsize,
+                storage.key,
+                value.offset,
+                storage.numel * storage.itemsize,
             )
             last = (
                 value.offset + sum((s - 1) * st for s, st in zip(value.shape, value.stride, strict=True))
@@ -163,7 +202,37 @@ def index_checkpoint(path: Path) -> dict[str, TensorRecord]:
                     "is damaged — re-download it"
                 )
             records[key] = record
+    if owned:
+        require_owned(records, {k: size for k, (_, size) in starts.items()}, path)
     return records
+
+
+def require_owned(records: dict[str, TensorRecord], record_bytes: dict[str, int], path: Path) -> None:
+    """MismatchError naming the first tensor that does not own exactly its bytes: its storage must start at the
+    tensor (offset 0), be exactly the tensor's size, be held by its zip record byte for byte and by no other tensor,
+    and the strides must be dense (no element read twice: stride 0; none skipped: gaps).
+
+    A few KB of pickle can otherwise describe 7 billion parameters as views of one 2-byte record: every later step
+    (shape checks, convert, the runtime) would take it at its word and allocate or write the declared size."""
+    owner: dict[str, str] = {}
+    for key, r in records.items():
+        problem = None
+        if r.storage in owner:
+            problem = f"shares its storage (record data/{r.storage}) with tensor {owner[r.storage]}"
+        elif r.storage_offset:
+            problem = f"starts at element {r.storage_offset:,} of its storage, not at its start (storage offset 0)"
+        elif not r.dense:
+            problem = f"has strides {r.stride} for shape {r.shape}: elements overlap or leave gaps"
+        elif r.storage_bytes != r.nbytes:
+            problem = f"is {r.nbytes:,} bytes but its storage is {r.storage_bytes:,}"
+        elif record_bytes[r.storage] != r.storage_bytes:
+            problem = f"has a storage of {r.storage_bytes:,} bytes in a record of {record_bytes[r.storage]:,}"
+        if problem:
+            raise MismatchError(
+                f"{path}: tensor {key} {problem}; in a release checkpoint each tensor owns exactly its own bytes. "
+                "The file was refused before anything its tensors declare was allocated or written"
+            )
+        owner[r.storage] = key
 
 
 def _record_start(zf: zipfile.ZipFile, raw: Any, member: str, path: Path) -> tuple[int, int]:

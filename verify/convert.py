@@ -22,6 +22,7 @@ from m7b.dtypes import BY_NAME
 from m7b.errors import InvalidInputError, MismatchError, NotFoundError
 from m7b.manifests.architecture import Architecture, load_params
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
+from m7b.runtime.tokenizer import load_sentencepiece
 from m7b.store import CONVERTED_RECORD
 from m7b.verify import hf_layout, hf_tokenizer
 from m7b.verify.checkpoint import check_tensors
@@ -86,6 +87,7 @@ def convert_release(
                 "tokenizer.model — fetch it first"
             )
     arch = load_params(src / "params.json")
+    load_sentencepiece(tokenizer)  # an empty, truncated or garbage tokenizer.model: InvalidInputError, nothing written
     state = index_checkpoint(checkpoint)  # the pickle walked against the allowlist first; no torch involved
     check = check_tensors(state, arch)
     if not check.ok:

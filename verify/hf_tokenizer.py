@@ -49,11 +49,24 @@ class TokenizerConversionError(ValueError):
 
 def build(model: Path) -> FastTokenizer:
     """The `tokenizer.json` text for sentencepiece model `model`, checked against sentencepiece on `SAMPLES`."""
-    import sentencepiece as spm
+    from m7b.runtime.tokenizer import load_sentencepiece
+
+    sp = load_sentencepiece(model)  # InvalidInputError naming the file for an empty, truncated or garbage model
+    try:
+        return _build(sp, model)
+    except TokenizerConversionError:
+        raise
+    except Exception as exc:  # the tokenizers library refusing what sentencepiece accepted: leave tokenizer.json out
+        raise TokenizerConversionError(
+            f"{model}: the fast tokenizer could not be built ({type(exc).__name__}: {str(exc)[:200]}); "
+            "tokenizer.json is left out"
+        ) from exc
+
+
+def _build(sp, model: Path) -> FastTokenizer:
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
     from tokenizers.models import BPE
 
-    sp = spm.SentencePieceProcessor(model_file=str(model))
     size = sp.get_piece_size()
     vocab = {sp.id_to_piece(i): i for i in range(size)}
     if len(vocab) != size:

@@ -24,7 +24,8 @@ def _raw(t: torch.Tensor) -> bytes:
 
 
 def _same_as_torch(path: Path) -> int:
-    records, state = index_checkpoint(path), load_checkpoint(path)
+    records = index_checkpoint(path, owned=False)
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     assert list(records) == list(state)
     with mapped(path) as file:
         for key, record in records.items():

@@ -1,0 +1,100 @@
+"""params.json values that parse as JSON but no model can have are refused as invalid input (exit 4), naming the
+field: non-ASCII or huge digit strings, zero, a window below 2, numbers past the documented bounds, NaN/inf,
+nesting that would exhaust the parser, and mixture-of-experts blocks the runtime cannot run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from m7b.errors import InvalidInputError, UnsupportedArchitectureError
+from m7b.manifests.architecture import MAX_INT_FIELD, MAX_PARAMS_BYTES, load_params
+
+REAL = {
+    "dim": 4096,
+    "n_layers": 32,
+    "head_dim": 128,
+    "hidden_dim": 14336,
+    "n_heads": 32,
+    "n_kv_heads": 8,
+    "norm_eps": 1e-05,
+    "sliding_window": 4096,
+    "vocab_size": 32000,
+}
+
+
+def write(tmp_path: Path, content: str) -> Path:
+    path = tmp_path / "params.json"
+    path.write_text(content, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("sliding_window", "\uff14\uff10\uff19\uff16", "ASCII digits"),  # fullwidth 4096: isdigit() is true
+        ("sliding_window", "\u0664\u0660\u0669\u0666", "ASCII digits"),  # Arabic-Indic 4096
+        ("sliding_window", "\u00b2", "ASCII digits"),  # superscript two: isdigit() true, int() fails
+        ("sliding_window", "9" * 5000, "at most"),
+        ("sliding_window", "0", "at least 2"),
+        ("sliding_window", 1, "at least 2"),
+        ("sliding_window", 10**18, "at most"),
+        ("n_layers", 10**8, "at most"),
+        ("vocab_size", "32000", "must be an integer"),
+        ("dim", 10**400, "at most"),
+        ("dim", 0, "at least 1"),
+        ("norm_eps", float("nan"), "finite"),
+        ("norm_eps", float("inf"), "finite"),
+        ("norm_eps", 10**400, "finite"),
+        ("norm_eps", 2.0, "below 1"),
+        ("rope_theta", float("nan"), "finite"),
+        ("rope_theta", float("-inf"), "finite"),
+        ("rope_theta", 1e300, "at most"),
+    ],
+)
+def test_out_of_bounds_values_are_invalid_input(tmp_path: Path, field: str, value: object, message: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        load_params(write(tmp_path, json.dumps({**REAL, field: value})))
+    assert field in str(info.value) and message in str(info.value)
+    assert info.value.exit_code == 4
+
+
+def test_deep_nesting_is_invalid_input_not_a_recursion_error(tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(InvalidInputError, match="not valid JSON"):
+        load_params(write(tmp_path, json.dumps({**REAL, "extra": 0}).replace("0}", deep + "}")))
+
+
+def test_a_5000_digit_number_is_invalid_input(tmp_path: Path) -> None:
+    text = json.dumps(REAL).replace('"head_dim": 128', '"head_dim": 1' + "0" * 5000)
+    with pytest.raises(InvalidInputError, match="not valid JSON"):
+        load_params(write(tmp_path, text))
+
+
+def test_a_params_file_past_the_size_bound_is_not_read(tmp_path: Path) -> None:
+    path = write(tmp_path, json.dumps({**REAL, "pad": "x" * MAX_PARAMS_BYTES}))
+    with pytest.raises(InvalidInputError, match="bytes"):
+        load_params(path)
+
+
+def test_largest_allowed_value_is_accepted(tmp_path: Path) -> None:
+    arch = load_params(write(tmp_path, json.dumps({**REAL, "sliding_window": str(MAX_INT_FIELD)})))
+    assert arch.sliding_window == MAX_INT_FIELD
+
+
+def test_mixture_of_experts_is_refused_as_unsupported(tmp_path: Path) -> None:
+    mixtral = {k: v for k, v in REAL.items() if k != "sliding_window"}
+    mixtral["moe"] = {"num_experts_per_tok": 2, "num_experts": 8}
+    with pytest.raises(UnsupportedArchitectureError) as info:
+        load_params(write(tmp_path, json.dumps(mixtral)))
+    assert "mixture of experts" in str(info.value) and info.value.exit_code == 4
+    assert info.value.moe is not None and info.value.moe.num_experts == 8
+
+
+@pytest.mark.parametrize("moe", [[], {"num_experts": 8}, {"num_experts": 2, "num_experts_per_tok": 3}, "yes"])
+def test_a_malformed_moe_block_is_invalid_input(tmp_path: Path, moe: object) -> None:
+    with pytest.raises(InvalidInputError, match="moe") as info:
+        load_params(write(tmp_path, json.dumps({**REAL, "moe": moe})))
+    assert not isinstance(info.value, UnsupportedArchitectureError)
