@@ -114,6 +114,7 @@ class Run:
     origin_bytes: int  # bytes that left the origin's interface during the run
     origin_copies: float  # origin_bytes / release size
     origin_payload: int | None = None  # the seed's own payload count (torrent only)
+    fetch_seconds_max: float | None = None  # the longest `m7b fetch` reported itself (no Python start-up)
 
 
 def release_digests(folder: Path) -> dict[str, str]:
@@ -139,9 +140,11 @@ def wait_all(procs: list[subprocess.Popen[str]], start: float, timeout: float) -
     return [done[i] for i in range(len(procs))]
 
 
-def summarize(mode: str, times: list[float], origin_bytes: int, size: int, payload: int | None = None) -> Run:
+def summarize(
+    mode: str, times: list[float], origin_bytes: int, size: int, payload: int | None = None, inner: float | None = None
+) -> Run:
     return Run(mode, len(times), round(max(times), 2), round(min(times), 2), round(sum(times) / len(times), 2),
-               origin_bytes, round(origin_bytes / size, 2), payload)  # fmt: skip
+               origin_bytes, round(origin_bytes / size, 2), payload, inner)  # fmt: skip
 
 
 def m7b(host: Host, home: Path, *args: str) -> list[str]:
@@ -213,19 +216,20 @@ def torrent_run(hosts: list[Host], release: Path, torrent: Path, info_hash: str,
                     "300",
                     "--json",
                 ),  # fmt: skip
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
             for h in leechers
         ]
         times = wait_all(procs, start, timeout=900)
+        inner = max(json.loads(p.stdout.read().splitlines()[-1])["seconds"] for p in procs if p.stdout)
         origin_bytes = origin.tx_bytes() - tx0
         seed.send_signal(signal.SIGTERM)
         out, _ = seed.communicate(timeout=60)
         statuses = [json.loads(line) for line in out.splitlines() if '"status"' in line]
         payload = statuses[-1]["releases"][0]["uploaded"] if statuses else None
-        return summarize("torrent", times, origin_bytes, size, payload)
+        return summarize("torrent", times, origin_bytes, size, payload, inner)
     finally:
         for p in (seed, tracker):
             if p.poll() is None:
@@ -333,8 +337,11 @@ def main() -> int:
                 shutil.rmtree(work, ignore_errors=True)
                 print(f"{run.mode:8} N={run.leechers:3}  all done {run.seconds_all_done:7.2f} s  first "
                       f"{run.seconds_first_done:6.2f} s  mean {run.seconds_mean:6.2f} s  origin sent "
-                      f"{run.origin_bytes / 1e6:8.1f} MB = {run.origin_copies:5.2f} copies", flush=True)  # fmt: skip
+                      f"{run.origin_bytes / 1e6:8.1f} MB = {run.origin_copies:5.2f} copies"
+              + (f"  (slowest fetch's own time {run.fetch_seconds_max} s)" if run.fetch_seconds_max else ""),
+              flush=True)  # fmt: skip
     summary = {
+        "load_average_at_end": os.getloadavg(),
         "release_bytes": size,
         "pieces": made.meta.num_pieces,
         "rate_mbit_per_host": args.rate_mbit,
