@@ -151,7 +151,20 @@ def m7b(host: Host, home: Path, *args: str) -> list[str]:
     return host.cmd("env", f"M7B_HOME={home}", sys.executable, "-m", "m7b", *args)
 
 
-def torrent_run(hosts: list[Host], release: Path, torrent: Path, info_hash: str, work: Path, size: int) -> Run:
+def leecher_command(client: str, host: Host, torrent: Path, work: Path) -> list[str]:
+    """`m7b fetch`, or aria2c (also checks every piece's SHA-1; starts in milliseconds, not a Python import)."""
+    copy = str(work / host.netns / "copy")
+    if client == "aria2c":
+        aria2 = ["--seed-time=0", "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false"]
+        aria2 += [f"--listen-port={SEED_PORT}", "--file-allocation=none", "--console-log-level=error", "--quiet"]
+        return host.cmd("aria2c", "-d", copy, *aria2, str(torrent))
+    fetch = ["--no-dht", "--listen", f"{host.ip}:{SEED_PORT}", "--dest", copy, "--timeout", "300", "--json"]
+    return m7b(host, work / host.netns, "fetch", str(torrent), *fetch)
+
+
+def torrent_run(
+    hosts: list[Host], release: Path, torrent: Path, info_hash: str, work: Path, size: int, client: str = "m7b"
+) -> Run:
     origin, leechers = hosts[0], hosts[1:]
     tracker_dir = work / "tracker"
     tracker_dir.mkdir(mode=0o755)
@@ -202,20 +215,7 @@ def torrent_run(hosts: list[Host], release: Path, torrent: Path, info_hash: str,
         tx0, start = origin.tx_bytes(), time.monotonic()
         procs = [
             subprocess.Popen(
-                m7b(
-                    h,
-                    work / h.netns,
-                    "fetch",
-                    str(torrent),
-                    "--no-dht",
-                    "--listen",
-                    f"{h.ip}:{SEED_PORT}",
-                    "--dest",
-                    str(work / h.netns / "copy"),
-                    "--timeout",
-                    "300",
-                    "--json",
-                ),  # fmt: skip
+                leecher_command(client, h, torrent, work),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -223,13 +223,15 @@ def torrent_run(hosts: list[Host], release: Path, torrent: Path, info_hash: str,
             for h in leechers
         ]
         times = wait_all(procs, start, timeout=900)
-        inner = max(json.loads(p.stdout.read().splitlines()[-1])["seconds"] for p in procs if p.stdout)
+        inner = None
+        if client == "m7b":
+            inner = max(json.loads(p.stdout.read().splitlines()[-1])["seconds"] for p in procs if p.stdout)
         origin_bytes = origin.tx_bytes() - tx0
         seed.send_signal(signal.SIGTERM)
         out, _ = seed.communicate(timeout=60)
         statuses = [json.loads(line) for line in out.splitlines() if '"status"' in line]
         payload = statuses[-1]["releases"][0]["uploaded"] if statuses else None
-        return summarize("torrent", times, origin_bytes, size, payload, inner)
+        return summarize(f"torrent/{client}", times, origin_bytes, size, payload, inner)
     finally:
         for p in (seed, tracker):
             if p.poll() is None:
@@ -294,11 +296,12 @@ def main() -> int:
     parser.add_argument("--leechers", default="1,4,16", help="comma-separated N to run (default 1,4,16)")
     parser.add_argument("--rate-mbit", type=float, default=20.0, help="per-host cap, each direction (default 20)")
     parser.add_argument("--preset", default="tiny", help="synthetic release preset (default tiny, 8.8 MB)")
+    parser.add_argument("--modes", default="m7b,aria2c,http", help="torrent leechers m7b / aria2c, and/or http")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces, tc)", file=sys.stderr)
         return 2
-    for tool in ("nginx", "opentracker", "curl", "tc"):
+    for tool in ("nginx", "opentracker", "curl", "tc", "aria2c"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed (apt-get install nginx opentracker curl iproute2)", file=sys.stderr)
             return 2
@@ -322,20 +325,19 @@ def main() -> int:
               f"per host each way")  # fmt: skip
         startup = None
         for n in counts:
-            for mode in ("torrent", "http"):
+            for mode in args.modes.split(","):
                 work = root / f"{mode}-{n}"
                 work.mkdir(mode=0o755)
                 with testbed(n + 1, args.rate_mbit) as hosts:
                     if startup is None:
                         startup = startup_seconds(hosts[1], work)
-                    run = (
-                        torrent_run(hosts, release, torrent, made.meta.info_hash, work, size)
-                        if mode == "torrent"
-                        else http_run(hosts, release, work, size)
-                    )
+                    if mode == "http":
+                        run = http_run(hosts, release, work, size)
+                    else:
+                        run = torrent_run(hosts, release, torrent, made.meta.info_hash, work, size, client=mode)
                 runs.append(run)
                 shutil.rmtree(work, ignore_errors=True)
-                print(f"{run.mode:8} N={run.leechers:3}  all done {run.seconds_all_done:7.2f} s  first "
+                print(f"{run.mode:15} N={run.leechers:3}  all done {run.seconds_all_done:7.2f} s  first "
                       f"{run.seconds_first_done:6.2f} s  mean {run.seconds_mean:6.2f} s  origin sent "
                       f"{run.origin_bytes / 1e6:8.1f} MB = {run.origin_copies:5.2f} copies"
               + (f"  (slowest fetch's own time {run.fetch_seconds_max} s)" if run.fetch_seconds_max else ""),
