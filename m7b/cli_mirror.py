@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -164,21 +164,38 @@ def seed_command(
     tracker: Annotated[list[str] | None, typer.Option("--tracker", help="Also announce to URL (repeatable).")] = None,
     interval: Annotated[float, typer.Option(help="Seconds between status reports.")] = 5.0,
     json_out: JsonLinesOption = False,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            metavar="HOST:PORT",
+            help="Serve a status page (/), /status.json and Prometheus /metrics on HOST:PORT (port 0 picks one).",
+        ),
+    ] = None,
 ) -> None:
     """Serve verified releases to the swarm until SIGINT/SIGTERM; refuse any release whose data fails a check."""
+    from dataclasses import asdict
+
     from m7b.mirror.seed import Mirror, ReleaseStatus, seed_release, serve
+    from m7b.mirror.status import StatusBoard, open_status_server
 
     options = session_options(
         listen, no_dht, upload_limit=parse_rate(upload_limit, "--upload-limit"), max_connections=max_peers
     )
     store = Store.from_env()
     resolved = [seed_release(resolve(r, store)) for r in releases]
+    board = StatusBoard()
+    server = open_status_server(board, status)  # before the recheck, so a busy port fails at once
     mirror = Mirror(resolved, store, options, trackers=tracker or ())
+    board.listen_port = mirror.listen_port
+    if server and not json_out:
+        err.print(f"status page: {server.url} (also {server.url}status.json and {server.url}metrics)")
     announced: set[str] = set()
 
     def report(statuses: list[ReleaseStatus]) -> None:
         if json_out:
-            emit_json({"event": "status", "listen_port": mirror.listen_port, "releases": [vars(s) for s in statuses]})
+            doc = {"event": "status", "listen_port": mirror.listen_port, "releases": [asdict(s) for s in statuses]}
+            emit_json(doc | ({"status_url": server.url, "status_port": server.port} if server else {}))
             return
         for s in statuses:
             if s.state == "refused" and s.name not in announced:
@@ -197,8 +214,8 @@ def seed_command(
             )
         out.print(table)
 
-    with stop_on_signals() as stop:
-        serve(mirror, report, should_stop=lambda: stop[0], interval=interval)
+    with stop_on_signals() as stop, server or nullcontext():
+        serve(mirror, report, should_stop=lambda: stop[0], interval=interval, observe=board.update)
     if json_out:
         emit_json({"event": "stopped"})
     else:

@@ -33,6 +33,14 @@ class SeedRelease:
 
 
 @dataclass
+class TrackerStatus:
+    url: str
+    status: str = "not contacted"  # not contacted / working / error
+    message: str = ""  # the error, or the tracker's warning
+    peers: int = 0  # peers in its last reply
+
+
+@dataclass
 class ReleaseStatus:
     name: str
     info_hash: str
@@ -43,6 +51,17 @@ class ReleaseStatus:
     trusted_record: bool = False
     reason: str = ""
     failed_files: list[str] = field(default_factory=list)
+    size: int = 0
+    seeds: int = 0  # connected peers that hold every piece
+    leechers: int = 0  # connected peers still downloading
+    swarm_seeds: int | None = None  # the trackers' count of the whole swarm, None until one replies
+    swarm_leechers: int | None = None
+    all_time_uploaded: int = 0  # across runs, from resume data
+    ratio: float = 0.0  # all-time uploaded / release size (a mirror downloads nothing)
+    trackers: list[TrackerStatus] = field(default_factory=list)
+    last_check: str = ""  # full recheck / record of a checked download / verify report
+    last_check_at: float | None = None  # unix time the data were last checked piece by piece
+    check_verdict: str = "pending"  # pending / passed / failed
 
 
 def seed_release(release: Release) -> SeedRelease:
@@ -75,6 +94,19 @@ def failing_files(release: SeedRelease, handle: lt.torrent_handle) -> list[str]:
     return sorted(bad)
 
 
+def _earlier_check(store: Store, release: SeedRelease, recorded: bool) -> dict[str, object]:
+    """Where a trusted release's last piece-by-piece check comes from, and when it ran (the record's mtime)."""
+    if recorded:
+        path, kind = store.completion_path(release.meta.info_hash), "record of a checked download"
+    else:
+        path, kind = store.report_path(release.name), "verify report"
+    try:
+        when: float | None = path.stat().st_mtime
+    except OSError:
+        when = None
+    return {"last_check": kind, "last_check_at": when}
+
+
 class Mirror:
     """One libtorrent session serving any number of releases."""
 
@@ -89,7 +121,8 @@ class Mirror:
         for release in self.releases:
             # m7b's own record of a hash-checked download/recheck, or a passing `m7b verify` report (which
             # checked every piece against this torrent) whose files are unchanged since
-            trusted = still_complete(store, release.meta, release.folder) or (
+            recorded = still_complete(store, release.meta, release.folder)
+            trusted = recorded or (
                 release.folder == store.release_dir(release.name).resolve() and store.is_verified(release.name)
             )
             atp = lt.add_torrent_params()
@@ -102,9 +135,16 @@ class Mirror:
             if trusted:
                 flags |= lt.torrent_flags.seed_mode
             atp.flags = flags
-            self.handles[release.name] = self.session.add_torrent(atp)
+            handle = self.session.add_torrent(atp)
+            self.handles[release.name] = handle
             self.status[release.name] = ReleaseStatus(
-                release.name, release.meta.info_hash, "checking", trusted_record=trusted
+                release.name,
+                release.meta.info_hash,
+                "checking",
+                trusted_record=trusted,
+                size=release.meta.total_size,
+                trackers=[TrackerStatus(t["url"]) for t in handle.trackers()],
+                **_earlier_check(store, release, recorded) if trusted else {"last_check": "full recheck"},
             )
 
     @property
@@ -116,6 +156,8 @@ class Mirror:
         for alert in self.session.pop_alerts():
             if isinstance(alert, lt.save_resume_data_alert):
                 save_resume(self.store, store_hash(alert.params.info_hashes), alert.params)
+            elif isinstance(alert, lt.tracker_alert):
+                self._tracker_alert(alert)
         for release in self.releases:
             current = self.status[release.name]
             if current.state == "refused":
@@ -128,7 +170,8 @@ class Mirror:
             elif st.is_seeding and st.num_pieces == release.meta.num_pieces:
                 if current.state == "checking" and not current.trusted_record:
                     record_complete(self.store, release.meta, release.folder)  # a full recheck passed
-                current.state = "seeding"
+                    current.last_check_at = time.time()
+                current.state, current.check_verdict = "seeding", "passed"
             else:
                 self.refuse(release, st)
                 continue
@@ -137,7 +180,30 @@ class Mirror:
                 st.total_payload_upload,
                 st.upload_payload_rate,
             )
+            current.seeds, current.leechers = st.num_seeds, st.num_peers - st.num_seeds
+            current.swarm_seeds = st.num_complete if st.num_complete >= 0 else current.swarm_seeds
+            current.swarm_leechers = st.num_incomplete if st.num_incomplete >= 0 else current.swarm_leechers
+            current.all_time_uploaded = st.all_time_upload
+            current.ratio = st.all_time_upload / max(release.meta.total_size, 1)
         return list(self.status.values())
+
+    def _tracker_alert(self, alert: lt.tracker_alert) -> None:
+        """Keep each tracker's last outcome: working (a reply), error (with its message), or not contacted."""
+        for name, handle in self.handles.items():
+            if alert.handle != handle:
+                continue
+            trackers = self.status[name].trackers
+            entry = next((t for t in trackers if t.url == alert.tracker_url()), None)
+            if entry is None:
+                entry = TrackerStatus(alert.tracker_url())
+                trackers.append(entry)
+            if isinstance(alert, lt.tracker_reply_alert):
+                entry.status, entry.message, entry.peers = "working", "", alert.num_peers
+            elif isinstance(alert, lt.tracker_error_alert):
+                reason = alert.failure_reason()
+                entry.status, entry.message = "error", alert.error.message() + (f" ({reason})" if reason else "")
+            elif isinstance(alert, lt.tracker_warning_alert):
+                entry.message = alert.warning_message()
 
     def refuse(self, release: SeedRelease, st: lt.torrent_status) -> None:
         handle = self.handles[release.name]
@@ -145,6 +211,8 @@ class Mirror:
         current.failed_files = failing_files(release, handle)
         missing = release.meta.num_pieces - st.num_pieces
         current.state, current.peers, current.upload_rate = "refused", 0, 0
+        current.seeds = current.leechers = 0
+        current.check_verdict, current.last_check_at = "failed", time.time()
         current.reason = (
             f"{missing} of {release.meta.num_pieces} pieces fail their hash "
             f"(files: {', '.join(current.failed_files)}): not served; run `m7b verify` for details"
@@ -178,19 +246,25 @@ def serve(
     report: Callable[[list[ReleaseStatus]], None],
     should_stop: Callable[[], bool],
     interval: float = 5.0,
+    observe: Callable[[list[ReleaseStatus]], None] | None = None,
 ) -> None:
     """Run until `should_stop()`: report status every `interval` seconds, as soon as checks finish, and once
-    more with the final totals when stopping."""
+    more with the final totals when stopping. `observe` sees every poll (a status page's live view)."""
     last, was_ready = 0.0, False
     try:
         while not should_stop():
             mirror.session.wait_for_alert(200)
             statuses = mirror.poll()
+            if observe:
+                observe(statuses)
             now = time.monotonic()
             if now - last >= interval or (mirror.ready() and not was_ready):
                 report(statuses)
                 last, was_ready = now, mirror.ready()
         time.sleep(1.0)  # libtorrent folds transfer counters into torrent totals once a second
-        report(mirror.poll())
+        statuses = mirror.poll()
+        if observe:
+            observe(statuses)
+        report(statuses)
     finally:
         mirror.close()

@@ -1,0 +1,273 @@
+"""A mirror operator's view of `m7b seed`: an HTML page, the same figures as JSON, and Prometheus metrics.
+
+The seed loop publishes each poll's release statuses to a `StatusBoard`; a `StatusServer` (an HTTP server in
+one daemon thread, bound only where asked) renders the board's latest copy on every request:
+    /              the HTML page (reloads itself every 10 s)
+    /status.json   the same figures as JSON
+    /metrics       Prometheus text format, from prometheus_client with its own registry
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from m7b.errors import InvalidInputError, NetworkError
+from m7b.mirror.seed import ReleaseStatus
+
+STATES = ("checking", "seeding", "refused")
+TRACKER_STATES = ("not contacted", "working", "error")
+
+
+def parse_status_address(text: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets) for the status server; port 0 picks a free one."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidInputError(
+            f"status address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9881 (port 0 picks a free one)"
+        )
+    return host, int(port)
+
+
+class StatusBoard:
+    """The latest release statuses, copied under a lock: written by the seed loop, read by request threads."""
+
+    def __init__(self, listen_port: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._releases: list[dict[str, Any]] = []
+        self._updated_at: float | None = None
+        self.listen_port = listen_port
+        self.started_at = time.time()
+
+    def update(self, statuses: Sequence[ReleaseStatus]) -> None:
+        copies = [asdict(s) for s in statuses]
+        with self._lock:
+            self._releases, self._updated_at = copies, time.time()
+
+    def document(self) -> dict[str, Any]:
+        """What /status.json serves."""
+        with self._lock:
+            releases, updated_at = json.loads(json.dumps(self._releases)), self._updated_at
+        now = time.time()
+        return {
+            "listen_port": self.listen_port,
+            "started_at": self.started_at,
+            "uptime_seconds": round(now - self.started_at, 1),
+            "updated_at": updated_at,
+            "releases": releases,
+        }
+
+
+class MirrorCollector(Collector):
+    """Prometheus metrics read from the board at scrape time."""
+
+    def __init__(self, board: StatusBoard) -> None:
+        self.board = board
+
+    def collect(self) -> Iterable[Metric]:
+        doc = self.board.document()
+        releases = doc["releases"]
+
+        def gauge(name: str, doc_: str, key: str) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc_, labels=["release"])
+            for r in releases:
+                if r[key] is not None:
+                    family.add_metric([r["name"]], r[key])
+            return family
+
+        state = GaugeMetricFamily(
+            "m7b_seed_release_state", "1 for the release's current state", labels=["release", "state"]
+        )
+        uploaded = CounterMetricFamily(
+            "m7b_seed_uploaded_bytes", "Payload bytes uploaded since this seed started", labels=["release"]
+        )
+        tracker = GaugeMetricFamily(
+            "m7b_seed_tracker_status", "1 for each tracker's current status", labels=["release", "tracker", "status"]
+        )
+        checked = GaugeMetricFamily(
+            "m7b_seed_last_check_timestamp_seconds", "When the data were last hash-checked", labels=["release"]
+        )
+        passed = GaugeMetricFamily(
+            "m7b_seed_check_passed", "1 if the last check passed, 0 if it failed", labels=["release"]
+        )
+        for r in releases:
+            for s in STATES:
+                state.add_metric([r["name"], s], 1.0 if r["state"] == s else 0.0)
+            uploaded.add_metric([r["name"]], r["uploaded"])
+            for t in r["trackers"]:
+                for s in TRACKER_STATES:
+                    tracker.add_metric([r["name"], t["url"], s], 1.0 if t["status"] == s else 0.0)
+            if r["last_check_at"] is not None:
+                checked.add_metric([r["name"]], r["last_check_at"])
+            if r["check_verdict"] != "pending":
+                passed.add_metric([r["name"]], 1.0 if r["check_verdict"] == "passed" else 0.0)
+        yield state
+        yield uploaded
+        yield gauge("m7b_seed_upload_rate_bytes_per_second", "Payload upload rate", "upload_rate")
+        yield gauge("m7b_seed_peers", "Connected peers", "peers")
+        yield gauge("m7b_seed_connected_seeds", "Connected peers that hold every piece", "seeds")
+        yield gauge("m7b_seed_connected_leechers", "Connected peers still downloading", "leechers")
+        yield gauge("m7b_seed_swarm_seeds", "Seeds in the swarm, as the trackers count them", "swarm_seeds")
+        yield gauge("m7b_seed_swarm_leechers", "Leechers in the swarm, as the trackers count them", "swarm_leechers")
+        yield gauge("m7b_seed_ratio", "All-time uploaded bytes / release size", "ratio")
+        yield gauge("m7b_seed_release_size_bytes", "Release size", "size")
+        yield tracker
+        yield checked
+        yield passed
+        uptime = GaugeMetricFamily("m7b_seed_uptime_seconds", "Seconds since this seed started")
+        uptime.add_metric([], doc["uptime_seconds"])
+        yield uptime
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} B"
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t)) if t else "—"
+
+
+def _tracker_rows(release: dict[str, Any]) -> Iterator[str]:
+    for t in release["trackers"]:
+        detail = t["message"] if t["status"] != "working" else f"{t['peers']} peers in last reply"
+        yield (
+            f'<tr class="tracker {html.escape(t["status"]).replace(" ", "-")}"><td>{html.escape(t["url"])}</td>'
+            f"<td>{html.escape(t['status'])}</td><td>{html.escape(detail)}</td></tr>"
+        )
+
+
+def render_html(doc: dict[str, Any]) -> str:
+    """The status page: one row per release, then each release's trackers and its last check."""
+    rows, details = [], []
+    for r in doc["releases"]:
+        name = html.escape(r["name"])
+        swarm = "—" if r["swarm_seeds"] is None else f"{r['swarm_seeds']} / {r['swarm_leechers']}"
+        rows.append(
+            f'<tr id="release-{name}"><td>{name}</td><td class="state {r["state"]}">{r["state"]}</td>'
+            f"<td>{r['peers']}</td><td>{r['seeds']} / {r['leechers']}</td><td>{swarm}</td>"
+            f'<td class="uploaded">{r["uploaded"]:,} bytes ({_size(r["uploaded"])})</td>'
+            f"<td>{_size(r['upload_rate'])}/s</td><td>{r['ratio']:.2f}</td><td>{_size(r['size'])}</td></tr>"
+        )
+        reason = f"<p class='reason'>{html.escape(r['reason'])}</p>" if r["reason"] else ""
+        details.append(
+            f"<h2>{name}</h2><p>info-hash <code>{html.escape(r['info_hash'])}</code>; last check: "
+            f"{html.escape(r['last_check'] or '—')}, {_when(r['last_check_at'])}, verdict "
+            f"<b class='verdict'>{html.escape(r['check_verdict'])}</b></p>{reason}"
+            "<table><tr><th>tracker</th><th>status</th><th>detail</th></tr>"
+            + ("".join(_tracker_rows(r)) or "<tr><td colspan=3>no trackers (DHT and --peer only)</td></tr>")
+            + "</table>"
+        )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
+<title>m7b mirror status</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; margin: .5em 0 1em; }}
+th, td {{ border: 1px solid #ccc; padding: .25em .6em; text-align: left; }}
+th {{ background: #f2f2f2; }}
+.seeding, .working {{ color: #176b2c; }} .refused, .error, .reason {{ color: #a11; }} .checking {{ color: #8a5a00; }}
+</style></head><body>
+<h1>m7b mirror status</h1>
+<p>BitTorrent port {doc["listen_port"]}; up {doc["uptime_seconds"]:,.0f} s; updated {_when(doc["updated_at"])}.
+Also as <a href="/status.json">JSON</a> and <a href="/metrics">Prometheus metrics</a>.</p>
+<table><tr><th>release</th><th>state</th><th>peers</th><th>seeds / leechers (connected)</th>
+<th>swarm seeds / leechers (trackers)</th><th>uploaded</th><th>upload rate</th><th>ratio</th><th>size</th></tr>
+{"".join(rows)}
+</table>
+{"".join(details)}
+</body></html>
+"""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # library code never prints
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, kind = generate_latest(self.server.registry), CONTENT_TYPE_LATEST
+        elif path == "/status.json":
+            body, kind = json.dumps(self.server.board.document(), indent=1).encode(), "application/json"
+        elif path in ("/", "/index.html"):
+            body, kind = render_html(self.server.board.document()).encode(), "text/html; charset=utf-8"
+        else:
+            self.send_error(404, "not found: try /, /status.json or /metrics")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    board: StatusBoard
+    registry: CollectorRegistry
+
+
+def open_status_server(board: StatusBoard, address: str | None) -> StatusServer | None:
+    """A running server on ADDRESS (HOST:PORT), or None when no address is given."""
+    return StatusServer(board, *parse_status_address(address)) if address else None
+
+
+class StatusServer:
+    """The status endpoints for one board, served from a daemon thread until `close()`."""
+
+    def __init__(self, board: StatusBoard, host: str, port: int) -> None:
+        server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6}) if ":" in host else _Server
+        try:
+            self._server = server_class((host, port), _Handler)
+        except OSError as exc:
+            raise NetworkError(
+                f"cannot serve the status page on {host}:{port}: {exc.strerror or exc}; "
+                "choose another address or port (port 0 picks a free one)"
+            ) from exc
+        self._server.board = board
+        self._server.registry = CollectorRegistry(auto_describe=True)
+        self._server.registry.register(MirrorCollector(board))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="m7b-status", daemon=True)
+        self._thread.start()
+
+    @property
+    def host(self) -> str:
+        return self._server.server_address[0]
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def __enter__(self) -> StatusServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
