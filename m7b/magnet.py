@@ -24,8 +24,26 @@ def preferred_hash(info_hash_v1: str | None, info_hash_v2: str | None) -> str:
     return info_hash_v1 or info_hash_v2 or ""
 
 
+class InfoHashes:
+    """The two info-hashes a torrent may have (BitTorrent v1 SHA-1, v2 SHA-256) and the rules over them; mixed into
+    every record that carries `info_hash_v1` and `info_hash_v2` (a magnet, torrent metadata, a manifest's facts)."""
+
+    info_hash_v1: str | None
+    info_hash_v2: str | None
+
+    @property
+    def info_hash(self) -> str:
+        """The hash that names the torrent in the store: v1 when present, else v2; "" when neither is known."""
+        return preferred_hash(self.info_hash_v1, self.info_hash_v2)
+
+    @property
+    def hashes(self) -> tuple[str, ...]:
+        """Every info-hash known, v1 first."""
+        return tuple(h for h in (self.info_hash_v1, self.info_hash_v2) if h)
+
+
 @dataclass(frozen=True)
-class Magnet:
+class Magnet(InfoHashes):
     uri: str  # canonical: lower-case scheme and keys, hex hashes (what libtorrent accepts)
     info_hash_v1: str | None
     info_hash_v2: str | None
@@ -33,15 +51,6 @@ class Magnet:
     trackers: tuple[str, ...]
     web_seeds: tuple[str, ...]
     peers: tuple[str, ...]
-
-    @property
-    def info_hash(self) -> str:
-        return preferred_hash(self.info_hash_v1, self.info_hash_v2)
-
-    @property
-    def hashes(self) -> tuple[str, ...]:
-        """Every info-hash the magnet names, v1 first."""
-        return tuple(h for h in (self.info_hash_v1, self.info_hash_v2) if h)
 
 
 def is_magnet(text: str) -> bool:

@@ -63,7 +63,7 @@ def slug(text: str) -> str:
 
 def manifest_for_hash(info_hash: str, store: Store) -> Manifest | None:
     for manifest in known_manifests(store.manifests_dir).values():
-        if info_hash in (manifest.torrent.info_hash_v1, manifest.torrent.info_hash_v2):
+        if info_hash in manifest.torrent.hashes:
             return manifest
     return None
 
@@ -123,14 +123,14 @@ def name_for_hash(store: Store, info_hash: str, display_name: str) -> str:
     name = slug(display_name)
     taken = known_manifests(store.manifests_dir)
     if (name in recorded and recorded[name] != info_hash.lower()) or (
-        name in taken and info_hash not in (taken[name].torrent.info_hash_v1, taken[name].torrent.info_hash_v2)
+        name in taken and info_hash not in taken[name].torrent.hashes
     ):
         name = f"{name}-{info_hash.lower()[:8]}"
     return name
 
 
 def _store_release(store: Store, name: str, manifest: Manifest | None, info_hash: str | None) -> Release:
-    hashes = (manifest.torrent.info_hash_v1, manifest.torrent.info_hash_v2) if manifest else ()
+    hashes = manifest.torrent.hashes if manifest else ()
     return Release(
         name=name,
         folder=store.release_dir(name),
@@ -190,7 +190,7 @@ def _folder(store: Store, path: Path) -> Release:
             manifest = load_manifest(candidate)
             break
     if torrent is None and manifest is not None:
-        torrent = store_torrent(store, manifest.torrent.info_hash_v1, manifest.torrent.info_hash_v2)
+        torrent = store_torrent(store, *manifest.torrent.hashes)
     info_hash = None
     if torrent is not None:
         _, meta = load_torrent(torrent)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m7b.errors import InvalidInputError, NotFoundError, UnsafeError
-from m7b.magnet import preferred_hash
+from m7b.magnet import InfoHashes, preferred_hash
 from m7b.paths import path_problem, safe_name, safe_relative_path
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class TorrentFile:
 
 
 @dataclass(frozen=True)
-class TorrentMeta:
+class TorrentMeta(InfoHashes):
     source: str  # the .torrent file, or "metadata" when it came from peers
     name: str
     info_hash_v1: str | None
@@ -47,15 +47,6 @@ class TorrentMeta:
     web_seeds: tuple[str, ...] = ()
     v1_hashes: tuple[bytes, ...] = ()
     v2_layers: dict[bytes, bytes] = field(default_factory=dict)  # pieces root -> concatenated piece hashes
-
-    @property
-    def info_hash(self) -> str:
-        """The hash that names this torrent in the store: v1 when present (as magnets use), else v2."""
-        return preferred_hash(self.info_hash_v1, self.info_hash_v2)
-
-    @property
-    def hashes(self) -> tuple[str, ...]:
-        return tuple(h for h in (self.info_hash_v1, self.info_hash_v2) if h)
 
     @property
     def data_files(self) -> tuple[TorrentFile, ...]:

@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from m7b.magnet import preferred_hash
+from m7b.magnet import InfoHashes
 from m7b.manifests.architecture import Architecture, MixtureOfExperts
 
 
@@ -21,7 +21,7 @@ class FileFacts:
 
 
 @dataclass(frozen=True)
-class TorrentFacts:
+class TorrentFacts(InfoHashes):
     name: str | None = None
     info_hash_v1: str | None = None
     info_hash_v2: str | None = None
@@ -30,11 +30,6 @@ class TorrentFacts:
     web_seeds: tuple[str, ...] = ()
     # True when `files` names every file of the torrent (so an extra file there is a mismatch).
     files_complete: bool = False
-
-    @property
-    def info_hash(self) -> str:
-        """The hash that names the torrent in the store: v1 when published, else v2; "" when neither is."""
-        return preferred_hash(self.info_hash_v1, self.info_hash_v2)
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,7 @@ def _bound_plan(
 ) -> TorrentMeta | None:
     """The torrent metadata, if its info-hash is the one the manifest's magnet (else `info_hash`) names."""
     facts = manifest.torrent if manifest else None
-    wanted = [h for h in ((facts.info_hash_v1, facts.info_hash_v2) if facts else ()) if h]
+    wanted = list(facts.hashes) if facts else []
     named = parse_magnet(facts.magnet).hashes if facts and facts.magnet else ()
     wanted += [h for h in named if h not in wanted]
     if not wanted and info_hash:

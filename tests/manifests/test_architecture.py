@@ -4,21 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+from real_params import REAL
 
 from m7b.errors import InvalidInputError, NotFoundError
 from m7b.manifests.architecture import load_params
-
-REAL = {
-    "dim": 4096,
-    "n_layers": 32,
-    "head_dim": 128,
-    "hidden_dim": 14336,
-    "n_heads": 32,
-    "n_kv_heads": 8,
-    "norm_eps": 1e-05,
-    "sliding_window": 4096,
-    "vocab_size": 32000,
-}
 
 
 def write(tmp_path: Path, content: str) -> Path:

@@ -5,6 +5,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from real_params import REAL
 
 from m7b.errors import InvalidInputError
 from m7b.manifests.loader import BUNDLED_DIR, find_manifest, known_manifests, load_manifest, parse_manifest
@@ -28,17 +29,7 @@ def test_bundled_manifests_hold_the_published_facts_with_sources() -> None:
     )
     # nobody published these: absent, never guessed
     assert m.file("consolidated.00.pth").sha256 is None and m.file("consolidated.00.pth").size is None
-    assert m.architecture.to_params() == {
-        "dim": 4096,
-        "n_layers": 32,
-        "head_dim": 128,
-        "hidden_dim": 14336,
-        "n_heads": 32,
-        "n_kv_heads": 8,
-        "norm_eps": 1e-05,
-        "sliding_window": 4096,
-        "vocab_size": 32000,
-    }
+    assert m.architecture.to_params() == REAL
     assert m.architecture.rope_theta is None and m.architecture.effective_rope_theta == 10000
     assert (m.checkpoint.tensors, m.checkpoint.parameters) == (291, 7_241_732_096)
     assert m.architecture.parameter_count() == m.checkpoint.parameters
