@@ -12,7 +12,9 @@ from m7b.cli_options import JsonOption, resolve
 from m7b.manifests.schema import Manifest
 from m7b.release import release_names
 from m7b.render import out, show
+from m7b.sizes import format_size
 from m7b.store import Store
+from m7b.usage import release_parts, release_usage
 
 
 def manifest_document(m: Manifest) -> dict[str, Any]:
@@ -34,6 +36,7 @@ def list_releases(json_out: JsonOption = False) -> None:
     recorded = store.recorded_releases()
     rows = []
     for name, m in release_names(store).items():
+        usage = release_usage(name, release_parts(store, name))
         rows.append(
             {
                 "name": name,
@@ -44,6 +47,8 @@ def list_releases(json_out: JsonOption = False) -> None:
                 "manifest": m is not None,
                 "state": str(store.state_of(name, m)),
                 "converted": store.converted_layouts(name),
+                "size": usage.release,  # bytes on disk of the release's files (and any partial download)
+                "converted_bytes": usage.converted,
                 "path": str(store.release_dir(name)),
             }
         )
@@ -52,12 +57,19 @@ def list_releases(json_out: JsonOption = False) -> None:
 
 def _print_list(doc: dict[str, Any]) -> None:
     table = Table(title=f"releases (store: {doc['store']})")
-    for col in ("name", "title", "date", "license", "state", "info-hash"):
-        table.add_column(col)
+    for col in ("name", "title", "date", "license", "state", "size", "converted", "info-hash"):
+        # names and hashes are never cut: a long one folds onto the next line
+        table.add_column(col, overflow="fold", justify="right" if col in ("size", "converted") else "left")
     for r in doc["releases"]:
         state = r["state"] + (f" ({', '.join(r['converted'])})" if r["converted"] else "")
         title = r["title"] if r["manifest"] else "(no manifest)"
-        table.add_row(r["name"], title, r["release_date"] or "", r["license"] or "", state, r["info_hash"] or "")
+        sizes = [
+            format_size(r["size"]) if r["size"] else "",
+            format_size(r["converted_bytes"]) if r["converted"] else "",
+        ]
+        table.add_row(
+            r["name"], title, r["release_date"] or "", r["license"] or "", state, *sizes, r["info_hash"] or ""
+        )
     out.print(table)
 
 
