@@ -29,6 +29,9 @@ def manifest_document(m: Manifest) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if v not in (None, (), [])}
 
 
+WIDE_LIST = 120  # columns from which `m7b list` shows every column
+
+
 def list_releases(json_out: JsonOption = False) -> None:
     """Known releases and their state in the store (absent / partial / downloaded / verified / converted): those
     with a manifest, and those fetched from a magnet or .torrent without one."""
@@ -56,21 +59,27 @@ def list_releases(json_out: JsonOption = False) -> None:
 
 
 def _print_list(doc: dict[str, Any]) -> None:
-    table = Table(title=f"releases (store: {doc['store']})")
-    for col in ("name", "title", "date", "license", "state", "size", "converted", "info-hash"):
-        # names and hashes are never cut: a long one folds onto the next line
-        table.add_column(col, overflow="fold", justify="right" if col in ("size", "converted") else "left")
+    table = Table(title=f"releases (store: {doc['store']})", title_justify="left")
+    # nothing is cut: a long name, title or hash folds onto the next line within the terminal's width
+    table.add_column("name", overflow="fold")
+    table.add_column("state", overflow="fold")
+    table.add_column("size", no_wrap=True, justify="right")
+    table.add_column("converted", overflow="fold", justify="right")
+    wide = out.width >= WIDE_LIST  # a narrow terminal leaves out title, date and info-hash (`m7b show` has them)
+    for col in ("title", "date", "license", "info-hash") if wide else ("license",):
+        table.add_column(col, overflow="fold")
     for r in doc["releases"]:
-        state = r["state"] + (f" ({', '.join(r['converted'])})" if r["converted"] else "")
+        state = r["state"]
         title = r["title"] if r["manifest"] else "(no manifest)"
         sizes = [
             format_size(r["size"]) if r["size"] else "",
-            format_size(r["converted_bytes"]) if r["converted"] else "",
+            f"{format_size(r['converted_bytes'])} ({', '.join(r['converted'])})" if r["converted"] else "",
         ]
-        table.add_row(
-            r["name"], title, r["release_date"] or "", r["license"] or "", state, *sizes, r["info_hash"] or ""
+        more = (
+            [title, r["release_date"] or "", r["license"] or "", r["info_hash"] or ""] if wide else [r["license"] or ""]
         )
-    out.print(table)
+        table.add_row(r["name"], state, *sizes, *more)
+    out.print(table, soft_wrap=False)  # the table fits the terminal: its cells fold
 
 
 def show_release(
