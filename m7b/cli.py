@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from m7b import __version__, cli_demo, cli_mirror, cli_release, cli_runtime, cli_store, cli_verify
+from m7b import __version__, cli_demo, cli_housekeeping, cli_mirror, cli_release, cli_runtime, cli_store, cli_verify
 from m7b.cli_options import CliState, cli_message
 from m7b.errors import EXIT_INTERRUPTED, M7bError
 from m7b.render import emit_json, err
@@ -21,6 +21,8 @@ from m7b.render import emit_json, err
 COMMANDS: list[tuple[str, Callable[..., None]]] = [
     ("list", cli_store.list_releases),
     ("show", cli_store.show_release),
+    ("du", cli_housekeeping.du),
+    ("rm", cli_housekeeping.rm_release),
     ("fetch", cli_mirror.fetch_command),
     ("verify", cli_verify.verify),
     ("convert", cli_verify.convert),

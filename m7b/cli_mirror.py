@@ -15,7 +15,7 @@ from m7b.cli_options import JsonLinesOption, ListenOption, LoopbackOption, PeerO
 from m7b.errors import StorageError
 from m7b.progress import ProgressEvent
 from m7b.render import emit_json, err, out, progress_bars, report_lock_wait, show
-from m7b.sizes import parse_size
+from m7b.sizes import format_size, parse_size
 from m7b.store import Store
 
 
@@ -102,6 +102,14 @@ def fetch_command(
             )
 
     with stop_on_signals() as stop, progress_bars(enabled=not json_out, single=True) as bars:
+        shown = json_progress if json_out else bars
+
+        def on_progress(event: ProgressEvent) -> None:
+            if event.phase == "space":
+                report_space(event, json_out)
+            else:
+                shown(event)
+
         try:
             result = fetch(
                 target,
@@ -111,7 +119,7 @@ def fetch_command(
                 peers=peer or (),
                 timeout=timeout,
                 resume_interval=resume_interval,
-                progress=json_progress if json_out else bars,
+                progress=on_progress,
                 should_stop=lambda: stop[0],
                 repair=repair,
                 wait=not no_wait,
@@ -138,6 +146,19 @@ def fetch_command(
         "rate_mib_s": round(result.downloaded_bytes / max(result.seconds, 1e-9) / (1 << 20), 1),
     }
     show(doc, json_out, _print_fetched)
+
+
+def report_space(event: ProgressEvent, json_out: bool) -> None:
+    """The release's size and the destination's free space, said before anything is written."""
+    x = event.extra
+    if json_out:
+        emit_json({"event": "space", "size": event.total, "present": event.done, **x})
+        return
+    have = f", {format_size(event.done)} already there" if event.done else ""
+    err.print(
+        f"{event.item}: {format_size(event.total or 0)}{have}; {format_size(x['free'])} free in {x['folder']}",
+        highlight=False,
+    )
 
 
 def _print_fetched(doc: dict[str, Any]) -> None:

@@ -98,7 +98,7 @@ def create(
 
     from m7b.errors import InvalidInputError, MismatchError, UnsafeError
     from m7b.manifests.writer import manifest_to_toml
-    from m7b.mirror.create import create_release, parse_piece_size
+    from m7b.mirror.create import HYBRID_CAVEATS, create_release, parse_piece_size
 
     try:
         release_date = dt.date.fromisoformat(date) if date else None
@@ -135,7 +135,11 @@ def create(
         "total_size": made.meta.total_size,
         "torrent": str(torrent_path),
         "manifest": str(manifest_path),
+        "warnings": list(HYBRID_CAVEATS.values()) if hybrid else [],
     }
+    if hybrid and not json_out:
+        for caveat in HYBRID_CAVEATS.values():
+            err.print(f"[yellow]note:[/yellow] {caveat}", highlight=False)
     show(doc, json_out, _print_created)
 
 

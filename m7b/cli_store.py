@@ -12,7 +12,9 @@ from m7b.cli_options import JsonOption, resolve
 from m7b.manifests.schema import Manifest
 from m7b.release import release_names
 from m7b.render import out, show
+from m7b.sizes import format_size
 from m7b.store import Store
+from m7b.usage import release_parts, release_usage
 
 
 def manifest_document(m: Manifest) -> dict[str, Any]:
@@ -27,6 +29,9 @@ def manifest_document(m: Manifest) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if v not in (None, (), [])}
 
 
+WIDE_LIST = 120  # columns from which `m7b list` shows every column
+
+
 def list_releases(json_out: JsonOption = False) -> None:
     """Known releases and their state in the store (absent / partial / downloaded / verified / converted): those
     with a manifest, and those fetched from a magnet or .torrent without one."""
@@ -34,6 +39,7 @@ def list_releases(json_out: JsonOption = False) -> None:
     recorded = store.recorded_releases()
     rows = []
     for name, m in release_names(store).items():
+        usage = release_usage(name, release_parts(store, name))
         rows.append(
             {
                 "name": name,
@@ -44,6 +50,8 @@ def list_releases(json_out: JsonOption = False) -> None:
                 "manifest": m is not None,
                 "state": str(store.state_of(name, m)),
                 "converted": store.converted_layouts(name),
+                "size": usage.release,  # bytes on disk of the release's files (and any partial download)
+                "converted_bytes": usage.converted,
                 "path": str(store.release_dir(name)),
             }
         )
@@ -51,14 +59,27 @@ def list_releases(json_out: JsonOption = False) -> None:
 
 
 def _print_list(doc: dict[str, Any]) -> None:
-    table = Table(title=f"releases (store: {doc['store']})")
-    for col in ("name", "title", "date", "license", "state", "info-hash"):
-        table.add_column(col)
+    table = Table(title=f"releases (store: {doc['store']})", title_justify="left")
+    # nothing is cut: a long name, title or hash folds onto the next line within the terminal's width
+    table.add_column("name", overflow="fold")
+    table.add_column("state", overflow="fold")
+    table.add_column("size", no_wrap=True, justify="right")
+    table.add_column("converted", overflow="fold", justify="right")
+    wide = out.width >= WIDE_LIST  # a narrow terminal leaves out title, date and info-hash (`m7b show` has them)
+    for col in ("title", "date", "license", "info-hash") if wide else ("license",):
+        table.add_column(col, overflow="fold")
     for r in doc["releases"]:
-        state = r["state"] + (f" ({', '.join(r['converted'])})" if r["converted"] else "")
+        state = r["state"]
         title = r["title"] if r["manifest"] else "(no manifest)"
-        table.add_row(r["name"], title, r["release_date"] or "", r["license"] or "", state, r["info_hash"] or "")
-    out.print(table)
+        sizes = [
+            format_size(r["size"]) if r["size"] else "",
+            f"{format_size(r['converted_bytes'])} ({', '.join(r['converted'])})" if r["converted"] else "",
+        ]
+        more = (
+            [title, r["release_date"] or "", r["license"] or "", r["info_hash"] or ""] if wide else [r["license"] or ""]
+        )
+        table.add_row(r["name"], state, *sizes, *more)
+    out.print(table, soft_wrap=False)  # the table fits the terminal: its cells fold
 
 
 def show_release(

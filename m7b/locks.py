@@ -4,6 +4,10 @@ A lock is `fcntl.flock` on a file the Store names (`Store.release_lock`, `Store.
 file holds the holder's pid and command line, so a second command can say whom it waits for. The kernel drops the
 lock when its holder exits, even by kill -9, so a lock is never stale. Lock files are never removed: removing one
 while a second command waits on it would let a third take "the same" lock on a new file.
+
+Writers (fetch, convert, rm) hold a lock exclusively; a seed holds its release's lock shared, so any number of
+seeds may serve one release while nothing writes or removes it. A writer waits for another writer (which ends),
+but never for a seed (which may run for months): it fails at once naming the seed. A seed never waits either.
 """
 
 from __future__ import annotations
@@ -33,10 +37,32 @@ class LockHolder:
     pid: int | None
     command: str
 
+    shared: bool = False  # held by a reader that serves the release (a seed), not a writer
+
     def __str__(self) -> str:
         if self.pid is None:
             return "another m7b command"
         return f"pid {self.pid} ({self.command})"
+
+    @property
+    def doing(self) -> str:
+        return "being seeded" if self.shared else "being written"
+
+
+@dataclass(eq=False)
+class LockHeldError(StorageError):
+    """Another command holds what this one wants: a writer (and the caller would not wait) or a seed."""
+
+    holder: LockHolder
+    wanted: str  # what this command would have done: "written", "removed", "seeded"
+
+    def __post_init__(self) -> None:
+        h = self.holder
+        if h.shared:
+            then = f"nothing was {self.wanted}; stop that seed and rerun"
+        else:
+            then = f"nothing was {self.wanted}; wait for that command to finish and rerun"
+        super().__init__(f"{h.what} is {h.doing} by {h}: {then}", pid=h.pid, holder_command=h.command)
 
 
 LockWaitCallback = Callable[[LockHolder], None]
@@ -46,11 +72,29 @@ def _this_command() -> str:
     return shlex.join(getattr(sys, "orig_argv", sys.argv))[:COMMAND_CHARS]
 
 
-def _read_holder(fd: int, what: str) -> LockHolder:
+def _read_holder(fd: int, what: str, shared: bool) -> LockHolder:
     text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
     pid_line, _, command = text.partition("\n")
     pid = int(pid_line) if pid_line.strip().isdigit() else None
-    return LockHolder(what, pid, command.strip())
+    return LockHolder(what, pid, command.strip(), shared)
+
+
+def _held_shared(fd: int) -> bool:
+    """Whether the lock another process holds is a shared one (a seed): a shared request then succeeds."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
+
+
+def _try_lock(fd: int, shared: bool) -> bool:
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @contextmanager
@@ -62,12 +106,15 @@ def hold(
     wait: bool = True,
     on_wait: LockWaitCallback = lambda holder: None,
     should_stop: Callable[[], bool] = lambda: False,
+    shared: bool = False,
+    purpose: str = "written",
 ) -> Iterator[None]:
-    """Hold `lock` (naming `what`, e.g. "release tiny") for the block.
+    """Hold `lock` (naming `what`, e.g. "release tiny") for the block; `shared` for a reader that serves it.
 
-    When another process holds it: with `wait`, report the holder through `on_wait` (again whenever the holder
-    changes) and wait until it is free (KeyboardInterrupt when `should_stop` says so); without, a StorageError
-    naming the holder.
+    When a writer holds it: with `wait`, report the holder through `on_wait` (again whenever the holder changes)
+    and wait until it is free (KeyboardInterrupt when `should_stop` says so); without, a LockHeldError naming the
+    holder. A shared request never waits, and neither does any request while a seed holds the lock shared (a seed
+    runs until stopped): LockHeldError at once. `purpose` words what did not happen ("written", "removed").
     """
     store.ensure_dir(lock.parent)
     try:
@@ -78,28 +125,27 @@ def hold(
         )
     try:
         reported: LockHolder | None = None
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = _read_holder(fd, what)
-                if not wait:
-                    raise StorageError(
-                        f"{what} is being written by {holder}: nothing was changed; wait for that command to "
-                        "finish and rerun"
-                    ) from None
-                if holder != reported:
-                    on_wait(holder)
-                    reported = holder
-                if should_stop():
-                    raise KeyboardInterrupt from None
-                time.sleep(POLL_SECONDS)
+        looked_twice = False
+        while not _try_lock(fd, shared):
+            holder = _read_holder(fd, what, shared=not shared and _held_shared(fd))
+            if holder.shared and not looked_twice:
+                looked_twice = True  # a writer that let go an instant ago also lets a shared request through
+                continue
+            if shared or holder.shared or not wait:
+                raise LockHeldError(holder, purpose)
+            if holder != reported:
+                on_wait(holder)
+                reported = holder
+            if should_stop():
+                raise KeyboardInterrupt
+            time.sleep(POLL_SECONDS)
+        me = f"{os.getpid()}\n{_this_command()}\n".encode()
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n{_this_command()}\n".encode(), 0)
+        os.pwrite(fd, me, 0)  # several seeds of one release: the last one to start is named
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
+            if not shared or os.pread(fd, len(me) + 1, 0) == me:
+                os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # closing the descriptor releases the flock

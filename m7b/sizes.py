@@ -1,4 +1,4 @@
-"""The one parser of a byte count a person types: a rate limit, a piece size, a shard size.
+"""The one parser of a byte count a person types (a rate limit, a piece size, a shard size), and its wording.
 
 `500K`, `20M`, `1G`, `64KiB` are binary (K = 1024), as for rates and piece sizes; `500MB`, `5GB` are decimal
 (MB = 10**6), as Hugging Face shard sizes are; plain digits are bytes. A fraction is allowed (`1.5M`).
@@ -62,3 +62,13 @@ def parse_size(
     if value < minimum or value >= 1 << 63:
         raise SizeError(what, str(text), f"at least {minimum:,} bytes and below 2**63, found {value:,}")
     return value
+
+
+def format_size(count: int) -> str:
+    """Bytes for people: binary units (KiB, MiB, GiB, TiB) with one decimal; plain bytes below 1 KiB."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{count:,} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

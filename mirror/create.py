@@ -22,6 +22,15 @@ from m7b.torrent import TorrentMeta, parse_torrent
 BLOCK = 8 << 20
 MIN_PIECE = 16 << 10
 
+# What other clients do with a v1+v2 hybrid torrent (tried on loopback, issue 12). libtorrent and qBittorrent
+# handle it; these two do not, so a publisher who makes one is told.
+HYBRID_CAVEATS: dict[str, str] = {
+    "aria2c": "aria2c (1.36) computes a different info-hash for a hybrid torrent, so a tracker that lists the "
+    "torrent's hashes refuses its announce and it finds no peers",
+    "rtorrent": "rtorrent (0.9.8) writes the torrent's pad files into a .pad/ folder inside the release folder it "
+    "downloads or seeds",
+}
+
 
 @dataclass(frozen=True)
 class CreatedRelease:

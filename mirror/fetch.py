@@ -26,6 +26,7 @@ from m7b.mirror.resume import load_resume, record_complete, save_resume, still_c
 from m7b.mirror.session import SessionOptions, make_session
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.release import Release
+from m7b.space import check_room, room_for
 from m7b.store import Store, incomplete_marker_for, partial_dir_for
 from m7b.torrent import TorrentMeta, load_torrent, meta_from_info
 
@@ -193,6 +194,7 @@ class _Download:
         meta = meta_from_info(ti)
         if self.target.manifest is not None:
             check_against_manifest(meta, self.target.manifest)
+        self._check_room(meta)
         if self.in_place:
             self._check_files_in_the_way(meta)
             self.marker.touch()
@@ -204,6 +206,22 @@ class _Download:
         if self.final == self.store.release_dir(self.target.name):
             self.store.record_release(self.target.name, meta.info_hash)  # known by name from now on
         return meta
+
+    def _check_room(self, meta: TorrentMeta) -> None:
+        """Say the release's size and the free space, and refuse (nothing written) when what is missing does not
+        fit. Runs before any data: for a magnet, once the metadata arrived, while the torrent is in upload mode."""
+        room = room_for(self.save_path, [(f.path, f.size) for f in meta.data_files])
+        room = dataclasses.replace(room, folder=self.final)  # said as the folder the user knows, not .partial
+        self.progress(
+            ProgressEvent(
+                "space",
+                room.present,
+                room.size,
+                item=self.target.name,
+                extra={"folder": str(room.folder), "free": room.free, "needed": room.needed, "fits": room.fits},
+            )
+        )
+        check_room(room, self.target.name)
 
     def _check_files_in_the_way(self, meta: TorrentMeta) -> None:
         """m7b rewrites a file already in the folder only when asked to repair, or when m7b itself wrote it

@@ -9,13 +9,15 @@ piece is refused, never served, and torrents run in upload mode so a mirror neve
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import libtorrent as lt
 
 from m7b.errors import NotFoundError
+from m7b.locks import hold
 from m7b.mirror.layout import renamed_files
 from m7b.mirror.resume import record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
@@ -82,6 +84,17 @@ def seed_release(release: Release) -> SeedRelease:
     return SeedRelease(name=release.name, folder=release.folder, torrent=ti, meta=meta_from_info(ti))
 
 
+@contextmanager
+def seeding(store: Store, releases: Sequence[SeedRelease]) -> Iterator[None]:
+    """Hold each release's lock shared while it is served: no fetch, convert or rm changes it meanwhile (they fail
+    at once naming this seed), and a release being written is refused at once (LockHeldError)."""
+    with ExitStack() as stack:
+        for release in releases:
+            lock = store.release_lock(release.name)
+            stack.enter_context(hold(store, lock, f"release {release.name}", shared=True, purpose="seeded"))
+        yield
+
+
 def failing_files(release: SeedRelease, handle: lt.torrent_handle) -> list[str]:
     pieces = handle.status().pieces
     bad: set[str] = set()
@@ -115,6 +128,8 @@ class Mirror:
     ) -> None:
         self.releases = list(releases)
         self.store = store
+        self._locks = ExitStack()  # held until close(): see `seeding`
+        self._locks.enter_context(seeding(store, self.releases))
         self.session = make_session(options)
         self.handles: dict[str, lt.torrent_handle] = {}
         self.status: dict[str, ReleaseStatus] = {}
@@ -239,6 +254,7 @@ class Mirror:
                 elif isinstance(alert, lt.save_resume_data_failed_alert):
                     pending -= 1
         self.session.pause()
+        self._locks.close()
 
 
 def serve(

@@ -118,3 +118,16 @@ def test_existing_output_with_other_content_is_kept(cli, tiny_release, tmp_path)
     assert result.code == 8 and "--force" in result.stderr
     assert (out / f"{tiny_release.name}.torrent").read_bytes() == b"someone else's torrent"
     assert create(cli, tiny_release, out, "--force").code == 0
+
+
+def test_a_hybrid_torrent_comes_with_the_clients_that_mishandle_it(cli, m7b_home, tiny_release, tmp_path) -> None:
+    out = tmp_path / "out"
+    made = cli("release", "create", tiny_release, "--hybrid", "--out", out, "--no-inspect", "--json")
+    assert made.code == 0, made.stderr
+    warnings = json.loads(made.stdout)["warnings"]
+    assert any("aria2c" in w for w in warnings) and any("rtorrent" in w and ".pad/" in w for w in warnings)
+    plain = cli("release", "create", tiny_release, "--out", out, "--no-inspect", "--force")
+    assert plain.code == 0, plain.stderr
+    assert "aria2c" not in plain.stderr
+    again = cli("release", "create", tiny_release, "--hybrid", "--out", out, "--no-inspect", "--force")
+    assert "note:" in again.stderr and "aria2c" in again.stderr

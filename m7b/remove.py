@@ -1,0 +1,94 @@
+"""`m7b rm`: remove a release from the store, never one that is being seeded or written.
+
+The release's lock is taken exclusively without waiting (a seed holds it shared, a fetch exclusively: either way
+LockHeldError naming the holder, nothing removed), and so are the locks of its converted outputs (a convert
+writing one). The parts are removed while the locks are held, trust first: the report and the completion record
+go before the files they vouch for, so an interrupted removal never leaves a half-removed folder that a record
+still calls complete; the release record goes last, so the name still resolves for a second `rm`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from m7b.errors import StorageError
+from m7b.locks import hold
+from m7b.store import LAYOUTS, Store
+from m7b.usage import StorePart, release_parts
+
+REMOVAL_ORDER = ("report", "resume", "converted", "release", "torrent", "record")
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Parts a removal leaves in place."""
+
+    torrent: bool = False  # the .torrent and the release record: the release can be fetched again by name
+    converted: bool = False  # converted outputs
+
+
+@dataclass(frozen=True)
+class Removal:
+    name: str
+    remove: list[StorePart]  # in removal order
+    kept: list[StorePart]
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.bytes for p in self.remove)
+
+
+def plan_removal(store: Store, name: str, keep: Keep = Keep()) -> Removal:
+    """What removing store release `name` would remove and keep (NotFoundError for an unknown name)."""
+    parts = release_parts(store, name)
+    kept_kinds = {"torrent", "record"} if keep.torrent else set()
+    kept_kinds |= {"converted"} if keep.converted else set()
+    remove = sorted((p for p in parts if p.kind not in kept_kinds), key=lambda p: REMOVAL_ORDER.index(p.kind))
+    return Removal(name, remove, [p for p in parts if p.kind in kept_kinds])
+
+
+@contextmanager
+def _exclusive(store: Store, name: str, keep: Keep) -> Iterator[None]:
+    with ExitStack() as stack:
+        lock = store.release_lock(name)
+        stack.enter_context(hold(store, lock, f"release {name}", wait=False, purpose="removed"))
+        if not keep.converted:
+            for layout in LAYOUTS:
+                lock = store.converted_lock(name, layout)
+                what = f"converted output {name}/{layout}"
+                stack.enter_context(hold(store, lock, what, wait=False, purpose="removed"))
+        yield
+
+
+def remove_release(
+    store: Store, name: str, keep: Keep = Keep(), confirm: Callable[[Removal], bool] = lambda removal: True
+) -> Removal | None:
+    """Remove store release `name` (but what `keep` keeps) once `confirm` agrees to the plan; None when it did
+    not. The locks are held from before the plan until the last part is gone (LockHeldError: nothing removed)."""
+    with _exclusive(store, name, keep):
+        removal = plan_removal(store, name, keep)
+        if not confirm(removal):
+            return None
+        for part in removal.remove:
+            _remove(part)
+        return removal
+
+
+def _remove(part: StorePart) -> None:
+    try:
+        if part.path.is_dir() and not part.path.is_symlink():
+            shutil.rmtree(part.path)
+        else:
+            os.unlink(part.path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StorageError(
+            f"could not remove {part.path}: {exc.strerror}; the parts before it were removed, the rest are still "
+            "there: fix the permissions and rerun",
+            path=str(part.path),
+        ) from exc
