@@ -14,9 +14,8 @@ from rich.markup import escape
 
 from m7b.cli_options import JsonLinesOption, ListenOption, LoopbackOption, PeerOption, resolve
 from m7b.errors import StorageError
-from m7b.progress import ProgressEvent
 from m7b.render import emit_json, err, format_elapsed, report_lock_wait, show
-from m7b.render_swarm import SeedDisplay, fetch_display
+from m7b.render_swarm import SeedDisplay, fetch_progress
 from m7b.sizes import format_bytes, format_rate, parse_size
 from m7b.store import Store
 
@@ -91,17 +90,7 @@ def fetch_command(
     target = fetch_target(release)
     if dest is None and not release.in_store:
         dest = release.folder
-    last_json = [0.0]
-
-    def json_progress(event: ProgressEvent) -> None:
-        now = time.monotonic()
-        if event.phase == "done" or now - last_json[0] >= 1.0:
-            last_json[0] = now
-            emit_json(
-                {"event": "progress", "phase": event.phase, "done": event.done, "total": event.total, **event.extra}
-            )
-
-    with stop_on_signals() as stop, fetch_display(enabled=not json_out) as bars:
+    with stop_on_signals() as stop, fetch_progress(json_out) as progress:
         try:
             result = fetch(
                 target,
@@ -111,7 +100,7 @@ def fetch_command(
                 peers=peer or (),
                 timeout=timeout,
                 resume_interval=resume_interval,
-                progress=json_progress if json_out else bars,
+                progress=progress,
                 should_stop=lambda: stop[0],
                 repair=repair,
                 wait=not no_wait,

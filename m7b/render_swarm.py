@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from rich.console import Console, Group
@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from m7b.progress import ProgressCallback, ProgressEvent
-from m7b.render import AmountColumn, err, format_elapsed, out
+from m7b.render import AmountColumn, emit_json, err, format_elapsed, out
 from m7b.sizes import format_bytes, format_rate
 
 _STYLE = {"working": "green", "error": "red", "not contacted": "yellow"}
@@ -88,15 +88,21 @@ def fetch_display(enabled: bool = True, interval: float = 5.0, console: Console 
         yield lambda event: None
         return
     if not console.is_terminal:
-        last: dict[str, Any] = {"at": float("-inf"), "phase": None}
+        last: dict[str, Any] = {"at": float("-inf"), "phase": None, "unshown": None}
 
         def on_line(event: ProgressEvent) -> None:
             now = time.monotonic()
             if event.phase != last["phase"] or event.phase == "done" or now - last["at"] >= interval:
                 console.print(fetch_line(event), highlight=False, markup=False, soft_wrap=True)
-                last.update(at=now, phase=event.phase)
+                last.update(at=now, phase=event.phase, unshown=None)
+            else:
+                last["unshown"] = event
 
-        yield on_line
+        try:
+            yield on_line
+        finally:
+            if last["unshown"] is not None:  # the state the fetch stopped in (an error, an interrupt)
+                console.print(fetch_line(last["unshown"]), highlight=False, markup=False, soft_wrap=True)
         return
     bars = Progress(
         TextColumn("[bold]{task.description}"),
@@ -122,6 +128,35 @@ def fetch_display(enabled: bool = True, interval: float = 5.0, console: Console 
 
     with Live(get_renderable=lambda: Group(bars, view["sources"]), console=console, refresh_per_second=4):
         yield on_event
+
+
+@contextmanager
+def fetch_json_lines(interval: float = 1.0) -> Iterator[ProgressCallback]:
+    """Fetch progress as JSON lines on stdout: at most one per `interval`, every "done", and the last state at the
+    end when it was not sent yet (so the state a fetch failed in is on record before its error document)."""
+    last: dict[str, Any] = {"at": float("-inf"), "unsent": None}
+
+    def send(event: ProgressEvent) -> None:
+        emit_json({"event": "progress", "phase": event.phase, "done": event.done, "total": event.total, **event.extra})
+
+    def on_event(event: ProgressEvent) -> None:
+        now = time.monotonic()
+        if event.phase == "done" or now - last["at"] >= interval:
+            send(event)
+            last.update(at=now, unsent=None)
+        else:
+            last["unsent"] = event
+
+    try:
+        yield on_event
+    finally:
+        if last["unsent"] is not None:
+            send(last["unsent"])
+
+
+def fetch_progress(json_out: bool) -> AbstractContextManager[ProgressCallback]:
+    """The fetch command's progress: JSON lines, or the human display."""
+    return fetch_json_lines() if json_out else fetch_display()
 
 
 def seed_line(status: Mapping[str, Any], elapsed: float) -> str:

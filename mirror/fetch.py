@@ -56,20 +56,24 @@ class FilesInTheWayError(StorageError):
 
 
 class NoMetadataSourceError(NetworkError):
-    """A magnet whose only sources are web seeds, fetched without its .torrent: web seeds cannot send metadata."""
+    """A magnet fetched without its .torrent whose only working sources are web seeds: web seeds cannot send
+    metadata. Raised at once when nothing else could bring a peer, else when the wait for metadata runs out."""
 
-    def __init__(self, info_hash: str, web_seeds: Sequence[str], waited: float | None = None) -> None:
-        self.info_hash, self.web_seeds = info_hash, tuple(web_seeds)
-        when = (
-            f"no peer sent the metadata of {info_hash} within {waited:g} s"
-            if waited is not None
-            else (f"the metadata of {info_hash} can come only from a peer, and this magnet names no tracker or peer")
-        )
+    def __init__(
+        self, info_hash: str, web_seeds: Sequence[str], waited: float | None = None, problems: Sequence[str] = ()
+    ) -> None:
+        self.info_hash, self.web_seeds, self.problems = info_hash, tuple(web_seeds), tuple(problems)
+        if waited is None:
+            head = f"the metadata of {info_hash} can come only from a peer, and this magnet names no tracker or peer"
+        else:
+            detail = f" ({'; '.join(self.problems)})" if self.problems else ""
+            head = f"no peer sent the metadata of {info_hash} within {waited:g} s{detail}"
         super().__init__(
-            f"{when}: its web seeds ({', '.join(self.web_seeds)}) serve file data, not the metadata (BEP 19); "
-            "give the release's .torrent file, or a magnet with trackers, or connect to a known peer (peers)",
+            f"{head}: its web seeds ({', '.join(self.web_seeds)}) serve file data, not the metadata (BEP 19); "
+            "give the release's .torrent file, check the magnet's trackers, or connect to a known peer (peers)",
             fields=("peers",),
             web_seeds=list(self.web_seeds),
+            problems=list(self.problems),
         )
 
 
@@ -78,15 +82,19 @@ class NoDataError(NetworkError):
 
     def __init__(self, waited: float | None, peers: int, problems: Sequence[str]) -> None:
         self.waited, self.peers, self.problems = waited, peers, tuple(problems)
-        head = (
-            f"no data arrived for {waited:g} s ({peers} peers connected)"
-            if waited is not None
-            else "no source is left to send data (0 peers connected, no tracker)"
-        )
         detail = "".join(f"; {p}" for p in self.problems)
-        super().__init__(
-            f"{head}{detail}; resume data was saved: rerun the same command to continue", problems=list(self.problems)
-        )
+        if waited is None:
+            message = (
+                "no source is left that could send data: every web seed failed, no peer is connected and none can "
+                f"be found (no tracker, no DHT){detail}; resume data was saved: rerun once a web seed works, or "
+                "connect to a known peer (peers)"
+            )
+        else:
+            message = (
+                f"no data arrived for {waited:g} s ({peers} peers connected){detail}; resume data was saved: rerun "
+                "the same command to continue"
+            )
+        super().__init__(message, fields=("peers",) if waited is None else (), problems=list(self.problems))
 
 
 @dataclass(frozen=True)
@@ -495,7 +503,7 @@ def _fetch_locked(
                 if phase == "metadata":
                     web_seeds = download.sources.web_seeds if download.sources else []
                     if web_seeds and status.num_peers == 0:
-                        raise NoMetadataSourceError(target.info_hash, [w.url for w in web_seeds], timeout)
+                        raise NoMetadataSourceError(target.info_hash, [w.url for w in web_seeds], timeout, problems)
                     raise NetworkError(
                         f"no peer sent the metadata of {target.info_hash} within {timeout:g} s "
                         f"({status.num_peers} peers connected"
