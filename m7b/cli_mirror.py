@@ -90,8 +90,9 @@ def fetch_command(
     target = fetch_target(release)
     if dest is None and not release.in_store:
         dest = release.folder
-    with stop_on_signals() as stop, fetch_progress(json_out) as progress:
-        try:
+    # the display closes (printing the state it stopped in) before an error or an interrupt is reported
+    try:
+        with stop_on_signals() as stop, fetch_progress(json_out) as progress:
             result = fetch(
                 target,
                 store=store,
@@ -106,13 +107,13 @@ def fetch_command(
                 wait=not no_wait,
                 on_wait=lambda holder: report_lock_wait(holder, json_out),
             )
-        except FilesInTheWayError as exc:
-            raise StorageError(f"{exc}: to repair it, rerun with --repair") from exc
-        except KeyboardInterrupt:
-            if json_out:
-                emit_json({"event": "interrupted", "info_hash": target.info_hash})
-            err.print(f"interrupted: resume data saved; rerun `m7b fetch {source}` to continue")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+    except FilesInTheWayError as exc:
+        raise StorageError(f"{exc}: to repair it, rerun with --repair") from exc
+    except KeyboardInterrupt:
+        if json_out:
+            emit_json({"event": "interrupted", "info_hash": target.info_hash})
+        err.print(f"interrupted: resume data saved; rerun `m7b fetch {source}` to continue")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     doc = {
         "event": "done",
         "name": result.name,

@@ -65,9 +65,9 @@ class AmountColumn(ProgressColumn):
 
 
 @contextmanager
-def progress_bars(enabled: bool = True, single: bool = False) -> Iterator[ProgressCallback]:
-    """A ProgressCallback that draws one bar per phase on stderr (nothing when disabled); with `single`, one bar
-    whose label follows the phase (for operations whose phases are steps of one transfer)."""
+def progress_bars(enabled: bool = True) -> Iterator[ProgressCallback]:
+    """A ProgressCallback that draws one bar per phase on stderr (nothing when disabled). (Fetch and seed have their
+    own displays: m7b.render_swarm.)"""
     if not enabled:
         yield lambda event: None
         return
@@ -83,13 +83,6 @@ def progress_bars(enabled: bool = True, single: bool = False) -> Iterator[Progre
     tasks: dict[str, TaskID] = {}
 
     def on_event(event: ProgressEvent) -> None:
-        if single:
-            if not tasks:
-                tasks["single"] = bars.add_task(event.phase, total=event.total, item=event.item, unit=event.unit)
-            bars.update(
-                tasks["single"], description=event.phase, completed=event.done, total=event.total, item=event.item
-            )
-            return
         if event.phase not in tasks:
             tasks[event.phase] = bars.add_task(event.phase, total=event.total, item=event.item, unit=event.unit)
         bars.update(tasks[event.phase], completed=event.done, total=event.total, item=event.item)
