@@ -11,7 +11,7 @@ from rich.table import Table
 from m7b.cli_options import JsonOption
 from m7b.errors import InvalidInputError
 from m7b.render import err, out, show
-from m7b.sizes import format_size
+from m7b.sizes import format_bytes
 from m7b.store import Store
 
 
@@ -45,7 +45,7 @@ def rm_release(
             raise InvalidInputError(
                 f"not removing {name}: stdin is not a terminal, so nobody can confirm; pass --yes to remove it"
             )
-        return typer.confirm(f"remove {name} ({format_size(removal.bytes)})?", default=False, err=True)
+        return typer.confirm(f"remove {name} ({format_bytes(removal.bytes)})?", default=False, err=True)
 
     removal = remove_release(store, name, Keep(torrent=keep_torrent, converted=keep_converted), confirm)
     if removal is None:
@@ -59,7 +59,7 @@ def rm_release(
         "store": str(store.home),
     }
     show(
-        doc, json_out, lambda d: err.print(f"removed {name}: {format_size(d['bytes_removed'])} freed", highlight=False)
+        doc, json_out, lambda d: err.print(f"removed {name}: {format_bytes(d['bytes_removed'])} freed", highlight=False)
     )
 
 
@@ -69,9 +69,9 @@ def _print_plan(removal: Any) -> None:
     table.add_column("size", justify="right")
     table.add_column("path", overflow="fold")
     for part in removal.remove:
-        table.add_row(part.kind, format_size(part.bytes), str(part.path))
+        table.add_row(part.kind, format_bytes(part.bytes), str(part.path))
     for part in removal.kept:
-        table.add_row(f"{part.kind} (kept)", format_size(part.bytes), str(part.path))
+        table.add_row(f"{part.kind} (kept)", format_bytes(part.bytes), str(part.path))
     err.print(table)
 
 
@@ -104,11 +104,11 @@ def _print_du(doc: dict[str, Any]) -> None:
     for col in columns:
         table.add_column(col.replace("_", "/"), justify="right")
     for r in doc["releases"]:
-        table.add_row(r["name"], *(format_size(r[c]) for c in columns))
-    table.add_row("[bold]total[/bold]", *(format_size(doc["totals"][c]) for c in columns))
+        table.add_row(r["name"], *(format_bytes(r[c]) for c in columns))
+    table.add_row("[bold]total[/bold]", *(format_bytes(doc["totals"][c]) for c in columns))
     out.print(table)
     out.print(
-        f"store {format_size(doc['store_bytes'])} in all; {format_size(doc['other'])} not in any release "
+        f"store {format_bytes(doc['store_bytes'])} in all; {format_bytes(doc['other'])} not in any release "
         "(manifests, locks)",
         highlight=False,
     )

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from m7b.cli_options import JsonLinesOption, ListenOption, LoopbackOption, PeerOption, resolve
 from m7b.errors import StorageError
 from m7b.progress import ProgressEvent
-from m7b.render import emit_json, err, out, progress_bars, report_lock_wait, show
-from m7b.sizes import format_size, parse_size
+from m7b.render import emit_json, err, format_elapsed, report_lock_wait, show
+from m7b.render_swarm import SeedDisplay, fetch_progress
+from m7b.sizes import format_bytes, format_rate, parse_size
 from m7b.store import Store
 
 
@@ -89,28 +91,16 @@ def fetch_command(
     target = fetch_target(release)
     if dest is None and not release.in_store:
         dest = release.folder
-    last_json = [0.0]
+    # the display closes (printing the state it stopped in) before an error or an interrupt is reported
+    try:
+        with stop_on_signals() as stop, fetch_progress(json_out) as progress:
 
-    def json_progress(event: ProgressEvent) -> None:
-        import time
+            def on_progress(event: ProgressEvent) -> None:
+                if event.phase == "space":
+                    report_space(event, json_out)  # said once, before anything is written
+                else:
+                    progress(event)
 
-        now = time.monotonic()
-        if event.phase == "done" or now - last_json[0] >= 1.0:
-            last_json[0] = now
-            emit_json(
-                {"event": "progress", "phase": event.phase, "done": event.done, "total": event.total, **event.extra}
-            )
-
-    with stop_on_signals() as stop, progress_bars(enabled=not json_out, single=True) as bars:
-        shown = json_progress if json_out else bars
-
-        def on_progress(event: ProgressEvent) -> None:
-            if event.phase == "space":
-                report_space(event, json_out)
-            else:
-                shown(event)
-
-        try:
             result = fetch(
                 target,
                 store=store,
@@ -125,13 +115,13 @@ def fetch_command(
                 wait=not no_wait,
                 on_wait=lambda holder: report_lock_wait(holder, json_out),
             )
-        except FilesInTheWayError as exc:
-            raise StorageError(f"{exc}: to repair it, rerun with --repair") from exc
-        except KeyboardInterrupt:
-            if json_out:
-                emit_json({"event": "interrupted", "info_hash": target.info_hash})
-            err.print(f"interrupted: resume data saved; rerun `m7b fetch {source}` to continue")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+    except FilesInTheWayError as exc:
+        raise StorageError(f"{exc}: to repair it, rerun with --repair") from exc
+    except KeyboardInterrupt:
+        if json_out:
+            emit_json({"event": "interrupted", "info_hash": target.info_hash})
+        err.print(f"interrupted: resume data saved; rerun `m7b fetch {source}` to continue")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     doc = {
         "event": "done",
         "name": result.name,
@@ -154,17 +144,21 @@ def report_space(event: ProgressEvent, json_out: bool) -> None:
     if json_out:
         emit_json({"event": "space", "size": event.total, "present": event.done, **x})
         return
-    have = f", {format_size(event.done)} already there" if event.done else ""
+    have = f", {format_bytes(event.done)} already there" if event.done else ""
     err.print(
-        f"{event.item}: {format_size(event.total or 0)}{have}; {format_size(x['free'])} free in {x['folder']}",
+        f"{event.item}: {format_bytes(event.total or 0)}{have}; {format_bytes(x['free'])} free in {x['folder']}",
         highlight=False,
     )
 
 
 def _print_fetched(doc: dict[str, Any]) -> None:
+    rate = format_rate(doc["downloaded_bytes"] / max(doc["seconds"], 1e-9))
     err.print(
-        f"fetched {doc['name']}: {doc['total_size']:,} bytes in {doc['pieces']} pieces, every piece passed its "
-        f"SHA-1 check ({doc['hash_failures']} bad pieces from peers were rejected and fetched again)"
+        f"fetched {doc['name']}: {format_bytes(doc['total_size'])} ({doc['total_size']:,} bytes) in {doc['pieces']} "
+        f"pieces, every piece passed its SHA-1 check ({doc['hash_failures']} bad pieces from peers were rejected and "
+        f"fetched again); {format_bytes(doc['downloaded_bytes'])} downloaded in {format_elapsed(doc['seconds'])} "
+        f"at {rate}",
+        highlight=False,
     )
     err.print(f"files: {doc['path']}")
     err.print(f"next: `m7b verify {doc['name']}` for the full proof (manifest hashes, license, checkpoint)")
@@ -212,30 +206,28 @@ def seed_command(
     if server and not json_out:
         err.print(f"status page: {server.url} (also {server.url}status.json and {server.url}metrics)")
     announced: set[str] = set()
+    started = time.monotonic()
+    display = SeedDisplay() if not json_out else None
 
     def report(statuses: list[ReleaseStatus]) -> None:
-        if json_out:
-            doc = {"event": "status", "listen_port": mirror.listen_port, "releases": [asdict(s) for s in statuses]}
+        elapsed = time.monotonic() - started
+        documents = [asdict(s) for s in statuses]
+        if display is None:
+            doc = {
+                "event": "status",
+                "listen_port": mirror.listen_port,
+                "elapsed": round(elapsed, 3),
+                "releases": documents,
+            }
             emit_json(doc | ({"status_url": server.url, "status_port": server.port} if server else {}))
             return
         for s in statuses:
             if s.state == "refused" and s.name not in announced:
-                err.print(f"[red]refused[/red] {s.name}: {s.reason}", highlight=False)
+                display.note(f"[red]refused[/red] {escape(s.name)}: {escape(s.reason)}")
                 announced.add(s.name)
-        table = Table(title=f"m7b seed — listening on port {mirror.listen_port}", title_justify="left")
-        for col in ("release", "state", "peers", "uploaded", "rate"):
-            table.add_column(col)
-        for s in statuses:
-            table.add_row(
-                s.name,
-                s.state,
-                str(s.peers),
-                f"{s.uploaded / (1 << 20):,.1f} MiB",
-                f"{s.upload_rate / (1 << 20):,.1f} MiB/s",
-            )
-        out.print(table)
+        display.report(documents, mirror.listen_port, elapsed)
 
-    with stop_on_signals() as stop, server or nullcontext():
+    with stop_on_signals() as stop, server or nullcontext(), display or nullcontext():
         serve(mirror, report, should_stop=lambda: stop[0], interval=interval, observe=board.update)
     if json_out:
         emit_json({"event": "stopped"})

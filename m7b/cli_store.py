@@ -12,7 +12,7 @@ from m7b.cli_options import JsonOption, resolve
 from m7b.manifests.schema import Manifest
 from m7b.release import release_names
 from m7b.render import out, show
-from m7b.sizes import format_size
+from m7b.sizes import format_bytes
 from m7b.store import Store
 from m7b.usage import release_parts, release_usage
 
@@ -72,8 +72,8 @@ def _print_list(doc: dict[str, Any]) -> None:
         state = r["state"]
         title = r["title"] if r["manifest"] else "(no manifest)"
         sizes = [
-            format_size(r["size"]) if r["size"] else "",
-            f"{format_size(r['converted_bytes'])} ({', '.join(r['converted'])})" if r["converted"] else "",
+            format_bytes(r["size"]) if r["size"] else "",
+            f"{format_bytes(r['converted_bytes'])} ({', '.join(r['converted'])})" if r["converted"] else "",
         ]
         more = (
             [title, r["release_date"] or "", r["license"] or "", r["info_hash"] or ""] if wide else [r["license"] or ""]

@@ -14,6 +14,7 @@ from m7b.cli_options import JsonOption, TargetArg, fail_after_document, resolve
 from m7b.errors import NotFoundError
 from m7b.release import Release, require_present
 from m7b.render import err, out, progress_bars, report_lock_wait, show
+from m7b.sizes import format_bytes, format_rate
 from m7b.store import Store
 
 _STYLE = {
@@ -99,12 +100,11 @@ def _print_report(doc: dict[str, Any]) -> None:
         style = _STYLE.get(f["status"], "")
         table.add_row(f["check"], f"[{style}]{f['status']}[/{style}]", f["message"])
     out.print(table)
-    mb = doc["bytes_read"] / 1e6
-    rate = f", {mb / doc['seconds']:.0f} MB/s" if doc["seconds"] > 0 else ""
+    rate = f", {format_rate(doc['bytes_read'] / doc['seconds'])}" if doc["seconds"] > 0 else ""
     style = _STYLE.get(doc["verdict"], "")
     out.print(
-        f"verdict: [{style}]{doc['verdict']}[/{style}] (exit {doc['exit_code']}); read {mb:,.1f} MB in "
-        f"{doc['seconds']:.1f} s{rate}",
+        f"verdict: [{style}]{doc['verdict']}[/{style}] (exit {doc['exit_code']}); "
+        f"read {format_bytes(doc['bytes_read'])} in {doc['seconds']:.1f} s{rate}",
         highlight=False,
     )
     if doc["kind"] == "release":
@@ -208,7 +208,7 @@ def _print_conversion(label: str, result: Any) -> None:
     for note in result.notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     out.print(
-        f"{result.tensors} tensors ({result.tensor_bytes / 1e6:,.1f} MB) written and checked bit for bit in "
+        f"{result.tensors} tensors ({format_bytes(result.tensor_bytes)}) written and checked bit for bit in "
         f"{result.seconds:.1f} s; hashes in {result.out / 'SHA256SUMS'}",
         highlight=False,
     )

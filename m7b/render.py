@@ -11,22 +11,29 @@ from typing import Any
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
     ProgressColumn,
     Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.text import Text
 
 from m7b.locks import LockHolder
 from m7b.progress import ProgressCallback, ProgressEvent
+from m7b.sizes import format_bytes, format_rate
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def format_elapsed(seconds: float) -> str:
+    """Elapsed time for people: `0:07`, `12:34`, `1:02:03`."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def emit_json(document: Any) -> None:
@@ -43,33 +50,31 @@ def show(document: dict[str, Any], json_out: bool, human: Callable[[dict[str, An
         human(document)
 
 
-class _AmountColumn(ProgressColumn):
-    """Bytes and byte rate for byte phases; `done/total unit` and a per-second rate for others."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._size, self._speed = DownloadColumn(), TransferSpeedColumn()
+class AmountColumn(ProgressColumn):
+    """Bytes and byte rate (binary units, m7b.sizes) for byte phases; `done/total unit` and a rate for others."""
 
     def render(self, task: Task) -> Text:
         unit = task.fields.get("unit", "B")
         if unit == "B":
-            return Text.assemble(self._size.render(task), " ", self._speed.render(task))
+            total = f"/{format_bytes(task.total)}" if task.total is not None else ""
+            rate = f" {format_rate(task.speed)}" if task.speed else ""
+            return Text(f"{format_bytes(task.completed)}{total}{rate}", style="progress.download")
         rate = f" {task.speed:.1f} {unit}/s" if task.speed else ""
         total = f"/{task.total:g}" if task.total is not None else ""
         return Text(f"{task.completed:g}{total} {unit}{rate}", style="progress.download")
 
 
 @contextmanager
-def progress_bars(enabled: bool = True, single: bool = False) -> Iterator[ProgressCallback]:
-    """A ProgressCallback that draws one bar per phase on stderr (nothing when disabled); with `single`, one bar
-    whose label follows the phase (for operations whose phases are steps of one transfer)."""
+def progress_bars(enabled: bool = True) -> Iterator[ProgressCallback]:
+    """A ProgressCallback that draws one bar per phase on stderr (nothing when disabled). (Fetch and seed have their
+    own displays: m7b.render_swarm.)"""
     if not enabled:
         yield lambda event: None
         return
     bars = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        _AmountColumn(),
+        AmountColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[item]}"),
         console=err,
@@ -78,13 +83,6 @@ def progress_bars(enabled: bool = True, single: bool = False) -> Iterator[Progre
     tasks: dict[str, TaskID] = {}
 
     def on_event(event: ProgressEvent) -> None:
-        if single:
-            if not tasks:
-                tasks["single"] = bars.add_task(event.phase, total=event.total, item=event.item, unit=event.unit)
-            bars.update(
-                tasks["single"], description=event.phase, completed=event.done, total=event.total, item=event.item
-            )
-            return
         if event.phase not in tasks:
             tasks[event.phase] = bars.add_task(event.phase, total=event.total, item=event.item, unit=event.unit)
         bars.update(tasks[event.phase], completed=event.done, total=event.total, item=event.item)

@@ -1,4 +1,5 @@
-"""The one parser of a byte count a person types (a rate limit, a piece size, a shard size), and its wording.
+"""The one parser of a byte count a person types (a rate limit, a piece size, a shard size), and the one formatter
+of a byte count m7b shows (binary IEC units everywhere: KiB, MiB, GiB, and MiB/s for rates).
 
 `500K`, `20M`, `1G`, `64KiB` are binary (K = 1024), as for rates and piece sizes; `500MB`, `5GB` are decimal
 (MB = 10**6), as Hugging Face shard sizes are; plain digits are bytes. A fraction is allowed (`1.5M`).
@@ -64,11 +65,21 @@ def parse_size(
     return value
 
 
-def format_size(count: int) -> str:
-    """Bytes for people: binary units (KiB, MiB, GiB, TiB) with one decimal; plain bytes below 1 KiB."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024:
-            return f"{count:,} B" if unit == "B" else f"{value:.1f} {unit}"
+_IEC = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def format_bytes(n: float) -> str:
+    """A byte count for people, in binary units: `512 B`, `1.5 KiB`, `8.4 MiB`, `13.5 GiB` (one decimal)."""
+    if n < 1024:
+        return f"{n:,.0f} B"
+    value = float(n)
+    for unit in _IEC:
         value /= 1024
-    return f"{value:.1f} TiB"
+        if round(value, 1) < 1024 or unit == _IEC[-1]:
+            return f"{value:,.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_rate(bytes_per_second: float) -> str:
+    """A transfer rate for people, in the same units: `1.2 MiB/s`."""
+    return f"{format_bytes(bytes_per_second)}/s"

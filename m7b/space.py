@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from m7b.errors import StorageError
-from m7b.sizes import format_size
+from m7b.sizes import format_bytes
 
 MARGIN_BYTES = 1 << 20  # file-system metadata, the torrent and resume data written beside the files
 MARGIN_FRACTION = 1 / 1000  # and a little per byte: indirect blocks, extents
@@ -85,8 +85,8 @@ class NoRoomError(StorageError):
     def __init__(self, room: Room, name: str) -> None:
         self.room = room
         super().__init__(
-            f"{name} needs {format_size(room.needed)} more in {room.folder} ({format_size(room.size)} in all, "
-            f"{format_size(room.present)} already there) but that file system has {format_size(room.free)} free. "
+            f"{name} needs {format_bytes(room.needed)} more in {room.folder} ({format_bytes(room.size)} in all, "
+            f"{format_bytes(room.present)} already there) but that file system has {format_bytes(room.free)} free. "
             "Nothing was written: free space there, or fetch into a folder on a larger disk",
             size=room.size,
             present=room.present,

@@ -24,6 +24,7 @@ from m7b.manifests.schema import Manifest
 from m7b.mirror.layout import check_against_manifest, files_not_in_place, renamed_files
 from m7b.mirror.resume import load_resume, record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
+from m7b.mirror.sources import SourceWatch
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.release import Release
 from m7b.space import check_room, room_for
@@ -53,6 +54,48 @@ class FilesInTheWayError(StorageError):
             "Nothing was changed: fetch into a new or empty folder, or repair this copy in place (every piece is "
             "rechecked and only the pieces that fail are written)"
         )
+
+
+class NoMetadataSourceError(NetworkError):
+    """A magnet fetched without its .torrent whose only working sources are web seeds: web seeds cannot send
+    metadata. Raised at once when nothing else could bring a peer, else when the wait for metadata runs out."""
+
+    def __init__(
+        self, info_hash: str, web_seeds: Sequence[str], waited: float | None = None, problems: Sequence[str] = ()
+    ) -> None:
+        self.info_hash, self.web_seeds, self.problems = info_hash, tuple(web_seeds), tuple(problems)
+        if waited is None:
+            head = f"the metadata of {info_hash} can come only from a peer, and this magnet names no tracker or peer"
+        else:
+            detail = f" ({'; '.join(self.problems)})" if self.problems else ""
+            head = f"no peer sent the metadata of {info_hash} within {waited:g} s{detail}"
+        super().__init__(
+            f"{head}: its web seeds ({', '.join(self.web_seeds)}) serve file data, not the metadata (BEP 19); "
+            "give the release's .torrent file, check the magnet's trackers, or connect to a known peer (peers)",
+            fields=("peers",),
+            web_seeds=list(self.web_seeds),
+            problems=list(self.problems),
+        )
+
+
+class NoDataError(NetworkError):
+    """No data arrived for a while; `problems` names each source that failed (web seeds, trackers) in words."""
+
+    def __init__(self, waited: float | None, peers: int, problems: Sequence[str]) -> None:
+        self.waited, self.peers, self.problems = waited, peers, tuple(problems)
+        detail = "".join(f"; {p}" for p in self.problems)
+        if waited is None:
+            message = (
+                "no source is left that could send data: every web seed failed, no peer is connected and none can "
+                f"be found (no tracker, no DHT){detail}; resume data was saved: rerun once a web seed works, or "
+                "connect to a known peer (peers)"
+            )
+        else:
+            message = (
+                f"no data arrived for {waited:g} s ({peers} peers connected){detail}; resume data was saved: rerun "
+                "the same command to continue"
+            )
+        super().__init__(message, fields=("peers",) if waited is None else (), problems=list(self.problems))
 
 
 @dataclass(frozen=True)
@@ -132,7 +175,11 @@ class _Download:
         # a store release folder is m7b's own: fetching it again repairs it; any other folder is the user's
         self.repair = repair or final == store.release_dir(target.name)
         self.save_path = final if self.in_place else self.partial
+        self.options = options
         self.session = make_session(options)
+        self.started = time.monotonic()
+        self.sources: SourceWatch | None = None
+        self.known_peers: list[str] = []
         self.meta: TorrentMeta | None = None
         self.hash_failures = 0
         self.pieces_at_start = 0
@@ -185,10 +232,28 @@ class _Download:
             self.save_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error(exc, self.save_path) from exc
+        self.known_peers = [*peers, *(t.magnet.peers if t.magnet else ())]
+        if t.torrent is None and atp.url_seeds and not self._peer_sources(atp.trackers):
+            raise NoMetadataSourceError(t.info_hash, list(atp.url_seeds))
         self.handle = self.session.add_torrent(atp)
-        for peer in [*peers, *(t.magnet.peers if t.magnet else ())]:
+        self.sources = SourceWatch.of(self.handle)
+        for peer in self.known_peers:
             self.handle.connect_peer(parse_peer(peer))
         return self.handle
+
+    def _peer_sources(self, trackers: Sequence[str]) -> bool:
+        """Whether anything could bring peers: trackers, known peers, DHT or local discovery."""
+        return bool(trackers or self.known_peers or self.options.dht or self.options.lsd)
+
+    def only_failed_web_seeds_left(self, status: lt.torrent_status) -> bool:
+        """Every source is a web seed and each has failed in a way retrying will not mend: nothing can arrive."""
+        seeds = self.sources.web_seeds if self.sources else []
+        return (
+            bool(seeds)
+            and all(s.failed_for_good for s in seeds)
+            and status.num_peers == 0
+            and not self._peer_sources([t["url"] for t in self.handle.trackers()])
+        )
 
     def _accept(self, ti: lt.torrent_info) -> TorrentMeta:
         meta = meta_from_info(ti)
@@ -251,6 +316,8 @@ class _Download:
 
     def handle_alerts(self) -> None:
         for alert in self.session.pop_alerts():
+            if self.sources is not None:
+                self.sources.on_alert(alert)
             if isinstance(alert, lt.metadata_received_alert):
                 self.on_metadata()
             elif isinstance(alert, lt.file_renamed_alert):
@@ -312,18 +379,24 @@ class _Download:
     def event(self, status: lt.torrent_status, phase: str) -> None:
         rate = status.download_payload_rate
         left = status.total_wanted - status.total_wanted_done
+        sources = self.sources
+        if sources is not None:
+            sources.refresh()
         self.progress(
             ProgressEvent(
                 phase,
                 status.total_wanted_done if phase != "metadata" else 0,
                 status.total_wanted if phase != "metadata" else None,
-                item=f"{self.target.name} · {status.num_peers} peers · {self.hash_failures} bad pieces",
+                item=self.target.name,
                 extra={
                     "rate": rate,
                     "peers": status.num_peers,
                     "seeds": status.num_seeds,
                     "eta": (left / rate) if rate > 0 else None,
+                    "elapsed": round(time.monotonic() - self.started, 3),
                     "hash_failures": self.hash_failures,
+                    "trackers": [dataclasses.asdict(t) for t in sources.trackers] if sources else [],
+                    "web_seeds": [dataclasses.asdict(w) for w in sources.web_seeds] if sources else [],
                 },
             )
         )
@@ -439,20 +512,25 @@ def _fetch_locked(
                 and status.total_wanted >= download.meta.total_size
             ):
                 break
+            problems = download.sources.problems() if download.sources else []
             if status.total_wanted_done != last_done or phase == "checking":
                 last_change, last_done = now, status.total_wanted_done
+            elif phase == "downloading" and download.only_failed_web_seeds_left(status):
+                raise NoDataError(None, status.num_peers, problems)
             elif now - last_change > timeout:
                 if phase == "metadata":
+                    web_seeds = download.sources.web_seeds if download.sources else []
+                    if web_seeds and status.num_peers == 0:
+                        raise NoMetadataSourceError(target.info_hash, [w.url for w in web_seeds], timeout, problems)
                     raise NetworkError(
                         f"no peer sent the metadata of {target.info_hash} within {timeout:g} s "
-                        f"({status.num_peers} peers connected): check the magnet's trackers, connect to a known "
-                        "peer (peers), or raise the timeout (timeout)",
+                        f"({status.num_peers} peers connected"
+                        + "".join(f"; {p}" for p in problems)
+                        + "): check the magnet's trackers, connect to a known peer (peers), or raise the timeout "
+                        "(timeout)",
                         fields=("peers", "timeout"),
                     )
-                raise NetworkError(
-                    f"no data arrived for {timeout:g} s ({status.num_peers} peers connected); "
-                    "resume data was saved: rerun the same command to continue"
-                )
+                raise NoDataError(timeout, status.num_peers, problems)
             if now - last_resume > resume_interval and download.meta is not None and handle.need_save_resume_data():
                 handle.save_resume_data(lt.save_resume_flags_t.save_info_dict)
                 last_resume = now

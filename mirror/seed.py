@@ -21,6 +21,7 @@ from m7b.locks import hold
 from m7b.mirror.layout import renamed_files
 from m7b.mirror.resume import record_complete, save_resume, still_complete
 from m7b.mirror.session import SessionOptions, make_session
+from m7b.mirror.sources import SourceWatch, TrackerStatus
 from m7b.release import Release
 from m7b.store import Store
 from m7b.torrent import TorrentMeta, load_torrent, meta_from_info, store_hash
@@ -32,14 +33,6 @@ class SeedRelease:
     folder: Path
     torrent: lt.torrent_info
     meta: TorrentMeta
-
-
-@dataclass
-class TrackerStatus:
-    url: str
-    status: str = "not contacted"  # not contacted / working / error
-    message: str = ""  # the error, or the tracker's warning
-    peers: int = 0  # peers in its last reply
 
 
 @dataclass
@@ -133,6 +126,7 @@ class Mirror:
         self.session = make_session(options)
         self.handles: dict[str, lt.torrent_handle] = {}
         self.status: dict[str, ReleaseStatus] = {}
+        self.sources: dict[str, SourceWatch] = {}
         for release in self.releases:
             # m7b's own record of a hash-checked download/recheck, or a passing `m7b verify` report (which
             # checked every piece against this torrent) whose files are unchanged since
@@ -152,13 +146,14 @@ class Mirror:
             atp.flags = flags
             handle = self.session.add_torrent(atp)
             self.handles[release.name] = handle
+            self.sources[release.name] = watch = SourceWatch.of(handle)
             self.status[release.name] = ReleaseStatus(
                 release.name,
                 release.meta.info_hash,
                 "checking",
                 trusted_record=trusted,
                 size=release.meta.total_size,
-                trackers=[TrackerStatus(t["url"]) for t in handle.trackers()],
+                trackers=watch.trackers,
                 **_earlier_check(store, release, recorded) if trusted else {"last_check": "full recheck"},
             )
 
@@ -171,8 +166,9 @@ class Mirror:
         for alert in self.session.pop_alerts():
             if isinstance(alert, lt.save_resume_data_alert):
                 save_resume(self.store, store_hash(alert.params.info_hashes), alert.params)
-            elif isinstance(alert, lt.tracker_alert):
-                self._tracker_alert(alert)
+            else:
+                for watch in self.sources.values():
+                    watch.on_alert(alert)
         for release in self.releases:
             current = self.status[release.name]
             if current.state == "refused":
@@ -201,24 +197,6 @@ class Mirror:
             current.all_time_uploaded = st.all_time_upload
             current.ratio = st.all_time_upload / max(release.meta.total_size, 1)
         return list(self.status.values())
-
-    def _tracker_alert(self, alert: lt.tracker_alert) -> None:
-        """Keep each tracker's last outcome: working (a reply), error (with its message), or not contacted."""
-        for name, handle in self.handles.items():
-            if alert.handle != handle:
-                continue
-            trackers = self.status[name].trackers
-            entry = next((t for t in trackers if t.url == alert.tracker_url()), None)
-            if entry is None:
-                entry = TrackerStatus(alert.tracker_url())
-                trackers.append(entry)
-            if isinstance(alert, lt.tracker_reply_alert):
-                entry.status, entry.message, entry.peers = "working", "", alert.num_peers
-            elif isinstance(alert, lt.tracker_error_alert):
-                reason = alert.failure_reason()
-                entry.status, entry.message = "error", alert.error.message() + (f" ({reason})" if reason else "")
-            elif isinstance(alert, lt.tracker_warning_alert):
-                entry.message = alert.warning_message()
 
     def refuse(self, release: SeedRelease, st: lt.torrent_status) -> None:
         handle = self.handles[release.name]

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from m7b.errors import InvalidInputError, NetworkError
 from m7b.mirror.seed import ReleaseStatus
+from m7b.sizes import format_bytes
 
 STATES = ("checking", "seeding", "refused")
 TRACKER_STATES = ("not contacted", "working", "error")
@@ -131,13 +132,6 @@ class MirrorCollector(Collector):
         yield uptime
 
 
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if n >= scale:
-            return f"{n / scale:,.1f} {unit}"
-    return f"{n} B"
-
-
 def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t)) if t else "—"
 
@@ -160,8 +154,8 @@ def render_html(doc: dict[str, Any]) -> str:
         rows.append(
             f'<tr id="release-{name}"><td>{name}</td><td class="state {r["state"]}">{r["state"]}</td>'
             f"<td>{r['peers']}</td><td>{r['seeds']} / {r['leechers']}</td><td>{swarm}</td>"
-            f'<td class="uploaded">{r["uploaded"]:,} bytes ({_size(r["uploaded"])})</td>'
-            f"<td>{_size(r['upload_rate'])}/s</td><td>{r['ratio']:.2f}</td><td>{_size(r['size'])}</td></tr>"
+            f'<td class="uploaded">{r["uploaded"]:,} bytes ({format_bytes(r["uploaded"])})</td>'
+            f"<td>{format_bytes(r['upload_rate'])}/s</td><td>{r['ratio']:.2f}</td><td>{format_bytes(r['size'])}</td></tr>"
         )
         reason = f"<p class='reason'>{html.escape(r['reason'])}</p>" if r["reason"] else ""
         details.append(

@@ -35,3 +35,24 @@ def test_each_caller_keeps_its_rule() -> None:
         _shard_size("lots")  # was a ValueError from huggingface_hub (exit 1)
     with pytest.raises(SizeError, match="at least 1"):
         _shard_size("0")
+
+
+@pytest.mark.parametrize(
+    ("count", "shown"),
+    [
+        (0, "0 B"),
+        (1023, "1,023 B"),
+        (1024, "1.0 KiB"),
+        (3 << 19, "1.5 MiB"),
+        ((1 << 20) - 1, "1.0 MiB"),  # rounds up into the next unit, never "1,024.0 KiB"
+        (27 << 29, "13.5 GiB"),
+    ],
+)
+def test_one_formatter_shows_binary_units(count: int, shown: str) -> None:
+    from m7b.sizes import format_bytes, format_rate
+
+    assert format_bytes(count) == shown
+    assert format_rate(count) == f"{shown}/s"
+    if count >= 1024:  # what it shows parses back (binary suffix) to within the shown precision
+        number, unit = shown.replace(",", "").split()
+        assert abs(parse_size(f"{number}{unit}", "size") - count) <= 0.05 * (1 << 10 * ("KMGT".index(unit[0]) + 1))

@@ -1,4 +1,5 @@
-"""Real swarm parts for tests on 127.0.0.1: plain libtorrent seeders, opentracker, an HTTP server with Range."""
+"""Real swarm parts for tests on 127.0.0.1: plain libtorrent seeders, opentracker, HTTP servers for web seeds (one
+with Range, one without, and Debian's nginx)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import contextlib
 import hashlib
 import http.server
 import re
+import shutil
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -112,3 +116,78 @@ def range_http_server(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _NoRangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files that ignore Range: 200 with the whole file to every GET (as `python -m http.server` does)."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def no_range_http_server(root: Path) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 that ignores Range requests, serving `root`. Yields its base URL."""
+    handler = lambda *a, **k: _NoRangeHandler(*a, directory=str(root), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+_NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {run}/nginx.pid;
+error_log {run}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {run}/access.log;
+    client_body_temp_path {run}/body;
+    proxy_temp_path {run}/proxy;
+    fastcgi_temp_path {run}/fastcgi;
+    uwsgi_temp_path {run}/uwsgi;
+    scgi_temp_path {run}/scgi;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location /broken/ {{ return 500; }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx_server(root: Path, run: Path) -> Iterator[str]:
+    """Debian's nginx serving `root` on 127.0.0.1 (honours Range; every path under /broken/ answers 500), its
+    config, pid file and logs in `run`. Yields its base URL; the caller skips when nginx is not installed."""
+    binary = nginx_binary()
+    assert binary, "nginx is not installed: `apt-get install nginx` (scripts/setup does it)"
+    run.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = run / "nginx.conf"
+    conf.write_text(_NGINX_CONF.format(run=run, port=port, root=root))
+    proc = subprocess.Popen([binary, "-p", str(run), "-e", str(run / "error.log"), "-c", str(conf)])
+    try:
+        assert wait_for(lambda: _listening(port) or proc.poll() is not None, 10), "nginx did not start"
+        assert proc.poll() is None, (run / "error.log").read_text()
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def nginx_binary() -> str | None:
+    """Debian installs nginx in /usr/sbin, which a normal user's PATH may lack."""
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").is_file() else None)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -150,7 +150,7 @@ def test_progress_counts_bytes_up_to_the_total_and_renders_a_rate(odd_files: Pat
     from rich.progress import Progress
 
     from m7b.progress import ProgressEvent
-    from m7b.render import _AmountColumn
+    from m7b.render import AmountColumn
 
     names = sorted(p.name for p in odd_files.iterdir())
     total = sum((odd_files / n).stat().st_size for n in names)
@@ -168,5 +168,6 @@ def test_progress_counts_bytes_up_to_the_total_and_renders_a_rate(odd_files: Pat
     task = bars.add_task("hashing", total=total, unit="B")
     bars.update(task, completed=total // 2)
     bars.update(task, completed=total)
-    shown = str(_AmountColumn().render(bars.tasks[0]))
+    shown = str(AmountColumn().render(bars.tasks[0]))
     assert "/" in shown and "/s" in shown, shown
+    assert "iB" in shown and "MB" not in shown and "kB" not in shown, shown  # binary units, as everywhere
