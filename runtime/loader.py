@@ -37,17 +37,15 @@ def weights_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
 def build_model(
     args: ModelArgs, state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
 ) -> Transformer:
-    """A model holding `state` (already checked; consumed: its entries move into the model) on `device` in `dtype`,
-    without a second copy on the host.
+    """A model holding `state` (already checked) on `device` in `dtype`, without a second copy on the host.
 
     Tensors already in `dtype` on the CPU are used as they are (memory-mapped pages of the file, no private copy);
-    otherwise each one is converted or moved on its own, so the host never holds more than one converted tensor.
+    tensors bound for a GPU go one at a time from the mapped file to the device (no host copy). Only a CPU dtype
+    other than the checkpoint's (e.g. float32) makes a private converted copy of every weight.
     """
     with torch.device("meta"):
         model = Transformer(args)
-    placed = {}
-    for key in list(state):
-        placed[key] = state.pop(key).to(device=device, dtype=dtype)
+    placed = {key: tensor.to(device=device, dtype=dtype) for key, tensor in state.items()}
     model.load_state_dict(placed, strict=True, assign=True)
     model.requires_grad_(False)
     return model.eval()
