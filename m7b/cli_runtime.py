@@ -133,6 +133,8 @@ def run(
     stderr."""
     import time
 
+    import torch
+
     from m7b.runtime.fast_decode import prepare_decode, resolve_mode
     from m7b.runtime.generate import GenerationConfig, generate
     from m7b.runtime.sampling import SamplingConfig
@@ -158,8 +160,11 @@ def run(
     )
     stream = rt.tokenizer.stream()
     pieces: list[str] = []
+    first_token_at: list[float] = []  # wall clock (unix seconds) when the first token was ready
 
     def on_token(token: int) -> None:
+        if not first_token_at:
+            first_token_at.append(time.time())
         text = stream.push(token)
         pieces.append(text)
         if text and not json_out:
@@ -189,8 +194,10 @@ def run(
                 "prompt_token_ids": result.prompt_tokens,
                 "token_ids": result.tokens,
                 "load_s": round(load_s, 3),
+                "first_token_at": round(first_token_at[0], 4),
                 **figures,
                 **prepared.record(),
+                "peak_device_bytes": torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda" else None,
             }
         )
         return
