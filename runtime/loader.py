@@ -47,7 +47,10 @@ def build_model(
         model = Transformer(args)
     placed = {key: tensor.to(device=device, dtype=dtype) for key, tensor in state.items()}
     model.load_state_dict(placed, strict=True, assign=True)
+    del placed
     model.requires_grad_(False)
+    if device.type == "cuda":
+        model.fuse_projections()
     return model.eval()
 
 
