@@ -125,6 +125,7 @@ def test_module_names_are_the_checkpoint_keys(tiny_runtime, tiny_state) -> None:
     assert set(tiny_runtime.model.state_dict()) == set(tiny_state)
 
 
+@pytest.mark.slow  # a CPU compile: 10 s or more
 def test_decode_step_compiles_as_one_graph_and_agrees_with_eager(tiny_runtime) -> None:
     """The CUDA path compiles `decode_one_token` with fullgraph=True; check here (CPU) that it has no graph break
     and takes the real-arithmetic rotary path to the same tokens."""
