@@ -52,14 +52,17 @@ class _FirstTokenClock:
 
 
 def read_bandwidth() -> float:
-    """Bytes per second this machine reads from memory with the benchmark's threads: a sum over 512 MB of bf16
-    (far larger than any cache), best of 5."""
-    x = torch.ones(256 << 20, dtype=torch.bfloat16)
+    """Bytes per second this machine reads from memory with the benchmark's threads: the faster of a sum and a
+    matrix-vector product over 512 MB of float32 (far larger than any cache), best of 5 each. (A bfloat16 sum is
+    no measure: on CPUs without native bf16 it is compute-bound, 0.6 GB/s on the AVX2 machine of bench/README.md.)"""
+    x = torch.ones(128 << 20)
+    mat, vec = x.view(-1, 4096), torch.ones(4096)
     best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        x.sum(dtype=torch.float32)
-        best = min(best, time.perf_counter() - start)
+    for fn in (x.sum, lambda: torch.mv(mat, vec)):
+        for _ in range(5):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
     return x.nbytes / best
 
 
