@@ -36,7 +36,9 @@ class PreparedDecode:
     max_seq_len: int  # the caches' size: pass it to `generate(max_seq_len=...)`
     prepare_s: float  # allocating caches, compiling or loading compiled code, capturing, warming up
     cache_dir: Path | None  # where compiled artifacts live (compile only)
-    cache: str  # "hit" (a complete compile was found), "miss" (compiled now and saved) or "none"
+    # "hit" (a complete compile was found and nothing compiled anew), "partial" (found, but some graph compiled
+    # anew), "miss" (compiled now and saved) or "none"
+    cache: str
     fx_graph_hits: int = 0  # inductor graphs loaded from the cache / compiled during preparation
     fx_graph_misses: int = 0
 
@@ -114,7 +116,14 @@ def _use_cache_dir(folder: Path) -> None:
 
 def compiled_step(device: torch.device) -> DecodeFn:
     """`decode_one_token` through torch.compile: on CUDA "reduce-overhead" (CUDA graphs) with coordinate-descent
-    tuning of the generated kernels (gpt-fast's settings); on the CPU the default mode."""
+    tuning of the generated kernels (gpt-fast's settings); on the CPU the default mode.
+
+    Shapes are static by design (`static_seq_len` buckets): a graph is never made dynamic after a second shape,
+    so what one run compiles is exactly what the next run looks up.
+    """
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.automatic_dynamic_shapes = False
     if device.type == "cuda":
         import torch._inductor.config as inductor_config
 
@@ -193,6 +202,8 @@ def prepare_decode(model: Transformer, mode: str, needed: int, cache_root: Path 
     fn = compiled_step(device)
     _warm_up(model, fn, device)
     new_hits, new_misses = _fx_counts()
+    if cache == "hit" and new_misses > misses:  # the folder was complete, yet a graph compiled anew
+        cache = "partial"
     if folder is not None and cache == "miss":
         tmp = folder / f".{READY_NAME}.{os.getpid()}"
         tmp.write_text(json.dumps(compile_key(model, device, mode), indent=1, default=str), encoding="utf-8")
