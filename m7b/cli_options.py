@@ -67,7 +67,12 @@ ReleaseArg = Annotated[
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")]
 DtypeOption = Annotated[
-    str | None, typer.Option(help="float32 or bfloat16 (default: bfloat16 on CUDA, float32 on the CPU).")
+    str | None,
+    typer.Option(
+        help="float32 or bfloat16 (default: bfloat16 on CUDA; on the CPU the checkpoint's own dtype, bfloat16 for "
+        "Mistral 7B, computed straight from the memory-mapped weights; float32 on the CPU holds a converted copy "
+        "of every weight: 29 GB for the 7B)."
+    ),
 ]
 PeerOption = Annotated[list[str] | None, typer.Option("--peer", help="Connect to HOST:PORT (repeatable).")]
 ListenOption = Annotated[

@@ -20,6 +20,16 @@ if TYPE_CHECKING:
 
 DEFAULT_RELEASE = "mistral-7b-v0.1"
 
+DecodeOption = Annotated[
+    str,
+    typer.Option(
+        "--decode",
+        help="The decode step: auto (compiled with CUDA graphs on CUDA, eager on the CPU), eager, compile or graph "
+        "(a captured CUDA graph). A compile is paid once per model shape, dtype, device and torch version: it is "
+        "kept under M7B_HOME/cache/compile and loaded by later runs.",
+    ),
+]
+
 
 def _load(release: str, device: str, dtype: str | None, window: int | None = None) -> Runtime:
     from m7b.runtime.args import ModelArgs
@@ -71,20 +81,21 @@ def run(
         int | None, typer.Option(help="Prefill chunk in tokens (default and maximum: the sliding window).")
     ] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")] = False,
-    compile_decode: Annotated[
-        bool,
-        typer.Option(
-            "--compile",
-            help="CUDA only: compile the decode step with "
-            "CUDA graphs (about a minute to start, then "
-            "several times faster).",
-        ),
-    ] = False,
+    decode: DecodeOption = "auto",
+    compile_decode: Annotated[bool, typer.Option("--compile", help="Same as --decode compile.")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Complete a prompt: the text streams to stdout; TTFT, prefill and decode tok/s go to stderr."""
-    from m7b.runtime.generate import GenerationConfig, decode_one_token, generate
+    """Complete a prompt: the text streams to stdout; preparation time, TTFT, prefill and decode tok/s go to
+    stderr."""
+    import time
+
+    import torch
+
+    from m7b.runtime.fast_decode import prepare_decode, resolve_mode
+    from m7b.runtime.generate import GenerationConfig, generate
     from m7b.runtime.sampling import SamplingConfig
+
+    started = time.perf_counter()
 
     config = GenerationConfig(
         max_tokens=max_tokens,
@@ -94,23 +105,37 @@ def run(
     )
     config.validate()
     rt = _load(release, device, dtype)
+    mode = resolve_mode("compile" if compile_decode else decode, rt.device)
     ids = rt.tokenizer.encode(prompt)
-    decode_fn = decode_one_token
-    if compile_decode:
-        from m7b.runtime.fast_decode import compiled_decode
-
-        decode_fn = compiled_decode(rt.device)
+    load_s = time.perf_counter() - started
+    prepared = prepare_decode(rt.model, mode, len(ids) + max_tokens, Store.from_env().compile_cache_dir)
+    err.print(
+        f"loaded in {load_s:.2f} s · decode step {prepared.mode} prepared in {prepared.prepare_s:.2f} s"
+        + (f" (compile cache {prepared.cache})" if prepared.cache != "none" else ""),
+        highlight=False,
+    )
     stream = rt.tokenizer.stream()
     pieces: list[str] = []
+    first_token_at: list[float] = []  # wall clock (unix seconds) when the first token was ready
 
     def on_token(token: int) -> None:
+        if not first_token_at:
+            first_token_at.append(time.time())
         text = stream.push(token)
         pieces.append(text)
         if text and not json_out:
             sys.stdout.write(text)
             sys.stdout.flush()
 
-    result = generate(rt.model, ids, config, eos_id=rt.tokenizer.eos_id, on_token=on_token, decode_fn=decode_fn)
+    result = generate(
+        rt.model,
+        ids,
+        config,
+        eos_id=rt.tokenizer.eos_id,
+        on_token=on_token,
+        decode_fn=prepared.fn,
+        max_seq_len=prepared.max_seq_len,
+    )
     tail = stream.flush()
     pieces.append(tail)
     figures = _figures(result)
@@ -124,7 +149,11 @@ def run(
                 "text": "".join(pieces),
                 "prompt_token_ids": result.prompt_tokens,
                 "token_ids": result.tokens,
+                "load_s": round(load_s, 3),
+                "first_token_at": round(first_token_at[0], 4),
                 **figures,
+                **prepared.record(),
+                "peak_device_bytes": torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda" else None,
             }
         )
         return
@@ -152,22 +181,45 @@ def smoke(
             "models on the CPU)."
         ),
     ] = None,
+    decode: Annotated[
+        str,
+        typer.Option(
+            "--decode",
+            help="Fast decode steps to check against the eager one and transformers, teacher-forced past the window: "
+            "auto (on CUDA the compiled step and a captured CUDA graph; none on the CPU), compile, graph or eager "
+            "(none).",
+        ),
+    ] = "auto",
     json_out: JsonOption = False,
 ) -> None:
     """The smoke-generation battery: a pass/fail table; exit code 5 when any check fails."""
     from m7b.progress import ProgressEvent, ignore_progress
-    from m7b.runtime.smoke import run_smoke
+    from m7b.runtime.fast_decode import prepare_decode, resolve_mode
+    from m7b.runtime.smoke import PAST_WINDOW, run_smoke
 
     rt = _load(release, device, dtype, window)
+    if decode.strip().lower() == "auto":
+        modes = ["compile", "graph"] if rt.device.type == "cuda" else []
+    else:
+        modes = [m for m in [resolve_mode(decode, rt.device)] if m != "eager"]
+    paths, prepared_len, prepare_s = {}, None, {}
+    for mode in modes:
+        prepared = prepare_decode(rt.model, mode, rt.model.window + PAST_WINDOW, Store.from_env().compile_cache_dir)
+        paths[mode], prepared_len, prepare_s[mode] = prepared.fn, prepared.max_seq_len, round(prepared.prepare_s, 3)
+        err.print(f"decode step {mode} prepared in {prepared.prepare_s:.2f} s", highlight=False)
     if json_out or not err.is_terminal:
-        report = run_smoke(rt.model, rt.tokenizer, rt.dtype, seed=seed, progress=ignore_progress)
+        report = run_smoke(
+            rt.model, rt.tokenizer, rt.dtype, seed, ignore_progress, decode_paths=paths, paths_max_seq_len=prepared_len
+        )
     else:
         with err.status("smoke") as status:
 
             def on_check(event: ProgressEvent) -> None:
                 status.update(f"smoke: {event.item} ({event.done}/{event.total})")
 
-            report = run_smoke(rt.model, rt.tokenizer, rt.dtype, seed=seed, progress=on_check)
+            report = run_smoke(
+                rt.model, rt.tokenizer, rt.dtype, seed, on_check, decode_paths=paths, paths_max_seq_len=prepared_len
+            )
     checks = [{"name": c.name, "passed": c.passed, "detail": c.detail, "value": c.value} for c in report.checks]
     doc = {
         "release": release,
@@ -177,6 +229,7 @@ def smoke(
         "window": report.window,
         "passed": report.passed,
         "decode_tok_s": round(report.decode_tok_s, 2),
+        "prepare_s": prepare_s,
         "checks": checks,
     }
     show(doc, json_out, _print_smoke)

@@ -120,6 +120,11 @@ class Store:
         return self.home / "resume"
 
     @property
+    def compile_cache_dir(self) -> Path:
+        """Compiled decode steps, one folder per model shape, dtype, device, torch version and cache size."""
+        return self.home / "cache" / "compile"
+
+    @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
 

@@ -1,10 +1,22 @@
-"""Faster decode steps for CUDA: the same `decode_one_token`, compiled (with CUDA graphs) or graph-captured.
+"""The decode step a run uses, prepared before the first token: eager, compiled, or a captured CUDA graph.
 
-Both need static buffers: call `model.setup_caches()` first and keep the caches across generations
-(`generate(..., max_seq_len=...)` resets them in place instead of reallocating).
+`prepare_decode` allocates the caches at a static size, builds the step and warms it up (compiling or capturing
+happens here, timed as `prepare_s`, never inside the decode figures). On CUDA the default is the compiled step
+(torch.compile, "reduce-overhead": fused kernels replayed as CUDA graphs); on the CPU it is the eager step.
+
+Compiled artifacts persist under `<M7B_HOME>/cache/compile/<key>/` (inductor's FX-graph, autotuning and Triton
+caches), one folder per (model shape, dtype, device, torch version, mode): a run compiles once, later runs load.
+Cache shapes are static per run size bucket (`static_seq_len`), so later prompts of other lengths reuse the graph.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -12,17 +24,113 @@ from m7b.errors import InvalidInputError
 from m7b.runtime.generate import DecodeFn, decode_one_token
 from m7b.runtime.model import Transformer
 
+DECODE_MODES = ("auto", "eager", "compile", "graph")
+READY_NAME = "READY.json"  # written once a compiled step has run: the folder holds a complete compile
+MIN_STATIC_LEN = 512  # the smallest cache bucket (a short answer to a short prompt)
 
-def compiled_decode(device: torch.device) -> DecodeFn:
-    """`decode_one_token` through torch.compile: fused kernels replayed as CUDA graphs ("reduce-overhead").
 
-    The first calls compile (about a minute for a 7B model); later calls replay.
+@dataclass
+class PreparedDecode:
+    mode: str  # "eager", "compile" or "graph"
+    fn: DecodeFn
+    max_seq_len: int  # the caches' size: pass it to `generate(max_seq_len=...)`
+    prepare_s: float  # allocating caches, compiling or loading compiled code, capturing, warming up
+    cache_dir: Path | None  # where compiled artifacts live (compile only)
+    # "hit" (a complete compile was found and nothing compiled anew), "partial" (found, but some graph compiled
+    # anew), "miss" (compiled now and saved) or "none"
+    cache: str
+    fx_graph_hits: int = 0  # inductor graphs loaded from the cache / compiled during preparation
+    fx_graph_misses: int = 0
+
+    def record(self) -> dict[str, object]:
+        return {
+            "decode_mode": self.mode,
+            "prepare_s": round(self.prepare_s, 3),
+            "static_seq_len": self.max_seq_len,
+            "compile_cache": self.cache,
+            "compile_cache_dir": str(self.cache_dir) if self.cache_dir else None,
+            "fx_graph_cache_hits": self.fx_graph_hits,
+            "fx_graph_cache_misses": self.fx_graph_misses,
+        }
+
+
+def resolve_mode(name: str, device: torch.device) -> str:
+    """`auto`: the compiled step on CUDA, the eager one on the CPU (where compiling gains nothing measurable)."""
+    key = name.strip().lower()
+    if key not in DECODE_MODES:
+        raise InvalidInputError(f"unknown decode mode {name!r}: expected one of {', '.join(DECODE_MODES)}")
+    if key == "auto":
+        return "compile" if device.type == "cuda" else "eager"
+    if key == "graph" and device.type != "cuda":
+        raise InvalidInputError(f"a captured CUDA graph needs a CUDA device, found {device}; use compile or eager")
+    return key
+
+
+def static_seq_len(needed: int, window: int) -> int:
+    """The cache size for a run needing `needed` positions: a power of two, at least min(512, W).
+
+    Fixed buckets keep the compiled step's shapes the same across prompts, so one compile serves many runs;
+    the cache holds min(W, bucket) slots, so a short run does not read a W-slot cache every token.
     """
-    if device.type != "cuda":
-        raise InvalidInputError(
-            f"compiling the decode step is for CUDA devices (found {device}); on the CPU the eager step is the fast one"
-        )
-    return torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
+    bucket = 1 << max(0, needed - 1).bit_length()
+    return max(bucket, min(MIN_STATIC_LEN, window), needed)
+
+
+def compile_key(model: Transformer, device: torch.device, mode: str) -> dict[str, object]:
+    """What a compiled step depends on: the model's shape, dtype, device kind, torch version, mode."""
+    weight = model.output.weight
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {
+        "args": asdict(model.args),
+        "dtype": str(weight.dtype).removeprefix("torch."),
+        "device": name,
+        "capability": list(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "mode": mode,
+        "cache_slots": model.capacity,
+        "positions": model.max_seq_len,
+    }
+
+
+def compile_cache_dir(root: Path, key: dict[str, object]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(root) / digest
+
+
+def _fx_counts() -> tuple[int, int]:
+    from torch._dynamo.utils import counters
+
+    inductor = counters["inductor"]
+    return int(inductor["fxgraph_cache_hit"]), int(inductor["fxgraph_cache_miss"])
+
+
+def _use_cache_dir(folder: Path) -> None:
+    """Point inductor's caches (FX graphs, autotuning, Triton kernels) at `folder` for this process."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    os.environ["TRITON_CACHE_DIR"] = str(folder / "triton")
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+
+
+def compiled_step(device: torch.device) -> DecodeFn:
+    """`decode_one_token` through torch.compile: on CUDA "reduce-overhead" (CUDA graphs) with coordinate-descent
+    tuning of the generated kernels (gpt-fast's settings); on the CPU the default mode.
+
+    Shapes are static by design (`static_seq_len` buckets): a graph is never made dynamic after a second shape,
+    so what one run compiles is exactly what the next run looks up.
+    """
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.automatic_dynamic_shapes = False
+    if device.type == "cuda":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True
+        inductor_config.triton.unique_kernel_names = True
+        return torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
+    return torch.compile(decode_one_token, fullgraph=True)
 
 
 def cuda_graph_decode(model: Transformer, device: torch.device) -> DecodeFn:
@@ -51,3 +159,62 @@ def cuda_graph_decode(model: Transformer, device: torch.device) -> DecodeFn:
         return static_out
 
     return run
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def _warm_up(model: Transformer, fn: DecodeFn, device: torch.device, steps: int = 3) -> None:
+    """Run the step a few times (compile, record the CUDA graph, replay), then forget what it wrote."""
+    token = torch.ones((1, 1), dtype=torch.long, device=device)
+    for i in range(steps):
+        fn(model, token, torch.tensor([i], dtype=torch.long, device=device))
+    _sync(device)
+    model.reset_caches()
+
+
+def prepare_decode(model: Transformer, mode: str, needed: int, cache_root: Path | None = None) -> PreparedDecode:
+    """Caches for `needed` positions and a warmed-up decode step in `mode` (already resolved: eager, compile,
+    graph). `cache_root` holds compiled artifacts (compile only; None: torch's default location)."""
+    device = model.output.weight.device
+    start = time.perf_counter()
+    if mode == "eager":
+        model.setup_caches(1, needed)
+        return PreparedDecode("eager", decode_one_token, needed, time.perf_counter() - start, None, "none")
+    max_seq_len = static_seq_len(needed, model.window)
+    model.setup_caches(1, max_seq_len)
+    if mode == "graph":
+        fn = cuda_graph_decode(model, device)
+        return PreparedDecode("graph", fn, max_seq_len, time.perf_counter() - start, None, "none")
+    if mode != "compile":
+        raise InvalidInputError(f"unknown decode mode {mode!r}: expected eager, compile or graph")
+    folder = None
+    cache = "none"
+    if cache_root is not None:
+        key = compile_key(model, device, mode)
+        folder = compile_cache_dir(cache_root, key)
+        cache = "hit" if (folder / READY_NAME).is_file() else "miss"
+        _use_cache_dir(folder)
+    hits, misses = _fx_counts()
+    fn = compiled_step(device)
+    _warm_up(model, fn, device)
+    new_hits, new_misses = _fx_counts()
+    if cache == "hit" and new_misses > misses:  # the folder was complete, yet a graph compiled anew
+        cache = "partial"
+    if folder is not None and cache == "miss":
+        tmp = folder / f".{READY_NAME}.{os.getpid()}"
+        tmp.write_text(json.dumps(compile_key(model, device, mode), indent=1, default=str), encoding="utf-8")
+        tmp.replace(folder / READY_NAME)
+    return PreparedDecode(
+        "compile",
+        fn,
+        max_seq_len,
+        time.perf_counter() - start,
+        folder,
+        cache,
+        new_hits - hits,
+        new_misses - misses,
+    )

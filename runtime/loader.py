@@ -10,6 +10,7 @@ import torch
 from m7b.errors import NotFoundError
 from m7b.manifests.architecture import load_params
 from m7b.runtime.args import ModelArgs
+from m7b.runtime.device import default_dtype
 from m7b.runtime.model import Transformer
 from m7b.runtime.tokenizer import TOKENIZER_NAME, Tokenizer
 from m7b.runtime.weights import check_shapes, load_state_dict
@@ -25,22 +26,40 @@ class Runtime:
     weights_path: Path
 
 
+def weights_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The dtype holding most of the checkpoint's bytes (every tensor of a Mistral release shares one)."""
+    totals: dict[torch.dtype, int] = {}
+    for tensor in state.values():
+        totals[tensor.dtype] = totals.get(tensor.dtype, 0) + tensor.nbytes
+    return max(totals, key=lambda d: totals[d])
+
+
 def build_model(
     args: ModelArgs, state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
 ) -> Transformer:
-    """A model holding `state` (already checked) on `device` in `dtype`, without a second copy on the CPU."""
+    """A model holding `state` (already checked) on `device` in `dtype`, without a second copy on the host.
+
+    Tensors already in `dtype` on the CPU are used as they are (memory-mapped pages of the file, no private copy);
+    tensors bound for a GPU go one at a time from the mapped file to the device (no host copy). Only a CPU dtype
+    other than the checkpoint's (e.g. float32) makes a private converted copy of every weight.
+    """
     with torch.device("meta"):
         model = Transformer(args)
-    model.load_state_dict(state, strict=True, assign=True)
-    model = model.to(device=device, dtype=dtype)
+    placed = {key: tensor.to(device=device, dtype=dtype) for key, tensor in state.items()}
+    model.load_state_dict(placed, strict=True, assign=True)
+    del placed
     model.requires_grad_(False)
+    if device.type == "cuda":
+        model.fuse_projections()
     return model.eval()
 
 
 def load_runtime(
-    release_dir: Path, device: torch.device, dtype: torch.dtype, args_override: ModelArgs | None = None
+    release_dir: Path, device: torch.device, dtype: torch.dtype | None = None, args_override: ModelArgs | None = None
 ) -> Runtime:
     """Read params.json, the weights and tokenizer.model from `release_dir`.
+
+    `dtype` None: `default_dtype` for the device and the checkpoint (on the CPU, the checkpoint's own).
 
     `args_override` replaces params.json's values after the shape check (the smoke battery uses it to test the
     rolling cache with a smaller window).
@@ -55,5 +74,6 @@ def load_runtime(
     state, weights_path = load_state_dict(release_dir)
     check_shapes(arch, state, weights_path)
     args = args_override or ModelArgs.from_architecture(arch)
+    dtype = dtype or default_dtype(device, weights_dtype(state))
     model = build_model(args, state, device, dtype)
     return Runtime(model, tokenizer, args, device, dtype, weights_path)

@@ -94,14 +94,26 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.kv_cache: RollingKVCache | None = None
+        # wq, wk, wv stacked (`fuse`): one matrix-vector product, not three. A buffer outside the state dict.
+        self.register_buffer("wqkv", None, persistent=False)
+
+    def fuse(self) -> None:
+        """Stack wq, wk, wv into one matrix; the three weights become views of its rows (no extra memory, the
+        state dict keeps its keys)."""
+        self.wqkv = _fuse_rows(self.wq, self.wk, self.wv)
 
     def forward(
         self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, decode: bool
     ) -> torch.Tensor:
         b, length, _ = x.shape
-        q = self.wq(x).view(b, length, self.n_heads, self.head_dim)
-        k = self.wk(x).view(b, length, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(b, length, self.n_kv_heads, self.head_dim)
+        if self.wqkv is not None:
+            kv_size = self.n_kv_heads * self.head_dim
+            q, k, v = F.linear(x, self.wqkv).split([self.n_heads * self.head_dim, kv_size, kv_size], dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(b, length, self.n_heads, self.head_dim)
+        k = k.view(b, length, self.n_kv_heads, self.head_dim)
+        v = v.view(b, length, self.n_kv_heads, self.head_dim)
         q, k = apply_rotary_emb(q, freqs), apply_rotary_emb(k, freqs)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         cache = self.kv_cache
@@ -129,9 +141,28 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)
         self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
         self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.register_buffer("w13", None, persistent=False)  # w1, w3 stacked (`fuse`)
+
+    def fuse(self) -> None:
+        """Stack w1 and w3 into one matrix; both become views of its rows."""
+        self.w13 = _fuse_rows(self.w1, self.w3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w13 is not None:
+            gate, up = F.linear(x, self.w13).chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def _fuse_rows(*linears: nn.Linear) -> torch.Tensor:
+    """One weight holding the rows of each `linears` weight in order; each linear's weight becomes a view of it."""
+    fused = torch.cat([lin.weight.detach() for lin in linears])
+    begin = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight = nn.Parameter(fused[begin : begin + rows], requires_grad=False)
+        begin += rows
+    return fused
 
 
 class TransformerBlock(nn.Module):
@@ -198,6 +229,14 @@ class Transformer(nn.Module):
                 persistent=False,
             )
         self.max_seq_len = max_seq_len
+
+    def fuse_projections(self) -> None:
+        """gpt-fast's load-time fusion: wq/wk/wv and w1/w3 become one matrix each, so a decode step launches two
+        matrix-vector products per layer fewer. Memory stays the same (the old weights become views); for weights
+        memory-mapped from a file it makes a private copy, so the loader does it on GPUs only."""
+        for layer in self.layers:
+            layer.attention.fuse()
+            layer.feed_forward.fuse()
 
     def reset_caches(self) -> None:
         """Forget every cached position, keeping the buffers (and so any compiled graph that uses them)."""

@@ -2,7 +2,8 @@
 
 Same seed twice gives the same tokens; logits are finite; chunked prefill equals a single pass; decoding past the
 window with the rolling cache equals a full recompute under the band mask; the cache stops growing at W tokens;
-and a decode tokens/s figure.
+a decode tokens/s figure; and, given fast decode paths (the compiled step, a CUDA graph), their teacher-forced
+logits against the eager step and against transformers (when installed) past the window.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
-from m7b.runtime.generate import GenerationConfig, decode_one_token, generate, prefill
+from m7b.runtime.generate import DecodeFn, GenerationConfig, decode_one_token, generate, prefill
 from m7b.runtime.model import Transformer
 from m7b.runtime.sampling import SamplingConfig
 from m7b.runtime.tokenizer import Tokenizer
@@ -23,6 +24,9 @@ SMOKE_PROMPT = "The four files of the release were checked one by one, and then"
 # Logits may differ by this much, relative to the largest logit (at least 1): summation order differs between a
 # chunk and a single pass, and between a decode step and a full recompute.
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+# A fast decode path (other kernels, fused and reordered sums) or another implementation, against the eager step.
+PATH_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 2e-2, torch.float16: 1e-2}
+PAST_WINDOW = 64  # teacher-forced positions past the window the path check covers
 
 
 @dataclass(frozen=True)
@@ -183,23 +187,103 @@ def check_cache_memory(model: Transformer, seed: int) -> SmokeCheck:
     )
 
 
+@torch.inference_mode()
+def teacher_forced_logits(model: Transformer, ids: torch.Tensor, prompt_len: int, fn: DecodeFn) -> torch.Tensor:
+    """Logits (positions, V) of the decode steps at positions prompt_len … n-1, each fed the given id (not the
+    sampled one), after a prefill of the first `prompt_len` ids. The caches must already be set up."""
+    model.reset_caches()
+    prefill(model, ids[:, :prompt_len], 0, model.window)
+    device = ids.device
+    out = []
+    for pos in range(prompt_len, ids.shape[1]):
+        logits = fn(model, ids[:, pos : pos + 1], torch.tensor([pos], dtype=torch.long, device=device))
+        out.append(logits[0].float().clone())
+    return torch.stack(out)
+
+
+def transformers_logits(model: Transformer, ids: torch.Tensor, start: int) -> torch.Tensor | None:
+    """Logits at positions start … n-1 from transformers' MistralForCausalLM (sdpa) on the same tensors, in one
+    pass; None when transformers is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        return None
+    from m7b.runtime.hf_twin import hf_model
+
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("slot_pos", "freqs"))}
+    hf = hf_model(state, model.args, model.output.weight.dtype, attn_implementation="sdpa")
+    with torch.inference_mode():
+        logits = hf(ids).logits[0, start:].float()
+    del hf
+    return logits
+
+
+def check_decode_paths(
+    model: Transformer, paths: dict[str, DecodeFn], dtype: torch.dtype, seed: int, max_seq_len: int | None = None
+) -> list[SmokeCheck]:
+    """Each fast decode path, and transformers when installed, against the eager step: teacher-forced logits over
+    the last few positions before the window and PAST_WINDOW positions after it. `max_seq_len`: the cache size the
+    paths were prepared for (their static shapes)."""
+    w = model.window
+    prompt_len = max(1, w - 8)
+    total = w + PAST_WINDOW
+    ids = synthetic_ids(total, model.args.vocab_size, seed, model.output.weight.device)
+    if model.max_seq_len < total or (max_seq_len and model.max_seq_len != max_seq_len):
+        model.setup_caches(1, max(total, max_seq_len or 0))
+    eager = teacher_forced_logits(model, ids, prompt_len, decode_one_token)
+    tol = PATH_TOLERANCE.get(dtype, 2e-2)
+    where = f"positions {prompt_len}-{total - 1} (W={w}, {PAST_WINDOW} past it), teacher-forced"
+    checks = []
+    for name, fn in paths.items():
+        diff, rel = _max_diff(teacher_forced_logits(model, ids, prompt_len, fn), eager)
+        checks.append(
+            SmokeCheck(
+                f"{name} decode step equals eager",
+                rel <= tol,
+                f"{where}: max |diff| {diff:.2e} ({rel:.1e} of the largest logit, tolerance {tol:.0e})",
+                rel,
+            )
+        )
+    model.reset_caches()
+    reference = transformers_logits(model, ids, prompt_len)  # the step at pos gives the one-pass logits at pos
+    if reference is not None:
+        diff, rel = _max_diff(eager, reference)
+        checks.append(
+            SmokeCheck(
+                "eager decode step equals transformers",
+                rel <= tol,
+                f"{where}, vs MistralForCausalLM (sdpa) in one pass: max |diff| {diff:.2e} ({rel:.1e} of the "
+                f"largest logit, tolerance {tol:.0e})",
+                rel,
+            )
+        )
+    return checks
+
+
 def run_smoke(
     model: Transformer,
     tokenizer: Tokenizer,
     dtype: torch.dtype,
     seed: int = 0,
     progress: ProgressCallback = ignore_progress,
+    decode_paths: dict[str, DecodeFn] | None = None,
+    paths_max_seq_len: int | None = None,
 ) -> SmokeReport:
-    """Run every check (none stops the others) and return the report."""
+    """Run every check (none stops the others) and return the report. `decode_paths`: fast decode steps to check
+    against the eager one (and transformers), prepared for caches of `paths_max_seq_len` positions."""
     checks: list[SmokeCheck] = []
     rate = 0.0
-    steps: list[tuple[str, Callable[[], SmokeCheck]]] = [
+    steps: list[tuple[str, Callable[[], SmokeCheck | list[SmokeCheck]]]] = [
         ("determinism", lambda: check_determinism(model, tokenizer, seed)),
         ("finite logits", lambda: check_finite(model, tokenizer)),
         ("chunked prefill", lambda: check_chunked_prefill(model, dtype, seed)),
         ("rolling cache", lambda: _rolling()),
         ("cache memory", lambda: check_cache_memory(model, seed)),
     ]
+    if decode_paths:
+        steps.insert(
+            0, ("decode paths", lambda: check_decode_paths(model, decode_paths, dtype, seed, paths_max_seq_len))
+        )
 
     def _rolling() -> SmokeCheck:
         nonlocal rate
@@ -209,7 +293,8 @@ def run_smoke(
     with torch.inference_mode():
         for i, (name, step) in enumerate(steps):
             progress(ProgressEvent("smoke", i, len(steps), item=name, unit="checks"))
-            checks.append(step())
+            found = step()
+            checks.extend(found if isinstance(found, list) else [found])
         progress(ProgressEvent("smoke", len(steps), len(steps), item="done", unit="checks"))
     checks.append(SmokeCheck("decode tokens/s", rate > 0, f"{rate:.1f} tok/s (greedy, batch 1)", rate))
     return SmokeReport(window=model.window, checks=checks, decode_tok_s=rate)

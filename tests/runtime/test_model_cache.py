@@ -125,6 +125,7 @@ def test_module_names_are_the_checkpoint_keys(tiny_runtime, tiny_state) -> None:
     assert set(tiny_runtime.model.state_dict()) == set(tiny_state)
 
 
+@pytest.mark.slow  # a CPU compile: 10 s or more
 def test_decode_step_compiles_as_one_graph_and_agrees_with_eager(tiny_runtime) -> None:
     """The CUDA path compiles `decode_one_token` with fullgraph=True; check here (CPU) that it has no graph break
     and takes the real-arithmetic rotary path to the same tokens."""
@@ -142,3 +143,32 @@ def test_decode_step_compiles_as_one_graph_and_agrees_with_eager(tiny_runtime) -
     finally:
         torch._dynamo.reset()
     assert result.tokens == eager.tokens
+
+
+def test_fused_projections_give_the_same_logits_without_new_memory(tiny_state, tiny_runtime, random_ids) -> None:
+    """The GPU loader stacks wq/wk/wv and w1/w3 (gpt-fast); the logits must not change, and neither the state
+    dict's keys nor the memory held (the old weights become views of the stacked ones)."""
+    from m7b.runtime.loader import build_model
+
+    model = build_model(
+        tiny_runtime.args, {k: v.clone() for k, v in tiny_state.items()}, torch.device("cpu"), torch.float32
+    )
+    ids = random_ids(40, seed=5)
+    model.setup_caches(1, 40)
+    with torch.inference_mode():
+        before = model(ids, torch.arange(40))
+    keys = set(model.state_dict())
+    model.fuse_projections()
+    attn, ffn = model.layers[0].attention, model.layers[0].feed_forward
+    assert attn.wqkv is not None and ffn.w13 is not None
+    assert attn.wk.weight.untyped_storage().data_ptr() == attn.wqkv.untyped_storage().data_ptr()
+    assert ffn.w3.weight.untyped_storage().data_ptr() == ffn.w13.untyped_storage().data_ptr()
+    assert set(model.state_dict()) == keys
+    model.setup_caches(1, 40)
+    with torch.inference_mode():
+        after = model(ids, torch.arange(40))
+        model.setup_caches(1, 40)  # and a decode step (one position) through the fused weights
+        model(ids[:, :39], torch.arange(39))
+        step = model(ids[:, 39:], torch.tensor([39]))
+    assert (after - before).abs().max().item() <= 1e-4
+    assert (step[0, -1] - before[0, -1]).abs().max().item() <= 1e-4

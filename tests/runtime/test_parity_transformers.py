@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_reference import hf_model
 
 from m7b.runtime.generate import GenerationConfig, generate
+from m7b.runtime.hf_twin import hf_model
 
 TOL = 1e-4
 

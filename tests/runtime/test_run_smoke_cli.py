@@ -25,8 +25,11 @@ def test_run_streams_text_and_reports_figures(cli, tiny_release_src) -> None:
     assert record["text"] + "\n" == result.stdout  # the streamed text is the same greedy completion
     assert len(record["token_ids"]) == record["generated_tokens"] == 12
     assert record["prompt_token_ids"][0] == 1
-    for key in ("ttft_s", "prefill_tok_s", "decode_tok_s"):
+    for key in ("ttft_s", "prefill_tok_s", "decode_tok_s", "load_s"):
         assert record[key] > 0
+    # CPU defaults: the checkpoint's own dtype (bf16, no converted copy) and the eager step, prepared apart
+    assert record["dtype"] == "bfloat16" and record["decode_mode"] == "eager" and record["prepare_s"] >= 0
+    assert "prepared in" in result.stderr
 
 
 def test_run_with_a_prompt_longer_than_the_window(cli_inproc, tiny_release_src) -> None:

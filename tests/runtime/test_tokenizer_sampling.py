@@ -101,12 +101,15 @@ def test_generation_stops_at_eos(tiny_runtime, monkeypatch) -> None:
 
 
 def test_device_auto_picks_cuda_when_present(monkeypatch) -> None:
-    from m7b.runtime.device import resolve_device, resolve_dtype
+    from m7b.runtime.device import default_dtype, resolve_device, resolve_dtype
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
-    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert resolve_dtype(None, torch.device("cpu")) is None  # the loader decides, seeing the checkpoint
+    # The CPU default never widens the checkpoint (a float32 copy of the 7B is 29 GB); CUDA computes in bfloat16.
+    assert default_dtype(torch.device("cpu"), torch.bfloat16) == torch.bfloat16
+    assert default_dtype(torch.device("cpu"), torch.float32) == torch.float32
+    assert default_dtype(torch.device("cuda"), torch.float32) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")
-    assert resolve_dtype(None, torch.device("cuda")) == torch.bfloat16
     assert resolve_dtype("float32", torch.device("cuda")) == torch.float32

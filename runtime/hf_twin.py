@@ -1,5 +1,6 @@
 """transformers' MistralForCausalLM on the same weights: the independent implementation the runtime is checked
-against. The Hugging Face state dict is built here from the checkpoint (renamed keys, wq/wk rows permuted per head)."""
+against (tests, `m7b smoke` on CUDA, the benchmarks). The Hugging Face state dict is built here from the checkpoint
+(renamed keys, wq/wk rows permuted per head). transformers is imported only when a twin is built."""
 
 from __future__ import annotations
 
