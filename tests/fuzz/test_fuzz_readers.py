@@ -71,6 +71,7 @@ params_docs = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @given(doc=params_docs | json_values, nesting=st.sampled_from([0, 0, 0, 0, 40, 3000]))
 def test_params_json(box: Path, doc: Any, nesting: int) -> None:
     path = _fresh(box) / "params.json"
@@ -210,6 +211,7 @@ safetensors_headers = st.dictionaries(
     body=st.binary(max_size=64),
     length=st.integers(-1, 2**64 - 1),
 )
+@pytest.mark.slow
 def test_safetensors_header(box: Path, header: Any, raw: bytes, body: bytes, length: int) -> None:
     folder = _fresh(box)
     head = json.dumps(header).encode() if length < 0 else raw
@@ -230,6 +232,7 @@ toml_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @given(doc=st.dictionaries(st.text(max_size=12), toml_values, max_size=6))
 def test_random_manifest_documents(box: Path, doc: dict[str, Any]) -> None:
     refused_or_ok(lambda: parse_manifest(doc, "fuzz.toml"), (InvalidInputError,), box)

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import pytest
+
 from m7b import __version__
 from m7b.errors import EXIT_CODES
 
 
+@pytest.mark.slow
 def test_help_lists_only_working_commands(cli) -> None:
     result = cli("--help")
     assert result.code == 0
@@ -25,6 +28,7 @@ def test_usage_error_exit_code_2(cli) -> None:
     assert "Missing argument" in result.stderr
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_without_traceback_unless_debug(cli, m7b_home) -> None:
     result = cli("show", "no-such-release")
     assert result.code == 3

@@ -3,9 +3,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from m7b.synth import synthesize
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_pipeline_over_a_local_swarm(cli, tmp_path: Path) -> None:
     work = tmp_path / "demo"
     result = cli("demo", "--work", work, "--preset", "tiny", "--json", timeout=600)
@@ -32,6 +35,7 @@ def test_demo_runs_the_whole_pipeline_over_a_local_swarm(cli, tmp_path: Path) ->
     assert (work / "user-home" / "converted" / "mistral-demo" / "hf" / "SHA256SUMS").is_file()
 
 
+@pytest.mark.slow
 def test_demo_refuses_a_used_folder(cli, tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     result = cli("demo", "--work", tmp_path)

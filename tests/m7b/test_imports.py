@@ -7,6 +7,8 @@ import ast
 from functools import cache
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("m7b", "mirror", "verify", "runtime", "manifests", "tests", "bench")
 LINKED = ("mirror", "verify", "runtime", "manifests")
@@ -65,6 +67,7 @@ def test_the_subpackages_are_links_to_the_top_level_folders() -> None:
         assert link.is_symlink() and link.resolve() == (ROOT / name).resolve(), link
 
 
+@pytest.mark.slow
 def test_every_m7b_import_resolves_to_a_file_of_this_checkout() -> None:
     assert unresolved_imports(ROOT) == []
 

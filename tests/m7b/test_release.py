@@ -121,6 +121,7 @@ def test_a_release_fetched_without_a_manifest_is_listed_verified_and_seeded_by_n
     assert json.loads(converted.stdout)["verified_source"] is True
 
 
+@pytest.mark.slow
 def test_verify_from_python_saves_the_same_report_the_cli_reads(m7b_home, tiny_release) -> None:
     store = Store.from_env()
     _store_release(store, tiny_release, "tiny-py")
@@ -132,6 +133,7 @@ def test_verify_from_python_saves_the_same_report_the_cli_reads(m7b_home, tiny_r
     assert saved["report_path"] == str(store.report_path("tiny-py"))
 
 
+@pytest.mark.slow
 def test_a_folder_outside_the_store_gets_no_saved_report(m7b_home, tiny_release) -> None:
     store = Store.from_env()
     outcome = verify(resolve_release(str(tiny_release), store), store)

@@ -37,6 +37,7 @@ def test_home_comes_from_m7b_home_then_xdg(monkeypatch: pytest.MonkeyPatch, tmp_
     assert store.converted_dir("r", "hf") == tmp_path / "xdg" / "m7b" / "converted" / "r" / "hf"
 
 
+@pytest.mark.slow
 def test_list_follows_a_release_through_its_states(
     cli, m7b_home: Path, tiny_manifest: str, tiny_release_src: Path
 ) -> None:

@@ -87,6 +87,7 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_differs(tmp_path:
     assert sha256(other / "consolidated.00.pth") != sha256(again / "consolidated.00.pth")
 
 
+@pytest.mark.slow
 def test_cli_synth_json_and_refusals(cli, tmp_path: Path) -> None:
     result = cli("release", "synth", tmp_path / "r", "--preset", "tiny", "--seed", "3", "--json")
     assert result.code == 0, result.stderr

@@ -27,6 +27,7 @@ def v1_pieces_match(folder: Path, torrent: Path) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_create_is_deterministic_and_the_manifest_hashes_every_file(cli, tiny_release: Path, tmp_path) -> None:
     first = create(cli, tiny_release, tmp_path / "a")
     assert first.code == 0, first.stderr
@@ -61,6 +62,7 @@ def test_hybrid_web_seeds_and_piece_size(cli, tiny_release: Path, tmp_path) -> N
     assert f"urn:btmh:1220{doc['info_hash_v2']}" in doc["magnet"]
 
 
+@pytest.mark.slow
 def test_libtorrent_sees_the_created_torrent_complete(cli, tiny_release: Path, tmp_path) -> None:
     doc = json.loads(create(cli, tiny_release, tmp_path / "t").stdout)
     ses = lt.session(
@@ -96,6 +98,7 @@ def test_libtorrent_sees_the_created_torrent_complete(cli, tiny_release: Path, t
         (lambda d: (d / "params.json").write_text("{oops"), 4, "is not valid JSON"),
     ],
 )
+@pytest.mark.slow
 def test_bad_release_folders_are_refused_and_nothing_is_written(
     cli, tiny_release, tmp_path, setup, code, message
 ) -> None:
@@ -110,6 +113,7 @@ def test_bad_piece_size(cli, tiny_release, tmp_path) -> None:
     assert result.code == 4 and "power of two" in result.stderr
 
 
+@pytest.mark.slow
 def test_existing_output_with_other_content_is_kept(cli, tiny_release, tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -120,6 +124,7 @@ def test_existing_output_with_other_content_is_kept(cli, tiny_release, tmp_path)
     assert create(cli, tiny_release, out, "--force").code == 0
 
 
+@pytest.mark.slow
 def test_a_hybrid_torrent_comes_with_the_clients_that_mishandle_it(cli, m7b_home, tiny_release, tmp_path) -> None:
     out = tmp_path / "out"
     made = cli("release", "create", tiny_release, "--hybrid", "--out", out, "--no-inspect", "--json")

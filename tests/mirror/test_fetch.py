@@ -10,6 +10,7 @@ import sys
 import time
 
 import libtorrent as lt
+import pytest
 from swarm import free_port, local_opentracker, plain_seeder, tree_digests, wait_for
 
 LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
@@ -19,6 +20,7 @@ def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_fetch_by_magnet_through_a_real_tracker(cli, m7b_home, publish, tmp_path) -> None:
     # the tracker's whitelist names the info-hash, and the torrent names the tracker: pick the port first
     port = free_port()
@@ -48,6 +50,7 @@ def test_fetch_by_magnet_through_a_real_tracker(cli, m7b_home, publish, tmp_path
     assert json.loads(verified.stdout)["bound_to_magnet"] is True
 
 
+@pytest.mark.slow
 def test_fetch_by_release_name_through_a_manifest(cli, m7b_home, publish) -> None:
     pub = publish(name="tiny-named")
     (m7b_home / "manifests").mkdir(parents=True)
@@ -61,6 +64,7 @@ def test_fetch_by_release_name_through_a_manifest(cli, m7b_home, publish) -> Non
     assert json.loads(cli("show", "tiny-named", "--json").stdout)["state"] == "downloaded"
 
 
+@pytest.mark.slow
 def test_fetch_into_dest_from_a_torrent_file(cli, m7b_home, publish, tmp_path) -> None:
     pub = publish()
     dest = tmp_path / "my-copy"
@@ -70,6 +74,7 @@ def test_fetch_into_dest_from_a_torrent_file(cli, m7b_home, publish, tmp_path) -
     assert tree_digests(dest) == tree_digests(pub.folder)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_downloads_only_what_was_missing(cli, m7b_home, publish) -> None:
     pub = publish()
     total, piece = pub.meta.total_size, pub.meta.piece_length
@@ -116,6 +121,7 @@ def test_resume_after_kill_9_downloads_only_what_was_missing(cli, m7b_home, publ
     assert tree_digests(m7b_home / "releases" / name) == tree_digests(pub.folder)
 
 
+@pytest.mark.slow
 def test_a_peer_serving_a_corrupted_copy_is_outvoted_by_the_pieces_hashes(cli, m7b_home, publish, tmp_path) -> None:
     pub = publish()
     bad = tmp_path / "bad-copy"
@@ -137,6 +143,7 @@ def test_a_peer_serving_a_corrupted_copy_is_outvoted_by_the_pieces_hashes(cli, m
     assert tree_digests(m7b_home / "releases" / done["name"]) == tree_digests(pub.folder)
 
 
+@pytest.mark.slow
 def test_a_torrent_whose_path_escapes_is_refused_and_nothing_is_written(cli, m7b_home, tmp_path) -> None:
     info = {
         b"name": b"evil",
@@ -177,6 +184,7 @@ def test_a_torrent_whose_path_escapes_is_refused_and_nothing_is_written(cli, m7b
     assert not (m7b_home / "releases").exists() or list((m7b_home / "releases").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_metadata_that_contradicts_the_manifest_is_refused_before_any_data(cli, m7b_home, publish) -> None:
     pub = publish(name="contradicted")
     text = pub.manifest.read_text()
@@ -193,6 +201,7 @@ def test_metadata_that_contradicts_the_manifest_is_refused_before_any_data(cli, 
     assert not releases.exists() or list(releases.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_no_peers_ends_with_a_clear_timeout(cli, m7b_home) -> None:
     result = cli("fetch", "magnet:?xt=urn:btih:" + "ab" * 20, *LOOPBACK, "--timeout", "2")
     assert result.code == 7
@@ -201,6 +210,7 @@ def test_no_peers_ends_with_a_clear_timeout(cli, m7b_home) -> None:
     assert not releases.exists() or list(releases.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigterm_saves_resume_data_and_the_next_run_continues(cli, m7b_home, publish) -> None:
     pub = publish()
     resume = m7b_home / "resume" / f"{pub.meta.info_hash}.fastresume"
@@ -239,6 +249,7 @@ def test_sigterm_saves_resume_data_and_the_next_run_continues(cli, m7b_home, pub
     assert last_json(result.stdout)["pieces_at_start"] >= 0.2 * pub.meta.num_pieces
 
 
+@pytest.mark.slow
 def test_a_disk_that_refuses_writes_stops_with_a_clear_error(m7b_home, publish) -> None:
     import resource
 
@@ -260,6 +271,7 @@ def test_a_disk_that_refuses_writes_stops_with_a_clear_error(m7b_home, publish) 
     assert not (m7b_home / "releases" / pub.folder.name).exists()  # nothing under the final name
 
 
+@pytest.mark.slow
 def test_fetching_a_release_already_in_the_store_rechecks_it_without_peers(cli, m7b_home, publish) -> None:
     pub = publish()
     with plain_seeder(pub.torrent, pub.folder) as peer:
@@ -272,6 +284,7 @@ def test_fetching_a_release_already_in_the_store_rechecks_it_without_peers(cli, 
     assert tree_digests(m7b_home / "releases" / done["name"]) == tree_digests(pub.folder)
 
 
+@pytest.mark.slow
 def test_fetch_repairs_a_damaged_release_in_place(cli, m7b_home, publish) -> None:
     pub = publish()
     with plain_seeder(pub.torrent, pub.folder) as peer:

@@ -33,6 +33,7 @@ def events(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines()]
 
 
+@pytest.mark.slow
 def test_fetch_states_size_and_free_space_before_writing(cli, m7b_home, publish) -> None:
     pub = publish()
     with plain_seeder(pub.torrent, pub.folder) as peer:
@@ -65,6 +66,7 @@ def test_a_torrent_that_does_not_fit_its_dest_is_refused_before_any_write(cli, m
     assert not (m7b_home / "resume").exists() or list((m7b_home / "resume").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_magnet_too_big_for_the_store_is_refused_once_its_metadata_arrives(cli, publish, tmp_path, monkeypatch):
     pub = publish()
     with small_disk(tmp_path / "small") as home:

@@ -29,6 +29,7 @@ def aria2c() -> str:
     return binary
 
 
+@pytest.mark.slow
 def test_aria2c_downloads_from_m7b_seed_through_the_tracker(m7b_home, publish, tmp_path) -> None:
     port = free_port()
     pub = publish(trackers=[f"http://127.0.0.1:{port}/announce"])
@@ -50,6 +51,7 @@ def test_aria2c_downloads_from_m7b_seed_through_the_tracker(m7b_home, publish, t
     assert [e for e in events if e["event"] == "status"][-1]["releases"][0]["uploaded"] >= pub.meta.total_size
 
 
+@pytest.mark.slow
 def test_m7b_fetches_from_an_aria2c_seeder(cli, m7b_home, publish, tmp_path) -> None:
     pub = publish()
     port = free_port()

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from swarm import tree_digests
 
 LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
@@ -47,6 +48,7 @@ def stop(proc: subprocess.Popen) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+@pytest.mark.slow
 def test_seed_serves_good_releases_and_refuses_an_altered_one(cli, m7b_home, publish, tiny_release: Path) -> None:
     good_dir = Path(shutil.copytree(tiny_release, tiny_release.parent / "Good-Rel"))
     bad_dir = Path(shutil.copytree(tiny_release, tiny_release.parent / "Bad-Rel"))
@@ -77,6 +79,7 @@ def test_seed_serves_good_releases_and_refuses_an_altered_one(cli, m7b_home, pub
     assert (m7b_home / "resume" / f"{good.meta.info_hash}.fastresume").is_file()
 
 
+@pytest.mark.slow
 def test_a_refused_release_serves_no_byte(cli, m7b_home, publish, tiny_release: Path) -> None:
     pub = publish()
     (pub.folder / "params.json").write_text((pub.folder / "params.json").read_text().replace("64", "65", 1))
@@ -96,6 +99,7 @@ def test_a_refused_release_serves_no_byte(cli, m7b_home, publish, tiny_release: 
         stop(proc)
 
 
+@pytest.mark.slow
 def test_a_fetched_release_is_served_from_the_record_of_its_checked_download(cli, m7b_home, publish) -> None:
     from swarm import plain_seeder
 
@@ -116,6 +120,7 @@ def test_a_fetched_release_is_served_from_the_record_of_its_checked_download(cli
         stop(proc)
 
 
+@pytest.mark.slow
 def test_seed_without_a_torrent_says_how_to_make_one(cli, m7b_home, tiny_release: Path) -> None:
     result = cli("seed", tiny_release, *LOOPBACK)
     assert result.code == 3
@@ -124,6 +129,7 @@ def test_seed_without_a_torrent_says_how_to_make_one(cli, m7b_home, tiny_release
     assert unknown.code == 3 and "m7b fetch mistral-7b-v0.1" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_a_passing_verify_report_lets_the_mirror_skip_the_full_recheck(cli, m7b_home, publish) -> None:
     pub = publish(name="reported")
     (m7b_home / "manifests").mkdir(parents=True)

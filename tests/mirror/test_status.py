@@ -141,6 +141,7 @@ def test_status_page_in_a_headless_browser_shows_the_figures(cli, m7b_home, publ
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
 
 
+@pytest.mark.slow
 def test_a_bad_or_busy_status_address_fails_before_serving(cli, m7b_home, publish) -> None:
     pub = publish()
     bad = cli("seed", pub.folder, *LOOPBACK, "--status", "localhost")

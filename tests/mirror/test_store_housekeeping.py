@@ -132,6 +132,7 @@ with hold(store, store.release_lock(sys.argv[1]), "release " + sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 def test_a_release_being_written_is_not_seeded_or_removed(cli, m7b_home, publish) -> None:
     pub = publish()
     name = pub.folder.name

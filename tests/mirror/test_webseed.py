@@ -12,6 +12,7 @@ from swarm import nginx_binary, nginx_server, no_range_http_server, range_http_s
 from test_seed import LOOPBACK
 
 
+@pytest.mark.slow
 def test_fetch_finishes_from_a_web_seed_alone(cli, m7b_home, publish, tmp_path) -> None:
     mirror_root = tmp_path / "www"
     with range_http_server(mirror_root) as base:
@@ -25,6 +26,7 @@ def test_fetch_finishes_from_a_web_seed_alone(cli, m7b_home, publish, tmp_path) 
     assert tree_digests(m7b_home / "releases" / done["name"]) == tree_digests(pub.folder)
 
 
+@pytest.mark.slow
 def test_manifest_web_seeds_are_used_for_a_magnet(cli, m7b_home, publish, tmp_path) -> None:
     mirror_root = tmp_path / "www"
     pub = publish(name="webseeded")
@@ -88,6 +90,7 @@ def test_a_web_seed_answering_an_http_error_is_named_with_its_status(
     assert any(w["status"] == "error" and w["http_status"] == int(expected[-3:]) for w in seen), seen
 
 
+@pytest.mark.slow
 @needs_nginx
 def test_a_web_seed_serving_wrong_bytes_is_named_and_banned(cli, m7b_home, publish, tmp_path) -> None:
     www = tmp_path / "www"
@@ -102,6 +105,7 @@ def test_a_web_seed_serving_wrong_bytes_is_named_and_banned(cli, m7b_home, publi
     assert not (m7b_home / "releases" / "tiny-test").exists()
 
 
+@pytest.mark.slow
 def test_a_web_seed_without_range_support_fails_at_once_and_says_so(
     cli, m7b_home, publish, tiny_release: Path, tmp_path
 ) -> None:

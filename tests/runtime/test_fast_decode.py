@@ -46,6 +46,7 @@ def test_auto_mode_is_compiled_on_cuda_and_eager_on_the_cpu() -> None:
         resolve_mode("fast", torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_compile_cache_folder_is_keyed_by_shape_dtype_and_cache_size(tiny_runtime, tiny_state, tmp_path) -> None:
     model = tiny_runtime.model
     cpu = torch.device("cpu")

@@ -31,6 +31,7 @@ def test_window_is_small_and_sequence_crosses_it(tiny_runtime) -> None:
     assert tiny_runtime.args.rope_theta == 10000.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [80, 16, 7])
 def test_logits_match_transformers(tiny_runtime, hf_tiny, random_ids, chunk) -> None:
     ids = random_ids(80)

@@ -12,6 +12,7 @@ import torch
 LONG_PROMPT = " ".join(["the window slides over every word of this prompt"] * 6)  # ~60 tokens, W=16
 
 
+@pytest.mark.slow
 def test_run_streams_text_and_reports_figures(cli, tiny_release_src) -> None:
     result = cli("run", tiny_release_src, "--prompt", "Hello, my name is", "--max-tokens", "12", "--device", "cpu")
     assert result.code == 0, result.stderr
@@ -32,6 +33,7 @@ def test_run_streams_text_and_reports_figures(cli, tiny_release_src) -> None:
     assert "prepared in" in result.stderr
 
 
+@pytest.mark.slow
 def test_run_with_a_prompt_longer_than_the_window(cli_inproc, tiny_release_src) -> None:
     result = cli_inproc(
         "run",
@@ -124,6 +126,7 @@ def test_a_hostile_checkpoint_is_refused_before_unpickling(cli_inproc, tiny_rele
     assert "print" in _one_clear_line(result.stderr)
 
 
+@pytest.mark.slow
 def test_smoke_passes_on_a_release(cli, tiny_release_src) -> None:
     result = cli("smoke", tiny_release_src, "--device", "cpu")
     assert result.code == 0, result.stderr
@@ -168,6 +171,7 @@ def _one_clear_line(stderr: str) -> str:
     return stderr
 
 
+@pytest.mark.slow
 def test_params_disagreeing_with_the_weights(cli, tiny_release) -> None:
     params = json.loads((tiny_release / "params.json").read_text())
     (tiny_release / "params.json").write_text(json.dumps({**params, "hidden_dim": 256}))

@@ -37,6 +37,7 @@ def test_hostile_pickle_is_refused_by_name_and_offset_and_never_runs(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_cli_refuses_hostile_checkpoint_with_exit_6(cli, m7b_home: Path, tiny_release: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     rewrite_zip(tiny_release / PTH, {PKL: hostile_pickle(marker, 2)})
@@ -112,6 +113,7 @@ def _rewrite_checkpoint(root: Path, change: dict[str, TensorSpec | None], add: l
     write_checkpoint(root / PTH, specs, lambda s: torch.zeros(s.shape, dtype=s.dtype), archive="consolidated")
 
 
+@pytest.mark.slow
 def test_wrong_shape_and_dtype_are_named(tiny_release: Path) -> None:
     _rewrite_checkpoint(
         tiny_release,
@@ -136,6 +138,7 @@ def test_missing_and_extra_keys_are_named(tiny_release: Path) -> None:
     assert "missing key(s) layers.1.ffn_norm.weight" in message and "unexpected key(s) lora.A" in message
 
 
+@pytest.mark.slow
 def test_params_json_with_a_wrong_type(tiny_release: Path) -> None:
     params = json.loads((tiny_release / "params.json").read_text())
     params["n_heads"] = "4"

@@ -239,6 +239,7 @@ def test_convert_refuses_a_checkpoint_that_disagrees_with_params(tiny_release: P
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_verify_then_convert_then_verify_the_converted_folder(cli, m7b_home: Path, tiny_release_src: Path) -> None:
     install_release(m7b_home, tiny_release_src, "tiny-test")
     assert cli("verify", "tiny-test").code == 0

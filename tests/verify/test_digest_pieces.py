@@ -89,6 +89,7 @@ def test_missing_file_fails_its_pieces_and_says_missing(odd_files: Path, tmp_pat
     assert report.to_json()["torrent"]["v1_pieces_unchecked"] > 0
 
 
+@pytest.mark.slow
 def test_torrent_of_another_release_is_a_mismatch(tiny_release: Path, tmp_path: Path) -> None:
     torrent = tmp_path / "r.torrent"
     make_torrent(tiny_release, torrent)
@@ -98,6 +99,7 @@ def test_torrent_of_another_release_is_a_mismatch(tiny_release: Path, tmp_path: 
     assert any(f.check == "magnet" and "0" * 40 in f.message for f in report.findings)
 
 
+@pytest.mark.slow
 def test_bound_release_passes_every_check(tiny_release: Path, tmp_path: Path) -> None:
     torrent = tmp_path / "r.torrent"
     ih = make_torrent(tiny_release, torrent)
@@ -112,6 +114,7 @@ def test_bound_release_passes_every_check(tiny_release: Path, tmp_path: Path) ->
     }
 
 
+@pytest.mark.slow
 def test_manifest_digest_and_size_mismatches_and_extra_files(tiny_release: Path, tmp_path: Path) -> None:
     torrent = tmp_path / "r.torrent"
     ih = make_torrent(tiny_release, torrent)
@@ -126,6 +129,7 @@ def test_manifest_digest_and_size_mismatches_and_extra_files(tiny_release: Path,
     assert "extra file" in by_path[("manifest", "notes.txt")].message
 
 
+@pytest.mark.slow
 def test_a_manifest_with_only_a_magnet_binds_by_the_magnets_hash(tiny_release: Path, tmp_path: Path) -> None:
     import base64
     import dataclasses

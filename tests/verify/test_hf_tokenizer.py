@@ -28,6 +28,7 @@ def _texts(count: int) -> list[str]:
     return texts
 
 
+@pytest.mark.slow
 def test_fast_tokenizer_equals_sentencepiece_on_2000_texts() -> None:
     built = hf_tokenizer.build(bundled_tokenizer())
     assert built.checked == len(hf_tokenizer.SAMPLES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
 from verify_helpers import make_manifest
 
 from m7b.verify.check import verify_release
@@ -43,6 +44,7 @@ def test_license_file_is_found_and_reported_where(tiny_release: Path) -> None:
     assert {(e.path, e.kind) for e in evidence} == {("LICENSE", Evidence.CANONICAL), ("RELEASE", Evidence.MENTION)}
 
 
+@pytest.mark.slow
 def test_contradicting_evidence_fails(tiny_release: Path) -> None:
     (tiny_release / "LICENSE").write_text("MIT License\n\nPermission is hereby granted, free of charge, ...\n")
     report = verify_release(tiny_release, make_manifest(tiny_release, "tiny", None))
@@ -50,6 +52,7 @@ def test_contradicting_evidence_fails(tiny_release: Path) -> None:
     assert any(f.check == "license" and f.path == "LICENSE" and "MIT" in f.message for f in report.failures())
 
 
+@pytest.mark.slow
 def test_manifest_license_must_be_apache(tiny_release: Path) -> None:
     report = verify_release(tiny_release, make_manifest(tiny_release, "tiny", None, license_id="MIT"))
     assert any(f.check == "license" and f.status == Status.MISMATCH and "'MIT'" in f.message for f in report.findings)

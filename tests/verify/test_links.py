@@ -9,6 +9,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import pytest
 from verify_helpers import install_release
 
 from m7b.store import Store
@@ -24,6 +25,7 @@ def _verify_within(root: Path, seconds: float = 60.0):
     return box["report"]
 
 
+@pytest.mark.slow
 def test_a_fifo_in_place_of_a_file_is_reported_not_opened(cli, m7b_home: Path, tiny_release_src: Path) -> None:
     root = install_release(m7b_home, tiny_release_src, "tiny-test")
     (root / "tokenizer.model").unlink()
@@ -38,6 +40,7 @@ def test_a_fifo_in_place_of_a_file_is_reported_not_opened(cli, m7b_home: Path, t
     assert not Store(m7b_home).is_verified("tiny-test")
 
 
+@pytest.mark.slow
 def test_a_link_to_dev_zero_is_not_read_forever(cli, m7b_home: Path, tiny_release_src: Path) -> None:
     root = install_release(m7b_home, tiny_release_src, "tiny-test")
     (root / "consolidated.00.pth").unlink()
@@ -48,6 +51,7 @@ def test_a_link_to_dev_zero_is_not_read_forever(cli, m7b_home: Path, tiny_releas
     assert "consolidated.00.pth" in result.stderr and "a character device" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_symlink_to_the_right_bytes_verifies_and_is_named(
     cli, m7b_home: Path, tiny_release_src: Path, tmp_path: Path
 ) -> None:

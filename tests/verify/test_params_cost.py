@@ -48,6 +48,7 @@ def test_tensor_count_is_compared_before_shapes_are_built(tiny_release: Path) ->
     assert arch.parameter_count() > 0  # closed form, no per-layer dict either
 
 
+@pytest.mark.slow
 def test_verify_reports_the_count_mismatch(tiny_release: Path) -> None:
     _declare_layers(tiny_release, LAYERS)
     report = verify_release(tiny_release)

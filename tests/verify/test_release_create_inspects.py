@@ -27,6 +27,7 @@ def test_unsafe_pickle_exit_6_and_nothing_written(cli, m7b_home: Path, tiny_rele
     assert not out.exists() and not marker.exists()
 
 
+@pytest.mark.slow
 def test_aliased_tensors_exit_5_unless_overridden(cli, m7b_home: Path, tiny_release: Path, tmp_path: Path) -> None:
     torch.save(stride_zero(load_params(tiny_release / "params.json").tensor_shapes()), tiny_release / PTH)
     out = tmp_path / "out"

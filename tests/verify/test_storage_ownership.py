@@ -81,6 +81,7 @@ def test_runs_loader_refuses_them_before_torch_load(hostile_release: tuple[Path,
         load_checkpoint(root / PTH)
 
 
+@pytest.mark.slow
 def test_verify_reports_a_mismatch_naming_the_tensor(hostile_release: tuple[Path, str, str]) -> None:
     root, tensor, _ = hostile_release
     report = verify_release(root)

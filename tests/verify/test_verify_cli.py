@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from verify_helpers import install_release
 
 from m7b.store import Store
 
 
+@pytest.mark.slow
 def test_verify_by_name_ok_saves_report_and_marks_verified(cli, m7b_home: Path, tiny_release_src: Path) -> None:
     install_release(m7b_home, tiny_release_src, "tiny-test")
     human = cli("verify", "tiny-test")
@@ -25,6 +27,7 @@ def test_verify_by_name_ok_saves_report_and_marks_verified(cli, m7b_home: Path, 
     assert Store(m7b_home).is_verified("tiny-test")
 
 
+@pytest.mark.slow
 def test_flipped_byte_mid_checkpoint_is_named_by_piece(cli, m7b_home: Path, tiny_release_src: Path) -> None:
     root = install_release(m7b_home, tiny_release_src, "tiny-test")
     path = root / "consolidated.00.pth"
@@ -45,6 +48,7 @@ def test_flipped_byte_mid_checkpoint_is_named_by_piece(cli, m7b_home: Path, tiny
     assert not Store(m7b_home).is_verified("tiny-test")
 
 
+@pytest.mark.slow
 def test_missing_file_exit_3_names_it(cli, m7b_home: Path, tiny_release_src: Path) -> None:
     root = install_release(m7b_home, tiny_release_src, "tiny-test")
     (root / "tokenizer.model").unlink()
@@ -53,6 +57,7 @@ def test_missing_file_exit_3_names_it(cli, m7b_home: Path, tiny_release_src: Pat
     assert "tokenizer.model" in result.stderr and "missing" in result.stderr
 
 
+@pytest.mark.slow
 def test_without_torrent_metadata_nothing_binds_to_the_magnet(cli, m7b_home: Path, tiny_release_src: Path) -> None:
     install_release(m7b_home, tiny_release_src, "tiny-test")
     for t in (m7b_home / "torrents").iterdir():
@@ -68,6 +73,7 @@ def test_unknown_release_exit_3(cli, m7b_home: Path) -> None:
     assert result.code == 3 and "unknown release" in result.stderr
 
 
+@pytest.mark.slow
 def test_folder_with_manifest_and_torrent_files(cli, m7b_home: Path, tiny_release: Path, tmp_path: Path) -> None:
     from verify_helpers import make_manifest, make_torrent
 
@@ -85,6 +91,7 @@ def test_folder_with_manifest_and_torrent_files(cli, m7b_home: Path, tiny_releas
     assert not (m7b_home / "reports").exists()
 
 
+@pytest.mark.slow
 def test_v2_only_torrent_binds_and_names_a_flipped_byte_by_its_v2_piece(
     cli, m7b_home: Path, tiny_release_src: Path
 ) -> None:
