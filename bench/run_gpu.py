@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from m7b.dtypes import BY_NAME, dtype_name
 from m7b.manifests.architecture import Architecture
 from m7b.runtime.fast_decode import prepare_decode
 from m7b.runtime.generate import GenerationConfig, generate, prefill
@@ -80,9 +81,6 @@ def copy_bandwidth(device: torch.device, nbytes: int) -> float:
     return 2 * nbytes / best
 
 
-SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
-
-
 def write_release(out: Path, arch: Architecture, tokenizer: Path, device: torch.device, seed: int = 0) -> float:
     """A release folder with `consolidated.safetensors` of random bf16 weights (norms near 1, weights ~
     N(0, 1/fan_in)) generated on `device`, written by 4 threads at their offsets. Seconds taken."""
@@ -94,7 +92,11 @@ def write_release(out: Path, arch: Architecture, tokenizer: Path, device: torch.
     offset = 0
     for key, shape in shapes.items():
         n = math.prod(shape) * dtype.itemsize
-        header[key] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        header[key] = {
+            "dtype": BY_NAME[dtype_name(dtype)].safetensors,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + n],
+        }
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)

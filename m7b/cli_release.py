@@ -122,7 +122,8 @@ def create(
     out_dir = out or folder.resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
     torrent_path = out_dir / f"{made.meta.name}.torrent"
-    manifest_path = out_dir / f"{made.manifest.name}.toml"
+    # both named after the torrent (the folder), so the resolver finds them beside it whatever --name says
+    manifest_path = out_dir / f"{made.meta.name}.toml"
     _write_output(torrent_path, made.torrent, force)
     _write_output(manifest_path, manifest_to_toml(made.manifest).encode(), force)
     doc = {

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from m7b.dtypes import dtype_name
+from m7b.dtypes import BY_STORAGE, dtype_name
 from m7b.errors import MismatchError, NotFoundError, UnsafeError
 from m7b.manifests.architecture import Architecture
 from m7b.manifests.schema import CheckpointFacts
@@ -26,21 +26,8 @@ from m7b.paths import path_problem
 if TYPE_CHECKING:
     import torch
 
-_STORAGES = (
-    "BFloat16Storage",
-    "HalfStorage",
-    "FloatStorage",
-    "DoubleStorage",
-    "ByteStorage",
-    "CharStorage",
-    "ShortStorage",
-    "IntStorage",
-    "LongStorage",
-    "BoolStorage",
-    "UntypedStorage",
-)
 ALLOWED_GLOBALS: frozenset[str] = frozenset(
-    {"torch._utils._rebuild_tensor_v2", "collections.OrderedDict"} | {f"torch.{s}" for s in _STORAGES}
+    {"torch._utils._rebuild_tensor_v2", "collections.OrderedDict"} | {f"torch.{s}" for s in BY_STORAGE}
 )
 MIN_TORCH = "2.10"
 MAX_PICKLE_BYTES = 64 << 20  # a 7B state dict's data.pkl is ~30 KB

@@ -83,12 +83,15 @@ def test_a_bare_word_is_a_folder_only_when_no_release_has_that_name(m7b_home, tm
 
 
 @pytest.mark.slow
-def test_release_create_beside_the_folder_is_found_by_verify_seed_and_fetch(cli, m7b_home, tiny_release) -> None:
-    created = cli("release", "create", tiny_release, "--json")
+@pytest.mark.parametrize("name", [None, "another-name"])
+def test_release_create_beside_the_folder_is_found_by_verify_seed_and_fetch(cli, m7b_home, tiny_release, name) -> None:
+    created = cli("release", "create", tiny_release, "--json", *(["--name", name] if name else []))
     assert created.code == 0, created.stderr
+    # both files are named after the folder (the torrent's name), whatever the manifest's release name is
+    assert json.loads(created.stdout)["manifest"] == str(tiny_release.parent / f"{tiny_release.name}.toml")
     release = resolve_release(str(tiny_release), Store.from_env())
     assert release.torrent == tiny_release.parent / f"{tiny_release.name}.torrent"
-    assert release.manifest is not None and release.manifest.name == tiny_release.name.lower()
+    assert release.manifest is not None and release.manifest.name == (name or tiny_release.name.lower())
     assert seed_release(release).folder == tiny_release.resolve()
     target = fetch_target(release)
     assert target.info_hash == json.loads(created.stdout)["info_hash_v1"] and target.torrent is not None
