@@ -178,7 +178,8 @@ def _bound_plan(
     wanted = list(facts.hashes) if facts else []
     named = parse_magnet(facts.magnet).hashes if facts and facts.magnet else ()
     wanted += [h for h in named if h not in wanted]
-    if not wanted and info_hash:
+    recorded = not wanted and bool(info_hash)  # the store's record of what this release was fetched as
+    if recorded:
         wanted = [info_hash.lower()]
     if torrent is None:
         if wanted:
@@ -211,17 +212,17 @@ def _bound_plan(
                 )
             )
             return None
+        source = "the info-hash this release was fetched as" if recorded else "the magnet's info-hash"
         findings.append(
-            Finding(
-                "magnet", Status.OK, f"torrent metadata {torrent.name} has the magnet's info-hash {' / '.join(wanted)}"
-            )
+            Finding("magnet", Status.OK, f"torrent metadata {torrent.name} has {source} {' / '.join(wanted)}")
         )
     else:
+        why = "the manifest names none" if manifest is not None else "no manifest or store record names one"
         findings.append(
             Finding(
                 "magnet",
                 Status.NOTE,
-                f"the torrent's info-hash {' / '.join(sorted(have))} is not bound to a magnet: the manifest names none",
+                f"the torrent's info-hash {' / '.join(sorted(have))} is not bound to a magnet: {why}",
             )
         )
     return plan
