@@ -98,6 +98,7 @@ FLAG_FOR: dict[str, str] = {
     "work": "--work",
     "manifest": "--manifest",
     "torrent": "--torrent",
+    "window": "--window",
 }
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from m7b.cli_options import DeviceOption, DtypeOption, JsonOption, ReleaseArg, fail_after_document, resolve
-from m7b.errors import InvalidInputError, MismatchError
+from m7b.errors import MismatchError
 from m7b.release import runtime_folder
 from m7b.render import emit_json, err, out, show
 from m7b.store import Store
@@ -45,10 +45,13 @@ def _load(release: str, device: str, dtype: str | None, window: int | None = Non
     folder = runtime_folder(resolved, store)
     override = None
     if window is not None:
-        if window < 2:
-            raise InvalidInputError(f"--window must be at least 2, found {window}")
-        override = replace(ModelArgs.from_params_file(folder / "params.json"), sliding_window=window)
+        override = ModelArgs.from_params_file(folder / "params.json").with_window(window)
     return load_runtime(folder, dev, dt, args_override=override)
+
+
+def _compile_cache(store: Store) -> Path:
+    """The compile cache folder, created here so that a store the disk refuses is a StorageError (exit 8)."""
+    return store.ensure_dir(store.compile_cache_dir)
 
 
 def _figures(result: Any) -> dict[str, Any]:
@@ -108,7 +111,8 @@ def run(
     mode = resolve_mode("compile" if compile_decode else decode, rt.device)
     ids = rt.tokenizer.encode(prompt)
     load_s = time.perf_counter() - started
-    prepared = prepare_decode(rt.model, mode, len(ids) + max_tokens, Store.from_env().compile_cache_dir)
+    cache_root = _compile_cache(Store.from_env()) if mode == "compile" else None
+    prepared = prepare_decode(rt.model, mode, len(ids) + max_tokens, cache_root)
     err.print(
         f"loaded in {load_s:.2f} s · decode step {prepared.mode} prepared in {prepared.prepare_s:.2f} s"
         + (f" (compile cache {prepared.cache})" if prepared.cache != "none" else ""),
@@ -143,6 +147,7 @@ def run(
         emit_json(
             {
                 "release": release,
+                "path": str(rt.weights_path.parent),
                 "device": str(rt.device),
                 "dtype": str(rt.dtype).removeprefix("torch."),
                 "prompt": prompt,
@@ -204,7 +209,8 @@ def smoke(
         modes = [m for m in [resolve_mode(decode, rt.device)] if m != "eager"]
     paths, prepared_len, prepare_s = {}, None, {}
     for mode in modes:
-        prepared = prepare_decode(rt.model, mode, rt.model.window + PAST_WINDOW, Store.from_env().compile_cache_dir)
+        cache_root = _compile_cache(Store.from_env()) if mode == "compile" else None
+        prepared = prepare_decode(rt.model, mode, rt.model.window + PAST_WINDOW, cache_root)
         paths[mode], prepared_len, prepare_s[mode] = prepared.fn, prepared.max_seq_len, round(prepared.prepare_s, 3)
         err.print(f"decode step {mode} prepared in {prepared.prepare_s:.2f} s", highlight=False)
     if json_out or not err.is_terminal:

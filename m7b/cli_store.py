@@ -10,7 +10,7 @@ from rich.table import Table
 
 from m7b.cli_options import JsonOption, resolve
 from m7b.manifests.schema import Manifest
-from m7b.release import release_names
+from m7b.release import Release, release_names
 from m7b.render import out, show
 from m7b.sizes import format_bytes
 from m7b.store import Store
@@ -93,15 +93,47 @@ def show_release(
     release = resolve(name, store)
     m = release.manifest
     if m is None:
-        doc = {"name": release.name, "info_hash": release.info_hash, "manifest": None}
-        doc |= {"torrent": str(release.torrent) if release.torrent else None, "path": str(release.folder)}
-        doc["state"] = str(store.state_of(release.name)) if release.in_store else None
-        show(doc, json_out, lambda d: out.print("\n".join(f"{k}: {v}" for k, v in d.items()), highlight=False))
+        show(_manifestless_document(store, release), json_out, _print_manifestless)
         return
     doc = manifest_document(m)
     doc["state"] = str(store.state(m))
-    doc["runtime"] = {"supported": m.unsupported is None, **({"reason": m.unsupported} if m.unsupported else {})}
+    doc["runtime"] = _runtime_document(m.unsupported)
     show(doc, json_out, lambda d: _print_manifest(m, d))
+
+
+def _runtime_document(unsupported: str | None) -> dict[str, Any]:
+    return {"supported": unsupported is None, **({"reason": unsupported} if unsupported else {})}
+
+
+def _manifestless_document(store: Store, release: Release) -> dict[str, Any]:
+    """What is known of a release without a manifest; absent facts are left out, never null-filled. `runtime` comes
+    from the folder's params.json when it has one."""
+    from m7b.manifests.architecture import runtime_support
+
+    doc: dict[str, Any] = {"name": release.name, "manifest": False}
+    if release.info_hash:
+        doc["info_hash"] = release.info_hash
+    if release.torrent:
+        doc["torrent"] = str(release.torrent)
+    doc["path"] = str(release.folder)
+    if release.in_store:
+        doc["state"] = str(store.state_of(release.name))
+    params = release.folder / "params.json"
+    if params.is_file():
+        doc["runtime"] = _runtime_document(runtime_support(params))
+    return doc
+
+
+def _print_manifestless(doc: dict[str, Any]) -> None:
+    out.print(f"[bold]{doc['name']}[/bold] (no manifest)")
+    labels = {"info_hash": "info-hash", "torrent": "torrent", "path": "path", "state": "state in store"}
+    for key, label in labels.items():
+        if key in doc:
+            out.print(f"{label}: {doc[key]}", highlight=False, soft_wrap=True)
+    runtime = doc.get("runtime")
+    if runtime is not None:
+        verdict = "supported" if runtime["supported"] else f"not supported ({runtime['reason']})"
+        out.print(f"runtime: {verdict}", highlight=False)
 
 
 def _print_manifest(m: Manifest, doc: dict[str, Any]) -> None:

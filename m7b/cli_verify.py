@@ -133,13 +133,27 @@ def _known_sha256(store: Store, name: str | None, checkpoint: Path) -> str | Non
     return None
 
 
+def _default_out(store: Store, release: Release, layout: str) -> Path:
+    """Where a conversion goes without --out: a store release's converted/NAME/LAYOUT (where `m7b run NAME` looks
+    first); any other folder's output lies beside it as <folder>-<layout>, so it never stands in the store for an
+    unrelated release of the same name."""
+    if release.in_store and release.name:
+        return store.converted_dir(release.name, layout)
+    return release.folder.parent / f"{release.folder.name}-{layout}"
+
+
 def convert(
     target: TargetArg = None,
     to: Annotated[
         str, typer.Option("--to", help="native (consolidated.safetensors) or hf (Hugging Face layout).")
     ] = "native",
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Folder to create (default: the store's converted/<name>/<layout>).")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder to create (default: the store's converted/<name>/<layout> for a store release, "
+            "<folder>-<layout> beside any other folder).",
+        ),
     ] = None,
     max_shard_size: Annotated[str, typer.Option(help="hf only: largest shard, e.g. 5GB or 500MB.")] = "5GB",
     json_out: JsonOption = False,
@@ -160,7 +174,7 @@ def convert(
     release = require_present(release)
     root, name = release.folder, (release.name if release.in_store else None)
     label = name or root.name
-    out_path = out_dir or store.converted_dir(label, to)
+    out_path = out_dir or _default_out(store, release, to)
     verified = bool(name) and store.is_verified(name)
     if not verified and not json_out:
         err.print(

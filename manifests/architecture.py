@@ -37,6 +37,11 @@ class MixtureOfExperts:
     def describe(self) -> str:
         return f"{self.num_experts} experts, {self.num_experts_per_tok} per token"
 
+    @property
+    def unsupported(self) -> str:
+        """Why m7b's runtime cannot run (or convert) a release with this block."""
+        return f"mixture of experts: {self.describe()}"
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -64,6 +69,17 @@ class Architecture:
         """The values a model runs with: an undeclared rope_theta replaced by its default (10000 for v0.1, not the
         1e6 of later releases). The runtime's `ModelArgs` is this class."""
         return replace(self, rope_theta=self.effective_rope_theta)
+
+    def with_window(self, window: int) -> Architecture:
+        """The same model attending over a smaller window (the smoke battery tests the rolling cache with it): at
+        least MIN_SLIDING_WINDOW and at most the declared sliding_window, which sizes everything a run allocates."""
+        if not MIN_SLIDING_WINDOW <= window <= self.sliding_window:
+            raise InvalidInputError(
+                f"window must be between {MIN_SLIDING_WINDOW} and {self.sliding_window} (params.json's "
+                f"sliding_window), found {window}: a smaller window tests the same rolling cache",
+                field="window",
+            )
+        return replace(self, sliding_window=window)
 
     @classmethod
     def from_architecture(cls, arch: Architecture) -> Architecture:
@@ -258,3 +274,15 @@ def load_params(path: Path) -> Architecture:
             f"{path} is not valid JSON ({reason}); expected the release's model parameters"
         ) from exc
     return architecture_from_mapping(raw, str(path))
+
+
+def runtime_support(path: Path) -> str | None:
+    """Why m7b's runtime cannot run the release whose params.json is `path` (its mixture of experts, or what is
+    wrong with the file), or None when it can: `load_params` as a verdict instead of an error."""
+    try:
+        load_params(path)
+    except UnsupportedArchitectureError as exc:
+        return exc.moe.unsupported if isinstance(exc.moe, MixtureOfExperts) else str(exc)
+    except InvalidInputError as exc:
+        return str(exc)
+    return None

@@ -70,7 +70,7 @@ class Manifest:
     @property
     def unsupported(self) -> str | None:
         """Why m7b's runtime cannot run (or convert) this release, or None when it can (as far as the manifest says)."""
-        return f"mixture of experts: {self.moe.describe()}" if self.moe else None
+        return self.moe.unsupported if self.moe else None
 
     def require_runnable(self, action: str) -> None:
         """Raise UnsupportedArchitectureError (exit 4) when the runtime cannot `action` ("run", "convert") it."""

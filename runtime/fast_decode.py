@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from m7b.errors import InvalidInputError
+from m7b.errors import InvalidInputError, StorageError
 from m7b.runtime.generate import DecodeFn, decode_one_token
 from m7b.runtime.model import Transformer
 
@@ -105,8 +105,15 @@ def _fx_counts() -> tuple[int, int]:
 
 
 def _use_cache_dir(folder: Path) -> None:
-    """Point inductor's caches (FX graphs, autotuning, Triton kernels) at `folder` for this process."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Point inductor's caches (FX graphs, autotuning, Triton kernels) at `folder` for this process; a folder the
+    disk refuses is a StorageError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(
+            f"could not create the compile cache folder {folder}: {exc.strerror or exc}; use a cache folder you can "
+            "write to, or the eager decode step"
+        ) from exc
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
     os.environ["TRITON_CACHE_DIR"] = str(folder / "triton")
     import torch._inductor.config as inductor_config

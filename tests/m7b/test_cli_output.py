@@ -60,3 +60,24 @@ def test_every_command_is_listed_once_in_cli_py_and_no_module_registers_itself()
         text = module.read_text()
         assert "from m7b.cli import" not in text and ".command(" not in text, module.name
         assert 'typer.Option("--json"' not in text or module.name == "cli_options.py", module.name
+
+
+def test_show_a_folder_without_a_manifest_omits_absent_facts_and_says_it_runs(cli, m7b_home, tiny_release) -> None:
+    human = cli("show", tiny_release)
+    assert human.code == 0, human.stderr
+    assert "None" not in human.stdout and "runtime: supported" in human.stdout
+    doc = json.loads(cli("show", tiny_release, "--json").stdout)
+    assert doc["runtime"] == {"supported": True} and doc["manifest"] is False
+    assert None not in doc.values() and Path(doc["path"]) == tiny_release.resolve()
+
+
+def test_show_a_mixture_of_experts_folder_says_the_runtime_cannot_run_it(cli, m7b_home, tiny_release) -> None:
+    params = json.loads((tiny_release / "params.json").read_text())
+    moe = {**params, "moe": {"num_experts": 4, "num_experts_per_tok": 2}}
+    (tiny_release / "params.json").write_text(json.dumps(moe))
+    human = cli("show", tiny_release)
+    assert human.code == 0, human.stderr
+    assert "runtime: not supported (mixture of experts: 4 experts, 2 per token)" in human.stdout
+    assert "None" not in human.stdout
+    doc = json.loads(cli("show", tiny_release, "--json").stdout)
+    assert doc["runtime"] == {"supported": False, "reason": "mixture of experts: 4 experts, 2 per token"}

@@ -139,7 +139,7 @@ def test_convert_waits_for_the_command_writing_its_output(cli, m7b_home, tiny_re
     )
     assert holder.stdout is not None and holder.stdin is not None
     assert holder.stdout.readline().strip() == "held"
-    out = m7b_home / "converted" / tiny_release.name / "native"
+    out = tiny_release.parent / f"{tiny_release.name}-native"  # a folder outside the store converts beside itself
 
     refused = cli("convert", tiny_release, "--no-wait")
     assert refused.code == 8, refused.stderr

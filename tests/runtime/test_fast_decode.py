@@ -121,3 +121,14 @@ def test_second_run_loads_the_compiled_step_from_m7b_home(tiny_release_src, tmp_
     assert first["token_ids"] == second["token_ids"] == eager["token_ids"]
     for record in (first, second):
         assert record["prepare_s"] > 0 and record["decode_tok_s"] > 0 and record["load_s"] > 0
+
+
+def test_a_compile_cache_folder_the_disk_refuses_is_a_storage_error(tiny_runtime, tmp_path) -> None:
+    from m7b.errors import StorageError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError, match="could not create the compile cache folder") as raised:
+        prepare_decode(tiny_runtime.model, "compile", 8, blocker)
+    assert "--" not in str(raised.value)  # a library message names no CLI flag
+    assert blocker.read_text() == "not a folder"

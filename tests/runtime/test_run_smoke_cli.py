@@ -79,7 +79,23 @@ def test_run_finds_a_release_by_name_in_the_store(cli_inproc, tiny_release_src, 
     shutil.copytree(tiny_release_src, m7b_home / "releases" / "mistral-tiny")
     result = cli_inproc("run", "mistral-tiny", "--prompt", "Hi", "--max-tokens", "3", "--json")
     assert result.code == 0, result.stderr
-    assert json.loads(result.stdout)["generated_tokens"] == 3
+    record = json.loads(result.stdout)
+    assert record["generated_tokens"] == 3
+    # the record names the folder whose weights ran
+    assert Path(record["path"]).resolve() == (m7b_home / "releases" / "mistral-tiny").resolve()
+
+
+@pytest.mark.parametrize("command", ["run", "smoke"])
+def test_a_compile_cache_the_store_refuses_is_a_storage_error(cli_inproc, tiny_release_src, m7b_home, command) -> None:
+    """M7B_HOME/cache is a file: the compile cache cannot be made there; exit 8 naming the store, before compiling."""
+    m7b_home.mkdir(parents=True)
+    (m7b_home / "cache").write_text("not a folder")
+    args = ("--prompt", "Hi", "--max-tokens", "2") if command == "run" else ()
+    result = cli_inproc(command, str(tiny_release_src), *args, "--decode", "compile")
+    assert result.code == 8, result.stderr
+    line = _one_clear_line(result.stderr)
+    assert str(m7b_home / "cache" / "compile") in line and "M7B_HOME" in line
+    assert (m7b_home / "cache").read_text() == "not a folder"
 
 
 def test_native_safetensors_gives_the_same_tokens(cli_inproc, tiny_release, tmp_path) -> None:
@@ -160,6 +176,16 @@ def test_smoke_window_override(cli_inproc, tiny_release_src) -> None:
     result = cli_inproc("smoke", str(tiny_release_src), "--window", "8", "--json")
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["window"] == 8
+
+
+@pytest.mark.parametrize("window", [1, 17, 10**12])
+def test_smoke_window_outside_2_to_params_window_is_refused(cli_inproc, tiny_release_src, window) -> None:
+    """--window only makes the window smaller (W=16 here): a larger one would size every cache by it."""
+    result = cli_inproc("smoke", str(tiny_release_src), "--window", str(window), "--json")
+    assert result.code == 4
+    doc = json.loads(result.stdout)
+    assert doc["error"].startswith("--window must be between 2 and 16") and doc["field"] == "window"
+    assert f"found {window}" in doc["error"]
 
 
 # --- bad input: one clear line, a documented exit code, no traceback ------------------------------------------

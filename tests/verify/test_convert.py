@@ -287,3 +287,12 @@ def test_convert_onto_another_file_system_gives_the_same_bytes(
         assert filecmp.cmp(
             out / "consolidated.safetensors", converted_tiny["native"] / "consolidated.safetensors", shallow=False
         )
+
+
+def test_cli_convert_of_a_folder_outside_the_store_writes_beside_it(cli, m7b_home: Path, tiny_release: Path) -> None:
+    """A folder that merely shares a store release's name must not become that release's converted weights."""
+    result = cli("convert", tiny_release, "--to", "native", "--json")
+    assert result.code == 0, result.stderr
+    beside = tiny_release.parent / f"{tiny_release.name}-native"
+    assert Path(json.loads(result.stdout)["out"]) == beside and (beside / "SHA256SUMS").is_file()
+    assert not Store(m7b_home).converted_dir(tiny_release.name, "native").exists()
