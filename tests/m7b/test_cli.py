@@ -44,3 +44,27 @@ def test_every_documented_exit_code_is_in_the_readme() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     for code in EXIT_CODES:
         assert f"| {code} |" in readme, f"exit code {code} is not documented in README.md"
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["fetch", "x", "--timeout", "-1"], "--timeout"),
+        (["fetch", "x", "--timeout", "0"], "--timeout"),
+        (["fetch", "x", "--timeout", "nan"], "--timeout"),
+        (["fetch", "x", "--resume-interval", "0"], "--resume-interval"),
+        (["seed", "x", "--interval", "0"], "--interval"),
+        (["seed", "x", "--interval", "-5"], "--interval"),
+        (["seed", "x", "--max-peers", "0"], "--max-peers"),
+    ],
+)
+def test_a_timeout_or_interval_must_be_more_than_0_and_max_peers_at_least_1(
+    args: list[str], flag: str, m7b_home
+) -> None:
+    from typer.testing import CliRunner
+
+    from m7b.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and flag in result.output
+    assert not m7b_home.exists()  # refused before anything was looked up or written
