@@ -68,3 +68,20 @@ def test_a_timeout_or_interval_must_be_more_than_0_and_max_peers_at_least_1(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and flag in result.output
     assert not m7b_home.exists()  # refused before anything was looked up or written
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_141(m7b_home) -> None:
+    import subprocess
+    import sys
+
+    from m7b.errors import EXIT_BROKEN_PIPE
+
+    # like `m7b list --json | head -0`: the pipe's reader is gone before m7b writes its document
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "m7b", "list", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_BROKEN_PIPE == 141
+    assert stderr == b""
