@@ -7,6 +7,9 @@ on stdout: `{"error": message, "exit_code": n, ...data}` (with `"event": "error"
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -15,7 +18,7 @@ import typer
 
 from m7b import __version__, cli_demo, cli_housekeeping, cli_mirror, cli_release, cli_runtime, cli_store, cli_verify
 from m7b.cli_options import CliState, cli_message
-from m7b.errors import EXIT_INTERRUPTED, M7bError
+from m7b.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, M7bError
 from m7b.render import emit_json, err
 
 COMMANDS: list[tuple[str, Callable[..., None]]] = [
@@ -87,14 +90,28 @@ def _fail(state: CliState, message: str, exit_code: int, data: dict[str, Any] | 
     err.print(f"[red]error:[/red] {message}", highlight=False)  # the one line for people, always
     if state.json:
         doc = {"event": "error"} if state.stream else {}
-        emit_json({**doc, "error": message, "exit_code": exit_code, **(data or {})})
+        with contextlib.suppress(BrokenPipeError):  # the reader went away: the stderr line and exit code still tell
+            emit_json({**doc, "error": message, "exit_code": exit_code, **(data or {})})
     sys.exit(exit_code)
+
+
+def _reader_gone() -> None:
+    """stdout's reader went away (`| head`): stop quietly with 141, as a command killed by SIGPIPE would. stdout is
+    pointed at devnull so that the interpreter's final flush does not fail again (Python's docs on SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ else 1)
+    sys.exit(EXIT_BROKEN_PIPE)
+
+
+def _is_broken_pipe(exc: BaseException | None) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.EPIPE
 
 
 def main() -> None:
     state = CliState()
     try:
         code = app(standalone_mode=False, obj=state)  # a command's typer.Exit(code) comes back as the return value
+        sys.stdout.flush()  # here, so that a reader gone away is seen by the handler below
         if isinstance(code, int) and code:
             sys.exit(code)
     except M7bError as exc:
@@ -106,8 +123,14 @@ def main() -> None:
         sys.exit(EXIT_INTERRUPTED)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except SystemExit as exc:
+        if _is_broken_pipe(exc.__context__):  # click turns a broken stdout into a bare exit 1
+            _reader_gone()
+        raise
     except typer.Abort:
         sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        _reader_gone()
     except Exception as exc:
         if _is_usage_error(exc):
             exc.show()  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from m7b.cli_options import JsonOption
+from m7b.cli_options import JsonOption, resolve
 from m7b.errors import InvalidInputError
 from m7b.render import err, out, show
 from m7b.sizes import format_bytes
@@ -20,7 +20,13 @@ def _part_doc(part: Any) -> dict[str, Any]:
 
 
 def rm_release(
-    name: Annotated[str, typer.Argument(help="A release name in the store (see `m7b list`).", show_default=False)],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A release in the store: its name (see `m7b list`), its store folder, magnet, .torrent or manifest.",
+            show_default=False,
+        ),
+    ],
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Remove without asking (needed when stdin is no terminal).")
     ] = False,
@@ -32,9 +38,10 @@ def rm_release(
 ) -> None:
     """Remove a release from the store: its files (and any partial download), converted outputs, report, resume
     data, completion record, torrent and release record. Refused while the release is seeded or written."""
-    from m7b.remove import Keep, Removal, remove_release
+    from m7b.remove import Keep, Removal, remove_release, store_release
 
     store = Store.from_env()
+    name = store_release(resolve(target, store), store).name
 
     def confirm(removal: Removal) -> bool:
         if not json_out:

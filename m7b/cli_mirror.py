@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from m7b.cli_options import JsonLinesOption, ListenOption, LoopbackOption, PeerOption, resolve
+from m7b.cli_options import JsonLinesOption, ListenOption, LoopbackOption, PeerOption, resolve, seconds_option
 from m7b.errors import StorageError
 from m7b.progress import ProgressEvent
 from m7b.render import emit_json, err, format_elapsed, report_lock_wait, show
@@ -63,11 +63,11 @@ def fetch_command(
         Path | None, typer.Option(help="Folder for the release's files (default: the store, or the folder named).")
     ] = None,
     peer: PeerOption = None,
-    timeout: Annotated[float, typer.Option(help="Give up after this many seconds without metadata or data.")] = 120.0,
+    timeout: Annotated[float, seconds_option("Give up after this many seconds without metadata or data.")] = 120.0,
     listen: ListenOption = None,
     no_dht: LoopbackOption = False,
     download_limit: Annotated[str | None, typer.Option(help="Max download rate, e.g. 20M.")] = None,
-    resume_interval: Annotated[float, typer.Option(help="Seconds between resume-data saves.")] = 5.0,
+    resume_interval: Annotated[float, seconds_option("Seconds between resume-data saves.")] = 5.0,
     json_out: JsonLinesOption = False,
     repair: Annotated[
         bool,
@@ -175,9 +175,9 @@ def seed_command(
     listen: ListenOption = None,
     no_dht: LoopbackOption = False,
     upload_limit: Annotated[str | None, typer.Option(help="Max upload rate, e.g. 20M.")] = None,
-    max_peers: Annotated[int, typer.Option(help="Max peer connections.")] = 200,
+    max_peers: Annotated[int, typer.Option(min=1, help="Max peer connections (at least 1).")] = 200,
     tracker: Annotated[list[str] | None, typer.Option("--tracker", help="Also announce to URL (repeatable).")] = None,
-    interval: Annotated[float, typer.Option(help="Seconds between status reports.")] = 5.0,
+    interval: Annotated[float, seconds_option("Seconds between status reports.")] = 5.0,
     json_out: JsonLinesOption = False,
     status: Annotated[
         str | None,

@@ -74,6 +74,20 @@ DtypeOption = Annotated[
         "of every weight: 29 GB for the 7B)."
     ),
 ]
+
+
+def _positive_seconds(value: float) -> float:
+    """Seconds that must be more than 0 (a timeout, an interval): else a usage error (exit 2)."""
+    if not value > 0:  # NaN too
+        raise typer.BadParameter(f"{value:g} is not a number of seconds more than 0")
+    return value
+
+
+def seconds_option(help: str) -> typer.models.OptionInfo:
+    """A number of seconds, more than 0 (--timeout, --interval, ...)."""
+    return typer.Option(help=help, callback=_positive_seconds)
+
+
 PeerOption = Annotated[list[str] | None, typer.Option("--peer", help="Connect to HOST:PORT (repeatable).")]
 ListenOption = Annotated[
     str | None, typer.Option("--listen", help="Listen on HOST:PORT (default 0.0.0.0:6881; port 0 picks a free one).")

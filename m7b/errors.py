@@ -68,6 +68,7 @@ class StorageError(M7bError):
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command whose reader went away
 
 EXIT_CODES: dict[int, str] = {
     0: "success",
@@ -80,4 +81,5 @@ EXIT_CODES: dict[int, str] = {
     NetworkError.exit_code: "network: no peers or metadata within the timeout",
     StorageError.exit_code: "storage: output exists, disk full, or permission denied",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C / SIGTERM); resumable state was saved",
+    EXIT_BROKEN_PIPE: "the reader of stdout went away (e.g. `| head`): the output stopped there, quietly",
 }

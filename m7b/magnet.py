@@ -85,6 +85,16 @@ def _btmh(digest: str) -> str:
     return _nonzero(match.group(1).lower(), "v2 hash")
 
 
+def _one_hash(seen: str | None, found: str, what: str) -> str:
+    """A magnet names one torrent: the same hash twice is fine, two different ones are refused."""
+    if seen is not None and seen != found:
+        raise InvalidInputError(
+            f"magnet link has two different {what}s, {seen} and {found}: a magnet names one torrent; keep the one "
+            "you mean"
+        )
+    return found
+
+
 def parse_magnet(uri: str) -> Magnet:
     """Parse a magnet link; a malformed one raises InvalidInputError naming the part that is wrong."""
     if not isinstance(uri, str):
@@ -102,9 +112,9 @@ def parse_magnet(uri: str) -> Magnet:
         if key == "xt" or key.startswith("xt."):
             lower = value.lower()
             if lower.startswith("urn:btih:"):
-                v1 = _btih(value[9:])
+                v1 = _one_hash(v1, _btih(value[9:]), "info-hash (xt=urn:btih:)")
             elif lower.startswith("urn:btmh:"):
-                v2 = _btmh(value[9:])
+                v2 = _one_hash(v2, _btmh(value[9:]), "v2 hash (xt=urn:btmh:)")
         elif key == "dn":
             name = value
         elif key == "tr" or key.startswith("tr."):

@@ -29,6 +29,7 @@ from m7b.errors import M7bError, NotFoundError
 from m7b.magnet import Magnet, is_magnet, parse_magnet
 from m7b.manifests.loader import known_manifests, load_manifest
 from m7b.manifests.schema import Manifest
+from m7b.paths import path_problem
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.store import Store
 from m7b.torrent import load_torrent
@@ -148,7 +149,9 @@ def _by_name(store: Store, name: str) -> Release | None:
     recorded = store.recorded_releases()
     if name in recorded:
         return _store_release(store, name, None, recorded[name])
-    if not name.startswith(".") and store.release_dir(name).is_dir():  # a store folder with no record (older m7b)
+    if name.startswith(".") or path_problem(name) is not None:  # no store release folder has such a name
+        return None
+    if store.release_dir(name).is_dir():  # a store folder with no record (older m7b)
         torrent = _store_torrent_named(store, name)
         info_hash = load_torrent(torrent)[1].info_hash if torrent else None
         return _store_release(store, name, manifest_for_hash(info_hash, store) if info_hash else None, info_hash)

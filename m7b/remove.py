@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
-from m7b.errors import StorageError
+from m7b.errors import NotFoundError, StorageError
 from m7b.locks import hold
+from m7b.release import Release
 from m7b.store import LAYOUTS, Store
 from m7b.usage import StorePart, release_parts
 
@@ -43,12 +44,30 @@ class Removal:
 
 
 def plan_removal(store: Store, name: str, keep: Keep = Keep()) -> Removal:
-    """What removing store release `name` would remove and keep (NotFoundError for an unknown name)."""
+    """What removing store release `name` would remove and keep; NotFoundError when the store holds nothing of it."""
     parts = release_parts(store, name)
+    if not parts:
+        raise NotFoundError(
+            f"nothing of release {name!r} is in the store {store.home}: nothing to remove (see `m7b list`)",
+            name=name,
+        )
     kept_kinds = {"torrent", "record"} if keep.torrent else set()
     kept_kinds |= {"converted"} if keep.converted else set()
     remove = sorted((p for p in parts if p.kind not in kept_kinds), key=lambda p: REMOVAL_ORDER.index(p.kind))
     return Removal(name, remove, [p for p in parts if p.kind in kept_kinds])
+
+
+def store_release(release: Release, store: Store) -> Release:
+    """The resolved `release` when it is a store release the store holds something of; a folder outside the store
+    is refused (m7b never deletes the user's folders), and so is a release with nothing in the store (NotFoundError)."""
+    if not release.in_store:
+        raise NotFoundError(
+            f"{release.folder} is not a release in the store {store.home}: m7b removes only what it keeps in its "
+            "store, never your folders; delete that folder yourself if you mean to",
+            path=str(release.folder),
+        )
+    plan_removal(store, release.name)  # NotFoundError when the store holds nothing of it
+    return release
 
 
 @contextmanager
@@ -68,7 +87,10 @@ def remove_release(
     store: Store, name: str, keep: Keep = Keep(), confirm: Callable[[Removal], bool] = lambda removal: True
 ) -> Removal | None:
     """Remove store release `name` (but what `keep` keeps) once `confirm` agrees to the plan; None when it did
-    not. The locks are held from before the plan until the last part is gone (LockHeldError: nothing removed)."""
+    not. The name is checked (a plan: NotFoundError, UnsafeError) before any lock is taken, so a wrong name leaves
+    no lock file; the locks are then held from the final plan until the last part is gone (LockHeldError: nothing
+    removed)."""
+    plan_removal(store, name, keep)
     with _exclusive(store, name, keep):
         removal = plan_removal(store, name, keep)
         if not confirm(removal):

@@ -28,6 +28,7 @@ from typing import Any
 
 from m7b.errors import StorageError
 from m7b.manifests.schema import Manifest
+from m7b.paths import path_problem, safe_name
 
 CONVERTED_RECORD = "SHA256SUMS"
 LAYOUTS = ("native", "hf")
@@ -65,6 +66,12 @@ def unchanged_since(root: Path, recorded: dict[str, Any]) -> bool:
     except (OSError, KeyError, TypeError, ValueError):
         return False
     return st.st_size == recorded.get("size") and st.st_mtime_ns == recorded.get("mtime_ns")
+
+
+def release_name(name: str) -> str:
+    """`name` unchanged when it is a plain folder name (the one path rule, m7b.paths); else UnsafeError. Every
+    store path built from a release name goes through this, so no name can reach outside the store."""
+    return safe_name(name, "release name", "the store")
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,7 @@ class Store:
         return self.home / "manifests"
 
     def release_dir(self, name: str) -> Path:
-        return self.releases_dir / name
+        return self.releases_dir / release_name(name)
 
     def incomplete_marker(self, name: str) -> Path:
         return incomplete_marker_for(self.release_dir(name))
@@ -152,18 +159,24 @@ class Store:
     def resume_path(self, info_hash: str) -> Path:
         return self.resume_dir / f"{info_hash.lower()}.fastresume"
 
+    def converted_root(self, name: str) -> Path:
+        """Every converted output of release `name` (one folder per layout)."""
+        return self.home / "converted" / release_name(name)
+
     def converted_dir(self, name: str, layout: str) -> Path:
-        return self.home / "converted" / name / layout
+        return self.converted_root(name) / safe_name(layout, "layout", "the store")
 
     def release_lock(self, name: str) -> Path:
         """The lock file held by the one command that may write release `name` (and its resume data)."""
-        return self.home / "locks" / "releases" / f"{name}.lock"
+        return self.home / "locks" / "releases" / f"{release_name(name)}.lock"
 
     def converted_lock(self, name: str, layout: str) -> Path:
-        return self.home / "locks" / "converted" / name / f"{layout}.lock"
+        return (
+            self.home / "locks" / "converted" / release_name(name) / f"{safe_name(layout, 'layout', 'the store')}.lock"
+        )
 
     def report_path(self, name: str) -> Path:
-        return self.reports_dir / f"{name}.json"
+        return self.reports_dir / f"{release_name(name)}.json"
 
     def save_report(self, name: str, document: dict[str, Any]) -> Path:
         """Write the verification report of store release `name` (what `is_verified` reads back)."""
@@ -175,7 +188,7 @@ class Store:
         return path
 
     def release_record_path(self, name: str) -> Path:
-        return self.releases_dir / f".{name}.json"
+        return self.releases_dir / f".{release_name(name)}.json"
 
     def record_release(self, name: str, info_hash: str) -> None:
         """Remember which torrent (by info-hash) the store release `name` is, so it is known by name."""
@@ -196,7 +209,7 @@ class Store:
             except (OSError, ValueError):
                 continue
             ok = isinstance(doc, dict) and isinstance(doc.get("name"), str) and isinstance(doc.get("info_hash"), str)
-            if ok and path.name == f".{doc['name']}.json":
+            if ok and path.name == f".{doc['name']}.json" and path_problem(doc["name"]) is None:
                 found[doc["name"]] = doc["info_hash"]
         return found
 

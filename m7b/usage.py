@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from m7b.errors import NotFoundError
 from m7b.release import release_names
 from m7b.space import disk_bytes
 from m7b.store import Store
@@ -52,19 +51,15 @@ def info_hashes(store: Store, name: str) -> list[str]:
 
 
 def release_parts(store: Store, name: str) -> list[StorePart]:
-    """The parts of store release `name` that exist, in KINDS order. NotFoundError for a name the store does not
-    know (nothing outside the store is ever named by a part)."""
-    if name not in release_names(store):
-        raise NotFoundError(
-            f"unknown release {name!r}; known releases: {', '.join(release_names(store)) or 'none'} "
-            f"(store: {store.home})"
-        )
+    """The parts of store release `name` that exist, in KINDS order (none for a name the store holds nothing of).
+    Every part is a path the Store builds, so nothing outside the store is ever named by a part; a name that is not
+    a plain folder name is refused (UnsafeError)."""
     hashes = info_hashes(store, name)
     candidates = [
         ("release", store.release_dir(name)),
         ("release", store.partial_dir(name)),
         ("release", store.incomplete_marker(name)),
-        ("converted", store.home / "converted" / name),
+        ("converted", store.converted_root(name)),
         ("report", store.report_path(name)),
         *(("resume", store.resume_path(h)) for h in hashes),
         *(("resume", store.completion_path(h)) for h in hashes),

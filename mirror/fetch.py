@@ -536,12 +536,15 @@ def _fetch_locked(
                 last_resume = now
         # every piece passed its hash; whether the files are complete is judged once every write has landed
         download.settle()
-    except BaseException as exc:
-        if download.meta is None and created_partial and not isinstance(exc, KeyboardInterrupt):
-            shutil.rmtree(download.partial, ignore_errors=True)  # refused or timed out: nothing was written
+    except BaseException:
+        if download.meta is None and created_partial:
+            # refused, timed out or interrupted before the metadata: nothing was written and no resume data exists
+            # yet, so the folder this run made goes (else an empty .partial no command could name stays behind)
+            download.session.pause()
+            shutil.rmtree(download.partial, ignore_errors=True)
         else:
             download.save_resume_now()
-        download.session.pause()
+            download.session.pause()
         raise
     status = handle.status()
     download.save_resume_now(wait=30.0)

@@ -28,7 +28,7 @@ from m7b.runtime.tokenizer import load_sentencepiece
 from m7b.runtime.weights import load_state_dict
 from m7b.verify.checkpoint_index import index_checkpoint
 
-DOCUMENTED = set(EXIT_CODES) - {0, 1, 2, 130}
+DOCUMENTED = set(EXIT_CODES) - {0, 1, 2, 130, 141}
 
 
 def refused_or_ok(fn: Callable[[], Any], allowed: tuple[type[M7bError], ...], folder: Path) -> None:

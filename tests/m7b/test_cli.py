@@ -44,3 +44,44 @@ def test_every_documented_exit_code_is_in_the_readme() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     for code in EXIT_CODES:
         assert f"| {code} |" in readme, f"exit code {code} is not documented in README.md"
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["fetch", "x", "--timeout", "-1"], "--timeout"),
+        (["fetch", "x", "--timeout", "0"], "--timeout"),
+        (["fetch", "x", "--timeout", "nan"], "--timeout"),
+        (["fetch", "x", "--resume-interval", "0"], "--resume-interval"),
+        (["seed", "x", "--interval", "0"], "--interval"),
+        (["seed", "x", "--interval", "-5"], "--interval"),
+        (["seed", "x", "--max-peers", "0"], "--max-peers"),
+    ],
+)
+def test_a_timeout_or_interval_must_be_more_than_0_and_max_peers_at_least_1(
+    args: list[str], flag: str, m7b_home
+) -> None:
+    from typer.testing import CliRunner
+
+    from m7b.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and flag in result.output
+    assert not m7b_home.exists()  # refused before anything was looked up or written
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_141(m7b_home) -> None:
+    import subprocess
+    import sys
+
+    from m7b.errors import EXIT_BROKEN_PIPE
+
+    # like `m7b list --json | head -0`: the pipe's reader is gone before m7b writes its document
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "m7b", "list", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_BROKEN_PIPE == 141
+    assert stderr == b""

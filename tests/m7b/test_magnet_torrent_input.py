@@ -31,6 +31,27 @@ def test_an_all_zero_info_hash_is_refused(xt: str) -> None:
     assert caught.value.exit_code == 4
 
 
+OTHER = "1" * 40
+V2 = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    "query",
+    [f"xt=urn:btih:{HASH}&xt=urn:btih:{OTHER}", f"xt=urn:btmh:1220{V2}&xt.2=urn:btmh:1220{'cd' * 32}"],
+    ids=["two-btih", "two-btmh"],
+)
+def test_a_magnet_with_two_different_hashes_of_one_kind_is_refused(query: str) -> None:
+    with pytest.raises(InvalidInputError, match="two different") as caught:
+        parse_magnet(f"magnet:?{query}")
+    assert caught.value.exit_code == 4
+
+
+def test_the_same_hash_twice_in_a_magnet_is_one_hash() -> None:
+    b32 = base64.b32encode(bytes.fromhex(HASH)).decode()
+    m = parse_magnet(f"magnet:?xt=urn:btih:{HASH}&xt.1=urn:btih:{b32}&xt=urn:btmh:1220{V2}&xt=urn:btmh:1220{V2}")
+    assert (m.info_hash_v1, m.info_hash_v2) == (HASH, V2)
+
+
 def test_an_upper_case_magnet_is_accepted_and_libtorrent_reads_what_m7b_passes_on() -> None:
     m = parse_magnet(f"MAGNET:?XT=URN:BTIH:{HASH.upper()}&DN=Tiny&TR=udp%3A%2F%2Ft.example%3A1%2Fa")
     assert (m.info_hash_v1, m.name, m.trackers) == (HASH, "Tiny", ("udp://t.example:1/a",))

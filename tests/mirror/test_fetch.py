@@ -203,11 +203,29 @@ def test_metadata_that_contradicts_the_manifest_is_refused_before_any_data(cli, 
 
 @pytest.mark.slow
 def test_no_peers_ends_with_a_clear_timeout(cli, m7b_home) -> None:
-    result = cli("fetch", "magnet:?xt=urn:btih:" + "ab" * 20, *LOOPBACK, "--timeout", "2")
+    result = cli("fetch", "magnet:?xt=urn:btih:" + "ab" * 20 + "&dn=nobody", *LOOPBACK, "--timeout", "1")
     assert result.code == 7
     assert "no peer sent the metadata" in result.stderr and "--timeout" in result.stderr
     releases = m7b_home / "releases"
     assert not releases.exists() or list(releases.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_fetch_stopped_before_the_metadata_leaves_no_partial_folder(m7b_home, sig: signal.Signals) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "m7b", "fetch", "magnet:?xt=urn:btih:" + "cd" * 20 + "&dn=nobody", *LOOPBACK, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline())["phase"] == "metadata"  # the download (and its .partial) has begun
+    assert (m7b_home / "releases" / ".nobody.partial").is_dir()
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert list((m7b_home / "releases").iterdir()) == []
 
 
 @pytest.mark.slow
