@@ -64,6 +64,19 @@ class AmountColumn(ProgressColumn):
         return Text(f"{task.completed:g}{total} {unit}{rate}", style="progress.download")
 
 
+def progress_display(console: Console) -> Progress:
+    """The one bar layout of every command: phase, bar, bytes and rate (or units), time left, the item."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        AmountColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[item]}"),
+        console=console,
+        transient=False,
+    )
+
+
 @contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[ProgressCallback]:
     """A ProgressCallback that draws one bar per phase on stderr (nothing when disabled). (Fetch and seed have their
@@ -71,15 +84,7 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressCallback]:
     if not enabled:
         yield lambda event: None
         return
-    bars = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        AmountColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[item]}"),
-        console=err,
-        transient=False,
-    )
+    bars = progress_display(err)
     tasks: dict[str, TaskID] = {}
 
     def on_event(event: ProgressEvent) -> None:

@@ -14,12 +14,12 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import TaskID
 from rich.table import Table
 from rich.text import Text
 
 from m7b.progress import ProgressCallback, ProgressEvent
-from m7b.render import AmountColumn, emit_json, err, format_elapsed, out
+from m7b.render import emit_json, err, format_elapsed, out, progress_display
 from m7b.sizes import format_bytes, format_rate
 
 _STYLE = {"working": "green", "error": "red", "not contacted": "yellow"}
@@ -104,14 +104,7 @@ def fetch_display(enabled: bool = True, interval: float = 5.0, console: Console 
             if last["unshown"] is not None:  # the state the fetch stopped in (an error, an interrupt)
                 console.print(fetch_line(last["unshown"]), highlight=False, markup=False, soft_wrap=True)
         return
-    bars = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        AmountColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[item]}"),
-        console=console,
-    )
+    bars = progress_display(console)
     task: list[TaskID] = []
     view: dict[str, Any] = {"sources": Table()}
 

@@ -105,9 +105,9 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def range_http_server(root: Path) -> Iterator[str]:
-    """An HTTP server with Range support serving `root` on 127.0.0.1. Yields its base URL."""
-    handler = lambda *a, **k: _RangeHandler(*a, directory=str(root), **k)  # noqa: E731
+def _static_http_server(handler_class: type[http.server.SimpleHTTPRequestHandler], root: Path) -> Iterator[str]:
+    """`handler_class` serving `root` on 127.0.0.1 from a thread. Yields its base URL."""
+    handler = lambda *a, **k: handler_class(*a, directory=str(root), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -116,6 +116,11 @@ def range_http_server(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def range_http_server(root: Path) -> contextlib.AbstractContextManager[str]:
+    """An HTTP server with Range support serving `root` on 127.0.0.1. Yields its base URL."""
+    return _static_http_server(_RangeHandler, root)
 
 
 class _NoRangeHandler(http.server.SimpleHTTPRequestHandler):
@@ -125,18 +130,9 @@ class _NoRangeHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def no_range_http_server(root: Path) -> Iterator[str]:
+def no_range_http_server(root: Path) -> contextlib.AbstractContextManager[str]:
     """An HTTP server on 127.0.0.1 that ignores Range requests, serving `root`. Yields its base URL."""
-    handler = lambda *a, **k: _NoRangeHandler(*a, directory=str(root), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return _static_http_server(_NoRangeHandler, root)
 
 
 _NGINX_CONF = """\
