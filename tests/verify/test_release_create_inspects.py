@@ -57,14 +57,15 @@ def test_a_mixture_of_experts_release_is_published_with_its_moe_block(
     )
     made = cli("release", "create", tiny_release, "--out", tmp_path / "out", "--name", "moe-test")
     assert made.code == 0, made.stderr
-    manifest = load_manifest(tmp_path / "out" / "moe-test.toml")
+    manifest = load_manifest(tmp_path / "out" / f"{tiny_release.name}.toml")  # named after the folder
+    assert manifest.name == "moe-test"
     assert manifest.moe is not None and manifest.moe.num_experts == 4 and manifest.unsupported
     out = tmp_path / "out"
     verify = cli(
         "verify",
         tiny_release,
         "--manifest",
-        out / "moe-test.toml",
+        out / f"{tiny_release.name}.toml",
         "--torrent",
         out / f"{tiny_release.name}.torrent",
         "--json",
@@ -77,7 +78,7 @@ def test_a_mixture_of_experts_release_is_published_with_its_moe_block(
         assert refused.code == 4 and "mixture of experts" in refused.stderr
     convert = cli("convert", tiny_release, "--to", "native", "--out", tmp_path / "native")
     assert convert.code == 4 and "mixture of experts" in convert.stderr and not (tmp_path / "native").exists()
-    show = cli("show", tmp_path / "out" / "moe-test.toml", "--json")
+    show = cli("show", out / f"{tiny_release.name}.toml", "--json")
     assert json.loads(show.stdout)["runtime"] == {
         "supported": False,
         "reason": "mixture of experts: 4 experts, 2 per token",
