@@ -20,6 +20,12 @@ def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+def start_fetch(magnet: str, peer: str, resume_interval: str) -> subprocess.Popen:
+    """`m7b fetch MAGNET --peer PEER --json` as a child process whose JSON lines the test reads as they come."""
+    command = [sys.executable, "-m", "m7b", "fetch", magnet, "--peer", peer, *LOOPBACK, "--json"]
+    return subprocess.Popen([*command, "--resume-interval", resume_interval], stdout=subprocess.PIPE, text=True)
+
+
 @pytest.mark.slow
 def test_fetch_by_magnet_through_a_real_tracker(cli, m7b_home, publish, tmp_path) -> None:
     # the tracker's whitelist names the info-hash, and the torrent names the tracker: pick the port first
@@ -80,23 +86,7 @@ def test_resume_after_kill_9_downloads_only_what_was_missing(cli, m7b_home, publ
     total, piece = pub.meta.total_size, pub.meta.piece_length
     resume = m7b_home / "resume" / f"{pub.meta.info_hash}.fastresume"
     with plain_seeder(pub.torrent, pub.folder, upload_limit=1 << 20) as slow_peer:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "m7b",
-                "fetch",
-                pub.magnet,
-                "--peer",
-                slow_peer,
-                *LOOPBACK,
-                "--json",
-                "--resume-interval",
-                "0.5",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_fetch(pub.magnet, slow_peer, resume_interval="0.5")
         halfway = None
         for line in proc.stdout:
             event = json.loads(line)
@@ -233,23 +223,7 @@ def test_sigterm_saves_resume_data_and_the_next_run_continues(cli, m7b_home, pub
     pub = publish()
     resume = m7b_home / "resume" / f"{pub.meta.info_hash}.fastresume"
     with plain_seeder(pub.torrent, pub.folder, upload_limit=1 << 20) as slow_peer:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "m7b",
-                "fetch",
-                pub.magnet,
-                "--peer",
-                slow_peer,
-                *LOOPBACK,
-                "--json",
-                "--resume-interval",
-                "60",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_fetch(pub.magnet, slow_peer, resume_interval="60")
         for line in proc.stdout:
             event = json.loads(line)
             if event.get("total") and event["done"] >= 0.25 * event["total"]:

@@ -35,43 +35,13 @@ def test_run_streams_text_and_reports_figures(cli, tiny_release_src) -> None:
 
 @pytest.mark.slow
 def test_run_with_a_prompt_longer_than_the_window(cli_inproc, tiny_release_src) -> None:
-    result = cli_inproc(
-        "run",
-        str(tiny_release_src),
-        "--prompt",
-        LONG_PROMPT,
-        "--max-tokens",
-        "40",
-        "--json",
-        "--temperature",
-        "0.7",
-        "--top-p",
-        "0.9",
-        "--seed",
-        "3",
-        "--ignore-eos",
-    )
+    sampled = ("--json", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3", "--ignore-eos")
+    args = ("run", str(tiny_release_src), "--prompt", LONG_PROMPT, "--max-tokens", "40", *sampled)
+    result = cli_inproc(*args)
     assert result.code == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["prompt_tokens"] > 3 * 16 and record["generated_tokens"] == 40
-    again = json.loads(
-        cli_inproc(
-            "run",
-            str(tiny_release_src),
-            "--prompt",
-            LONG_PROMPT,
-            "--max-tokens",
-            "40",
-            "--json",
-            "--temperature",
-            "0.7",
-            "--top-p",
-            "0.9",
-            "--seed",
-            "3",
-            "--ignore-eos",
-        ).stdout
-    )
+    again = json.loads(cli_inproc(*args).stdout)
     assert again["token_ids"] == record["token_ids"]
 
 
