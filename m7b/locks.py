@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from m7b.address import ascii_int
 from m7b.errors import StorageError
 from m7b.store import Store
 
@@ -75,7 +76,7 @@ def _this_command() -> str:
 def _read_holder(fd: int, what: str, shared: bool) -> LockHolder:
     text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
     pid_line, _, command = text.partition("\n")
-    pid = int(pid_line) if pid_line.strip().isdigit() else None
+    pid = ascii_int(pid_line)
     return LockHolder(what, pid, command.strip(), shared)
 
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlsplit
 
+from m7b.address import parse_host_port
 from m7b.errors import InvalidInputError
 
 _HEX40 = re.compile(r"[0-9a-fA-F]{40}")
@@ -145,8 +146,4 @@ def parse_magnet(uri: str) -> Magnet:
 
 def parse_peer(text: str) -> tuple[str, int]:
     """HOST:PORT or [IPv6]:PORT (a magnet's x.pe, or a peer the user names)."""
-    host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidInputError(f"peer {text!r}: expected HOST:PORT, e.g. 127.0.0.1:6881")
-    return host, int(port)
+    return parse_host_port(text, "peer", "127.0.0.1:6881")

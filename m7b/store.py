@@ -22,6 +22,7 @@ import enum
 import errno
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,8 @@ class Store:
             except (OSError, ValueError):
                 continue
             ok = isinstance(doc, dict) and isinstance(doc.get("name"), str) and isinstance(doc.get("info_hash"), str)
+            # the hash names store files (torrents/IH.torrent): only a v1 or v2 info-hash in hex, nothing path-like
+            ok = ok and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", doc["info_hash"]) is not None
             if ok and path.name == f".{doc['name']}.json" and path_problem(doc["name"]) is None:
                 found[doc["name"]] = doc["info_hash"]
         return found

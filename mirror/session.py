@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import libtorrent as lt
 
 from m7b import __version__
-from m7b.errors import InvalidInputError
+from m7b.address import parse_host_port
 
 ALERT_MASK = (
     lt.alert_category.error
@@ -54,9 +54,7 @@ class SessionOptions:
 def listen_interfaces(text: str) -> str:
     """Validate HOST:PORT[,HOST:PORT…] (IPv6 in brackets); port 0 picks a free one."""
     for item in text.split(","):
-        host, sep, port = item.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise InvalidInputError(f"listen address {item!r}: expected HOST:PORT, e.g. 0.0.0.0:6881 or [::]:6881")
+        parse_host_port(item, "listen address", "0.0.0.0:6881 or [::]:6881", port_zero=True)
     return text
 
 

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import libtorrent as lt
 
+from m7b.address import ascii_int
+
 NOT_CONTACTED, WORKING, ERROR = "not contacted", "working", "error"
 
 
@@ -65,7 +67,7 @@ def _port(url: str) -> int | None:
 
 def _status_code(text: str) -> int | None:
     head = text.strip().split(" ", 1)[0]
-    return int(head) if head.isdigit() and len(head) == 3 else None
+    return ascii_int(head) if len(head) == 3 else None
 
 
 @dataclass

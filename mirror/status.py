@@ -23,7 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from m7b.errors import InvalidInputError, NetworkError
+from m7b.address import parse_host_port
+from m7b.errors import NetworkError
 from m7b.mirror.seed import ReleaseStatus
 from m7b.sizes import format_bytes
 
@@ -33,13 +34,7 @@ TRACKER_STATES = ("not contacted", "working", "error")
 
 def parse_status_address(text: str) -> tuple[str, int]:
     """HOST:PORT (IPv6 in brackets) for the status server; port 0 picks a free one."""
-    host, sep, port = text.strip().rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise InvalidInputError(
-            f"status address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9881 (port 0 picks a free one)"
-        )
-    return host, int(port)
+    return parse_host_port(text, "status address", "127.0.0.1:9881 (port 0 picks a free one)", port_zero=True)
 
 
 class StatusBoard:
