@@ -87,3 +87,17 @@ def test_a_malformed_moe_block_is_invalid_input(tmp_path: Path, moe: object) -> 
     with pytest.raises(InvalidInputError, match="moe") as info:
         load_params(write(tmp_path, json.dumps({**REAL, "moe": moe})))
     assert not isinstance(info.value, UnsupportedArchitectureError)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "change",
+    [{"norm_eps": float("nan")}, {"rope_theta": float("nan")}, {"sliding_window": 1}, {"sliding_window": 10**18}],
+)
+def test_run_and_smoke_refuse_the_same_params_as_verify(cli, m7b_home, tiny_release: Path, change: dict) -> None:
+    params = json.loads((tiny_release / "params.json").read_text())
+    (tiny_release / "params.json").write_text(json.dumps({**params, **change}))  # json writes NaN as NaN
+    field = next(iter(change))
+    for command in (("run", tiny_release, "-p", "hi", "--device", "cpu"), ("smoke", tiny_release, "--device", "cpu")):
+        result = cli(*command)
+        assert result.code == 4 and field in result.stderr, (command, result.stderr)
