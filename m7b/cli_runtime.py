@@ -30,6 +30,16 @@ DecodeOption = Annotated[
     ),
 ]
 
+MatvecOption = Annotated[
+    str,
+    typer.Option(
+        "--matvec",
+        help="The eager CPU decode step's matrix-vector kernel for bf16 weights: auto (m7b's when the CPU has AVX2 "
+        "and FMA and a C compiler is found, else torch's), m7b or torch. m7b's is built once into "
+        "M7B_HOME/cache/kernels.",
+    ),
+]
+
 
 def _load(release: str, device: str, dtype: str | None, window: int | None = None) -> Runtime:
     from m7b.runtime.args import ModelArgs
@@ -86,6 +96,7 @@ def run(
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")] = False,
     decode: DecodeOption = "auto",
     compile_decode: Annotated[bool, typer.Option("--compile", help="Same as --decode compile.")] = False,
+    matvec: MatvecOption = "auto",
     json_out: JsonOption = False,
 ) -> None:
     """Complete a prompt: the text streams to stdout; preparation time, TTFT, prefill and decode tok/s go to
@@ -111,11 +122,15 @@ def run(
     mode = resolve_mode("compile" if compile_decode else decode, rt.device)
     ids = rt.tokenizer.encode(prompt)
     load_s = time.perf_counter() - started
-    cache_root = _compile_cache(Store.from_env()) if mode == "compile" else None
-    prepared = prepare_decode(rt.model, mode, len(ids) + max_tokens, cache_root)
+    store = Store.from_env()
+    cache_root = _compile_cache(store) if mode == "compile" else None
+    prepared = prepare_decode(
+        rt.model, mode, len(ids) + max_tokens, cache_root, matvec=matvec, kernel_root=store.kernel_cache_dir
+    )
     err.print(
         f"loaded in {load_s:.2f} s · decode step {prepared.mode} prepared in {prepared.prepare_s:.2f} s"
-        + (f" (compile cache {prepared.cache})" if prepared.cache != "none" else ""),
+        + (f" (compile cache {prepared.cache})" if prepared.cache != "none" else "")
+        + (f" · matrix-vector kernel {prepared.matvec}" if rt.device.type == "cpu" else ""),
         highlight=False,
     )
     stream = rt.tokenizer.stream()
@@ -191,10 +206,11 @@ def smoke(
         typer.Option(
             "--decode",
             help="Fast decode steps to check against the eager one and transformers, teacher-forced past the window: "
-            "auto (on CUDA the compiled step and a captured CUDA graph; none on the CPU), compile, graph or eager "
-            "(none).",
+            "auto (on CUDA the compiled step and a captured CUDA graph; on the CPU the eager step on m7b's "
+            "matrix-vector kernel when it applies), compile, graph or eager (the eager step on the --matvec kernel).",
         ),
     ] = "auto",
+    matvec: MatvecOption = "auto",
     json_out: JsonOption = False,
 ) -> None:
     """The smoke-generation battery: a pass/fail table; exit code 5 when any check fails."""
@@ -204,15 +220,21 @@ def smoke(
 
     rt = _load(release, device, dtype, window)
     if decode.strip().lower() == "auto":
-        modes = ["compile", "graph"] if rt.device.type == "cuda" else []
+        modes = ["compile", "graph"] if rt.device.type == "cuda" else ["eager"]
     else:
-        modes = [m for m in [resolve_mode(decode, rt.device)] if m != "eager"]
+        modes = [resolve_mode(decode, rt.device)]
+    store = Store.from_env()
     paths, prepared_len, prepare_s = {}, None, {}
     for mode in modes:
-        cache_root = _compile_cache(Store.from_env()) if mode == "compile" else None
-        prepared = prepare_decode(rt.model, mode, rt.model.window + PAST_WINDOW, cache_root)
-        paths[mode], prepared_len, prepare_s[mode] = prepared.fn, prepared.max_seq_len, round(prepared.prepare_s, 3)
-        err.print(f"decode step {mode} prepared in {prepared.prepare_s:.2f} s", highlight=False)
+        cache_root = _compile_cache(store) if mode == "compile" else None
+        prepared = prepare_decode(
+            rt.model, mode, rt.model.window + PAST_WINDOW, cache_root, matvec, kernel_root=store.kernel_cache_dir
+        )
+        if mode == "eager" and prepared.matvec == "torch":
+            continue  # the eager step on torch's kernels is the reference itself
+        name = f"matvec {prepared.matvec}" if mode == "eager" else mode
+        paths[name], prepared_len, prepare_s[name] = prepared.fn, prepared.max_seq_len, round(prepared.prepare_s, 3)
+        err.print(f"decode step {name} prepared in {prepared.prepare_s:.2f} s", highlight=False)
     if json_out or not err.is_terminal:
         report = run_smoke(
             rt.model, rt.tokenizer, rt.dtype, seed, ignore_progress, decode_paths=paths, paths_max_seq_len=prepared_len

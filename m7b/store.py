@@ -133,6 +133,11 @@ class Store:
         return self.home / "cache" / "compile"
 
     @property
+    def kernel_cache_dir(self) -> Path:
+        """Built CPU kernels (m7b's bf16 matrix-vector product), one folder per source, compiler and machine."""
+        return self.home / "cache" / "kernels"
+
+    @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
 

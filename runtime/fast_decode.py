@@ -2,7 +2,8 @@
 
 `prepare_decode` allocates the caches at a static size, builds the step and warms it up (compiling or capturing
 happens here, timed as `prepare_s`, never inside the decode figures). On CUDA the default is the compiled step
-(torch.compile, "reduce-overhead": fused kernels replayed as CUDA graphs); on the CPU it is the eager step.
+(torch.compile, "reduce-overhead": fused kernels replayed as CUDA graphs); on the CPU it is the eager step, whose
+single-row products go to m7b's bf16 matrix-vector kernel when it applies (`m7b.runtime.matvec`).
 
 Compiled artifacts persist under `<M7B_HOME>/cache/compile/<key>/` (inductor's FX-graph, autotuning and Triton
 caches), one folder per (model shape, dtype, device, torch version, mode): a run compiles once, later runs load.
@@ -22,6 +23,7 @@ import torch
 
 from m7b.errors import InvalidInputError, StorageError
 from m7b.runtime.generate import DecodeFn, decode_one_token
+from m7b.runtime.matvec import TORCH_NAME, MatVecFn, choose_matvec
 from m7b.runtime.model import Transformer
 
 DECODE_MODES = ("auto", "eager", "compile", "graph")
@@ -41,10 +43,14 @@ class PreparedDecode:
     cache: str
     fx_graph_hits: int = 0  # inductor graphs loaded from the cache / compiled during preparation
     fx_graph_misses: int = 0
+    matvec: str = TORCH_NAME  # the kernel of the step's single-row products (eager CPU step): m7b's or torch's
+    matvec_note: str = ""  # why that kernel
 
     def record(self) -> dict[str, object]:
         return {
             "decode_mode": self.mode,
+            "matvec": self.matvec,
+            "matvec_note": self.matvec_note,
             "prepare_s": round(self.prepare_s, 3),
             "static_seq_len": self.max_seq_len,
             "compile_cache": self.cache,
@@ -140,6 +146,19 @@ def compiled_step(device: torch.device) -> DecodeFn:
     return torch.compile(decode_one_token, fullgraph=True)
 
 
+def matvec_step(kernel: MatVecFn) -> DecodeFn:
+    """`decode_one_token` with the model's single-row products on `kernel` for the duration of the call."""
+
+    def run(model: Transformer, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        model.kernels.matvec = kernel
+        try:
+            return decode_one_token(model, token, pos)
+        finally:
+            model.kernels.matvec = None
+
+    return run
+
+
 def cuda_graph_decode(model: Transformer, device: torch.device) -> DecodeFn:
     """`decode_one_token` captured once as a CUDA graph over static token and position tensors."""
     if device.type != "cuda":
@@ -183,19 +202,47 @@ def _warm_up(model: Transformer, fn: DecodeFn, device: torch.device, steps: int 
     model.reset_caches()
 
 
-def prepare_decode(model: Transformer, mode: str, needed: int, cache_root: Path | None = None) -> PreparedDecode:
+def prepare_decode(
+    model: Transformer,
+    mode: str,
+    needed: int,
+    cache_root: Path | None = None,
+    matvec: str = "auto",
+    kernel_root: Path | None = None,
+) -> PreparedDecode:
     """Caches for `needed` positions and a warmed-up decode step in `mode` (already resolved: eager, compile,
-    graph). `cache_root` holds compiled artifacts (compile only; None: torch's default location)."""
+    graph). `cache_root` holds compiled artifacts (compile only; None: torch's default location). `matvec`
+    (auto, m7b, torch) picks the eager step's matrix-vector kernel, built under `kernel_root`; the compiled and
+    graph steps use the kernels inductor and torch generate, and refuse `m7b`."""
     device = model.output.weight.device
     start = time.perf_counter()
     if mode == "eager":
         model.setup_caches(1, needed)
-        return PreparedDecode("eager", decode_one_token, needed, time.perf_counter() - start, None, "none")
+        choice = choose_matvec(matvec, model.output.weight, kernel_root)
+        fn = matvec_step(choice.kernel) if choice.kernel else decode_one_token
+        return PreparedDecode(
+            "eager",
+            fn,
+            needed,
+            time.perf_counter() - start,
+            None,
+            "none",
+            matvec=choice.name,
+            matvec_note=choice.note,
+        )
+    if matvec.strip().lower() == "m7b":
+        raise InvalidInputError(
+            f"m7b's matrix-vector kernel serves the eager CPU step, not the {mode} step; use --decode eager with "
+            "--matvec m7b, or --matvec auto",
+            field="matvec",
+        )
     max_seq_len = static_seq_len(needed, model.window)
     model.setup_caches(1, max_seq_len)
     if mode == "graph":
         fn = cuda_graph_decode(model, device)
-        return PreparedDecode("graph", fn, max_seq_len, time.perf_counter() - start, None, "none")
+        return PreparedDecode(
+            "graph", fn, max_seq_len, time.perf_counter() - start, None, "none", matvec_note=f"{TORCH_NAME}'s kernels"
+        )
     if mode != "compile":
         raise InvalidInputError(f"unknown decode mode {mode!r}: expected eager, compile or graph")
     folder = None
@@ -224,4 +271,5 @@ def prepare_decode(model: Transformer, mode: str, needed: int, cache_root: Path 
         cache,
         new_hits - hits,
         new_misses - misses,
+        matvec_note="inductor's kernels",
     )

@@ -8,6 +8,9 @@ live in a rolling buffer (`RollingKVCache`) of capacity min(W, max context) per 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +18,31 @@ from torch import nn
 from m7b.errors import InvalidInputError
 from m7b.runtime.args import ModelArgs
 from m7b.runtime.cache import RollingKVCache
+
+
+@dataclass
+class Kernels:
+    """The kernels a model's products use, one holder shared by every layer: `matvec` (None: torch's) computes
+    the single-row products of a decode step (`m7b.runtime.matvec`); everything else is torch's `F.linear`."""
+
+    matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.matvec is not None and x.numel() == x.shape[-1]:
+            return self.matvec(x, weight)
+        return F.linear(x, weight)
+
+
+class Linear(nn.Linear):
+    """A bias-free nn.Linear (same parameter, same state-dict key) whose product goes through the model's
+    `Kernels`."""
+
+    def __init__(self, in_features: int, out_features: int, kernels: Kernels) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        self.kernels = kernels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernels.linear(x, self.weight)
 
 
 class RMSNorm(nn.Module):
@@ -86,13 +114,14 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, kernels: Kernels) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.kernels = kernels
+        self.wq = Linear(args.dim, args.n_heads * args.head_dim, kernels)
+        self.wk = Linear(args.dim, args.n_kv_heads * args.head_dim, kernels)
+        self.wv = Linear(args.dim, args.n_kv_heads * args.head_dim, kernels)
+        self.wo = Linear(args.n_heads * args.head_dim, args.dim, kernels)
         self.kv_cache: RollingKVCache | None = None
         # wq, wk, wv stacked (`fuse`): one matrix-vector product, not three. A buffer outside the state dict.
         self.register_buffer("wqkv", None, persistent=False)
@@ -108,7 +137,7 @@ class Attention(nn.Module):
         b, length, _ = x.shape
         if self.wqkv is not None:
             kv_size = self.n_kv_heads * self.head_dim
-            q, k, v = F.linear(x, self.wqkv).split([self.n_heads * self.head_dim, kv_size, kv_size], dim=-1)
+            q, k, v = self.kernels.linear(x, self.wqkv).split([self.n_heads * self.head_dim, kv_size, kv_size], dim=-1)
         else:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
         q = q.view(b, length, self.n_heads, self.head_dim)
@@ -136,11 +165,12 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x)."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, kernels: Kernels) -> None:
         super().__init__()
-        self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)
-        self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
-        self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.kernels = kernels
+        self.w1 = Linear(args.dim, args.hidden_dim, kernels)
+        self.w2 = Linear(args.hidden_dim, args.dim, kernels)
+        self.w3 = Linear(args.dim, args.hidden_dim, kernels)
         self.register_buffer("w13", None, persistent=False)  # w1, w3 stacked (`fuse`)
 
     def fuse(self) -> None:
@@ -149,7 +179,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w13 is not None:
-            gate, up = F.linear(x, self.w13).chunk(2, dim=-1)
+            gate, up = self.kernels.linear(x, self.w13).chunk(2, dim=-1)
             return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
@@ -166,10 +196,10 @@ def _fuse_rows(*linears: nn.Linear) -> torch.Tensor:
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, kernels: Kernels) -> None:
         super().__init__()
-        self.attention = Attention(args)
-        self.feed_forward = FeedForward(args)
+        self.attention = Attention(args, kernels)
+        self.feed_forward = FeedForward(args, kernels)
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
@@ -184,10 +214,11 @@ class Transformer(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
+        self.kernels = Kernels()
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(args, self.kernels) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.output = Linear(args.dim, args.vocab_size, self.kernels)
         self.max_seq_len = 0
 
     @property
