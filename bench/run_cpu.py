@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from m7b.runtime.fast_decode import prepare_decode
 from m7b.runtime.generate import GenerationConfig, generate
 from m7b.runtime.hf_twin import hf_model
 from m7b.runtime.loader import load_runtime
@@ -86,15 +87,19 @@ def weight_stream_floor_s(model) -> float:
     return best
 
 
-def bench_m7b(release: Path, dtype: torch.dtype | None, repeats: int) -> dict:
+def bench_m7b(release: Path, dtype: torch.dtype | None, repeats: int, cpu_kernels: str, kernels: Path) -> dict:
+    """m7b's decode as `m7b run` prepares it (the eager CPU step on the `cpu_kernels` kernels)."""
     rt = load_runtime(release, torch.device("cpu"), dtype)
     floor = weight_stream_floor_s(rt.model)
     prompt = rt.tokenizer.encode(PROMPT)
     config = GenerationConfig(max_tokens=NEW_TOKENS, stop_at_eos=False)
-    generate(rt.model, prompt, GenerationConfig(max_tokens=16, stop_at_eos=False))  # warm-up
-    runs = [generate(rt.model, prompt, config) for _ in range(repeats)]
+    prepared = prepare_decode(rt.model, "eager", len(prompt) + NEW_TOKENS, None, cpu_kernels, kernels)
+    step = {"decode_fn": prepared.fn, "max_seq_len": prepared.max_seq_len}
+    generate(rt.model, prompt, GenerationConfig(max_tokens=16, stop_at_eos=False), **step)  # warm-up
+    runs = [generate(rt.model, prompt, config, **step) for _ in range(repeats)]
     best = max(runs, key=lambda r: r.decode_tok_s)
     return {
+        "cpu_kernels": prepared.cpu_kernels,
         "dtype": str(rt.dtype).removeprefix("torch."),
         "decode_tok_s": best.decode_tok_s,
         "all_decode_tok_s": [round(r.decode_tok_s, 1) for r in runs],
@@ -149,8 +154,10 @@ def main() -> None:
     torch.set_num_threads(opts.threads)
     with tempfile.TemporaryDirectory() as tmp:
         release = opts.release or synthesize(Path(tmp) / "bench-cpu", "bench-cpu", seed=0).path
-        ours = bench_m7b(release, None, opts.repeats)  # the default: the checkpoint's dtype
-        ours32 = bench_m7b(release, torch.float32, opts.repeats)
+        kernels = Path(tmp) / "kernels"
+        ours = bench_m7b(release, None, opts.repeats, "auto", kernels)  # the default: the checkpoint's dtype
+        ours_torch = bench_m7b(release, None, opts.repeats, "torch", kernels)  # the same on torch's kernel
+        ours32 = bench_m7b(release, torch.float32, opts.repeats, "auto", kernels)
         theirs = {
             name: bench_hf(release, dt, ours["prompt"], opts.repeats)
             for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16))
@@ -162,9 +169,12 @@ def main() -> None:
         "threads": opts.threads,
         "new_tokens": NEW_TOKENS,
         "m7b_dtype": ours["dtype"],
+        "m7b_cpu_kernels": ours["cpu_kernels"],
         "m7b_decode_tok_s": round(ours["decode_tok_s"], 1),
         "m7b_runs": ours["all_decode_tok_s"],
         "m7b_ttft_s": round(ours["ttft_s"], 4),
+        "m7b_torch_kernels_decode_tok_s": round(ours_torch["decode_tok_s"], 1),
+        "m7b_torch_kernels_runs": ours_torch["all_decode_tok_s"],
         "m7b_float32_decode_tok_s": round(ours32["decode_tok_s"], 1),
         "m7b_float32_runs": ours32["all_decode_tok_s"],
         "transformers": {
@@ -191,8 +201,12 @@ def main() -> None:
     ok = "met" if doc["ratio"] >= TARGET_RATIO else "NOT met"
     print(f"CPU, {opts.threads} threads, greedy, {NEW_TOKENS} new tokens, bench-cpu model (best of {opts.repeats})")
     print(
-        f"  m7b default ({doc['m7b_dtype']})  {doc['m7b_decode_tok_s']:8.1f} tok/s  runs {doc['m7b_runs']}  "
-        f"TTFT {doc['m7b_ttft_s']}s"
+        f"  m7b default ({doc['m7b_dtype']}, {doc['m7b_cpu_kernels']})  {doc['m7b_decode_tok_s']:8.1f} tok/s  "
+        f"runs {doc['m7b_runs']}  TTFT {doc['m7b_ttft_s']}s"
+    )
+    print(
+        f"  m7b {doc['m7b_dtype']} on torch's kernels  {doc['m7b_torch_kernels_decode_tok_s']:8.1f} tok/s  "
+        f"runs {doc['m7b_torch_kernels_runs']}"
     )
     print(f"  m7b float32          {doc['m7b_float32_decode_tok_s']:8.1f} tok/s  runs {doc['m7b_float32_runs']}")
     for name, fig in doc["transformers"].items():
@@ -203,7 +217,7 @@ def main() -> None:
         f"{doc['m7b_decode_tok_s'] / ANCHOR_HF_TOK_S:.2f}x)"
     )
     print(
-        f"  matrix-vector floor  {doc['weight_stream_floor_tok_s']:8.1f} tok/s in {doc['m7b_dtype']}, "
+        f"  torch matrix-vector floor  {doc['weight_stream_floor_tok_s']:8.1f} tok/s in {doc['m7b_dtype']}, "
         f"{doc['weight_stream_floor_float32_tok_s']:.1f} in float32 (bare products of every weight matrix)"
     )
     print(

@@ -30,13 +30,13 @@ DecodeOption = Annotated[
     ),
 ]
 
-MatvecOption = Annotated[
+CpuKernelsOption = Annotated[
     str,
     typer.Option(
-        "--matvec",
-        help="The eager CPU decode step's matrix-vector kernel for bf16 weights: auto (m7b's when the CPU has AVX2 "
-        "and FMA and a C compiler is found, else torch's), m7b or torch. m7b's is built once into "
-        "M7B_HOME/cache/kernels.",
+        "--cpu-kernels",
+        help="The eager CPU decode step's kernels for bf16 weights (matrix-vector products, RMSNorm, SwiGLU): auto "
+        "(m7b's when the CPU has AVX2 and FMA and a C compiler is found, else torch's), m7b or torch. m7b's are "
+        "built once into M7B_HOME/cache/kernels.",
     ),
 ]
 
@@ -96,7 +96,7 @@ def run(
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")] = False,
     decode: DecodeOption = "auto",
     compile_decode: Annotated[bool, typer.Option("--compile", help="Same as --decode compile.")] = False,
-    matvec: MatvecOption = "auto",
+    cpu_kernels: CpuKernelsOption = "auto",
     json_out: JsonOption = False,
 ) -> None:
     """Complete a prompt: the text streams to stdout; preparation time, TTFT, prefill and decode tok/s go to
@@ -125,12 +125,12 @@ def run(
     store = Store.from_env()
     cache_root = _compile_cache(store) if mode == "compile" else None
     prepared = prepare_decode(
-        rt.model, mode, len(ids) + max_tokens, cache_root, matvec=matvec, kernel_root=store.kernel_cache_dir
+        rt.model, mode, len(ids) + max_tokens, cache_root, cpu_kernels, kernel_root=store.kernel_cache_dir
     )
     err.print(
         f"loaded in {load_s:.2f} s · decode step {prepared.mode} prepared in {prepared.prepare_s:.2f} s"
         + (f" (compile cache {prepared.cache})" if prepared.cache != "none" else "")
-        + (f" · matrix-vector kernel {prepared.matvec}" if rt.device.type == "cpu" else ""),
+        + (f" · CPU kernels {prepared.cpu_kernels}" if rt.device.type == "cpu" else ""),
         highlight=False,
     )
     stream = rt.tokenizer.stream()
@@ -206,11 +206,11 @@ def smoke(
         typer.Option(
             "--decode",
             help="Fast decode steps to check against the eager one and transformers, teacher-forced past the window: "
-            "auto (on CUDA the compiled step and a captured CUDA graph; on the CPU the eager step on m7b's "
-            "matrix-vector kernel when it applies), compile, graph or eager (the eager step on the --matvec kernel).",
+            "auto (on CUDA the compiled step and a captured CUDA graph; on the CPU the eager step on m7b's CPU "
+            "kernels when they apply), compile, graph or eager (the eager step on the --cpu-kernels kernels).",
         ),
     ] = "auto",
-    matvec: MatvecOption = "auto",
+    cpu_kernels: CpuKernelsOption = "auto",
     json_out: JsonOption = False,
 ) -> None:
     """The smoke-generation battery: a pass/fail table; exit code 5 when any check fails."""
@@ -228,11 +228,11 @@ def smoke(
     for mode in modes:
         cache_root = _compile_cache(store) if mode == "compile" else None
         prepared = prepare_decode(
-            rt.model, mode, rt.model.window + PAST_WINDOW, cache_root, matvec, kernel_root=store.kernel_cache_dir
+            rt.model, mode, rt.model.window + PAST_WINDOW, cache_root, cpu_kernels, kernel_root=store.kernel_cache_dir
         )
-        if mode == "eager" and prepared.matvec == "torch":
+        if mode == "eager" and prepared.cpu_kernels == "torch":
             continue  # the eager step on torch's kernels is the reference itself
-        name = f"matvec {prepared.matvec}" if mode == "eager" else mode
+        name = f"CPU kernels {prepared.cpu_kernels}" if mode == "eager" else mode
         paths[name], prepared_len, prepare_s[name] = prepared.fn, prepared.max_seq_len, round(prepared.prepare_s, 3)
         err.print(f"decode step {name} prepared in {prepared.prepare_s:.2f} s", highlight=False)
     if json_out or not err.is_terminal:

@@ -3,7 +3,7 @@
 `prepare_decode` allocates the caches at a static size, builds the step and warms it up (compiling or capturing
 happens here, timed as `prepare_s`, never inside the decode figures). On CUDA the default is the compiled step
 (torch.compile, "reduce-overhead": fused kernels replayed as CUDA graphs); on the CPU it is the eager step, whose
-single-row products go to m7b's bf16 matrix-vector kernel when it applies (`m7b.runtime.matvec`).
+single-row work goes to m7b's bf16 CPU kernels when they apply (`m7b.runtime.cpu_kernels`).
 
 Compiled artifacts persist under `<M7B_HOME>/cache/compile/<key>/` (inductor's FX-graph, autotuning and Triton
 caches), one folder per (model shape, dtype, device, torch version, mode): a run compiles once, later runs load.
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from m7b.errors import InvalidInputError, StorageError
+from m7b.runtime.cpu_kernels import TORCH_NAME, choose_kernels
 from m7b.runtime.generate import DecodeFn, decode_one_token
-from m7b.runtime.matvec import TORCH_NAME, MatVecFn, choose_matvec
-from m7b.runtime.model import Transformer
+from m7b.runtime.model import RowKernels, Transformer
 
 DECODE_MODES = ("auto", "eager", "compile", "graph")
 READY_NAME = "READY.json"  # written once a compiled step has run: the folder holds a complete compile
@@ -43,14 +43,14 @@ class PreparedDecode:
     cache: str
     fx_graph_hits: int = 0  # inductor graphs loaded from the cache / compiled during preparation
     fx_graph_misses: int = 0
-    matvec: str = TORCH_NAME  # the kernel of the step's single-row products (eager CPU step): m7b's or torch's
-    matvec_note: str = ""  # why that kernel
+    cpu_kernels: str = TORCH_NAME  # the kernels of the eager CPU step's single-row work: m7b's or torch's
+    cpu_kernels_note: str = ""  # why those kernels
 
     def record(self) -> dict[str, object]:
         return {
             "decode_mode": self.mode,
-            "matvec": self.matvec,
-            "matvec_note": self.matvec_note,
+            "cpu_kernels": self.cpu_kernels,
+            "cpu_kernels_note": self.cpu_kernels_note,
             "prepare_s": round(self.prepare_s, 3),
             "static_seq_len": self.max_seq_len,
             "compile_cache": self.cache,
@@ -146,15 +146,15 @@ def compiled_step(device: torch.device) -> DecodeFn:
     return torch.compile(decode_one_token, fullgraph=True)
 
 
-def matvec_step(kernel: MatVecFn) -> DecodeFn:
-    """`decode_one_token` with the model's single-row products on `kernel` for the duration of the call."""
+def row_kernel_step(kernels: RowKernels) -> DecodeFn:
+    """`decode_one_token` with the model's single-row work on `kernels` for the duration of the call."""
 
     def run(model: Transformer, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        model.kernels.matvec = kernel
+        model.kernels.rows = kernels
         try:
             return decode_one_token(model, token, pos)
         finally:
-            model.kernels.matvec = None
+            model.kernels.rows = None
 
     return run
 
@@ -207,19 +207,19 @@ def prepare_decode(
     mode: str,
     needed: int,
     cache_root: Path | None = None,
-    matvec: str = "auto",
+    cpu_kernels: str = "auto",
     kernel_root: Path | None = None,
 ) -> PreparedDecode:
     """Caches for `needed` positions and a warmed-up decode step in `mode` (already resolved: eager, compile,
-    graph). `cache_root` holds compiled artifacts (compile only; None: torch's default location). `matvec`
-    (auto, m7b, torch) picks the eager step's matrix-vector kernel, built under `kernel_root`; the compiled and
+    graph). `cache_root` holds compiled artifacts (compile only; None: torch's default location). `cpu_kernels`
+    (auto, m7b, torch) picks the eager step's single-row kernels, built under `kernel_root`; the compiled and
     graph steps use the kernels inductor and torch generate, and refuse `m7b`."""
     device = model.output.weight.device
     start = time.perf_counter()
     if mode == "eager":
         model.setup_caches(1, needed)
-        choice = choose_matvec(matvec, model.output.weight, kernel_root)
-        fn = matvec_step(choice.kernel) if choice.kernel else decode_one_token
+        choice = choose_kernels(cpu_kernels, model.output.weight, kernel_root)
+        fn = row_kernel_step(choice.kernels) if choice.kernels else decode_one_token
         return PreparedDecode(
             "eager",
             fn,
@@ -227,22 +227,21 @@ def prepare_decode(
             time.perf_counter() - start,
             None,
             "none",
-            matvec=choice.name,
-            matvec_note=choice.note,
+            cpu_kernels=choice.name,
+            cpu_kernels_note=choice.note,
         )
-    if matvec.strip().lower() == "m7b":
+    if cpu_kernels.strip().lower() == "m7b":
         raise InvalidInputError(
-            f"m7b's matrix-vector kernel serves the eager CPU step, not the {mode} step; use --decode eager with "
-            "--matvec m7b, or --matvec auto",
-            field="matvec",
+            f"m7b's CPU kernels serve the eager CPU step, not the {mode} step; use --decode eager with "
+            "--cpu-kernels m7b, or --cpu-kernels auto",
+            field="cpu_kernels",
         )
     max_seq_len = static_seq_len(needed, model.window)
     model.setup_caches(1, max_seq_len)
     if mode == "graph":
         fn = cuda_graph_decode(model, device)
-        return PreparedDecode(
-            "graph", fn, max_seq_len, time.perf_counter() - start, None, "none", matvec_note=f"{TORCH_NAME}'s kernels"
-        )
+        elapsed = time.perf_counter() - start
+        return PreparedDecode("graph", fn, max_seq_len, elapsed, None, "none", cpu_kernels_note="torch's kernels")
     if mode != "compile":
         raise InvalidInputError(f"unknown decode mode {mode!r}: expected eager, compile or graph")
     folder = None
@@ -271,5 +270,5 @@ def prepare_decode(
         cache,
         new_hits - hits,
         new_misses - misses,
-        matvec_note="inductor's kernels",
+        cpu_kernels_note="inductor's kernels",
     )

@@ -8,8 +8,8 @@ live in a rolling buffer (`RollingKVCache`) of capacity min(W, max context) per 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,17 +20,50 @@ from m7b.runtime.args import ModelArgs
 from m7b.runtime.cache import RollingKVCache
 
 
+class RowKernels(Protocol):
+    """Kernels for one row (`m7b.runtime.cpu_kernels.BF16RowKernels`): each falls back to torch for inputs it
+    does not take."""
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor: ...
+    def stack(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor: ...
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None: ...
+    def swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor: ...
+    def attention_step(
+        self,
+        qkv: torch.Tensor,
+        freqs: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slots: torch.Tensor,
+        mask: torch.Tensor,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+    ) -> torch.Tensor | None: ...
+
+
 @dataclass
 class Kernels:
-    """The kernels a model's products use, one holder shared by every layer: `matvec` (None: torch's) computes
-    the single-row products of a decode step (`m7b.runtime.matvec`); everything else is torch's `F.linear`."""
+    """The kernels a model's layers use, one holder shared by all of them: `rows` (None: torch's) computes the
+    single-row work of a decode step (products, RMSNorm, SwiGLU); everything else is torch's."""
 
-    matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    rows: RowKernels | None = None
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if self.matvec is not None and x.numel() == x.shape[-1]:
-            return self.matvec(x, weight)
+        if self.rows is not None and x.numel() == x.shape[-1]:
+            return self.rows(x, weight)
         return F.linear(x, weight)
+
+    def project(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """x times each of `weights`: one kernel call for a single row, one F.linear each otherwise."""
+        if self.rows is not None and x.numel() == x.shape[-1]:
+            return self.rows.stack(x, weights).split([w.shape[0] for w in weights], dim=-1)
+        return tuple(F.linear(x, w) for w in weights)
+
+    def swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        if self.rows is not None and gate.numel() == gate.shape[-1]:
+            return self.rows.swiglu(gate, up)
+        return F.silu(gate) * up
 
 
 class Linear(nn.Linear):
@@ -46,12 +79,18 @@ class Linear(nn.Linear):
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, kernels: Kernels | None = None) -> None:
         super().__init__()
         self.eps = eps
+        self.kernels = kernels or Kernels()
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.kernels.rows
+        if rows is not None and x.numel() == x.shape[-1]:
+            y = rows.rms_norm(x, self.weight, self.eps)
+            if y is not None:
+                return y
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.type_as(x) * self.weight
@@ -135,9 +174,20 @@ class Attention(nn.Module):
         self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, decode: bool
     ) -> torch.Tensor:
         b, length, _ = x.shape
-        if self.wqkv is not None:
+        rows = self.kernels.rows if x.numel() == x.shape[-1] else None
+        cache = self.kv_cache
+        assert cache is not None, "call Transformer.setup_caches() first"
+        weights = (self.wq.weight, self.wk.weight, self.wv.weight)
+        if self.wqkv is not None or rows is not None:
+            qkv = self.kernels.linear(x, self.wqkv) if self.wqkv is not None else rows.stack(x, weights)
+            if decode and rows is not None:  # one C call for rotary, cache write and attention
+                y = rows.attention_step(
+                    qkv, freqs, cache.k_cache, cache.v_cache, slots, mask, self.n_heads, self.n_kv_heads, self.head_dim
+                )
+                if y is not None:
+                    return self.wo(y.view(b, length, self.n_heads * self.head_dim))
             kv_size = self.n_kv_heads * self.head_dim
-            q, k, v = self.kernels.linear(x, self.wqkv).split([self.n_heads * self.head_dim, kv_size, kv_size], dim=-1)
+            q, k, v = qkv.split([self.n_heads * self.head_dim, kv_size, kv_size], dim=-1)
         else:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
         q = q.view(b, length, self.n_heads, self.head_dim)
@@ -145,8 +195,6 @@ class Attention(nn.Module):
         v = v.view(b, length, self.n_kv_heads, self.head_dim)
         q, k = apply_rotary_emb(q, freqs), apply_rotary_emb(k, freqs)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        cache = self.kv_cache
-        assert cache is not None, "call Transformer.setup_caches() first"
         if decode:
             # One new position p: its slot held p - capacity, which no query at p or later can see.
             cache.write(slots, k, v)
@@ -180,8 +228,9 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w13 is not None:
             gate, up = self.kernels.linear(x, self.w13).chunk(2, dim=-1)
-            return self.w2(F.silu(gate) * up)
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        else:
+            gate, up = self.kernels.project(x, (self.w1.weight, self.w3.weight))
+        return self.w2(self.kernels.swiglu(gate, up))
 
 
 def _fuse_rows(*linears: nn.Linear) -> torch.Tensor:
@@ -200,8 +249,8 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.attention = Attention(args, kernels)
         self.feed_forward = FeedForward(args, kernels)
-        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
-        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps, kernels)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps, kernels)
 
     def forward(
         self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, decode: bool
@@ -217,7 +266,7 @@ class Transformer(nn.Module):
         self.kernels = Kernels()
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args, self.kernels) for _ in range(args.n_layers))
-        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.norm = RMSNorm(args.dim, args.norm_eps, self.kernels)
         self.output = Linear(args.dim, args.vocab_size, self.kernels)
         self.max_seq_len = 0
 

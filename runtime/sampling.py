@@ -31,8 +31,8 @@ class SamplingConfig:
 
 def sample(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
     """The next token id (a 1-element long tensor on logits' device) from logits of shape (vocab,)."""
-    if config.temperature == 0:
-        return torch.argmax(logits, dim=-1, keepdim=True)
+    if config.temperature == 0:  # on float32 (exact for bf16): torch's bf16 argmax is 3x slower on the CPU
+        return torch.argmax(logits.float(), dim=-1, keepdim=True)
     probs = torch.softmax(logits.float() / config.temperature, dim=-1)
     if config.top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)

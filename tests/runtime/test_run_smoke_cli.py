@@ -127,7 +127,7 @@ def test_smoke_json_and_bfloat16(cli_inproc, tiny_release_src) -> None:
     doc = json.loads(result.stdout)
     assert doc["passed"] is True and doc["window"] == 16 and doc["dtype"] == "bfloat16"
     names = [c["name"] for c in doc["checks"]]
-    assert len(names) == 6 + 2 * any(n.startswith("matvec ") for n in names) and doc["decode_tok_s"] > 0
+    assert len(names) == 6 + 2 * any(n.startswith("CPU kernels ") for n in names) and doc["decode_tok_s"] > 0
 
 
 def test_smoke_fails_with_exit_5_when_the_window_is_ignored(cli_inproc, tiny_release_src, monkeypatch) -> None:

@@ -1,0 +1,367 @@
+"""The CPU decode step's bf16 kernels: built once from `cpu_kernels_bf16.c`, cached, chosen or declined.
+
+A decode step on the CPU is a chain of matrix-vector products over weights memory-mapped from the checkpoint, so
+its speed is the speed at which those products read bf16 weights. torch's bf16 GEMV on CPUs without native bf16
+instructions (AVX2-only x86) reads 7-18 GB/s where the memory gives ~30 (bench/README.md); m7b's kernel streams at
+the memory's bandwidth. Beside it, the few single-row operations a step repeats per layer (RMSNorm, SwiGLU's
+product, wq/wk/wv and w1/w3 as one call over the unmoved weights), each one call instead of several torch ops.
+
+The library is compiled with the system C compiler into `<M7B_HOME>/cache/kernels/<key>/`, keyed by the source,
+compiler, flags and machine, so a run builds it once; each process checks it against torch on small inputs before
+using it. `auto` uses it on the CPU for bf16 weights when the CPU has AVX2 and FMA and a C compiler is found;
+otherwise torch's kernels, with the reason recorded (`KernelChoice.note`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from m7b.errors import InvalidInputError
+
+KERNEL_CHOICES = ("auto", "m7b", "torch")
+KERNEL_NAME = "m7b-bf16-avx2"
+TORCH_NAME = "torch"
+SOURCE = Path(__file__).with_name("cpu_kernels_bf16.c")
+LIBRARY_NAME = "libm7b_cpu_kernels_bf16.so"
+FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+LIBS = ("-lm",)
+BUILD_TIMEOUT_S = 120.0
+MAX_STACK = 4  # matrices one stacked product takes (the C side's limit)
+MAX_HEAD_DIM = 1024  # the attention kernel keeps one head's output on the stack
+
+_P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
+
+
+def _is_row(x: torch.Tensor, width: int) -> bool:
+    """One contiguous bf16 CPU row of `width` (any leading dims of size 1): what the kernels take."""
+    return (
+        x.numel() == width
+        and x.shape[-1] == width
+        and x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and x.is_contiguous()
+    )
+
+
+def _is_matrix(weight: torch.Tensor, width: int) -> bool:
+    return (
+        weight.dim() == 2
+        and weight.shape[1] == width
+        and weight.dtype == torch.bfloat16
+        and weight.device.type == "cpu"
+        and weight.is_contiguous()
+    )
+
+
+class BF16RowKernels:
+    """The compiled kernels for one bf16 row: `__call__` is `F.linear(x, weight)`, `stack` the product with
+    several weights at once, `rms_norm` and `swiglu` the model's own formulas. Inputs the kernels do not take
+    (another dtype or device, several rows, a strided view) go to torch."""
+
+    name = KERNEL_NAME
+
+    def __init__(self, library: ctypes.CDLL, path: Path) -> None:
+        self.path = path
+        self._matvec = _bind(library.m7b_matvec_bf16, [_P, _P, _L, _L, _P, _P, _I])
+        self._stack = _bind(library.m7b_matvec_stack_bf16, [_P, _P, _I, _P, _L, _P, _P, _I])
+        self._rms_norm = _bind(library.m7b_rms_norm_bf16, [_P, _P, _L, _F, _P])
+        self._swiglu = _bind(library.m7b_swiglu_bf16, [_P, _P, _L, _P])
+        self._attention = _bind(
+            library.m7b_attention_step_bf16, [_P, _P, _P, _P, _L, _P, _L, _L, _L, _L, _F, _P, _P, _I]
+        )
+        self._scratch: dict[int, torch.Tensor] = {}  # K floats per input width: the widened vector
+
+    def _scratch_for(self, width: int) -> torch.Tensor:
+        scratch = self._scratch.get(width)
+        if scratch is None:
+            scratch = self._scratch[width] = torch.empty(width, dtype=torch.float32)
+        return scratch
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        rows, width = weight.shape
+        if not (_is_row(x, width) and _is_matrix(weight, width)):
+            return F.linear(x, weight)
+        y = torch.empty((*x.shape[:-1], rows), dtype=torch.bfloat16)
+        scratch = self._scratch_for(width)
+        self._matvec(weight.data_ptr(), x.data_ptr(), rows, width, y.data_ptr(), scratch.data_ptr(), _threads())
+        return y
+
+    def stack(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """`torch.cat([F.linear(x, w) for w in weights], -1)` in one pass, the weights left where they are."""
+        width = x.shape[-1]
+        if not (0 < len(weights) <= MAX_STACK and _is_row(x, width) and all(_is_matrix(w, width) for w in weights)):
+            return torch.cat([F.linear(x, w) for w in weights], dim=-1)
+        rows = [w.shape[0] for w in weights]
+        y = torch.empty((*x.shape[:-1], sum(rows)), dtype=torch.bfloat16)
+        pointers = (ctypes.c_void_p * len(weights))(*(w.data_ptr() for w in weights))
+        counts = (ctypes.c_long * len(weights))(*rows)
+        scratch = self._scratch_for(width)
+        self._stack(pointers, counts, len(weights), x.data_ptr(), width, y.data_ptr(), scratch.data_ptr(), _threads())
+        return y
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+        """The model's RMSNorm of one row; None when the kernel does not take these inputs."""
+        width = x.shape[-1]
+        if not (_is_row(x, width) and weight.shape == (width,) and weight.dtype == torch.bfloat16):
+            return None
+        y = torch.empty_like(x)
+        self._rms_norm(x.data_ptr(), weight.contiguous().data_ptr(), width, eps, y.data_ptr())
+        return y
+
+    def swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """`F.silu(gate) * up` (bf16, rounded as torch rounds each op)."""
+        width = gate.shape[-1]
+        if not (_is_row(gate, width) and _is_row(up, width) and gate.shape == up.shape):
+            return F.silu(gate) * up
+        y = torch.empty_like(gate)
+        self._swiglu(gate.data_ptr(), up.data_ptr(), width, y.data_ptr())
+        return y
+
+    def attention_step(
+        self,
+        qkv: torch.Tensor,
+        freqs: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slots: torch.Tensor,
+        mask: torch.Tensor,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+    ) -> torch.Tensor | None:
+        """One decode position's attention from the stacked q|k|v row: rotary embedding (`freqs`: the position's
+        complex rotations or cos/sin pairs), k and v stored in the caches at `slots` (one slot), each query head
+        over its key/value head's visible slots (`mask`, one row). Returns (1, 1, n_heads * head_dim), or None
+        when the kernel does not take these inputs (the caller then runs torch's path)."""
+        capacity = k_cache.shape[2] if k_cache.dim() == 4 else 0
+        cache_shape = (1, n_kv_heads, capacity, head_dim)
+        pairs = torch.view_as_real(freqs) if freqs.is_complex() else freqs
+        if not (
+            _is_row(qkv, (n_heads + 2 * n_kv_heads) * head_dim)
+            and 0 < head_dim <= MAX_HEAD_DIM
+            and head_dim % 2 == 0
+            and n_kv_heads > 0
+            and n_heads % n_kv_heads == 0
+            and all(
+                c.shape == cache_shape and c.dtype == torch.bfloat16 and c.is_contiguous() and c.device.type == "cpu"
+                for c in (k_cache, v_cache)
+            )
+            and mask.dtype == torch.bool
+            and mask.numel() == capacity
+            and mask.is_contiguous()
+            and pairs.dtype == torch.float32
+            and pairs.numel() == head_dim
+            and pairs.is_contiguous()
+            and slots.numel() == 1
+        ):
+            return None
+        slot = int(slots.reshape(()).item())
+        if not 0 <= slot < capacity:
+            return None
+        size = n_heads * (2 * head_dim + capacity) + 2
+        key = -size  # negative: never a product's width
+        scratch = self._scratch.get(key)
+        if scratch is None:
+            scratch = self._scratch[key] = torch.empty(size, dtype=torch.float32)
+        out = torch.empty((1, 1, n_heads * head_dim), dtype=torch.bfloat16)
+        self._attention(
+            qkv.data_ptr(),
+            pairs.data_ptr(),
+            k_cache.data_ptr(),
+            v_cache.data_ptr(),
+            slot,
+            mask.data_ptr(),
+            n_heads,
+            n_kv_heads,
+            capacity,
+            head_dim,
+            head_dim**-0.5,
+            out.data_ptr(),
+            scratch.data_ptr(),
+            _threads(),
+        )
+        return out
+
+
+def _bind(fn: ctypes._CFuncPtr, argtypes: list[type]) -> ctypes._CFuncPtr:
+    fn.restype = None
+    fn.argtypes = argtypes
+    return fn
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    kernels: BF16RowKernels | None  # None: torch's own kernels
+    note: str  # why these kernels: what was checked, or what was missing
+
+    @property
+    def name(self) -> str:
+        return KERNEL_NAME if self.kernels else TORCH_NAME
+
+
+def find_compiler() -> list[str] | None:
+    """The C compiler command: $CC when set, else the first of cc, gcc, clang on PATH."""
+    if os.environ.get("CC", "").strip():
+        words = shlex.split(os.environ["CC"])
+        return words if shutil.which(words[0]) else None
+    for name in ("cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return [found]
+    return None
+
+
+def cpu_supports_kernel() -> tuple[bool, str]:
+    """The kernel needs x86-64 with AVX2 and FMA (torch's CPU capability AVX2 or AVX512 says both are there)."""
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        return False, f"the kernel is written for x86-64 with AVX2; this CPU is {machine}"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):
+        return False, f"the kernel needs AVX2 and FMA; torch reports this CPU's capability as {capability}"
+    return True, capability
+
+
+def _compiler_identity(compiler: list[str]) -> str:
+    try:
+        done = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30)
+        return done.stdout.splitlines()[0] if done.stdout else " ".join(compiler)
+    except (OSError, subprocess.SubprocessError):
+        return " ".join(compiler)
+
+
+def build_key(compiler: list[str]) -> str:
+    """What a built library depends on: the source, the compiler and its version, the flags, the machine."""
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    for part in (" ".join(compiler), _compiler_identity(compiler), " ".join(FLAGS), platform.machine()):
+        digest.update(b"\0" + part.encode())
+    return digest.hexdigest()[:16]
+
+
+class KernelBuildError(Exception):
+    """The kernel could not be built or failed its check (auto falls back to torch; `m7b` reports it)."""
+
+
+def build_library(compiler: list[str], folder: Path) -> Path:
+    """Compile the kernel into `folder` (written under a temporary name, then renamed: never half a library)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / LIBRARY_NAME
+    if target.is_file():
+        return target
+    partial = folder / f".{LIBRARY_NAME}.{os.getpid()}"
+    command = [*compiler, *FLAGS, str(SOURCE), "-o", str(partial), *LIBS]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as exc:
+        partial.unlink(missing_ok=True)
+        raise KernelBuildError(f"running {' '.join(command)} failed: {exc}") from exc
+    if done.returncode != 0:
+        partial.unlink(missing_ok=True)
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise KernelBuildError(f"{compiler[0]} exited {done.returncode}: {' / '.join(tail)}")
+    partial.replace(target)
+    return target
+
+
+def _compare(what: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    error = (got.float() - want.float()).abs().max().item()
+    bound = want.float().abs().max().item() / 64 + 1e-6
+    if got.shape != want.shape or not error <= bound:
+        raise KernelBuildError(f"self-test {what}: max |difference| {error:.4g} from torch, above {bound:.4g}")
+
+
+def self_test(kernels: BF16RowKernels) -> None:
+    """Each kernel against torch (float32 products rounded to bf16) on shapes with row and column tails."""
+    generator = torch.Generator().manual_seed(0)
+    for rows, width in ((4, 16), (7, 37), (66, 250), (129, 1024)):
+        weight = torch.randn(rows, width, generator=generator).to(torch.bfloat16)
+        extra = torch.randn(rows + 3, width, generator=generator).to(torch.bfloat16)
+        x = torch.randn(1, 1, width, generator=generator).to(torch.bfloat16)
+        _compare(f"product {rows}x{width}", kernels(x, weight), F.linear(x.float(), weight.float()))
+        want = torch.cat([F.linear(x.float(), weight.float()), F.linear(x.float(), extra.float())], dim=-1)
+        _compare(f"stacked product {rows}+{rows + 3}x{width}", kernels.stack(x, (weight, extra)), want)
+        norm = kernels.rms_norm(x, weight[0], 1e-5)
+        xf = x.float()
+        _compare(f"RMSNorm {width}", norm, xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5) * weight[0])
+        gate, up = x * 4, torch.flip(x, (-1,))
+        _compare(f"SwiGLU {width}", kernels.swiglu(gate, up), F.silu(gate.float()) * up.float())
+
+
+def load_kernels(cache_root: Path | None) -> BF16RowKernels:
+    """Build (or find) the library under `cache_root`, load it, check it. A cached library that does not load or
+    fails the check is removed and built again once; a cache folder the disk refuses (a read-only M7B_HOME) means
+    a build in a temporary folder, removed once the library is loaded."""
+    supported, detail = cpu_supports_kernel()
+    if not supported:
+        raise KernelBuildError(detail)
+    compiler = find_compiler()
+    if compiler is None:
+        raise KernelBuildError("no C compiler found ($CC, cc, gcc or clang): install gcc to build it")
+    if cache_root is not None:
+        folder = Path(cache_root) / build_key(compiler)
+        try:
+            return _checked(build_library(compiler, folder))
+        except KernelBuildError:
+            (folder / LIBRARY_NAME).unlink(missing_ok=True)
+            return _checked(build_library(compiler, folder))
+        except OSError:
+            pass  # the cache folder is refused: build where we may
+    with tempfile.TemporaryDirectory(prefix="m7b-cpu-kernels-") as tmp:
+        return _checked(build_library(compiler, Path(tmp)))
+
+
+def _checked(path: Path) -> BF16RowKernels:
+    kernels = _open(path)
+    self_test(kernels)
+    return kernels
+
+
+def _open(path: Path) -> BF16RowKernels:
+    try:
+        return BF16RowKernels(ctypes.CDLL(str(path)), path)
+    except (OSError, AttributeError) as exc:  # not a loadable library, or one without the kernel's symbol
+        raise KernelBuildError(f"could not load {path}: {exc}; remove it to rebuild") from exc
+
+
+def choose_kernels(request: str, weight: torch.Tensor, cache_root: Path | None) -> KernelChoice:
+    """The single-row kernels for `weight`'s dtype and device. `request`: auto (m7b's kernels when they apply and
+    build, else torch's), m7b (m7b's or an InvalidInputError saying why not) or torch."""
+    key = request.strip().lower()
+    if key not in KERNEL_CHOICES:
+        raise InvalidInputError(
+            f"unknown CPU kernels {request!r}: expected one of {', '.join(KERNEL_CHOICES)}", field="cpu_kernels"
+        )
+    if key == TORCH_NAME:
+        return KernelChoice(None, "torch's kernels, as asked")
+    reason = None
+    if weight.device.type != "cpu":
+        reason = f"the kernels are for the CPU; the weights are on {weight.device}"
+    elif weight.dtype != torch.bfloat16:
+        reason = f"the kernels read bfloat16 weights; these are {str(weight.dtype).removeprefix('torch.')}"
+    else:
+        try:
+            kernels = load_kernels(cache_root)
+            return KernelChoice(kernels, f"built from {SOURCE.name}, checked against torch ({kernels.path})")
+        except KernelBuildError as exc:
+            reason = str(exc)
+    if key == "m7b":
+        raise InvalidInputError(
+            f"m7b's CPU kernels cannot be used here: {reason}; use --cpu-kernels auto or torch", field="cpu_kernels"
+        )
+    return KernelChoice(None, f"torch's kernels: {reason}")

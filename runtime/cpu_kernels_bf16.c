@@ -1,0 +1,234 @@
+/* m7b's bf16 matrix-vector product for the CPU decode step (x86-64, AVX2 + FMA, OpenMP).
+
+   y[n] = bf16(sum_k W[n][k] * x[k]) for a row-major bf16 matrix W (N x K) and a bf16 vector x (K), accumulated in
+   float32 and rounded to nearest even, as torch's bf16 linear does. A decode step is one such product per weight:
+   every weight byte is read once, so the step is bound by memory bandwidth if the kernel keeps up with it. CPUs
+   without native bf16 instructions make torch's bf16 GEMV convert element by element (7-18 GB/s on the AVX2 machine
+   of bench/README.md); here 16 weights are widened with two integer instructions (a bf16 is the top half of a
+   float32: even elements by a 16-bit left shift of each 32-bit lane, odd elements by masking the low half), so the
+   loop streams at the bandwidth of the memory.
+
+   The vector is widened once per call into `scratch` (K floats), de-interleaved per block of 16: the 8 even
+   elements, then the 8 odd ones, matching the two halves the shift and the mask produce. Each thread takes a
+   contiguous range of rows and walks four quarters of it side by side (rows i, i+Q, i+2Q, i+3Q): four rows share
+   each vector load, and the thread reads four independent streams of memory, which one core needs to keep enough
+   reads in flight (with four adjacent rows, a matrix of short rows is a single stream, read at a third of the
+   bandwidth). Any N and K work: a tail of K mod 16 elements and of N mod 4 rows takes a scalar path.
+
+   Built by m7b/runtime/matvec.py with the system C compiler (-O3 -mavx2 -mfma -fopenmp) and loaded with ctypes
+   after torch, so it shares torch's OpenMP runtime and thread pool. */
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t float_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* NaN stays a quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);                                          /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+static inline float hsum(__m256 s) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_hadd_ps(h, h);
+    h = _mm_hadd_ps(h, h);
+    return _mm_cvtss_f32(h);
+}
+
+/* sum_k row_r[k] * x[k] for R rows (R = 4 or 1) at `rows`: blocks of 16 from `xs`, the tail from `x`. */
+#define ROWS_DOT(R)                                                                                              \
+    static inline void rows_dot_##R(const uint16_t *const *rows, const float *xs, const uint16_t *x, long K,     \
+                                    float *out) {                                                                \
+        const __m256i mask = _mm256_set1_epi32((int)0xffff0000u);                                               \
+        __m256 even[R], odd[R];                                                                                  \
+        for (int r = 0; r < R; r++) even[r] = odd[r] = _mm256_setzero_ps();                                     \
+        const long blocks = K - K % 16;                                                                          \
+        for (long k = 0; k < blocks; k += 16) {                                                                  \
+            const __m256 xe = _mm256_loadu_ps(xs + k), xo = _mm256_loadu_ps(xs + k + 8);                         \
+            for (int r = 0; r < R; r++) {                                                                        \
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(rows[r] + k));                            \
+                even[r] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), xe, even[r]);           \
+                odd[r] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v, mask)), xo, odd[r]);            \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (int r = 0; r < R; r++) {                                                                            \
+            float acc = hsum(_mm256_add_ps(even[r], odd[r]));                                                    \
+            for (long k = blocks; k < K; k++) acc += bf16_to_float(rows[r][k]) * bf16_to_float(x[k]);           \
+            out[r] = acc;                                                                                        \
+        }                                                                                                        \
+    }
+ROWS_DOT(4)
+ROWS_DOT(1)
+
+/* x (K bf16) as floats, de-interleaved per block of 16 (8 even, then 8 odd elements); the K mod 16 tail as is. */
+static void widen(const uint16_t *x, long K, float *xs) {
+    const long blocks = K - K % 16;
+    for (long k = 0; k < blocks; k += 16)
+        for (int j = 0; j < 8; j++) {
+            xs[k + j] = bf16_to_float(x[k + 2 * j]);
+            xs[k + 8 + j] = bf16_to_float(x[k + 2 * j + 1]);
+        }
+    for (long k = blocks; k < K; k++) xs[k] = bf16_to_float(x[k]);
+}
+
+/* Up to four matrices of K columns stacked as one (N = their rows together): wq, wk, wv in one call. */
+typedef struct {
+    const uint16_t *w[4];
+    long rows[4];
+    int count;
+    long K;
+} stack_t;
+
+static inline const uint16_t *row_at(const stack_t *s, long n) {
+    for (int i = 0; i < s->count - 1; i++) {
+        if (n < s->rows[i]) return s->w[i] + n * s->K;
+        n -= s->rows[i];
+    }
+    return s->w[s->count - 1] + n * s->K;
+}
+
+static void stack_matvec(const stack_t *s, const uint16_t *x, uint16_t *y, float *scratch, int threads) {
+    const long K = s->K;
+    long N = 0;
+    for (int i = 0; i < s->count; i++) N += s->rows[i];
+    widen(x, K, scratch);
+#pragma omp parallel num_threads(threads)
+    {
+        const long t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const long begin = N * t / nt, end = N * (t + 1) / nt, quarter = (end - begin) / 4;
+        for (long i = 0; i < quarter; i++) {
+            const long n[4] = {begin + i, begin + quarter + i, begin + 2 * quarter + i, begin + 3 * quarter + i};
+            const uint16_t *rows[4] = {row_at(s, n[0]), row_at(s, n[1]), row_at(s, n[2]), row_at(s, n[3])};
+            float r[4];
+            rows_dot_4(rows, scratch, x, K, r);
+            for (int j = 0; j < 4; j++) y[n[j]] = float_to_bf16(r[j]);
+        }
+        for (long m = begin + 4 * quarter; m < end; m++) {
+            const uint16_t *row = row_at(s, m);
+            float r;
+            rows_dot_1(&row, scratch, x, K, &r);
+            y[m] = float_to_bf16(r);
+        }
+    }
+}
+
+/* y (N) = W (N x K) . x (K); scratch: K floats; threads: the OpenMP threads to use (torch's own count). */
+void m7b_matvec_bf16(const uint16_t *w, const uint16_t *x, long N, long K, uint16_t *y, float *scratch, int threads) {
+    const stack_t s = {{w}, {N}, 1, K};
+    stack_matvec(&s, x, y, scratch, threads);
+}
+
+/* y (N0 + ... ) = [W0; W1; ...] . x for `count` (1-4) matrices of K columns, none copied. */
+void m7b_matvec_stack_bf16(const uint16_t *const *ws, const long *rows, int count, const uint16_t *x, long K,
+                           uint16_t *y, float *scratch, int threads) {
+    stack_t s = {{0}, {0}, count, K};
+    for (int i = 0; i < count; i++) {
+        s.w[i] = ws[i];
+        s.rows[i] = rows[i];
+    }
+    stack_matvec(&s, x, y, scratch, threads);
+}
+
+/* y = bf16(bf16(x * rsqrt(mean(x^2) + eps)) * weight), as the model's RMSNorm computes it, for one row of K. */
+void m7b_rms_norm_bf16(const uint16_t *x, const uint16_t *weight, long K, float eps, uint16_t *y) {
+    float sum = 0.0f;
+    for (long k = 0; k < K; k++) {
+        const float v = bf16_to_float(x[k]);
+        sum += v * v;
+    }
+    const float scale = 1.0f / sqrtf(sum / (float)K + eps);
+    for (long k = 0; k < K; k++)
+        y[k] = float_to_bf16(bf16_to_float(float_to_bf16(bf16_to_float(x[k]) * scale)) * bf16_to_float(weight[k]));
+}
+
+/* out = bf16(bf16(silu(gate)) * up) over H elements (SwiGLU's product, as torch computes it in bf16). */
+void m7b_swiglu_bf16(const uint16_t *gate, const uint16_t *up, long H, uint16_t *out) {
+    for (long h = 0; h < H; h++) {
+        const float g = bf16_to_float(gate[h]);
+        const float s = bf16_to_float(float_to_bf16(g / (1.0f + expf(-g))));
+        out[h] = float_to_bf16(s * bf16_to_float(up[h]));
+    }
+}
+
+/* One decode position of grouped-query attention, from the stacked q|k|v row to the heads' outputs:
+   rotate q and k by the position's (cos, sin) pairs (`freqs`: head_dim/2 pairs, float), rounding to bf16 as the
+   model's rotary embedding does; store k and v in the rolling caches (n_kv x capacity x head_dim) at `slot`; then
+   each query head h attends over the slots of its key/value head h / (n_heads / n_kv) that `mask` (capacity bytes,
+   1 = visible) allows: softmax of scale * q.k in float, the values' weighted sum rounded to bf16 into `out`
+   (n_heads x head_dim). Heads are shared among the threads. `scratch`: n_heads * (2 * head_dim + capacity) + 2
+   floats. Keys and values are read 16 at a time as the products read weights; a query and a head's running sum
+   are kept de-interleaved (per block of 16: the 8 even, then the 8 odd elements). */
+void m7b_attention_step_bf16(const uint16_t *qkv, const float *freqs, uint16_t *k_cache, uint16_t *v_cache, long slot,
+                             const uint8_t *mask, long n_heads, long n_kv, long capacity, long head_dim, float scale,
+                             uint16_t *out, float *scratch, int threads) {
+    const long half = head_dim / 2, rep = n_heads / n_kv, blocks = head_dim - head_dim % 16;
+    uint16_t *q = (uint16_t *)scratch; /* n_heads * head_dim rotated queries, bf16 */
+    float *q_wide = scratch + n_heads * head_dim / 2 + 1;
+    float *scores_all = q_wide + n_heads * head_dim;
+    for (long h = 0; h < n_heads + n_kv; h++) {
+        const uint16_t *src = qkv + h * head_dim;
+        uint16_t *dst = h >= n_heads ? k_cache + ((h - n_heads) * capacity + slot) * head_dim : q + h * head_dim;
+        for (long j = 0; j < half; j++) {
+            const float a = bf16_to_float(src[2 * j]), b = bf16_to_float(src[2 * j + 1]);
+            const float c = freqs[2 * j], s = freqs[2 * j + 1];
+            dst[2 * j] = float_to_bf16(a * c - b * s);
+            dst[2 * j + 1] = float_to_bf16(b * c + a * s);
+        }
+    }
+    const uint16_t *v_new = qkv + (n_heads + n_kv) * head_dim;
+    for (long g = 0; g < n_kv; g++)
+        memcpy(v_cache + (g * capacity + slot) * head_dim, v_new + g * head_dim, head_dim * sizeof(uint16_t));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long h = 0; h < n_heads; h++) {
+        const long g = h / rep;
+        const uint16_t *qh = q + h * head_dim;
+        float *qw = q_wide + h * head_dim, *scores = scores_all + h * capacity;
+        float acc[head_dim]; /* the weighted sum of values, de-interleaved; head_dim <= 1024 (checked by the caller) */
+        widen(qh, head_dim, qw);
+        const uint16_t *kg = k_cache + g * capacity * head_dim, *vg = v_cache + g * capacity * head_dim;
+        float top = -INFINITY, total = 0.0f;
+        for (long s = 0; s < capacity; s++) {
+            if (!mask[s]) continue;
+            const uint16_t *row = kg + s * head_dim;
+            float dot;
+            rows_dot_1(&row, qw, qh, head_dim, &dot);
+            scores[s] = dot * scale;
+            if (scores[s] > top) top = scores[s];
+        }
+        for (long d = 0; d < head_dim; d++) acc[d] = 0.0f;
+        const __m256i mask16 = _mm256_set1_epi32((int)0xffff0000u);
+        for (long s = 0; s < capacity; s++) {
+            if (!mask[s]) continue;
+            const float p = expf(scores[s] - top);
+            const __m256 pv = _mm256_set1_ps(p);
+            const uint16_t *row = vg + s * head_dim;
+            total += p;
+            for (long d = 0; d < blocks; d += 16) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(row + d));
+                _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), pv,
+                                                          _mm256_loadu_ps(acc + d)));
+                _mm256_storeu_ps(acc + d + 8, _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v, mask16)), pv,
+                                                              _mm256_loadu_ps(acc + d + 8)));
+            }
+            for (long d = blocks; d < head_dim; d++) acc[d] += p * bf16_to_float(row[d]);
+        }
+        const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+        uint16_t *o = out + h * head_dim;
+        for (long d = 0; d < blocks; d += 16)
+            for (int j = 0; j < 8; j++) {
+                o[d + 2 * j] = float_to_bf16(acc[d + j] * inv);
+                o[d + 2 * j + 1] = float_to_bf16(acc[d + 8 + j] * inv);
+            }
+        for (long d = blocks; d < head_dim; d++) o[d] = float_to_bf16(acc[d] * inv);
+    }
+}
