@@ -81,6 +81,11 @@ class BF16RowKernels:
         self._attention = _bind(
             library.m7b_attention_step_bf16, [_P, _P, _P, _P, _L, _P, _L, _L, _L, _L, _F, _P, _P, _I]
         )
+        self._block = _bind(
+            library.m7b_block_step_bf16,
+            [_P, _P, _P, _F, *[_P] * 7, _L, _L, _L, _L, _L, _P, _P, _P, _L, _P, _L, _P, _P, _I],
+        )
+        self._buffers: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # block step work, scratch
         self._scratch: dict[int, torch.Tensor] = {}  # K floats per input width: the widened vector
 
     def _scratch_for(self, width: int) -> torch.Tensor:
@@ -145,31 +150,12 @@ class BF16RowKernels:
         complex rotations or cos/sin pairs), k and v stored in the caches at `slots` (one slot), each query head
         over its key/value head's visible slots (`mask`, one row). Returns (1, 1, n_heads * head_dim), or None
         when the kernel does not take these inputs (the caller then runs torch's path)."""
-        capacity = k_cache.shape[2] if k_cache.dim() == 4 else 0
-        cache_shape = (1, n_kv_heads, capacity, head_dim)
-        pairs = torch.view_as_real(freqs) if freqs.is_complex() else freqs
-        if not (
-            _is_row(qkv, (n_heads + 2 * n_kv_heads) * head_dim)
-            and 0 < head_dim <= MAX_HEAD_DIM
-            and head_dim % 2 == 0
-            and n_kv_heads > 0
-            and n_heads % n_kv_heads == 0
-            and all(
-                c.shape == cache_shape and c.dtype == torch.bfloat16 and c.is_contiguous() and c.device.type == "cpu"
-                for c in (k_cache, v_cache)
-            )
-            and mask.dtype == torch.bool
-            and mask.numel() == capacity
-            and mask.is_contiguous()
-            and pairs.dtype == torch.float32
-            and pairs.numel() == head_dim
-            and pairs.is_contiguous()
-            and slots.numel() == 1
-        ):
+        if not _is_row(qkv, (n_heads + 2 * n_kv_heads) * head_dim):
             return None
-        slot = int(slots.reshape(()).item())
-        if not 0 <= slot < capacity:
+        position = _attention_inputs(freqs, k_cache, v_cache, slots, mask, n_heads, n_kv_heads, head_dim)
+        if position is None:
             return None
+        pairs, slot, capacity = position
         size = n_heads * (2 * head_dim + capacity) + 2
         key = -size  # negative: never a product's width
         scratch = self._scratch.get(key)
@@ -193,6 +179,107 @@ class BF16RowKernels:
             _threads(),
         )
         return out
+
+    def block_step(
+        self,
+        x: torch.Tensor,
+        norms: tuple[torch.Tensor, torch.Tensor],
+        eps: float,
+        weights: tuple[torch.Tensor, ...],
+        heads: tuple[int, int, int],
+        freqs: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slots: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> bool:
+        """A whole TransformerBlock on one decode row `x` (updated in place): `norms` (attention_norm, ffn_norm),
+        `weights` (wq, wk, wv, wo, w1, w3, w2), `heads` (n_heads, n_kv_heads, head_dim). False, with nothing
+        touched, when the kernel does not take these inputs (the caller then runs the module)."""
+        n_heads, n_kv_heads, head_dim = heads
+        dim = x.shape[-1]
+        if len(weights) != 7 or not _is_row(x, dim):
+            return False
+        wq, wk, wv, wo, w1, w3, w2 = weights
+        hidden = w1.shape[0]
+        q_size, kv_size = n_heads * head_dim, n_kv_heads * head_dim
+        shapes = ((q_size, dim), (kv_size, dim), (kv_size, dim), (dim, q_size), (hidden, dim), (hidden, dim))
+        if not (
+            all(w.shape == shape and _is_matrix(w, shape[1]) for w, shape in zip(weights, shapes, strict=False))
+            and w2.shape == (dim, hidden)
+            and _is_matrix(w2, hidden)
+            and all(n.shape == (dim,) and n.dtype == torch.bfloat16 and n.is_contiguous() for n in norms)
+        ):
+            return False
+        position = _attention_inputs(freqs, k_cache, v_cache, slots, mask, n_heads, n_kv_heads, head_dim)
+        if position is None:
+            return False
+        pairs, slot, capacity = position
+        key = (dim, hidden, n_heads, n_kv_heads, head_dim, capacity)
+        buffers = self._buffers.get(key)
+        if buffers is None:
+            work = torch.empty(2 * dim + q_size + 2 * kv_size + q_size + 3 * hidden, dtype=torch.bfloat16)
+            scratch = torch.empty(max(dim, hidden, q_size, n_heads * (2 * head_dim + capacity) + 2))
+            buffers = self._buffers[key] = (work, scratch)
+        work, scratch = buffers
+        self._block(
+            x.data_ptr(),
+            norms[0].data_ptr(),
+            norms[1].data_ptr(),
+            eps,
+            *(w.data_ptr() for w in weights),
+            dim,
+            hidden,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            pairs.data_ptr(),
+            k_cache.data_ptr(),
+            v_cache.data_ptr(),
+            slot,
+            mask.data_ptr(),
+            capacity,
+            work.data_ptr(),
+            scratch.data_ptr(),
+            _threads(),
+        )
+        return True
+
+
+def _attention_inputs(
+    freqs: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+    mask: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+) -> tuple[torch.Tensor, int, int] | None:
+    """(cos/sin pairs, slot, capacity) when the attention kernel takes these inputs, else None."""
+    capacity = k_cache.shape[2] if k_cache.dim() == 4 else 0
+    cache_shape = (1, n_kv_heads, capacity, head_dim)
+    pairs = torch.view_as_real(freqs) if freqs.is_complex() else freqs
+    if not (
+        0 < head_dim <= MAX_HEAD_DIM
+        and head_dim % 2 == 0
+        and n_kv_heads > 0
+        and n_heads % n_kv_heads == 0
+        and all(
+            c.shape == cache_shape and c.dtype == torch.bfloat16 and c.is_contiguous() and c.device.type == "cpu"
+            for c in (k_cache, v_cache)
+        )
+        and mask.dtype == torch.bool
+        and mask.numel() == capacity
+        and mask.is_contiguous()
+        and pairs.dtype == torch.float32
+        and pairs.numel() == head_dim
+        and pairs.is_contiguous()
+        and slots.numel() == 1
+    ):
+        return None
+    slot = int(slots.reshape(()).item())
+    return (pairs, slot, capacity) if 0 <= slot < capacity else None
 
 
 def _bind(fn: ctypes._CFuncPtr, argtypes: list[type]) -> ctypes._CFuncPtr:

@@ -232,3 +232,34 @@ void m7b_attention_step_bf16(const uint16_t *qkv, const float *freqs, uint16_t *
         for (long d = blocks; d < head_dim; d++) o[d] = float_to_bf16(acc[d] * inv);
     }
 }
+
+/* One transformer block for one decode position, in place on the residual row `x` (dim), exactly the model's
+   TransformerBlock: x += wo . attention(rotary(stack(wq, wk, wv) . rms_norm(x))); x += w2 . swiglu(stack(w1, w3) .
+   rms_norm(x)), each step rounded to bf16 where torch rounds it. `work`: bf16 rows for the intermediate results,
+   dim * 2 + (n_heads + 2 * n_kv) * head_dim + n_heads * head_dim + hidden * 3 elements; `scratch`: floats, as many
+   as the largest of dim, hidden, n_heads * head_dim and n_heads * (2 * head_dim + capacity) + 2. */
+void m7b_block_step_bf16(uint16_t *x, const uint16_t *attention_norm, const uint16_t *ffn_norm, float eps,
+                         const uint16_t *wq, const uint16_t *wk, const uint16_t *wv, const uint16_t *wo,
+                         const uint16_t *w1, const uint16_t *w3, const uint16_t *w2, long dim, long hidden,
+                         long n_heads, long n_kv, long head_dim, const float *freqs, uint16_t *k_cache,
+                         uint16_t *v_cache, long slot, const uint8_t *mask, long capacity, uint16_t *work,
+                         float *scratch, int threads) {
+    const long q_size = n_heads * head_dim, qkv_size = (n_heads + 2 * n_kv) * head_dim;
+    uint16_t *normed = work, *qkv = normed + dim, *heads = qkv + qkv_size, *proj = heads + q_size;
+    uint16_t *gate_up = proj + dim, *mixed = gate_up + 2 * hidden;
+    m7b_rms_norm_bf16(x, attention_norm, dim, eps, normed);
+    const stack_t qkv_stack = {{wq, wk, wv}, {q_size, n_kv * head_dim, n_kv * head_dim}, 3, dim};
+    stack_matvec(&qkv_stack, normed, qkv, scratch, threads);
+    m7b_attention_step_bf16(qkv, freqs, k_cache, v_cache, slot, mask, n_heads, n_kv, capacity, head_dim,
+                            1.0f / sqrtf((float)head_dim), heads, scratch, threads);
+    const stack_t wo_stack = {{wo}, {dim}, 1, q_size};
+    stack_matvec(&wo_stack, heads, proj, scratch, threads);
+    for (long d = 0; d < dim; d++) x[d] = float_to_bf16(bf16_to_float(x[d]) + bf16_to_float(proj[d]));
+    m7b_rms_norm_bf16(x, ffn_norm, dim, eps, normed);
+    const stack_t up_stack = {{w1, w3}, {hidden, hidden}, 2, dim};
+    stack_matvec(&up_stack, normed, gate_up, scratch, threads);
+    m7b_swiglu_bf16(gate_up, gate_up + hidden, hidden, mixed);
+    const stack_t down_stack = {{w2}, {dim}, 1, hidden};
+    stack_matvec(&down_stack, mixed, proj, scratch, threads);
+    for (long d = 0; d < dim; d++) x[d] = float_to_bf16(bf16_to_float(x[d]) + bf16_to_float(proj[d]));
+}

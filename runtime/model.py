@@ -40,6 +40,19 @@ class RowKernels(Protocol):
         n_kv_heads: int,
         head_dim: int,
     ) -> torch.Tensor | None: ...
+    def block_step(
+        self,
+        x: torch.Tensor,
+        norms: tuple[torch.Tensor, torch.Tensor],
+        eps: float,
+        weights: tuple[torch.Tensor, ...],
+        heads: tuple[int, int, int],
+        freqs: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slots: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> bool: ...
 
 
 @dataclass
@@ -252,6 +265,26 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps, kernels)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps, kernels)
 
+    def decode_row(self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor) -> bool:
+        """This block on one decode row, in place, as one call of the model's row kernels (`Kernels.rows`); False,
+        with nothing changed, when there are none or they do not take these inputs (then call the module)."""
+        a, f = self.attention, self.feed_forward
+        rows, cache = a.kernels.rows, a.kv_cache
+        if rows is None or cache is None or a.wqkv is not None or f.w13 is not None:
+            return False
+        return rows.block_step(
+            x,
+            (self.attention_norm.weight, self.ffn_norm.weight),
+            self.attention_norm.eps,
+            (a.wq.weight, a.wk.weight, a.wv.weight, a.wo.weight, f.w1.weight, f.w3.weight, f.w2.weight),
+            (a.n_heads, a.n_kv_heads, a.head_dim),
+            freqs,
+            cache.k_cache,
+            cache.v_cache,
+            slots,
+            mask,
+        )
+
     def forward(
         self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, decode: bool
     ) -> torch.Tensor:
@@ -349,9 +382,10 @@ class Transformer(nn.Module):
         freqs = self.freqs[input_pos]
         if freqs.device.type == "cpu" and not torch.compiler.is_compiling():
             freqs = torch.view_as_complex(freqs)  # one complex multiply per rotation instead of six real ops
-        x = self.tok_embeddings(tokens)
+        x = self.tok_embeddings(tokens)  # a new tensor: the row kernels may update it in place
         for layer in self.layers:
-            x = layer(x, freqs, mask, slots, length == 1)
+            if not (length == 1 and layer.decode_row(x, freqs, mask, slots)):
+                x = layer(x, freqs, mask, slots, length == 1)
         if length > 1:
             self.slot_pos.index_copy_(0, slots, write_pos)
         if last_only:
