@@ -1,0 +1,277 @@
+"""m7b's CPU kernels (runtime/cpu_kernels_bf16.c): each against torch's formula, the decode step on them against the
+eager step (teacher-forced past the window), and the build cache: built once, rebuilt when damaged, built in a
+temporary folder when the store refuses, declined with a reason where they cannot apply."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from m7b.errors import InvalidInputError
+from m7b.runtime.cpu_kernels import (
+    KERNEL_NAME,
+    LIBRARY_NAME,
+    BF16RowKernels,
+    KernelBuildError,
+    choose_kernels,
+    cpu_supports_kernel,
+    find_compiler,
+    load_kernels,
+)
+from m7b.runtime.fast_decode import prepare_decode, row_kernel_step
+from m7b.runtime.generate import GenerationConfig, decode_one_token, generate
+from m7b.runtime.loader import build_model
+from m7b.runtime.model import RMSNorm
+from m7b.runtime.smoke import PAST_WINDOW, check_decode_paths, synthetic_ids, teacher_forced_logits
+
+AVAILABLE = cpu_supports_kernel()[0] and find_compiler() is not None
+needs_kernels = pytest.mark.skipif(not AVAILABLE, reason="m7b's CPU kernels need x86-64 with AVX2 and a C compiler")
+BF16 = torch.bfloat16
+
+
+@pytest.fixture(scope="session")
+def kernels(tmp_path_factory: pytest.TempPathFactory) -> BF16RowKernels:
+    if not AVAILABLE:
+        pytest.skip("m7b's CPU kernels need x86-64 with AVX2 and a C compiler")
+    return load_kernels(tmp_path_factory.mktemp("kernels"))
+
+
+def _bf16(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * scale).to(BF16)
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Within bf16 rounding of the float32 result (plus a tiny share of the largest value for summation order)."""
+    want = want.float()
+    bound = want.abs() / 128 + want.abs().max() / 512 + 1e-6
+    assert got.shape == want.shape and got.dtype == BF16
+    assert bool(((got.float() - want).abs() <= bound).all()), (got.float() - want).abs().max()
+
+
+@needs_kernels
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.integers(1, 70),
+    width=st.integers(1, 300),
+    seed=st.integers(0, 2**16),
+    scale=st.sampled_from([1e-3, 1, 1e3]),
+)
+def test_product_equals_torch_for_any_shape(kernels, rows: int, width: int, seed: int, scale: float) -> None:
+    weight, x = _bf16((rows, width), seed, scale), _bf16((1, 1, width), seed + 1)
+    _close(kernels(x, weight), F.linear(x.float(), weight.float()))
+    other = _bf16((rows + 5, width), seed + 2)
+    stacked = kernels.stack(x, (weight, other))
+    _close(stacked, torch.cat([F.linear(x.float(), weight.float()), F.linear(x.float(), other.float())], dim=-1))
+
+
+@needs_kernels
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(width=st.integers(1, 700), seed=st.integers(0, 2**16), scale=st.sampled_from([1e-3, 1, 1e3]))
+def test_rms_norm_and_swiglu_equal_the_models_formulas(kernels, width: int, seed: int, scale: float) -> None:
+    x, weight = _bf16((1, 1, width), seed, scale), _bf16((width,), seed + 1)
+    norm = RMSNorm(width, 1e-5).to(BF16)
+    norm.weight.data.copy_(weight)
+    with torch.inference_mode():
+        want = norm(x)
+    got = kernels.rms_norm(x, weight, 1e-5)
+    assert got is not None and got.dtype == BF16
+    assert (got.float() - want.float()).abs().max() <= want.float().abs().max() / 128 + 1e-6
+    gate, up = _bf16((1, 1, width), seed + 2, 4.0), _bf16((1, 1, width), seed + 3)
+    _close(kernels.swiglu(gate, up), F.silu(gate.float()) * up.float())
+
+
+@needs_kernels
+def test_inputs_the_kernels_do_not_take_go_to_torch(kernels) -> None:
+    weight, x = _bf16((12, 40), 0), _bf16((1, 1, 40), 1)
+    strided = _bf16((40, 12), 2).t()  # a transposed view: not row-major
+    assert torch.equal(kernels(x, strided), F.linear(x, strided))
+    rows = _bf16((1, 3, 40), 3)  # a prefill chunk: several rows
+    assert torch.equal(kernels(rows, weight), F.linear(rows, weight))
+    x32 = x.float()
+    assert torch.equal(kernels(x32, weight.float()), F.linear(x32, weight.float()))
+    assert kernels.rms_norm(x.float(), weight[0], 1e-5) is None
+    nan = x.clone()
+    nan[0, 0, 3] = float("nan")
+    assert torch.isnan(kernels(nan, weight)).all()  # a NaN reaches every output, as in torch
+
+
+def _kernel_twin(args, state: dict[str, torch.Tensor]):
+    return build_model(args, {k: v.to(BF16) for k, v in state.items()}, torch.device("cpu"), BF16)
+
+
+class PerOp:
+    """The kernels without the whole-block call: each layer through the module, the kernels per operation."""
+
+    def __init__(self, kernels: BF16RowKernels) -> None:
+        self.kernels = kernels
+
+    def __getattr__(self, name: str):
+        return getattr(self.kernels, name)
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self.kernels(x, weight)
+
+    def block_step(self, *args, **kwargs) -> bool:
+        return False
+
+
+@needs_kernels
+@pytest.mark.slow
+@pytest.mark.parametrize("whole_block", [True, False])
+@pytest.mark.parametrize("head_dim", [16, 24])  # 24: a head that is not a multiple of the kernels' 16-wide blocks
+def test_decode_on_the_kernels_gives_the_eager_logits_past_the_window(
+    kernels, tiny_runtime, tiny_state, head_dim, whole_block
+):
+    args = replace(tiny_runtime.args, head_dim=head_dim)
+    state = dict(tiny_state)
+    if head_dim != tiny_runtime.args.head_dim:  # reshape q/k/v/o to the new head size, random but fixed values
+        gen = torch.Generator().manual_seed(5)
+        for i in range(args.n_layers):
+            p = f"layers.{i}.attention."
+            state[p + "wq.weight"] = torch.randn(args.n_heads * head_dim, args.dim, generator=gen) * 0.1
+            state[p + "wk.weight"] = torch.randn(args.n_kv_heads * head_dim, args.dim, generator=gen) * 0.1
+            state[p + "wv.weight"] = torch.randn(args.n_kv_heads * head_dim, args.dim, generator=gen) * 0.1
+            state[p + "wo.weight"] = torch.randn(args.dim, args.n_heads * head_dim, generator=gen) * 0.1
+    model = _kernel_twin(args, state)
+    step = row_kernel_step(kernels if whole_block else PerOp(kernels))
+    checks = check_decode_paths(model, {"kernels": step}, BF16, 0)
+    by_name = {c.name: c for c in checks}
+    assert by_name["kernels decode step equals eager"].passed, by_name["kernels decode step equals eager"].detail
+    # The kernels' step is no closer to eager than bf16 rounding allows, and no farther than eager is from float32.
+    total = model.window + PAST_WINDOW
+    ids = synthetic_ids(total, args.vocab_size, 0, torch.device("cpu"))
+    reference = build_model(args, {k: v.float() for k, v in state.items()}, torch.device("cpu"), torch.float32)
+    reference.setup_caches(1, total)
+    model.setup_caches(1, total)
+    exact = teacher_forced_logits(reference, ids, model.window - 8, decode_one_token)
+    eager = teacher_forced_logits(model, ids, model.window - 8, decode_one_token)
+    fast = teacher_forced_logits(model, ids, model.window - 8, step)
+    top = exact.abs().max()
+    assert (fast - exact).abs().max() / top <= 2 * (eager - exact).abs().max() / top + 1e-3
+
+
+@needs_kernels
+def test_a_broken_kernel_fails_the_check(kernels, tiny_runtime, tiny_state) -> None:
+    """The equivalence check sees a kernel that computes the wrong thing (here: a product that drops its last row)."""
+
+    class Broken(PerOp):
+        def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+            y = self.kernels(x, weight)
+            y[..., -1] = 0
+            return y
+
+    model = _kernel_twin(tiny_runtime.args, tiny_state)
+    checks = check_decode_paths(model, {"broken": row_kernel_step(Broken(kernels))}, BF16, 0)
+    assert not {c.name: c for c in checks}["broken decode step equals eager"].passed
+
+
+@needs_kernels
+def test_prepared_eager_step_uses_the_kernels_for_bf16_and_generates(tiny_runtime, tiny_state, tmp_path) -> None:
+    model = _kernel_twin(tiny_runtime.args, tiny_state)
+    prepared = prepare_decode(model, "eager", 40, None, "auto", tmp_path)
+    assert prepared.cpu_kernels == KERNEL_NAME and prepared.fn is not decode_one_token
+    record = prepared.record()
+    assert record["cpu_kernels"] == KERNEL_NAME and str(tmp_path) in record["cpu_kernels_note"]
+    result = generate(
+        model, [1, 22557, 1055], GenerationConfig(max_tokens=20, stop_at_eos=False), decode_fn=prepared.fn
+    )
+    assert len(result.tokens) == 20 and model.kernels.rows is None  # the kernels are set only inside a step
+    torch_step = prepare_decode(model, "eager", 40, None, "torch", tmp_path)
+    assert torch_step.cpu_kernels == "torch" and torch_step.fn is decode_one_token
+
+
+def test_kernels_are_declined_with_a_reason(tiny_runtime, tmp_path, monkeypatch) -> None:
+    weight32 = tiny_runtime.model.output.weight  # float32 weights
+    choice = choose_kernels("auto", weight32, tmp_path)
+    assert choice.kernels is None and choice.name == "torch" and "bfloat16" in choice.note
+    with pytest.raises(InvalidInputError, match="read bfloat16 weights") as raised:
+        choose_kernels("m7b", weight32, tmp_path)
+    assert raised.value.exit_code == 4
+    with pytest.raises(InvalidInputError, match="expected one of auto, m7b, torch"):
+        choose_kernels("fast", weight32, tmp_path)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    choice = choose_kernels("auto", weight32.to(BF16), tmp_path / "k")
+    assert choice.kernels is None and ("no C compiler" in choice.note or "AVX2" in choice.note)
+    assert not (tmp_path / "k").exists()
+    with pytest.raises(InvalidInputError, match="--cpu-kernels auto or torch"):
+        choose_kernels("m7b", weight32.to(BF16), tmp_path / "k")
+    with pytest.raises(InvalidInputError, match="serve the eager CPU step"):
+        prepare_decode(tiny_runtime.model, "compile", 8, tmp_path, "m7b")
+
+
+def _load_in_a_new_process(root: Path) -> None:
+    code = (
+        f"from pathlib import Path; from m7b.runtime.cpu_kernels import load_kernels; load_kernels(Path({str(root)!r}))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+@needs_kernels
+@pytest.mark.slow
+def test_the_library_is_built_once_and_rebuilt_when_damaged(tmp_path) -> None:
+    # Separate processes, as separate runs are: a process keeps a loaded library mapped, so this one must not have
+    # loaded the file it then damages.
+    _load_in_a_new_process(tmp_path)
+    (built,) = tmp_path.glob(f"*/{LIBRARY_NAME}")
+    stamp = built.stat().st_mtime_ns
+    _load_in_a_new_process(tmp_path)
+    assert built.stat().st_mtime_ns == stamp  # found, not built again
+    built.write_bytes(b"\x7fELF not really a library")
+    kernels = load_kernels(tmp_path)  # damaged: removed and built again
+    assert built.stat().st_size > 1000 and kernels.path == built
+    assert [p.name for p in built.parent.iterdir()] == [LIBRARY_NAME]  # no partial build left behind
+
+
+@needs_kernels
+def test_a_store_that_refuses_the_cache_still_gets_the_kernels(tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    kernels = load_kernels(blocker / "kernels")  # built in a temporary folder, loaded, removed
+    assert kernels.path.is_relative_to(Path(os.environ.get("TMPDIR", "/tmp"))) and not kernels.path.exists()
+    assert blocker.read_text() == "not a folder"
+    _close(
+        kernels(_bf16((1, 1, 32), 0), _bf16((8, 32), 1)),
+        F.linear(_bf16((1, 1, 32), 0).float(), _bf16((8, 32), 1).float()),
+    )
+
+
+@pytest.mark.slow
+def test_a_library_that_fails_its_self_test_is_not_used(tmp_path, monkeypatch) -> None:
+    import m7b.runtime.cpu_kernels as cpu_kernels
+
+    if not AVAILABLE:
+        pytest.skip("m7b's CPU kernels need x86-64 with AVX2 and a C compiler")
+
+    def wrong(kernels: BF16RowKernels) -> None:
+        raise KernelBuildError("self-test product 4x16: max |difference| 3 from torch, above 0.1")
+
+    monkeypatch.setattr(cpu_kernels, "self_test", wrong)
+    choice = choose_kernels("auto", torch.ones(4, 4, dtype=BF16), tmp_path)
+    assert choice.kernels is None and "self-test" in choice.note
+
+
+@needs_kernels
+@pytest.mark.slow
+def test_m7b_run_reports_its_cpu_kernels(cli_inproc, tiny_release_src, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("M7B_HOME", str(tmp_path / "home"))
+    result = cli_inproc("run", str(tiny_release_src), "-p", "Hello", "--max-tokens", "5", "--device", "cpu", "--json")
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["dtype"] == "bfloat16" and doc["cpu_kernels"] == KERNEL_NAME
+    assert str(tmp_path / "home" / "cache" / "kernels") in doc["cpu_kernels_note"]
+    result = cli_inproc("run", str(tiny_release_src), "-p", "Hi", "--device", "cpu", "--cpu-kernels", "torch", "--json")
+    assert result.code == 0 and json.loads(result.stdout)["cpu_kernels"] == "torch"
+    result = cli_inproc(
+        "run", str(tiny_release_src), "-p", "Hi", "--device", "cpu", "--dtype", "float32", "--cpu-kernels", "m7b"
+    )
+    assert result.code == 4 and "bfloat16" in result.stderr
