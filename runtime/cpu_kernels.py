@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from m7b.errors import InvalidInputError
+from m7b.runtime.model import DecodePosition
 
 KERNEL_CHOICES = ("auto", "m7b", "torch")
 KERNEL_NAME = "m7b-bf16-avx2"
@@ -134,28 +135,18 @@ class BF16RowKernels:
         self._swiglu(gate.data_ptr(), up.data_ptr(), width, y.data_ptr())
         return y
 
-    def attention_step(
-        self,
-        qkv: torch.Tensor,
-        freqs: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        slots: torch.Tensor,
-        mask: torch.Tensor,
-        n_heads: int,
-        n_kv_heads: int,
-        head_dim: int,
-    ) -> torch.Tensor | None:
-        """One decode position's attention from the stacked q|k|v row: rotary embedding (`freqs`: the position's
-        complex rotations or cos/sin pairs), k and v stored in the caches at `slots` (one slot), each query head
-        over its key/value head's visible slots (`mask`, one row). Returns (1, 1, n_heads * head_dim), or None
-        when the kernel does not take these inputs (the caller then runs torch's path)."""
+    def attention_step(self, qkv: torch.Tensor, position: DecodePosition) -> torch.Tensor | None:
+        """One decode position's attention from the stacked q|k|v row: rotary embedding, k and v stored in the
+        caches at the position's slot, each query head over its key/value head's visible slots. Returns
+        (1, 1, n_heads * head_dim), or None when the kernel does not take these inputs (the caller then runs
+        torch's path)."""
+        n_heads, n_kv_heads, head_dim = position.heads
         if not _is_row(qkv, (n_heads + 2 * n_kv_heads) * head_dim):
             return None
-        position = _attention_inputs(freqs, k_cache, v_cache, slots, mask, n_heads, n_kv_heads, head_dim)
-        if position is None:
+        checked = _attention_inputs(position)
+        if checked is None:
             return None
-        pairs, slot, capacity = position
+        pairs, slot, capacity = checked
         size = n_heads * (2 * head_dim + capacity) + 2
         key = -size  # negative: never a product's width
         scratch = self._scratch.get(key)
@@ -165,10 +156,10 @@ class BF16RowKernels:
         self._attention(
             qkv.data_ptr(),
             pairs.data_ptr(),
-            k_cache.data_ptr(),
-            v_cache.data_ptr(),
+            position.k_cache.data_ptr(),
+            position.v_cache.data_ptr(),
             slot,
-            mask.data_ptr(),
+            position.mask.data_ptr(),
             n_heads,
             n_kv_heads,
             capacity,
@@ -186,17 +177,12 @@ class BF16RowKernels:
         norms: tuple[torch.Tensor, torch.Tensor],
         eps: float,
         weights: tuple[torch.Tensor, ...],
-        heads: tuple[int, int, int],
-        freqs: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        slots: torch.Tensor,
-        mask: torch.Tensor,
+        position: DecodePosition,
     ) -> bool:
         """A whole TransformerBlock on one decode row `x` (updated in place): `norms` (attention_norm, ffn_norm),
-        `weights` (wq, wk, wv, wo, w1, w3, w2), `heads` (n_heads, n_kv_heads, head_dim). False, with nothing
-        touched, when the kernel does not take these inputs (the caller then runs the module)."""
-        n_heads, n_kv_heads, head_dim = heads
+        `weights` (wq, wk, wv, wo, w1, w3, w2). False, with nothing touched, when the kernel does not take these
+        inputs (the caller then runs the module)."""
+        n_heads, n_kv_heads, head_dim = position.heads
         dim = x.shape[-1]
         if len(weights) != 7 or not _is_row(x, dim):
             return False
@@ -211,10 +197,10 @@ class BF16RowKernels:
             and all(n.shape == (dim,) and n.dtype == torch.bfloat16 and n.is_contiguous() for n in norms)
         ):
             return False
-        position = _attention_inputs(freqs, k_cache, v_cache, slots, mask, n_heads, n_kv_heads, head_dim)
-        if position is None:
+        checked = _attention_inputs(position)
+        if checked is None:
             return False
-        pairs, slot, capacity = position
+        pairs, slot, capacity = checked
         key = (dim, hidden, n_heads, n_kv_heads, head_dim, capacity)
         buffers = self._buffers.get(key)
         if buffers is None:
@@ -234,10 +220,10 @@ class BF16RowKernels:
             n_kv_heads,
             head_dim,
             pairs.data_ptr(),
-            k_cache.data_ptr(),
-            v_cache.data_ptr(),
+            position.k_cache.data_ptr(),
+            position.v_cache.data_ptr(),
             slot,
-            mask.data_ptr(),
+            position.mask.data_ptr(),
             capacity,
             work.data_ptr(),
             scratch.data_ptr(),
@@ -246,19 +232,13 @@ class BF16RowKernels:
         return True
 
 
-def _attention_inputs(
-    freqs: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    slots: torch.Tensor,
-    mask: torch.Tensor,
-    n_heads: int,
-    n_kv_heads: int,
-    head_dim: int,
-) -> tuple[torch.Tensor, int, int] | None:
+def _attention_inputs(position: DecodePosition) -> tuple[torch.Tensor, int, int] | None:
     """(cos/sin pairs, slot, capacity) when the attention kernel takes these inputs, else None."""
+    n_heads, n_kv_heads, head_dim = position.heads
+    k_cache, v_cache, mask, slots = position.k_cache, position.v_cache, position.mask, position.slots
     capacity = k_cache.shape[2] if k_cache.dim() == 4 else 0
     cache_shape = (1, n_kv_heads, capacity, head_dim)
+    freqs = position.freqs
     pairs = torch.view_as_real(freqs) if freqs.is_complex() else freqs
     if not (
         0 < head_dim <= MAX_HEAD_DIM

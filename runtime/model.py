@@ -20,38 +20,34 @@ from m7b.runtime.args import ModelArgs
 from m7b.runtime.cache import RollingKVCache
 
 
+@dataclass(frozen=True)
+class DecodePosition:
+    """What one decode position's attention needs beside its q|k|v row, for the row kernels."""
+
+    freqs: torch.Tensor  # the position's rotations (complex, or cos/sin pairs)
+    k_cache: torch.Tensor  # the layer's rolling caches, (1, n_kv_heads, capacity, head_dim)
+    v_cache: torch.Tensor
+    slots: torch.Tensor  # the one slot this position writes
+    mask: torch.Tensor  # (1, capacity): the slots it sees
+    heads: tuple[int, int, int]  # n_heads, n_kv_heads, head_dim
+
+
 class RowKernels(Protocol):
     """Kernels for one row (`m7b.runtime.cpu_kernels.BF16RowKernels`): each falls back to torch for inputs it
-    does not take."""
+    does not take (`attention_step` and `block_step` by returning None / False)."""
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor: ...
     def stack(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor: ...
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None: ...
     def swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor: ...
-    def attention_step(
-        self,
-        qkv: torch.Tensor,
-        freqs: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        slots: torch.Tensor,
-        mask: torch.Tensor,
-        n_heads: int,
-        n_kv_heads: int,
-        head_dim: int,
-    ) -> torch.Tensor | None: ...
+    def attention_step(self, qkv: torch.Tensor, position: DecodePosition) -> torch.Tensor | None: ...
     def block_step(
         self,
         x: torch.Tensor,
         norms: tuple[torch.Tensor, torch.Tensor],
         eps: float,
         weights: tuple[torch.Tensor, ...],
-        heads: tuple[int, int, int],
-        freqs: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        slots: torch.Tensor,
-        mask: torch.Tensor,
+        position: DecodePosition,
     ) -> bool: ...
 
 
@@ -178,6 +174,12 @@ class Attention(nn.Module):
         # wq, wk, wv stacked (`fuse`): one matrix-vector product, not three. A buffer outside the state dict.
         self.register_buffer("wqkv", None, persistent=False)
 
+    def decode_position(self, freqs: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor) -> DecodePosition:
+        cache = self.kv_cache
+        assert cache is not None, "call Transformer.setup_caches() first"
+        heads = (self.n_heads, self.n_kv_heads, self.head_dim)
+        return DecodePosition(freqs, cache.k_cache, cache.v_cache, slots, mask, heads)
+
     def fuse(self) -> None:
         """Stack wq, wk, wv into one matrix; the three weights become views of its rows (no extra memory, the
         state dict keeps its keys)."""
@@ -194,9 +196,7 @@ class Attention(nn.Module):
         if self.wqkv is not None or rows is not None:
             qkv = self.kernels.linear(x, self.wqkv) if self.wqkv is not None else rows.stack(x, weights)
             if decode and rows is not None:  # one C call for rotary, cache write and attention
-                y = rows.attention_step(
-                    qkv, freqs, cache.k_cache, cache.v_cache, slots, mask, self.n_heads, self.n_kv_heads, self.head_dim
-                )
+                y = rows.attention_step(qkv, self.decode_position(freqs, slots, mask))
                 if y is not None:
                     return self.wo(y.view(b, length, self.n_heads * self.head_dim))
             kv_size = self.n_kv_heads * self.head_dim
@@ -277,12 +277,7 @@ class TransformerBlock(nn.Module):
             (self.attention_norm.weight, self.ffn_norm.weight),
             self.attention_norm.eps,
             (a.wq.weight, a.wk.weight, a.wv.weight, a.wo.weight, f.w1.weight, f.w3.weight, f.w2.weight),
-            (a.n_heads, a.n_kv_heads, a.head_dim),
-            freqs,
-            cache.k_cache,
-            cache.v_cache,
-            slots,
-            mask,
+            a.decode_position(freqs, slots, mask),
         )
 
     def forward(
