@@ -113,6 +113,7 @@ FLAG_FOR: dict[str, str] = {
     "manifest": "--manifest",
     "torrent": "--torrent",
     "window": "--window",
+    "cpu_kernels": "--cpu-kernels",
 }
 
 

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,31 +48,33 @@ MAX_HEAD_DIM = 1024  # the attention kernel keeps one head's output on the stack
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 
 
+class KernelBuildError(Exception):
+    """The kernels could not be built, loaded or checked (internal: `choose_kernels` turns it into a fallback to
+    torch with the reason, or into an InvalidInputError when m7b's kernels were asked for)."""
+
+
+def _is_plain(t: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """A contiguous CPU tensor of `dtype`: the only kind whose data pointer a kernel may be given."""
+    return t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
+
+
 def _is_row(x: torch.Tensor, width: int) -> bool:
     """One contiguous bf16 CPU row of `width` (any leading dims of size 1): what the kernels take."""
-    return (
-        x.numel() == width
-        and x.shape[-1] == width
-        and x.dtype == torch.bfloat16
-        and x.device.type == "cpu"
-        and x.is_contiguous()
-    )
+    return x.dim() >= 1 and x.numel() == width and x.shape[-1] == width and _is_plain(x)
 
 
 def _is_matrix(weight: torch.Tensor, width: int) -> bool:
-    return (
-        weight.dim() == 2
-        and weight.shape[1] == width
-        and weight.dtype == torch.bfloat16
-        and weight.device.type == "cpu"
-        and weight.is_contiguous()
-    )
+    return weight.dim() == 2 and weight.shape[1] == width and _is_plain(weight)
 
 
 class BF16RowKernels:
     """The compiled kernels for one bf16 row: `__call__` is `F.linear(x, weight)`, `stack` the product with
     several weights at once, `rms_norm` and `swiglu` the model's own formulas. Inputs the kernels do not take
-    (another dtype or device, several rows, a strided view) go to torch."""
+    (another dtype or device, several rows, a strided view) go to torch. Every tensor whose data pointer reaches C
+    is checked first (`_is_plain`: CPU, dtype, contiguous; shapes against the sizes C will use).
+
+    One object serves one thread: its scratch and work rows are reused from call to call (a decode step is one
+    thread of Python; the C code parallelises inside a call)."""
 
     name = KERNEL_NAME
 
@@ -96,9 +101,10 @@ class BF16RowKernels:
         return scratch
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        rows, width = weight.shape
+        width = x.shape[-1]
         if not (_is_row(x, width) and _is_matrix(weight, width)):
             return F.linear(x, weight)
+        rows = weight.shape[0]
         y = torch.empty((*x.shape[:-1], rows), dtype=torch.bfloat16)
         scratch = self._scratch_for(width)
         self._matvec(weight.data_ptr(), x.data_ptr(), rows, width, y.data_ptr(), scratch.data_ptr(), _threads())
@@ -120,10 +126,10 @@ class BF16RowKernels:
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
         """The model's RMSNorm of one row; None when the kernel does not take these inputs."""
         width = x.shape[-1]
-        if not (_is_row(x, width) and weight.shape == (width,) and weight.dtype == torch.bfloat16):
+        if not (_is_row(x, width) and weight.shape == (width,) and _is_plain(weight)):
             return None
         y = torch.empty_like(x)
-        self._rms_norm(x.data_ptr(), weight.contiguous().data_ptr(), width, eps, y.data_ptr())
+        self._rms_norm(x.data_ptr(), weight.data_ptr(), width, eps, y.data_ptr())
         return y
 
     def swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -164,7 +170,7 @@ class BF16RowKernels:
             n_kv_heads,
             capacity,
             head_dim,
-            head_dim**-0.5,
+            attention_scale(head_dim),
             out.data_ptr(),
             scratch.data_ptr(),
             _threads(),
@@ -194,7 +200,8 @@ class BF16RowKernels:
             all(w.shape == shape and _is_matrix(w, shape[1]) for w, shape in zip(weights, shapes, strict=False))
             and w2.shape == (dim, hidden)
             and _is_matrix(w2, hidden)
-            and all(n.shape == (dim,) and n.dtype == torch.bfloat16 and n.is_contiguous() for n in norms)
+            and len(norms) == 2
+            and all(n.shape == (dim,) and _is_plain(n) for n in norms)
         ):
             return False
         checked = _attention_inputs(position)
@@ -205,7 +212,8 @@ class BF16RowKernels:
         buffers = self._buffers.get(key)
         if buffers is None:
             work = torch.empty(2 * dim + q_size + 2 * kv_size + q_size + 3 * hidden, dtype=torch.bfloat16)
-            scratch = torch.empty(max(dim, hidden, q_size, n_heads * (2 * head_dim + capacity) + 2))
+            scratch_size = max(dim, hidden, q_size, n_heads * (2 * head_dim + capacity) + 2)
+            scratch = torch.empty(scratch_size, dtype=torch.float32)
             buffers = self._buffers[key] = (work, scratch)
         work, scratch = buffers
         self._block(
@@ -245,21 +253,22 @@ def _attention_inputs(position: DecodePosition) -> tuple[torch.Tensor, int, int]
         and head_dim % 2 == 0
         and n_kv_heads > 0
         and n_heads % n_kv_heads == 0
-        and all(
-            c.shape == cache_shape and c.dtype == torch.bfloat16 and c.is_contiguous() and c.device.type == "cpu"
-            for c in (k_cache, v_cache)
-        )
-        and mask.dtype == torch.bool
+        and all(c.shape == cache_shape and _is_plain(c) for c in (k_cache, v_cache))
         and mask.numel() == capacity
-        and mask.is_contiguous()
-        and pairs.dtype == torch.float32
+        and _is_plain(mask, torch.bool)
         and pairs.numel() == head_dim
-        and pairs.is_contiguous()
+        and _is_plain(pairs, torch.float32)
         and slots.numel() == 1
+        and slots.device.type == "cpu"
     ):
         return None
     slot = int(slots.reshape(()).item())
     return (pairs, slot, capacity) if 0 <= slot < capacity else None
+
+
+def attention_scale(head_dim: int) -> float:
+    """1 / sqrt(head_dim) (SDPA's default), as the block kernel computes it: in double, then rounded to float."""
+    return 1.0 / math.sqrt(head_dim)
 
 
 def _bind(fn: ctypes._CFuncPtr, argtypes: list[type]) -> ctypes._CFuncPtr:
@@ -283,10 +292,19 @@ class KernelChoice:
 
 
 def find_compiler() -> list[str] | None:
-    """The C compiler command: $CC when set, else the first of cc, gcc, clang on PATH."""
-    if os.environ.get("CC", "").strip():
-        words = shlex.split(os.environ["CC"])
-        return words if shutil.which(words[0]) else None
+    """The C compiler command: $CC when set (a KernelBuildError when it names no command), else the first of cc,
+    gcc, clang on PATH; None when there is none."""
+    value = os.environ.get("CC", "").strip()
+    if value:
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise KernelBuildError(f"$CC is {value!r}, which does not parse as a command ({exc}); fix CC") from exc
+        if not words or not shutil.which(words[0]):
+            raise KernelBuildError(
+                f"$CC is {value!r}, which is not a command on PATH; point CC at a C compiler or unset it"
+            )
+        return words
     for name in ("cc", "gcc", "clang"):
         found = shutil.which(name)
         if found:
@@ -321,27 +339,38 @@ def build_key(compiler: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-class KernelBuildError(Exception):
-    """The kernel could not be built or failed its check (auto falls back to torch; `m7b` reports it)."""
-
-
 def build_library(compiler: list[str], folder: Path) -> Path:
-    """Compile the kernel into `folder` (written under a temporary name, then renamed: never half a library)."""
+    """Compile the kernels into `folder` (written under a temporary name, then renamed: never half a library)."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / LIBRARY_NAME
     if target.is_file():
         return target
-    partial = folder / f".{LIBRARY_NAME}.{os.getpid()}"
+    partial = folder / f".{LIBRARY_NAME}.{os.getpid()}.{threading.get_ident()}"
     command = [*compiler, *FLAGS, str(SOURCE), "-o", str(partial), *LIBS]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError) as exc:
+        # its own process group, so that a compiler past the timeout goes with every process it started
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+    except OSError as exc:
+        raise KernelBuildError(f"could not start the C compiler {compiler[0]}: {exc}; install gcc or set CC") from exc
+    try:
+        stdout, stderr = proc.communicate(timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         partial.unlink(missing_ok=True)
-        raise KernelBuildError(f"running {' '.join(command)} failed: {exc}") from exc
-    if done.returncode != 0:
+        raise KernelBuildError(
+            f"the C compiler {compiler[0]} was still running after {BUILD_TIMEOUT_S:.0f} s and was stopped; check it "
+            "compiles a small C file, or set CC to another compiler"
+        ) from exc
+    if proc.returncode != 0:
         partial.unlink(missing_ok=True)
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise KernelBuildError(f"{compiler[0]} exited {done.returncode}: {' / '.join(tail)}")
+        tail = (stderr or stdout).strip().splitlines()[-3:]
+        raise KernelBuildError(
+            f"{compiler[0]} exited {proc.returncode} building {SOURCE.name}: {' / '.join(tail)}; the compiler needs "
+            "-mavx2 -mfma -fopenmp (gcc or clang with libgomp)"
+        )
     partial.replace(target)
     return target
 
@@ -350,7 +379,10 @@ def _compare(what: str, got: torch.Tensor, want: torch.Tensor) -> None:
     error = (got.float() - want.float()).abs().max().item()
     bound = want.float().abs().max().item() / 64 + 1e-6
     if got.shape != want.shape or not error <= bound:
-        raise KernelBuildError(f"self-test {what}: max |difference| {error:.4g} from torch, above {bound:.4g}")
+        raise KernelBuildError(
+            f"self-test {what}: max |difference| {error:.4g} from torch, above {bound:.4g} (a miscompiled library or "
+            "a compiler bug): torch's kernels are used"
+        )
 
 
 def self_test(kernels: BF16RowKernels) -> None:
@@ -368,29 +400,79 @@ def self_test(kernels: BF16RowKernels) -> None:
         _compare(f"RMSNorm {width}", norm, xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5) * weight[0])
         gate, up = x * 4, torch.flip(x, (-1,))
         _compare(f"SwiGLU {width}", kernels.swiglu(gate, up), F.silu(gate.float()) * up.float())
+    for n_heads, n_kv_heads, head_dim in ((4, 2, 16), (6, 3, 24)):
+        _self_test_attention(kernels, n_heads, n_kv_heads, head_dim, generator)
+
+
+def _self_test_attention(kernels: BF16RowKernels, n_heads: int, n_kv: int, head_dim: int, gen: torch.Generator) -> None:
+    """attention_step against rotary + grouped attention written out in torch, 9 of 12 slots visible."""
+    capacity, slot = 12, 5
+    qkv = torch.randn(1, 1, (n_heads + 2 * n_kv) * head_dim, generator=gen).to(torch.bfloat16)
+    angles = torch.rand(head_dim // 2, generator=gen) * 6
+    pairs = torch.stack([angles.cos(), angles.sin()], dim=-1).contiguous()
+    k_cache = torch.randn(1, n_kv, capacity, head_dim, generator=gen).to(torch.bfloat16)
+    v_cache = torch.randn(1, n_kv, capacity, head_dim, generator=gen).to(torch.bfloat16)
+    mask = torch.ones(1, capacity, dtype=torch.bool)
+    mask[0, [0, 7, 11]] = False
+    q, k, v = qkv.view(-1, head_dim).float().split([n_heads, n_kv, n_kv])
+
+    def rotate(t: torch.Tensor) -> torch.Tensor:
+        a, b = t[:, 0::2], t[:, 1::2]
+        c, s = pairs[:, 0], pairs[:, 1]
+        return torch.stack([a * c - b * s, b * c + a * s], dim=-1).flatten(1).to(torch.bfloat16).float()
+
+    keys, values = k_cache[0].float().clone(), v_cache[0].float().clone()
+    keys[:, slot], values[:, slot] = rotate(k), v
+    group = torch.arange(n_heads) // (n_heads // n_kv)
+    scores = (rotate(q)[:, None, :] * keys[group]).sum(-1) * attention_scale(head_dim)
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    want = (probs[:, :, None] * values[group]).sum(1).reshape(1, 1, -1)
+    position = DecodePosition(pairs, k_cache, v_cache, torch.tensor([slot]), mask, (n_heads, n_kv, head_dim))
+    got = kernels.attention_step(qkv, position)
+    if got is None:
+        raise KernelBuildError(f"self-test attention {n_heads}/{n_kv} heads of {head_dim}: the kernel declined")
+    _compare(f"attention {n_heads}/{n_kv} heads of {head_dim}", got, want)
+    _compare("attention's cache write", k_cache[0, :, slot], rotate(k))
 
 
 def load_kernels(cache_root: Path | None) -> BF16RowKernels:
-    """Build (or find) the library under `cache_root`, load it, check it. A cached library that does not load or
-    fails the check is removed and built again once; a cache folder the disk refuses (a read-only M7B_HOME) means
-    a build in a temporary folder, removed once the library is loaded."""
+    """Build (or find) the library under `cache_root`, load it, check it.
+
+    A library found in the cache that does not load or fails the check is removed and built again (once; a build
+    that fails is not retried). A cache folder the disk refuses (a read-only M7B_HOME, a file in the way) means a
+    build in a temporary folder, removed once the library is loaded."""
     supported, detail = cpu_supports_kernel()
     if not supported:
         raise KernelBuildError(detail)
     compiler = find_compiler()
     if compiler is None:
-        raise KernelBuildError("no C compiler found ($CC, cc, gcc or clang): install gcc to build it")
-    if cache_root is not None:
-        folder = Path(cache_root) / build_key(compiler)
+        raise KernelBuildError("no C compiler found (cc, gcc or clang on PATH, or $CC): install gcc to build them")
+    folder = Path(cache_root) / build_key(compiler) if cache_root is not None else None
+    if folder is not None and _writable_folder(folder):
+        target = folder / LIBRARY_NAME
+        if not target.is_file():
+            return _checked(build_library(compiler, folder))
         try:
-            return _checked(build_library(compiler, folder))
+            return _checked(target)
         except KernelBuildError:
-            (folder / LIBRARY_NAME).unlink(missing_ok=True)
-            return _checked(build_library(compiler, folder))
-        except OSError:
-            pass  # the cache folder is refused: build where we may
+            try:
+                target.unlink()
+                fresh = build_library(compiler, folder)
+            except OSError:
+                fresh = None
+            if fresh is not None:
+                # this process may hold the damaged file's mapping under that name: load the new one by another
+                return _checked_copy(fresh)
     with tempfile.TemporaryDirectory(prefix="m7b-cpu-kernels-") as tmp:
         return _checked(build_library(compiler, Path(tmp)))
+
+
+def _writable_folder(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def _checked(path: Path) -> BF16RowKernels:
@@ -399,11 +481,21 @@ def _checked(path: Path) -> BF16RowKernels:
     return kernels
 
 
+def _checked_copy(path: Path) -> BF16RowKernels:
+    """`_checked` on a copy under a new name: the dynamic loader hands back an already loaded library by name."""
+    with tempfile.TemporaryDirectory(prefix="m7b-cpu-kernels-") as tmp:
+        copy = Path(tmp) / LIBRARY_NAME
+        shutil.copyfile(path, copy)
+        kernels = _checked(copy)
+    kernels.path = path
+    return kernels
+
+
 def _open(path: Path) -> BF16RowKernels:
     try:
         return BF16RowKernels(ctypes.CDLL(str(path)), path)
     except (OSError, AttributeError) as exc:  # not a loadable library, or one without the kernel's symbol
-        raise KernelBuildError(f"could not load {path}: {exc}; remove it to rebuild") from exc
+        raise KernelBuildError(f"could not load {path} ({exc}): a damaged or foreign file; remove it") from exc
 
 
 def choose_kernels(request: str, weight: torch.Tensor, cache_root: Path | None) -> KernelChoice:
@@ -412,7 +504,8 @@ def choose_kernels(request: str, weight: torch.Tensor, cache_root: Path | None) 
     key = request.strip().lower()
     if key not in KERNEL_CHOICES:
         raise InvalidInputError(
-            f"unknown CPU kernels {request!r}: expected one of {', '.join(KERNEL_CHOICES)}", field="cpu_kernels"
+            f"unknown CPU kernels {request!r} (cpu_kernels): expected one of {', '.join(KERNEL_CHOICES)}",
+            field="cpu_kernels",
         )
     if key == TORCH_NAME:
         return KernelChoice(None, "torch's kernels, as asked")
@@ -429,6 +522,6 @@ def choose_kernels(request: str, weight: torch.Tensor, cache_root: Path | None) 
             reason = str(exc)
     if key == "m7b":
         raise InvalidInputError(
-            f"m7b's CPU kernels cannot be used here: {reason}; use --cpu-kernels auto or torch", field="cpu_kernels"
+            f"m7b's CPU kernels cannot be used here: {reason}; choose auto or torch (cpu_kernels)", field="cpu_kernels"
         )
     return KernelChoice(None, f"torch's kernels: {reason}")

@@ -15,7 +15,7 @@
    reads in flight (with four adjacent rows, a matrix of short rows is a single stream, read at a third of the
    bandwidth). Any N and K work: a tail of K mod 16 elements and of N mod 4 rows takes a scalar path.
 
-   Built by m7b/runtime/matvec.py with the system C compiler (-O3 -mavx2 -mfma -fopenmp) and loaded with ctypes
+   Built by m7b/runtime/cpu_kernels.py with the system C compiler (-O3 -mavx2 -mfma -fopenmp) and loaded with ctypes
    after torch, so it shares torch's OpenMP runtime and thread pool. */
 #include <immintrin.h>
 #include <math.h>
@@ -165,6 +165,8 @@ void m7b_swiglu_bf16(const uint16_t *gate, const uint16_t *up, long H, uint16_t 
    model's rotary embedding does; store k and v in the rolling caches (n_kv x capacity x head_dim) at `slot`; then
    each query head h attends over the slots of its key/value head h / (n_heads / n_kv) that `mask` (capacity bytes,
    1 = visible) allows: softmax of scale * q.k in float, the values' weighted sum rounded to bf16 into `out`
+   (torch's CPU flash attention rounds the probabilities to bf16 before the sum; kept in float here, the outputs
+   differ from torch's by at most a few tenths of a percent of the largest, and lie closer to float32's)
    (n_heads x head_dim). Heads are shared among the threads. `scratch`: n_heads * (2 * head_dim + capacity) + 2
    floats. Keys and values are read 16 at a time as the products read weights; a query and a head's running sum
    are kept de-interleaved (per block of 16: the 8 even, then the 8 odd elements). */
@@ -235,7 +237,7 @@ void m7b_attention_step_bf16(const uint16_t *qkv, const float *freqs, uint16_t *
 
 /* One transformer block for one decode position, in place on the residual row `x` (dim), exactly the model's
    TransformerBlock: x += wo . attention(rotary(stack(wq, wk, wv) . rms_norm(x))); x += w2 . swiglu(stack(w1, w3) .
-   rms_norm(x)), each step rounded to bf16 where torch rounds it. `work`: bf16 rows for the intermediate results,
+   rms_norm(x)), each step rounded to bf16 where torch rounds it (attention's probabilities apart, see above). `work`: bf16 rows for the intermediate results,
    dim * 2 + (n_heads + 2 * n_kv) * head_dim + n_heads * head_dim + hidden * 3 elements; `scratch`: floats, as many
    as the largest of dim, hidden, n_heads * head_dim and n_heads * (2 * head_dim + capacity) + 2. */
 void m7b_block_step_bf16(uint16_t *x, const uint16_t *attention_norm, const uint16_t *ffn_norm, float eps,
@@ -251,7 +253,7 @@ void m7b_block_step_bf16(uint16_t *x, const uint16_t *attention_norm, const uint
     const stack_t qkv_stack = {{wq, wk, wv}, {q_size, n_kv * head_dim, n_kv * head_dim}, 3, dim};
     stack_matvec(&qkv_stack, normed, qkv, scratch, threads);
     m7b_attention_step_bf16(qkv, freqs, k_cache, v_cache, slot, mask, n_heads, n_kv, capacity, head_dim,
-                            1.0f / sqrtf((float)head_dim), heads, scratch, threads);
+                            (float)(1.0 / sqrt((double)head_dim)), heads, scratch, threads);
     const stack_t wo_stack = {{wo}, {dim}, 1, q_size};
     stack_matvec(&wo_stack, heads, proj, scratch, threads);
     for (long d = 0; d < dim; d++) x[d] = float_to_bf16(bf16_to_float(x[d]) + bf16_to_float(proj[d]));

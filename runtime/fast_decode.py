@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from m7b.errors import InvalidInputError, StorageError
-from m7b.runtime.cpu_kernels import TORCH_NAME, choose_kernels
+from m7b.runtime.cpu_kernels import KERNEL_CHOICES, TORCH_NAME, choose_kernels
 from m7b.runtime.generate import DecodeFn, decode_one_token
 from m7b.runtime.model import RowKernels, Transformer
 
@@ -230,10 +230,12 @@ def prepare_decode(
             cpu_kernels=choice.name,
             cpu_kernels_note=choice.note,
         )
+    if cpu_kernels.strip().lower() not in KERNEL_CHOICES:
+        choose_kernels(cpu_kernels, model.output.weight, kernel_root)  # raises, naming the choices
     if cpu_kernels.strip().lower() == "m7b":
         raise InvalidInputError(
-            f"m7b's CPU kernels serve the eager CPU step, not the {mode} step; use --decode eager with "
-            "--cpu-kernels m7b, or --cpu-kernels auto",
+            f"m7b's CPU kernels serve the eager CPU step, not the {mode} step: use the eager step with them, or "
+            "choose auto (cpu_kernels)",
             field="cpu_kernels",
         )
     max_seq_len = static_seq_len(needed, model.window)

@@ -5,9 +5,9 @@ temporary folder when the store refuses, declined with a reason where they canno
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -201,10 +201,11 @@ def test_kernels_are_declined_with_a_reason(tiny_runtime, tmp_path, monkeypatch)
         choose_kernels("fast", weight32, tmp_path)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     choice = choose_kernels("auto", weight32.to(BF16), tmp_path / "k")
-    assert choice.kernels is None and ("no C compiler" in choice.note or "AVX2" in choice.note)
+    assert choice.kernels is None and ("$CC is" in choice.note or "AVX2" in choice.note)
     assert not (tmp_path / "k").exists()
-    with pytest.raises(InvalidInputError, match="--cpu-kernels auto or torch"):
+    with pytest.raises(InvalidInputError, match=r"choose auto or torch \(cpu_kernels\)") as raised:
         choose_kernels("m7b", weight32.to(BF16), tmp_path / "k")
+    assert "--" not in str(raised.value)  # a library message names no CLI flag: the CLI words `cpu_kernels`
     with pytest.raises(InvalidInputError, match="serve the eager CPU step"):
         prepare_decode(tiny_runtime.model, "compile", 8, tmp_path, "m7b")
 
@@ -237,7 +238,7 @@ def test_a_store_that_refuses_the_cache_still_gets_the_kernels(tmp_path) -> None
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     kernels = load_kernels(blocker / "kernels")  # built in a temporary folder, loaded, removed
-    assert kernels.path.is_relative_to(Path(os.environ.get("TMPDIR", "/tmp"))) and not kernels.path.exists()
+    assert kernels.path.is_relative_to(Path(tempfile.gettempdir())) and not kernels.path.exists()
     assert blocker.read_text() == "not a folder"
     _close(
         kernels(_bf16((1, 1, 32), 0), _bf16((8, 32), 1)),
@@ -245,19 +246,122 @@ def test_a_store_that_refuses_the_cache_still_gets_the_kernels(tmp_path) -> None
     )
 
 
-@pytest.mark.slow
-def test_a_library_that_fails_its_self_test_is_not_used(tmp_path, monkeypatch) -> None:
-    import m7b.runtime.cpu_kernels as cpu_kernels
+WRONG_LIBRARY = """
+void m7b_matvec_bf16(void) {}
+void m7b_matvec_stack_bf16(void) {}
+void m7b_rms_norm_bf16(void) {}
+void m7b_swiglu_bf16(void) {}
+void m7b_attention_step_bf16(void) {}
+void m7b_block_step_bf16(void) {}
+"""
 
+
+@needs_kernels
+@pytest.mark.slow
+def test_a_cached_library_that_computes_wrongly_is_replaced_in_the_same_run(tmp_path) -> None:
+    """A library with the right symbols and wrong results (one that does nothing) sits in the cache: its self-test
+    fails, it is rebuilt, and this very process uses the rebuilt one (not the wrong one the loader still maps)."""
+    from m7b.runtime.cpu_kernels import build_key
+
+    compiler = find_compiler()
+    folder = tmp_path / build_key(compiler)
+    folder.mkdir()
+    (tmp_path / "wrong.c").write_text(WRONG_LIBRARY)
+    built = subprocess.run([*compiler, "-shared", "-fPIC", str(tmp_path / "wrong.c"), "-o", str(folder / LIBRARY_NAME)])
+    assert built.returncode == 0
+    with pytest.raises(KernelBuildError, match="self-test"):
+        cpu_kernels_module()._checked(folder / LIBRARY_NAME)  # loaded here: the loader now maps it by that name
+    kernels = load_kernels(tmp_path)
+    assert kernels.path == folder / LIBRARY_NAME and (folder / LIBRARY_NAME).stat().st_size > 10_000
+    x, weight = _bf16((1, 1, 64), 0), _bf16((10, 64), 1)
+    _close(kernels(x, weight), F.linear(x.float(), weight.float()))
+
+
+def cpu_kernels_module():
+    import m7b.runtime.cpu_kernels as module
+
+    return module
+
+
+def test_a_library_that_fails_its_self_test_is_not_used(tmp_path, monkeypatch) -> None:
     if not AVAILABLE:
         pytest.skip("m7b's CPU kernels need x86-64 with AVX2 and a C compiler")
 
     def wrong(kernels: BF16RowKernels) -> None:
         raise KernelBuildError("self-test product 4x16: max |difference| 3 from torch, above 0.1")
 
-    monkeypatch.setattr(cpu_kernels, "self_test", wrong)
+    monkeypatch.setattr(cpu_kernels_module(), "self_test", wrong)
     choice = choose_kernels("auto", torch.ones(4, 4, dtype=BF16), tmp_path)
     assert choice.kernels is None and "self-test" in choice.note
+
+
+@needs_kernels
+def test_attention_and_block_decline_what_they_cannot_take_and_touch_nothing(kernels, tiny_runtime, tiny_state):
+    """Every pointer the C code would follow is checked first: a wrong size, head layout, slot, device or dtype
+    is a decline (None / False), with the caches and the row unchanged."""
+    from m7b.runtime.model import DecodePosition
+
+    n_heads, n_kv, head_dim, capacity = 4, 2, 16, 8
+    qkv = _bf16((1, 1, (n_heads + 2 * n_kv) * head_dim), 0)
+    pairs = torch.rand(head_dim // 2, 2)
+    cache = _bf16((1, n_kv, capacity, head_dim), 1)
+    good = DecodePosition(
+        pairs,
+        cache.clone(),
+        cache.clone(),
+        torch.tensor([3]),
+        torch.ones(1, capacity, dtype=torch.bool),
+        (n_heads, n_kv, head_dim),
+    )
+    assert kernels.attention_step(qkv, good) is not None
+    bad = {
+        "slot past the cache": replace(good, slots=torch.tensor([capacity])),
+        "negative slot": replace(good, slots=torch.tensor([-1])),
+        "two slots": replace(good, slots=torch.tensor([1, 2])),
+        "short mask": replace(good, mask=torch.ones(1, capacity - 1, dtype=torch.bool)),
+        "mask of bytes": replace(good, mask=torch.ones(1, capacity, dtype=torch.uint8)),
+        "mask elsewhere": replace(good, mask=torch.ones(1, capacity, dtype=torch.bool, device="meta")),
+        "short rotations": replace(good, freqs=torch.rand(head_dim // 2 - 1, 2)),
+        "rotations elsewhere": replace(good, freqs=torch.rand(head_dim // 2, 2, device="meta")),
+        "float64 rotations": replace(good, freqs=torch.rand(head_dim // 2, 2, dtype=torch.float64)),
+        "heads not grouped": replace(good, heads=(3, 2, head_dim)),
+        "odd head": replace(good, heads=(n_heads, n_kv, 15)),
+        "head too large": replace(good, heads=(1, 1, 2048)),
+        "cache of another shape": replace(good, k_cache=_bf16((1, n_kv, capacity, head_dim + 2), 2)),
+        "strided cache": replace(good, v_cache=_bf16((1, n_kv, head_dim, capacity), 3).transpose(2, 3)),
+        "float32 cache": replace(good, k_cache=cache.float()),
+    }
+    for what, position in bad.items():
+        before = (position.k_cache.clone(), position.v_cache.clone()) if position.k_cache.device.type == "cpu" else None
+        assert kernels.attention_step(qkv, position) is None, what
+        if before is not None:
+            assert torch.equal(position.k_cache, before[0]) and torch.equal(position.v_cache, before[1]), what
+    assert kernels.attention_step(qkv[..., :-1], good) is None  # a q|k|v row of the wrong size
+    model = _kernel_twin(tiny_runtime.args, tiny_state)
+    block = model.layers[0]
+    model.setup_caches(1, 8)
+    a, f = block.attention, block.feed_forward
+    weights = (a.wq.weight, a.wk.weight, a.wv.weight, a.wo.weight, f.w1.weight, f.w3.weight, f.w2.weight)
+    norms = (block.attention_norm.weight, block.ffn_norm.weight)
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    position = a.decode_position(torch.rand(a.head_dim // 2, 2), torch.tensor([2]), mask)
+    x = _bf16((1, 1, model.args.dim), 4)
+    assert kernels.block_step(x.clone(), norms, 1e-5, weights, position)
+    strided_norm = _bf16((model.args.dim, 2), 5)[:, 0]
+    cases = {
+        "six weights": (x, norms, weights[:6], position),
+        "w2 transposed": (x, norms, (*weights[:6], weights[6].t().contiguous()), position),
+        "strided norm": (x, (strided_norm, norms[1]), weights, position),
+        "norm elsewhere": (x, (norms[0].to("meta"), norms[1]), weights, position),
+        "slot past the cache": (x, norms, weights, replace(position, slots=torch.tensor([8]))),
+        "float32 row": (x.float(), norms, weights, position),
+        "two rows": (_bf16((1, 2, model.args.dim), 6), norms, weights, position),
+    }
+    for what, (row, n, w, p) in cases.items():
+        kept, caches = row.clone(), (p.k_cache.clone(), p.v_cache.clone())
+        assert not kernels.block_step(row, n, 1e-5, w, p), what
+        assert torch.equal(row, kept) and torch.equal(p.k_cache, caches[0]) and torch.equal(p.v_cache, caches[1]), what
+    assert kernels.rms_norm(x, strided_norm, 1e-5) is None  # never a pointer to a temporary copy
 
 
 @needs_kernels
