@@ -272,6 +272,8 @@ class TransformerBlock(nn.Module):
         rows, cache = a.kernels.rows, a.kv_cache
         if rows is None or cache is None or a.wqkv is not None or f.w13 is not None:
             return False
+        if self.attention_norm.eps != self.ffn_norm.eps:  # the block kernel takes one eps
+            return False
         return rows.block_step(
             x,
             (self.attention_norm.weight, self.ffn_norm.weight),
