@@ -161,6 +161,7 @@ def test_decode_on_the_kernels_gives_the_eager_logits_past_the_window(
 
 
 @needs_kernels
+@pytest.mark.slow
 def test_a_broken_kernel_fails_the_check(kernels, tiny_runtime, tiny_state) -> None:
     """The equivalence check sees a kernel that computes the wrong thing (here: a product that drops its last row)."""
 
@@ -176,6 +177,7 @@ def test_a_broken_kernel_fails_the_check(kernels, tiny_runtime, tiny_state) -> N
 
 
 @needs_kernels
+@pytest.mark.slow
 def test_prepared_eager_step_uses_the_kernels_for_bf16_and_generates(tiny_runtime, tiny_state, tmp_path) -> None:
     model = _kernel_twin(tiny_runtime.args, tiny_state)
     prepared = prepare_decode(model, "eager", 40, None, "auto", tmp_path)
@@ -234,6 +236,7 @@ def test_the_library_is_built_once_and_rebuilt_when_damaged(tmp_path) -> None:
 
 
 @needs_kernels
+@pytest.mark.slow
 def test_a_store_that_refuses_the_cache_still_gets_the_kernels(tmp_path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -283,6 +286,7 @@ def cpu_kernels_module():
     return module
 
 
+@pytest.mark.slow
 def test_a_library_that_fails_its_self_test_is_not_used(tmp_path, monkeypatch) -> None:
     if not AVAILABLE:
         pytest.skip("m7b's CPU kernels need x86-64 with AVX2 and a C compiler")

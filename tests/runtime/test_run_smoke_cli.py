@@ -45,6 +45,7 @@ def test_run_with_a_prompt_longer_than_the_window(cli_inproc, tiny_release_src) 
     assert again["token_ids"] == record["token_ids"]
 
 
+@pytest.mark.slow
 def test_run_finds_a_release_by_name_in_the_store(cli_inproc, tiny_release_src, m7b_home) -> None:
     shutil.copytree(tiny_release_src, m7b_home / "releases" / "mistral-tiny")
     result = cli_inproc("run", "mistral-tiny", "--prompt", "Hi", "--max-tokens", "3", "--json")
