@@ -153,7 +153,7 @@ class BF16RowKernels:
         if checked is None:
             return None
         pairs, slot, capacity = checked
-        size = n_heads * (2 * head_dim + capacity) + 2
+        size = n_heads * (2 * head_dim + capacity) + capacity + 2
         key = -size  # negative: never a product's width
         scratch = self._scratch.get(key)
         if scratch is None:
@@ -212,7 +212,7 @@ class BF16RowKernels:
         buffers = self._buffers.get(key)
         if buffers is None:
             work = torch.empty(2 * dim + q_size + 2 * kv_size + q_size + 3 * hidden, dtype=torch.bfloat16)
-            scratch_size = max(dim, hidden, q_size, n_heads * (2 * head_dim + capacity) + 2)
+            scratch_size = max(dim, hidden, q_size, n_heads * (2 * head_dim + capacity) + capacity + 2)
             scratch = torch.empty(scratch_size, dtype=torch.float32)
             buffers = self._buffers[key] = (work, scratch)
         work, scratch = buffers
@@ -400,7 +400,8 @@ def self_test(kernels: BF16RowKernels) -> None:
         _compare(f"RMSNorm {width}", norm, xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5) * weight[0])
         gate, up = x * 4, torch.flip(x, (-1,))
         _compare(f"SwiGLU {width}", kernels.swiglu(gate, up), F.silu(gate.float()) * up.float())
-    for n_heads, n_kv_heads, head_dim in ((4, 2, 16), (6, 3, 24)):
+    # groups of 2, 4 (one full batch of heads) and 5 (a full batch and a short one); a head with a 16-wide tail
+    for n_heads, n_kv_heads, head_dim in ((4, 2, 16), (6, 3, 24), (8, 2, 32), (10, 2, 40)):
         _self_test_attention(kernels, n_heads, n_kv_heads, head_dim, generator)
 
 

@@ -160,6 +160,45 @@ void m7b_swiglu_bf16(const uint16_t *gate, const uint16_t *up, long H, uint16_t 
     }
 }
 
+#define HEAD_BATCH 4 /* query heads of one group computed together */
+
+/* e^x for 8 floats (Cephes' expf: range reduction by ln 2, a degree-5 polynomial; relative error ~1e-7). */
+static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n));
+}
+
+/* scores[0..n) := exp(scores - max); returns 1 / their sum (0 for n = 0). */
+static float softmax_in_place(float *scores, long n) {
+    float top = -INFINITY;
+    for (long i = 0; i < n; i++) top = scores[i] > top ? scores[i] : top;
+    const __m256 shift = _mm256_set1_ps(top);
+    __m256 sums = _mm256_setzero_ps();
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(scores + i), shift));
+        _mm256_storeu_ps(scores + i, p);
+        sums = _mm256_add_ps(sums, p);
+    }
+    float total = hsum(sums);
+    for (; i < n; i++) {
+        scores[i] = expf(scores[i] - top);
+        total += scores[i];
+    }
+    return total > 0.0f ? 1.0f / total : 0.0f;
+}
+
 /* One decode position of grouped-query attention, from the stacked q|k|v row to the heads' outputs:
    rotate q and k by the position's (cos, sin) pairs (`freqs`: head_dim/2 pairs, float), rounding to bf16 as the
    model's rotary embedding does; store k and v in the rolling caches (n_kv x capacity x head_dim) at `slot`; then
@@ -167,9 +206,11 @@ void m7b_swiglu_bf16(const uint16_t *gate, const uint16_t *up, long H, uint16_t 
    1 = visible) allows: softmax of scale * q.k in float, the values' weighted sum rounded to bf16 into `out`
    (torch's CPU flash attention rounds the probabilities to bf16 before the sum; kept in float here, the outputs
    differ from torch's by at most a few tenths of a percent of the largest, and lie closer to float32's)
-   (n_heads x head_dim). Heads are shared among the threads. `scratch`: n_heads * (2 * head_dim + capacity) + 2
-   floats. Keys and values are read 16 at a time as the products read weights; a query and a head's running sum
-   are kept de-interleaved (per block of 16: the 8 even, then the 8 odd elements). */
+   (n_heads x head_dim). Threads share the (key/value group, batch of up to 4 query heads) units: each key and
+   value row is read once for a batch's heads, only the visible slots are visited, the exponentials are computed 8
+   at a time. `scratch`: n_heads * (2 * head_dim + capacity) + capacity + 2 floats. Keys and values are read 16 at
+   a time as the products read weights, against queries kept de-interleaved (per block of 16: the 8 even, then the
+   8 odd elements). */
 void m7b_attention_step_bf16(const uint16_t *qkv, const float *freqs, uint16_t *k_cache, uint16_t *v_cache, long slot,
                              const uint8_t *mask, long n_heads, long n_kv, long capacity, long head_dim, float scale,
                              uint16_t *out, float *scratch, int threads) {
@@ -190,48 +231,79 @@ void m7b_attention_step_bf16(const uint16_t *qkv, const float *freqs, uint16_t *
     const uint16_t *v_new = qkv + (n_heads + n_kv) * head_dim;
     for (long g = 0; g < n_kv; g++)
         memcpy(v_cache + (g * capacity + slot) * head_dim, v_new + g * head_dim, head_dim * sizeof(uint16_t));
+    int32_t *visible = (int32_t *)(scores_all + n_heads * capacity); /* the slots the mask allows, in order */
+    long n_visible = 0;
+    for (long s = 0; s < capacity; s++)
+        if (mask[s]) visible[n_visible++] = (int32_t)s;
+    const long batches = (rep + HEAD_BATCH - 1) / HEAD_BATCH, units = n_kv * batches;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long h = 0; h < n_heads; h++) {
-        const long g = h / rep;
-        const uint16_t *qh = q + h * head_dim;
-        float *qw = q_wide + h * head_dim, *scores = scores_all + h * capacity;
-        float acc[head_dim]; /* the weighted sum of values, de-interleaved; head_dim <= 1024 (checked by the caller) */
-        widen(qh, head_dim, qw);
-        const uint16_t *kg = k_cache + g * capacity * head_dim, *vg = v_cache + g * capacity * head_dim;
-        float top = -INFINITY, total = 0.0f;
-        for (long s = 0; s < capacity; s++) {
-            if (!mask[s]) continue;
-            const uint16_t *row = kg + s * head_dim;
-            float dot;
-            rows_dot_1(&row, qw, qh, head_dim, &dot);
-            scores[s] = dot * scale;
-            if (scores[s] > top) top = scores[s];
+    for (long unit = 0; unit < units; unit++) {
+        /* up to HEAD_BATCH query heads of one key/value group: each key and value row is read once for all of them */
+        const long g = unit / batches, first = g * rep + (unit % batches) * HEAD_BATCH;
+        const long count = rep - (first - g * rep) < HEAD_BATCH ? rep - (first - g * rep) : HEAD_BATCH;
+        long heads[HEAD_BATCH];
+        for (int b = 0; b < HEAD_BATCH; b++) heads[b] = first + (b < count ? b : 0); /* a short batch repeats its first */
+        const float *qw[HEAD_BATCH];
+        float *scores[HEAD_BATCH];
+        for (int b = 0; b < HEAD_BATCH; b++) {
+            qw[b] = q_wide + heads[b] * head_dim;
+            scores[b] = scores_all + heads[b] * capacity;
         }
-        for (long d = 0; d < head_dim; d++) acc[d] = 0.0f;
+        for (long b = 0; b < count; b++) widen(q + (first + b) * head_dim, head_dim, q_wide + (first + b) * head_dim);
+        const uint16_t *kg = k_cache + g * capacity * head_dim, *vg = v_cache + g * capacity * head_dim;
         const __m256i mask16 = _mm256_set1_epi32((int)0xffff0000u);
-        for (long s = 0; s < capacity; s++) {
-            if (!mask[s]) continue;
-            const float p = expf(scores[s] - top);
-            const __m256 pv = _mm256_set1_ps(p);
-            const uint16_t *row = vg + s * head_dim;
-            total += p;
+        for (long i = 0; i < n_visible; i++) {
+            const uint16_t *row = kg + (long)visible[i] * head_dim;
+            __m256 dot[HEAD_BATCH];
+            for (int b = 0; b < HEAD_BATCH; b++) dot[b] = _mm256_setzero_ps();
             for (long d = 0; d < blocks; d += 16) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(row + d));
-                _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), pv,
-                                                          _mm256_loadu_ps(acc + d)));
-                _mm256_storeu_ps(acc + d + 8, _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v, mask16)), pv,
-                                                              _mm256_loadu_ps(acc + d + 8)));
+                const __m256 lo = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+                const __m256 hi = _mm256_castsi256_ps(_mm256_and_si256(v, mask16));
+                for (int b = 0; b < HEAD_BATCH; b++)
+                    dot[b] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(qw[b] + d + 8),
+                                             _mm256_fmadd_ps(lo, _mm256_loadu_ps(qw[b] + d), dot[b]));
             }
-            for (long d = blocks; d < head_dim; d++) acc[d] += p * bf16_to_float(row[d]);
+            for (int b = 0; b < HEAD_BATCH; b++) {
+                float sum = hsum(dot[b]);
+                for (long d = blocks; d < head_dim; d++) sum += qw[b][d] * bf16_to_float(row[d]);
+                scores[b][i] = sum * scale;
+            }
         }
-        const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-        uint16_t *o = out + h * head_dim;
-        for (long d = 0; d < blocks; d += 16)
-            for (int j = 0; j < 8; j++) {
-                o[d + 2 * j] = float_to_bf16(acc[d + j] * inv);
-                o[d + 2 * j + 1] = float_to_bf16(acc[d + 8 + j] * inv);
+        float inv[HEAD_BATCH];
+        for (int b = 0; b < HEAD_BATCH; b++) /* a repeated head shares its first's row: turned into weights once */
+            inv[b] = b < count ? softmax_in_place(scores[b], n_visible) : inv[0];
+        uint16_t *o[HEAD_BATCH];
+        for (int b = 0; b < HEAD_BATCH; b++) o[b] = out + heads[b] * head_dim;
+        for (long d = 0; d < blocks; d += 16) {
+            __m256 even[HEAD_BATCH], odd[HEAD_BATCH];
+            for (int b = 0; b < HEAD_BATCH; b++) even[b] = odd[b] = _mm256_setzero_ps();
+            for (long i = 0; i < n_visible; i++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(vg + (long)visible[i] * head_dim + d));
+                const __m256 lo = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+                const __m256 hi = _mm256_castsi256_ps(_mm256_and_si256(v, mask16));
+                for (int b = 0; b < HEAD_BATCH; b++) {
+                    const __m256 p = _mm256_broadcast_ss(scores[b] + i);
+                    even[b] = _mm256_fmadd_ps(lo, p, even[b]);
+                    odd[b] = _mm256_fmadd_ps(hi, p, odd[b]);
+                }
             }
-        for (long d = blocks; d < head_dim; d++) o[d] = float_to_bf16(acc[d] * inv);
+            for (long b = 0; b < count; b++) {
+                float e[8], f[8];
+                _mm256_storeu_ps(e, even[b]);
+                _mm256_storeu_ps(f, odd[b]);
+                for (int j = 0; j < 8; j++) {
+                    o[b][d + 2 * j] = float_to_bf16(e[j] * inv[b]);
+                    o[b][d + 2 * j + 1] = float_to_bf16(f[j] * inv[b]);
+                }
+            }
+        }
+        for (long d = blocks; d < head_dim; d++)
+            for (long b = 0; b < count; b++) {
+                float acc = 0.0f;
+                for (long i = 0; i < n_visible; i++) acc += scores[b][i] * bf16_to_float(vg[(long)visible[i] * head_dim + d]);
+                o[b][d] = float_to_bf16(acc * inv[b]);
+            }
     }
 }
 
@@ -239,7 +311,7 @@ void m7b_attention_step_bf16(const uint16_t *qkv, const float *freqs, uint16_t *
    TransformerBlock: x += wo . attention(rotary(stack(wq, wk, wv) . rms_norm(x))); x += w2 . swiglu(stack(w1, w3) .
    rms_norm(x)), each step rounded to bf16 where torch rounds it (attention's probabilities apart, see above). `work`: bf16 rows for the intermediate results,
    dim * 2 + (n_heads + 2 * n_kv) * head_dim + n_heads * head_dim + hidden * 3 elements; `scratch`: floats, as many
-   as the largest of dim, hidden, n_heads * head_dim and n_heads * (2 * head_dim + capacity) + 2. */
+   as the largest of dim, hidden, n_heads * head_dim and n_heads * (2 * head_dim + capacity) + capacity + 2. */
 void m7b_block_step_bf16(uint16_t *x, const uint16_t *attention_norm, const uint16_t *ffn_norm, float eps,
                          const uint16_t *wq, const uint16_t *wk, const uint16_t *wv, const uint16_t *wo,
                          const uint16_t *w1, const uint16_t *w3, const uint16_t *w2, long dim, long hidden,
