@@ -128,13 +128,16 @@ class PerOp:
 @needs_kernels
 @pytest.mark.slow
 @pytest.mark.parametrize("whole_block", [True, False])
-@pytest.mark.parametrize("head_dim", [16, 24])  # 24: a head that is not a multiple of the kernels' 16-wide blocks
+# (4, 2, 16): the tiny release as it is; head_dim 24 has a tail past the 16-wide blocks; 10 query heads over 2
+# key/value heads make groups of 5, one full batch of 4 heads and a short one in the attention kernel
+@pytest.mark.parametrize("heads", [(4, 2, 16), (4, 2, 24), (10, 2, 16)])
 def test_decode_on_the_kernels_gives_the_eager_logits_past_the_window(
-    kernels, tiny_runtime, tiny_state, head_dim, whole_block
+    kernels, tiny_runtime, tiny_state, heads, whole_block
 ):
-    args = replace(tiny_runtime.args, head_dim=head_dim)
+    n_heads, n_kv_heads, head_dim = heads
+    args = replace(tiny_runtime.args, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim)
     state = dict(tiny_state)
-    if head_dim != tiny_runtime.args.head_dim:  # reshape q/k/v/o to the new head size, random but fixed values
+    if args != tiny_runtime.args:  # q/k/v/o for the new heads, random but fixed values
         gen = torch.Generator().manual_seed(5)
         for i in range(args.n_layers):
             p = f"layers.{i}.attention."
