@@ -405,8 +405,31 @@ def self_test(kernels: BF16RowKernels) -> None:
         _self_test_attention(kernels, n_heads, n_kv_heads, head_dim, generator)
 
 
+def reference_attention(qkv: torch.Tensor, position: DecodePosition) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `attention_step` computes, written out in torch (float32, the rotations rounded to bf16 as the model
+    rounds them), without touching `position`'s caches: (the heads' outputs (1, 1, n_heads * head_dim), the rotated
+    keys the step writes at the slot (n_kv_heads, head_dim))."""
+    n_heads, n_kv, head_dim = position.heads
+    freqs = position.freqs
+    pairs = (torch.view_as_real(freqs) if freqs.is_complex() else freqs).reshape(-1, 2).float()
+    slot = int(position.slots.reshape(()).item())
+    q, k, v = qkv.reshape(-1, head_dim).float().split([n_heads, n_kv, n_kv])
+
+    def rotate(t: torch.Tensor) -> torch.Tensor:
+        a, b = t[:, 0::2], t[:, 1::2]
+        c, s = pairs[:, 0], pairs[:, 1]
+        return torch.stack([a * c - b * s, b * c + a * s], dim=-1).flatten(1).to(torch.bfloat16).float()
+
+    keys, values = position.k_cache[0].float().clone(), position.v_cache[0].float().clone()
+    keys[:, slot], values[:, slot] = rotate(k), v
+    group = torch.arange(n_heads) // (n_heads // n_kv)
+    scores = (rotate(q)[:, None, :] * keys[group]).sum(-1) * attention_scale(head_dim)
+    probs = torch.softmax(scores.masked_fill(~position.mask.reshape(1, -1), float("-inf")), dim=-1)
+    return (probs[:, :, None] * values[group]).sum(1).reshape(1, 1, -1), rotate(k)
+
+
 def _self_test_attention(kernels: BF16RowKernels, n_heads: int, n_kv: int, head_dim: int, gen: torch.Generator) -> None:
-    """attention_step against rotary + grouped attention written out in torch, 9 of 12 slots visible."""
+    """attention_step against `reference_attention`, 9 of 12 slots visible."""
     capacity, slot = 12, 5
     qkv = torch.randn(1, 1, (n_heads + 2 * n_kv) * head_dim, generator=gen).to(torch.bfloat16)
     angles = torch.rand(head_dim // 2, generator=gen) * 6
@@ -415,25 +438,13 @@ def _self_test_attention(kernels: BF16RowKernels, n_heads: int, n_kv: int, head_
     v_cache = torch.randn(1, n_kv, capacity, head_dim, generator=gen).to(torch.bfloat16)
     mask = torch.ones(1, capacity, dtype=torch.bool)
     mask[0, [0, 7, 11]] = False
-    q, k, v = qkv.view(-1, head_dim).float().split([n_heads, n_kv, n_kv])
-
-    def rotate(t: torch.Tensor) -> torch.Tensor:
-        a, b = t[:, 0::2], t[:, 1::2]
-        c, s = pairs[:, 0], pairs[:, 1]
-        return torch.stack([a * c - b * s, b * c + a * s], dim=-1).flatten(1).to(torch.bfloat16).float()
-
-    keys, values = k_cache[0].float().clone(), v_cache[0].float().clone()
-    keys[:, slot], values[:, slot] = rotate(k), v
-    group = torch.arange(n_heads) // (n_heads // n_kv)
-    scores = (rotate(q)[:, None, :] * keys[group]).sum(-1) * attention_scale(head_dim)
-    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-    want = (probs[:, :, None] * values[group]).sum(1).reshape(1, 1, -1)
     position = DecodePosition(pairs, k_cache, v_cache, torch.tensor([slot]), mask, (n_heads, n_kv, head_dim))
+    want, written = reference_attention(qkv, position)
     got = kernels.attention_step(qkv, position)
     if got is None:
         raise KernelBuildError(f"self-test attention {n_heads}/{n_kv} heads of {head_dim}: the kernel declined")
     _compare(f"attention {n_heads}/{n_kv} heads of {head_dim}", got, want)
-    _compare("attention's cache write", k_cache[0, :, slot], rotate(k))
+    _compare("attention's cache write", k_cache[0, :, slot], written)
 
 
 def load_kernels(cache_root: Path | None) -> BF16RowKernels:

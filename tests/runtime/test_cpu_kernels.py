@@ -386,3 +386,53 @@ def test_m7b_run_reports_its_cpu_kernels(cli_inproc, tiny_release_src, tmp_path,
         "run", str(tiny_release_src), "-p", "Hi", "--device", "cpu", "--dtype", "float32", "--cpu-kernels", "m7b"
     )
     assert result.code == 4 and "bfloat16" in result.stderr
+
+
+@needs_kernels
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n_kv=st.integers(1, 3),
+    rep=st.integers(1, 6),
+    head_dim=st.integers(1, 40),
+    capacity=st.integers(1, 24),
+    slot=st.integers(-2, 26),
+    mask_bits=st.integers(0, 2**24 - 1),
+    mask_len_delta=st.sampled_from([0, 0, 0, -1, 1]),
+    pairs_delta=st.sampled_from([0, 0, 0, -1, 1]),
+    qkv_delta=st.sampled_from([0, 0, 0, -1, 1]),
+    seed=st.integers(0, 2**16),
+)
+def test_attention_step_on_any_inputs_declines_or_equals_the_reference(
+    kernels, n_kv, rep, head_dim, capacity, slot, mask_bits, mask_len_delta, pairs_delta, qkv_delta, seed
+) -> None:
+    """Fuzz: shapes, slots and masks the caller could get wrong. The kernel either declines (None, caches untouched)
+    or gives what the torch reference gives; it never reads or writes past what it was handed."""
+    from m7b.runtime.cpu_kernels import reference_attention
+    from m7b.runtime.model import DecodePosition
+
+    n_heads = n_kv * rep
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(1, 1, (n_heads + 2 * n_kv) * head_dim + qkv_delta, generator=gen).to(BF16)
+    pairs = torch.rand(max(0, head_dim // 2 + pairs_delta), 2, generator=gen)
+    k_cache = torch.randn(1, n_kv, capacity, head_dim, generator=gen).to(BF16)
+    v_cache = torch.randn(1, n_kv, capacity, head_dim, generator=gen).to(BF16)
+    bits = [(mask_bits >> i) & 1 == 1 for i in range(max(0, capacity + mask_len_delta))]
+    mask = torch.tensor([bits], dtype=torch.bool).reshape(1, -1)
+    if 0 <= slot < mask.shape[1]:
+        mask[0, slot] = True  # the position sees itself, as in decoding
+    position = DecodePosition(pairs, k_cache, v_cache, torch.tensor([slot]), mask, (n_heads, n_kv, head_dim))
+    before = (k_cache.clone(), v_cache.clone())
+    got = kernels.attention_step(qkv, position)
+    valid = qkv_delta == 0 and pairs_delta == 0 and mask_len_delta == 0 and 0 <= slot < capacity and head_dim % 2 == 0
+    if not valid:
+        assert got is None
+        assert torch.equal(k_cache, before[0]) and torch.equal(v_cache, before[1])
+        return
+    assert got is not None
+    reference = DecodePosition(pairs, before[0], before[1], torch.tensor([slot]), mask, position.heads)
+    want, written = reference_attention(qkv, reference)
+    _close(got, want)
+    assert torch.equal(k_cache[0, :, slot], written.to(BF16))
+    assert torch.equal(v_cache[0, :, slot], qkv.reshape(-1, head_dim)[n_heads + n_kv :])
+    others = [s for s in range(capacity) if s != slot]
+    assert torch.equal(k_cache[0, :, others], before[0][0, :, others])  # no other slot written
