@@ -58,21 +58,24 @@ class Kernels:
 
     rows: RowKernels | None = None
 
+    def for_row(self, x: torch.Tensor) -> RowKernels | None:
+        """The row kernels when `x` is a single row (a decode step's activations) and there are any, else None."""
+        return self.rows if self.rows is not None and x.numel() == x.shape[-1] else None
+
     def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if self.rows is not None and x.numel() == x.shape[-1]:
-            return self.rows(x, weight)
-        return F.linear(x, weight)
+        rows = self.for_row(x)
+        return rows(x, weight) if rows is not None else F.linear(x, weight)
 
     def project(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """x times each of `weights`: one kernel call for a single row, one F.linear each otherwise."""
-        if self.rows is not None and x.numel() == x.shape[-1]:
-            return self.rows.stack(x, weights).split([w.shape[0] for w in weights], dim=-1)
+        rows = self.for_row(x)
+        if rows is not None:
+            return rows.stack(x, weights).split([w.shape[0] for w in weights], dim=-1)
         return tuple(F.linear(x, w) for w in weights)
 
     def swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        if self.rows is not None and gate.numel() == gate.shape[-1]:
-            return self.rows.swiglu(gate, up)
-        return F.silu(gate) * up
+        rows = self.for_row(gate)
+        return rows.swiglu(gate, up) if rows is not None else F.silu(gate) * up
 
 
 class Linear(nn.Linear):
@@ -95,8 +98,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = self.kernels.rows
-        if rows is not None and x.numel() == x.shape[-1]:
+        rows = self.kernels.for_row(x)
+        if rows is not None:
             y = rows.rms_norm(x, self.weight, self.eps)
             if y is not None:
                 return y
@@ -189,7 +192,7 @@ class Attention(nn.Module):
         self, x: torch.Tensor, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, decode: bool
     ) -> torch.Tensor:
         b, length, _ = x.shape
-        rows = self.kernels.rows if x.numel() == x.shape[-1] else None
+        rows = self.kernels.for_row(x)
         cache = self.kv_cache
         assert cache is not None, "call Transformer.setup_caches() first"
         weights = (self.wq.weight, self.wk.weight, self.wv.weight)
