@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from m7b.runtime.cpu_kernels import BF16RowKernels, choose_kernels
+from m7b.runtime.cpu_kernels import BF16RowKernels
+from m7b.runtime.cpu_kernels_build import choose_kernels
 from m7b.runtime.fast_decode import prepare_decode
 from m7b.runtime.generate import GenerationConfig, generate
 from m7b.runtime.hf_twin import hf_model

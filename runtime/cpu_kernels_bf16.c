@@ -15,7 +15,7 @@
    reads in flight (with four adjacent rows, a matrix of short rows is a single stream, read at a third of the
    bandwidth). Any N and K work: a tail of K mod 16 elements and of N mod 4 rows takes a scalar path.
 
-   Built by m7b/runtime/cpu_kernels.py with the system C compiler (-O3 -mavx2 -mfma -fopenmp) and loaded with ctypes
+   Built by m7b/runtime/cpu_kernels_build.py with the system C compiler (-O3 -mavx2 -mfma -fopenmp) and loaded with ctypes
    after torch, so it shares torch's OpenMP runtime and thread pool. */
 #include <immintrin.h>
 #include <math.h>

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from m7b.errors import InvalidInputError, StorageError
-from m7b.runtime.cpu_kernels import KERNEL_CHOICES, TORCH_NAME, choose_kernels
+from m7b.runtime.cpu_kernels_build import KERNEL_CHOICES, TORCH_NAME, choose_kernels
 from m7b.runtime.generate import DecodeFn, decode_one_token
 from m7b.runtime.model import RowKernels, Transformer
 

@@ -18,15 +18,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from m7b.errors import InvalidInputError
-from m7b.runtime.cpu_kernels import (
-    KERNEL_NAME,
+from m7b.runtime.cpu_kernels import KERNEL_NAME, BF16RowKernels
+from m7b.runtime.cpu_kernels_build import (
     LIBRARY_NAME,
-    BF16RowKernels,
     KernelBuildError,
+    build_key,
     choose_kernels,
     cpu_supports_kernel,
     find_compiler,
     load_kernels,
+    reference_attention,
 )
 from m7b.runtime.fast_decode import prepare_decode, row_kernel_step
 from m7b.runtime.generate import GenerationConfig, decode_one_token, generate
@@ -216,9 +217,8 @@ def test_kernels_are_declined_with_a_reason(tiny_runtime, tmp_path, monkeypatch)
 
 
 def _load_in_a_new_process(root: Path) -> None:
-    code = (
-        f"from pathlib import Path; from m7b.runtime.cpu_kernels import load_kernels; load_kernels(Path({str(root)!r}))"
-    )
+    load = "from m7b.runtime.cpu_kernels_build import load_kernels"
+    code = f"from pathlib import Path; {load}; load_kernels(Path({str(root)!r}))"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
@@ -267,8 +267,6 @@ void m7b_block_step_bf16(void) {}
 def test_a_cached_library_that_computes_wrongly_is_replaced_in_the_same_run(tmp_path) -> None:
     """A library with the right symbols and wrong results (one that does nothing) sits in the cache: its self-test
     fails, it is rebuilt, and this very process uses the rebuilt one (not the wrong one the loader still maps)."""
-    from m7b.runtime.cpu_kernels import build_key
-
     compiler = find_compiler()
     folder = tmp_path / build_key(compiler)
     folder.mkdir()
@@ -284,7 +282,7 @@ def test_a_cached_library_that_computes_wrongly_is_replaced_in_the_same_run(tmp_
 
 
 def cpu_kernels_module():
-    import m7b.runtime.cpu_kernels as module
+    import m7b.runtime.cpu_kernels_build as module
 
     return module
 
@@ -407,7 +405,6 @@ def test_attention_step_on_any_inputs_declines_or_equals_the_reference(
 ) -> None:
     """Fuzz: shapes, slots and masks the caller could get wrong. The kernel either declines (None, caches untouched)
     or gives what the torch reference gives; it never reads or writes past what it was handed."""
-    from m7b.runtime.cpu_kernels import reference_attention
     from m7b.runtime.model import DecodePosition
 
     n_heads = n_kv * rep
