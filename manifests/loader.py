@@ -11,9 +11,10 @@ from typing import Any
 
 from m7b.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
 from m7b.magnet import parse_magnet
-from m7b.manifests.architecture import architecture_from_mapping
-from m7b.manifests.schema import ArchiveFacts, CheckpointFacts, FileFacts, Manifest, TorrentFacts
 from m7b.paths import path_problem
+
+from .architecture import architecture_from_mapping
+from .schema import ArchiveFacts, CheckpointFacts, FileFacts, Manifest, TorrentFacts
 
 SCHEMA_VERSION = 1
 BUNDLED_DIR = Path(__file__).parent

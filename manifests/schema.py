@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from m7b.magnet import InfoHashes
-from m7b.manifests.architecture import Architecture, MixtureOfExperts
+
+from .architecture import Architecture, MixtureOfExperts
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import datetime as dt
 import json
 from typing import Any
 
-from m7b.manifests.loader import SCHEMA_VERSION
-from m7b.manifests.schema import Manifest
+from .loader import SCHEMA_VERSION
+from .schema import Manifest
 
 
 def _value(v: Any) -> str:

@@ -21,15 +21,16 @@ from m7b.errors import InvalidInputError, M7bError, NetworkError, NotFoundError,
 from m7b.locks import LockWaitCallback, hold
 from m7b.magnet import Magnet, parse_magnet, parse_peer
 from m7b.manifests.schema import Manifest
-from m7b.mirror.layout import check_against_manifest, files_not_in_place, renamed_files
-from m7b.mirror.resume import load_resume, record_complete, save_resume, still_complete
-from m7b.mirror.session import SessionOptions, make_session
-from m7b.mirror.sources import SourceWatch
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.release import Release
 from m7b.space import check_room, room_for
 from m7b.store import Store, incomplete_marker_for, partial_dir_for
 from m7b.torrent import TorrentMeta, load_torrent, meta_from_info
+
+from .layout import check_against_manifest, files_not_in_place, renamed_files
+from .resume import load_resume, record_complete, save_resume, still_complete
+from .session import SessionOptions, make_session
+from .sources import SourceWatch
 
 
 @dataclass(frozen=True)

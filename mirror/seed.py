@@ -18,13 +18,14 @@ import libtorrent as lt
 
 from m7b.errors import NotFoundError
 from m7b.locks import hold
-from m7b.mirror.layout import renamed_files
-from m7b.mirror.resume import record_complete, save_resume, still_complete
-from m7b.mirror.session import SessionOptions, make_session
-from m7b.mirror.sources import SourceWatch, TrackerStatus
 from m7b.release import Release
 from m7b.store import Store
 from m7b.torrent import TorrentMeta, load_torrent, meta_from_info, store_hash
+
+from .layout import renamed_files
+from .resume import record_complete, save_resume, still_complete
+from .session import SessionOptions, make_session
+from .sources import SourceWatch, TrackerStatus
 
 
 @dataclass(frozen=True)

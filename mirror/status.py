@@ -25,8 +25,9 @@ from prometheus_client.registry import Collector
 
 from m7b.address import parse_host_port
 from m7b.errors import NetworkError
-from m7b.mirror.seed import ReleaseStatus
 from m7b.sizes import format_bytes
+
+from .seed import ReleaseStatus
 
 STATES = ("checking", "seeding", "refused")
 TRACKER_STATES = ("not contacted", "working", "error")

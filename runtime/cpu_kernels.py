@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from m7b.runtime.model import DecodePosition
+from .model import DecodePosition
 
 KERNEL_NAME = "m7b-bf16-avx2"
 MAX_STACK = 4  # matrices one stacked product takes (the C side's limit)

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from m7b.errors import InvalidInputError
-from m7b.runtime.cpu_kernels import KERNEL_NAME, BF16RowKernels, attention_scale
-from m7b.runtime.model import DecodePosition
+
+from .cpu_kernels import KERNEL_NAME, BF16RowKernels, attention_scale
+from .model import DecodePosition
 
 KERNEL_CHOICES = ("auto", "m7b", "torch")
 TORCH_NAME = "torch"

@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 from m7b.errors import InvalidInputError, StorageError
-from m7b.runtime.cpu_kernels_build import KERNEL_CHOICES, TORCH_NAME, choose_kernels
-from m7b.runtime.generate import DecodeFn, decode_one_token
-from m7b.runtime.model import RowKernels, Transformer
+
+from .cpu_kernels_build import KERNEL_CHOICES, TORCH_NAME, choose_kernels
+from .generate import DecodeFn, decode_one_token
+from .model import RowKernels, Transformer
 
 DECODE_MODES = ("auto", "eager", "compile", "graph")
 READY_NAME = "READY.json"  # written once a compiled step has run: the folder holds a complete compile

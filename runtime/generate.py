@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import torch
 
 from m7b.errors import InvalidInputError
-from m7b.runtime.model import Transformer
-from m7b.runtime.sampling import SamplingConfig, sample
+
+from .model import Transformer
+from .sampling import SamplingConfig, sample
 
 DecodeFn = Callable[[Transformer, torch.Tensor, torch.Tensor], torch.Tensor]
 

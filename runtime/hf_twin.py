@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from m7b.runtime.args import ModelArgs
+from .args import ModelArgs
 
 
 def permute_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:

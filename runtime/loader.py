@@ -9,11 +9,12 @@ import torch
 
 from m7b.errors import NotFoundError
 from m7b.manifests.architecture import load_params
-from m7b.runtime.args import ModelArgs
-from m7b.runtime.device import default_dtype
-from m7b.runtime.model import Transformer
-from m7b.runtime.tokenizer import TOKENIZER_NAME, Tokenizer
-from m7b.runtime.weights import check_shapes, load_state_dict
+
+from .args import ModelArgs
+from .device import default_dtype
+from .model import Transformer
+from .tokenizer import TOKENIZER_NAME, Tokenizer
+from .weights import check_shapes, load_state_dict
 
 
 @dataclass

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from m7b.errors import InvalidInputError
-from m7b.runtime.args import ModelArgs
-from m7b.runtime.cache import RollingKVCache
+
+from .args import ModelArgs
+from .cache import RollingKVCache
 
 
 @dataclass(frozen=True)

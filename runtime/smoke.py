@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import torch
 
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
-from m7b.runtime.generate import DecodeFn, GenerationConfig, decode_one_token, generate, prefill
-from m7b.runtime.model import Transformer
-from m7b.runtime.sampling import SamplingConfig
-from m7b.runtime.tokenizer import Tokenizer
+
+from .generate import DecodeFn, GenerationConfig, decode_one_token, generate, prefill
+from .model import Transformer
+from .sampling import SamplingConfig
+from .tokenizer import Tokenizer
 
 SMOKE_PROMPT = "The four files of the release were checked one by one, and then"
 # Logits may differ by this much, relative to the largest logit (at least 1): summation order differs between a
@@ -208,7 +209,7 @@ def transformers_logits(model: Transformer, ids: torch.Tensor, start: int) -> to
 
     if importlib.util.find_spec("transformers") is None:
         return None
-    from m7b.runtime.hf_twin import hf_model
+    from .hf_twin import hf_model
 
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(("slot_pos", "freqs"))}
     hf = hf_model(state, model.args, model.output.weight.dtype, attn_implementation="sdpa")

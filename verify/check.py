@@ -15,13 +15,14 @@ from m7b.manifests.architecture import Architecture, load_params
 from m7b.manifests.schema import Manifest
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.torrent import TorrentMeta, load_torrent
-from m7b.verify.checkpoint import check_tensors, inspect_checkpoint, load_checkpoint
-from m7b.verify.digest import FileDigestLane, FileRead, Lane, ReadItem, read_stream
-from m7b.verify.findings import Finding, Status, status_for, verdict
-from m7b.verify.license import APACHE_SPDX, Evidence, find_evidence
-from m7b.verify.manifest_check import check_manifest_files
-from m7b.verify.pieces import V1PieceLane, V2PieceLane, read_items, v1_failures, v2_failures
-from m7b.verify.report import FileRecord, VerifyReport
+
+from .checkpoint import check_tensors, inspect_checkpoint, load_checkpoint
+from .digest import FileDigestLane, FileRead, Lane, ReadItem, read_stream
+from .findings import Finding, Status, status_for, verdict
+from .license import APACHE_SPDX, Evidence, find_evidence
+from .manifest_check import check_manifest_files
+from .pieces import V1PieceLane, V2PieceLane, read_items, v1_failures, v2_failures
+from .report import FileRecord, VerifyReport
 
 
 def disk_files(root: Path) -> list[str]:
@@ -341,7 +342,7 @@ def _license_findings(manifest: Manifest | None, evidence: list) -> list[Finding
 def inspect_release_checkpoints(root: Path, arch: Architecture | None) -> None:
     """The publisher's gate: every top-level .pth passes the same inspection as verify (pickle allowlist, each tensor
     owning exactly its bytes) and, with an architecture, its keys and shapes; UnsafeError / MismatchError if not."""
-    from m7b.verify.checkpoint_index import index_checkpoint
+    from .checkpoint_index import index_checkpoint
 
     for path in sorted(p for p in Path(root).glob("*.pth") if p.is_file()):
         records = index_checkpoint(path)

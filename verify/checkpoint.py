@@ -191,7 +191,7 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             f"torch {torch.__version__} is installed; weights_only loading is only trusted from torch "
             f"{MIN_TORCH} (CVE-2025-32434, CVE-2026-24747): upgrade torch before loading checkpoints"
         )
-    from m7b.verify.checkpoint_index import index_checkpoint
+    from .checkpoint_index import index_checkpoint
 
     index = index_checkpoint(path)  # inspection, then each tensor proven to own exactly its bytes of the file
     try:

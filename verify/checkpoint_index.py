@@ -24,7 +24,8 @@ from typing import Any
 
 from m7b.dtypes import BY_STORAGE
 from m7b.errors import MismatchError, UnsafeError
-from m7b.verify.checkpoint import ALLOWED_GLOBALS, ZIP_ERRORS, inspect_checkpoint
+
+from .checkpoint import ALLOWED_GLOBALS, ZIP_ERRORS, inspect_checkpoint
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
 

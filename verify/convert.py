@@ -24,12 +24,13 @@ from m7b.manifests.architecture import Architecture, load_params
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.runtime.tokenizer import load_sentencepiece
 from m7b.store import CONVERTED_RECORD
-from m7b.verify import hf_layout, hf_tokenizer
-from m7b.verify.checkpoint import check_tensors
-from m7b.verify.checkpoint_index import MappedFile, TensorRecord, index_checkpoint, mapped, tensor_bytes
-from m7b.verify.license import APACHE_SPDX, canonical_text
-from m7b.verify.safetensors_out import FileRange, TensorOut, write_safetensors
-from m7b.verify.sums import format_sums
+
+from . import hf_layout, hf_tokenizer
+from .checkpoint import check_tensors
+from .checkpoint_index import MappedFile, TensorRecord, index_checkpoint, mapped, tensor_bytes
+from .license import APACHE_SPDX, canonical_text
+from .safetensors_out import FileRange, TensorOut, write_safetensors
+from .sums import format_sums
 
 LAYOUTS = ("native", "hf")
 CHECKPOINT = "consolidated.00.pth"

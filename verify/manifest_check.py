@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from m7b.manifests.schema import Manifest
-from m7b.verify.digest import FileRead
-from m7b.verify.findings import Finding, Status
+
+from .digest import FileRead
+from .findings import Finding, Status
 
 
 def check_manifest_files(

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from m7b.torrent import TorrentMeta
-from m7b.verify.digest import ReadItem
+
+from .digest import ReadItem
 
 V2_BLOCK = 16 << 10
 _ZERO32 = bytes(32)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from m7b.verify.findings import Finding, Status, exit_code
+from .findings import Finding, Status, exit_code
 
 
 @dataclass(frozen=True)

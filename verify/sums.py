@@ -11,10 +11,11 @@ from m7b.errors import InvalidInputError, NotFoundError
 from m7b.paths import path_problem
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.store import CONVERTED_RECORD
-from m7b.verify.check import disk_files
-from m7b.verify.digest import FileDigestLane, ReadItem, read_stream
-from m7b.verify.findings import Finding, Status, verdict
-from m7b.verify.report import FileRecord, VerifyReport
+
+from .check import disk_files
+from .digest import FileDigestLane, ReadItem, read_stream
+from .findings import Finding, Status, verdict
+from .report import FileRecord, VerifyReport
 
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 

@@ -63,7 +63,7 @@ def test_a_timeout_or_interval_must_be_more_than_0_and_max_peers_at_least_1(
 ) -> None:
     from typer.testing import CliRunner
 
-    from m7b.cli import app
+    from m7b.cli.app import app
 
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and flag in result.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from m7b.cli_verify import _shard_size
+from m7b.cli.verify import _shard_size
 from m7b.mirror.create import parse_piece_size
 from m7b.sizes import SizeError, parse_size
 

@@ -149,7 +149,7 @@ def test_a_passing_verify_report_lets_the_mirror_skip_the_full_recheck(cli, m7b_
 
 
 def test_rate_and_peer_options_reach_the_session(cli, m7b_home, tiny_release: Path) -> None:
-    from m7b.cli_mirror import parse_rate, session_options
+    from m7b.cli.mirror import parse_rate, session_options
     from m7b.mirror.session import make_session, settings
 
     options = session_options("127.0.0.1:0", True, upload_limit=parse_rate("2M", "--upload-limit"), max_connections=7)

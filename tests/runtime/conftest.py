@@ -45,7 +45,7 @@ class InProcessResult:
 def cli_inproc(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., InProcessResult]:
     """`m7b ARGS` through the real entry point (error rendering, exit codes) in this process: no torch import
     per call, and monkeypatches apply."""
-    from m7b.cli import main
+    from m7b.cli.app import main
 
     def run(*args: str | Path) -> InProcessResult:
         monkeypatch.setattr(sys, "argv", ["m7b", *map(str, args)])

@@ -153,8 +153,8 @@ def test_progress_counts_bytes_up_to_the_total_and_renders_a_rate(odd_files: Pat
     renders them as bytes with a byte rate."""
     from rich.progress import Progress
 
+    from m7b.cli.render import AmountColumn
     from m7b.progress import ProgressEvent
-    from m7b.render import AmountColumn
 
     names = sorted(p.name for p in odd_files.iterdir())
     total = sum((odd_files / n).stat().st_size for n in names)

@@ -10,12 +10,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from m7b.cli_options import JsonOption, TargetArg, fail_after_document, resolve
 from m7b.errors import NotFoundError
 from m7b.release import Release, require_present
-from m7b.render import err, out, progress_bars, report_lock_wait, show
 from m7b.sizes import format_bytes, format_rate
 from m7b.store import Store
+
+from .options import JsonOption, TargetArg, fail_after_document, resolve
+from .render import err, out, progress_bars, report_lock_wait, show
 
 _STYLE = {
     "ok": "green",

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from m7b.cli_options import JsonOption
-from m7b.render import err, progress_bars, show
+from .options import JsonOption
+from .render import err, progress_bars, show
 
 
 def synth(

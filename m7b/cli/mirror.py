@@ -12,13 +12,14 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from m7b.cli_options import JsonLinesOption, ListenOption, LoopbackOption, PeerOption, resolve, seconds_option
 from m7b.errors import StorageError
 from m7b.progress import ProgressEvent
-from m7b.render import emit_json, err, format_elapsed, report_lock_wait, show
-from m7b.render_swarm import SeedDisplay, fetch_progress
 from m7b.sizes import format_bytes, format_rate, parse_size
 from m7b.store import Store
+
+from .options import JsonLinesOption, ListenOption, LoopbackOption, PeerOption, resolve, seconds_option
+from .render import emit_json, err, format_elapsed, report_lock_wait, show
+from .render_swarm import SeedDisplay, fetch_progress
 
 
 def parse_rate(text: str | None, option: str) -> int:

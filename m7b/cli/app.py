@@ -1,8 +1,9 @@
 """The `m7b` command line: every command in one list, global options, and error handling.
 
-Commands live in the cli_* modules as plain functions; this module names each one once, in `COMMANDS` and
-`RELEASE_COMMANDS`, and builds the app from them. Errors are one line on stderr and, with `--json`, also a JSON document
-on stdout: `{"error": message, "exit_code": n, ...data}` (with `"event": "error"` in a JSON-lines stream).
+Commands live in this package's modules (one per command group) as plain functions; this module names each one
+once, in `COMMANDS` and `RELEASE_COMMANDS`, and builds the app from them. Errors are one line on stderr and, with
+`--json`, also a JSON document on stdout: `{"error": message, "exit_code": n, ...data}` (with `"event": "error"` in
+a JSON-lines stream).
 """
 
 from __future__ import annotations
@@ -16,16 +17,23 @@ from typing import Annotated, Any
 
 import typer
 
-from m7b import __version__, cli_demo, cli_housekeeping, cli_mirror, cli_release, cli_runtime, cli_store, cli_verify
-from m7b.cli_options import CliState, cli_message
+from m7b import __version__
 from m7b.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, M7bError
-from m7b.render import emit_json, err
+
+from . import demo as cli_demo
+from . import mirror as cli_mirror
+from . import release as cli_release
+from . import runtime as cli_runtime
+from . import store as cli_store
+from . import verify as cli_verify
+from .options import CliState, cli_message
+from .render import emit_json, err
 
 COMMANDS: list[tuple[str, Callable[..., None]]] = [
     ("list", cli_store.list_releases),
     ("show", cli_store.show_release),
-    ("du", cli_housekeeping.du),
-    ("rm", cli_housekeeping.rm_release),
+    ("du", cli_store.du),
+    ("rm", cli_store.rm_release),
     ("fetch", cli_mirror.fetch_command),
     ("verify", cli_verify.verify),
     ("convert", cli_verify.convert),

@@ -80,7 +80,7 @@ def progress_display(console: Console) -> Progress:
 @contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[ProgressCallback]:
     """A ProgressCallback that draws one bar per phase on stderr (nothing when disabled). (Fetch and seed have their
-    own displays: m7b.render_swarm.)"""
+    own displays: m7b.cli.render_swarm.)"""
     if not enabled:
         yield lambda event: None
         return

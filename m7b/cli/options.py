@@ -13,8 +13,9 @@ import typer
 
 from m7b.errors import M7bError
 from m7b.release import Release, resolve_release
-from m7b.render import err
 from m7b.store import Store
+
+from .render import err
 
 
 @dataclass

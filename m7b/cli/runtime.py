@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from m7b.cli_options import DeviceOption, DtypeOption, JsonOption, ReleaseArg, fail_after_document, resolve
 from m7b.errors import MismatchError
 from m7b.release import runtime_folder
-from m7b.render import emit_json, err, out, show
 from m7b.store import Store
+
+from .options import DeviceOption, DtypeOption, JsonOption, ReleaseArg, fail_after_document, resolve
+from .render import emit_json, err, out, show
 
 if TYPE_CHECKING:
     from m7b.runtime.loader import Runtime

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from m7b.cli_options import JsonLinesOption
-from m7b.render import emit_json, err, out
+from .options import JsonLinesOption
+from .render import emit_json, err, out
 
 
 def demo(
@@ -26,7 +26,7 @@ def demo(
 ) -> None:
     """Publish a synthetic release, seed it behind a real tracker, fetch, verify, convert, run, smoke-test it,
     and serve it back to an independent client (aria2c)."""
-    from m7b.demo import DemoStep, run_demo
+    from .demo_pipeline import DemoStep, run_demo
 
     folder = work or Path(tempfile.mkdtemp(prefix="m7b-demo-"))
 

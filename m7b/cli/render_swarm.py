@@ -19,8 +19,9 @@ from rich.table import Table
 from rich.text import Text
 
 from m7b.progress import ProgressCallback, ProgressEvent
-from m7b.render import emit_json, err, format_elapsed, out, progress_display
 from m7b.sizes import format_bytes, format_rate
+
+from .render import emit_json, err, format_elapsed, out, progress_display
 
 _STYLE = {"working": "green", "error": "red", "not contacted": "yellow"}
 
