@@ -23,19 +23,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from m7b.errors import M7bError, NotFoundError
 from m7b.magnet import Magnet, is_magnet, parse_magnet
 from m7b.manifests.loader import known_manifests, load_manifest
 from m7b.manifests.schema import Manifest
 from m7b.paths import path_problem
-from m7b.progress import ProgressCallback, ignore_progress
 from m7b.store import Store
 from m7b.torrent import load_torrent
-
-if TYPE_CHECKING:
-    from m7b.verify.report import VerifyReport
 
 
 @dataclass(frozen=True)
@@ -248,27 +243,3 @@ def runtime_folder(release: Release, store: Store) -> Path:
         f"release {release.name!r} has no runnable folder in the store {store.home} (looked in "
         f"{', '.join(str(c) for c in candidates)}): fetch it with `m7b fetch {release.name}` or pass a release folder"
     )
-
-
-@dataclass(frozen=True)
-class Verification:
-    report: VerifyReport
-    report_path: Path | None  # where the report was saved (store releases only)
-
-
-def verify(release: Release, store: Store, *, progress: ProgressCallback = ignore_progress) -> Verification:
-    """Verify a resolved release against its manifest and torrent; a store release's report is saved where
-    `Store.is_verified` (and so `m7b list`, convert and seed) reads it, whoever calls this."""
-    from m7b.verify.check import verify_release
-
-    require_present(release)
-    name = release.name if release.in_store else None
-    # the hash the user asked for: the magnet's, or the one fetch recorded (never one read from the torrent itself)
-    asked = release.magnet.info_hash if release.magnet else None
-    if asked is None and release.in_store:
-        asked = store.recorded_releases().get(release.name)
-    report = verify_release(
-        release.folder, release.manifest, release.torrent, name=name, info_hash=asked, progress=progress
-    )
-    saved = store.save_report(release.name, report.to_json()) if release.in_store else None
-    return Verification(report, saved)

@@ -240,16 +240,12 @@ def load_manifest(path: Path) -> Manifest:
 
 
 def manifest_dirs(user_dir: Path | None = None) -> list[Path]:
-    """Where manifests are looked up: the ones shipped with m7b, then the store's `manifests/` (`user_dir`,
-    default: the store of M7B_HOME), then the folders in M7B_MANIFESTS."""
+    """Where manifests are looked up: the ones shipped with m7b, then the store's `manifests/` (`user_dir`: the
+    caller's store names it, `Store.manifests_dir`; manifests sit below the store and never import it), then the
+    folders in M7B_MANIFESTS."""
     dirs = [BUNDLED_DIR]
-    if user_dir is None:
-        from m7b.store import Store  # the store owns paths; imported here to keep manifests free of CLI code
-
-        user_dir = Store.from_env().manifests_dir
-    user = user_dir
-    if user.is_dir():
-        dirs.append(user)
+    if user_dir is not None and user_dir.is_dir():
+        dirs.append(user_dir)
     extra = os.environ.get("M7B_MANIFESTS")
     if extra:
         dirs += [Path(p) for p in extra.split(os.pathsep) if p]

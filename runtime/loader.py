@@ -9,11 +9,12 @@ import torch
 
 from m7b.errors import NotFoundError
 from m7b.manifests.architecture import load_params
+from m7b.verify.tokenizer_model import TOKENIZER_NAME
 
 from .args import ModelArgs
 from .device import default_dtype
 from .model import Transformer
-from .tokenizer import TOKENIZER_NAME, Tokenizer
+from .tokenizer import Tokenizer
 from .weights import check_shapes, load_state_dict
 
 

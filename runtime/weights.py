@@ -43,7 +43,7 @@ def load_state_dict(release_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
                 f"{path} is not a readable safetensors file ({exc}); reconvert the release "
                 "to native safetensors (`m7b convert`)"
             ) from exc
-    from m7b.verify.checkpoint import load_checkpoint
+    from m7b.verify.checkpoint_load import load_checkpoint
 
     return load_checkpoint(path), path  # memory-mapped; UnsafeError / MismatchError for a refused file
 

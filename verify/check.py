@@ -16,7 +16,8 @@ from m7b.manifests.schema import Manifest
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.torrent import TorrentMeta, load_torrent
 
-from .checkpoint import check_tensors, inspect_checkpoint, load_checkpoint
+from .checkpoint import check_tensors, inspect_checkpoint
+from .checkpoint_load import load_checkpoint
 from .digest import FileDigestLane, FileRead, Lane, ReadItem, read_stream
 from .findings import Finding, Status, status_for, verdict
 from .license import APACHE_SPDX, Evidence, find_evidence

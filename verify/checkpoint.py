@@ -24,12 +24,11 @@ from m7b.manifests.schema import CheckpointFacts
 from m7b.paths import path_problem
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 ALLOWED_GLOBALS: frozenset[str] = frozenset(
     {"torch._utils._rebuild_tensor_v2", "collections.OrderedDict"} | {f"torch.{s}" for s in BY_STORAGE}
 )
-MIN_TORCH = "2.10"
 MAX_PICKLE_BYTES = 64 << 20  # a 7B state dict's data.pkl is ~30 KB
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
 _PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
@@ -175,45 +174,6 @@ def inspect_checkpoint(path: Path) -> Inspection:
         records = sum(1 for n in names if n.startswith(f"{archive}/data/"))
     found = scan_pickle(data, f"{path}")
     return Inspection(path, archive, len(data), tuple(found), records, byteorder)
-
-
-def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """Inspect, then load a checkpoint's tensors memory-mapped (`weights_only=True, mmap=True`).
-
-    The one safe way to open a `.pth` in m7b: raises UnsafeError for a pickle that imports anything beyond a
-    plain tensor state dict, MismatchError for a damaged file or a tensor that does not own exactly its bytes
-    (`checkpoint_index.require_owned`); returns {key: tensor} backed by the file.
-    """
-    import torch
-
-    if torch.__version__ < MIN_TORCH:  # TorchVersion compares as a version, not as text
-        raise UnsafeError(
-            f"torch {torch.__version__} is installed; weights_only loading is only trusted from torch "
-            f"{MIN_TORCH} (CVE-2025-32434, CVE-2026-24747): upgrade torch before loading checkpoints"
-        )
-    from .checkpoint_index import index_checkpoint
-
-    index = index_checkpoint(path)  # inspection, then each tensor proven to own exactly its bytes of the file
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise MismatchError(
-            f"{path}: torch.load refused the checkpoint after inspection ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); the file is damaged or not a "
-            "state dict — re-download it"
-        ) from exc
-    if not isinstance(state, Mapping):
-        raise MismatchError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
-    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise MismatchError(f"{path}: entry {bad[0]!r} is not a tensor; expected a flat dict of named tensors")
-    differs = [k for k, t in state.items() if k not in index or tuple(t.shape) != index[k].shape]
-    if differs or len(state) != len(index):
-        raise MismatchError(
-            f"{path}: torch.load gives tensor {(differs or list(index))[0]!r} other than the pickle describes; the "
-            "file is damaged or crafted — re-download it"
-        )
-    return dict(state)
 
 
 @dataclass

@@ -22,7 +22,6 @@ from m7b.dtypes import BY_NAME
 from m7b.errors import InvalidInputError, MismatchError, NotFoundError
 from m7b.manifests.architecture import Architecture, load_params
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
-from m7b.runtime.tokenizer import load_sentencepiece
 from m7b.store import CONVERTED_RECORD
 
 from . import hf_layout, hf_tokenizer
@@ -31,6 +30,7 @@ from .checkpoint_index import MappedFile, TensorRecord, index_checkpoint, mapped
 from .license import APACHE_SPDX, canonical_text
 from .safetensors_out import FileRange, TensorOut, write_safetensors
 from .sums import format_sums
+from .tokenizer_model import load_sentencepiece
 
 LAYOUTS = ("native", "hf")
 CHECKPOINT = "consolidated.00.pth"

@@ -49,7 +49,7 @@ class TokenizerConversionError(ValueError):
 
 def build(model: Path) -> FastTokenizer:
     """The `tokenizer.json` text for sentencepiece model `model`, checked against sentencepiece on `SAMPLES`."""
-    from m7b.runtime.tokenizer import load_sentencepiece
+    from .tokenizer_model import load_sentencepiece
 
     sp = load_sentencepiece(model)  # InvalidInputError naming the file for an empty, truncated or garbage model
     try:

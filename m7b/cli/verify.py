@@ -58,7 +58,7 @@ def verify(
     """Prove a release is what its magnet and publisher named: torrent pieces, manifest digests, license
     evidence, and a checkpoint inspected before anything is unpickled. A converted folder is checked against
     its SHA256SUMS."""
-    from m7b.release import verify as verify_resolved
+    from m7b.verify.release import verify as verify_resolved
     from m7b.verify.sums import is_converted_dir, verify_converted
 
     store = Store.from_env()

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from m7b.errors import EXIT_CODES, InvalidInputError, M7bError, MismatchError, NotFoundError, UnsafeError
 from m7b.manifests.architecture import REQUIRED_INT, load_params
 from m7b.manifests.loader import BUNDLED_DIR, parse_manifest
-from m7b.runtime.tokenizer import load_sentencepiece
 from m7b.runtime.weights import load_state_dict
 from m7b.verify.checkpoint_index import index_checkpoint
+from m7b.verify.tokenizer_model import load_sentencepiece
 
 DOCUMENTED = set(EXIT_CODES) - {0, 1, 2, 130, 141}
 

@@ -13,8 +13,9 @@ from m7b.manifests.writer import manifest_to_toml
 from m7b.mirror.create import create_release
 from m7b.mirror.fetch import fetch_target
 from m7b.mirror.seed import seed_release
-from m7b.release import resolve_release, runtime_folder, verify
+from m7b.release import resolve_release, runtime_folder
 from m7b.store import ReleaseState, Store
+from m7b.verify.release import verify
 
 
 def _store_release(store: Store, folder: Path, name: str, with_manifest: bool = True) -> str:

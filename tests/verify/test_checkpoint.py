@@ -14,7 +14,8 @@ from m7b.errors import InvalidInputError, MismatchError, UnsafeError
 from m7b.manifests.architecture import load_params
 from m7b.torchzip import TensorSpec, write_checkpoint
 from m7b.verify.check import verify_release
-from m7b.verify.checkpoint import ALLOWED_GLOBALS, check_tensors, inspect_checkpoint, load_checkpoint, scan_pickle
+from m7b.verify.checkpoint import ALLOWED_GLOBALS, check_tensors, inspect_checkpoint, scan_pickle
+from m7b.verify.checkpoint_load import load_checkpoint
 from m7b.verify.findings import Status
 
 PTH = "consolidated.00.pth"

@@ -11,8 +11,8 @@ from verify_helpers import hostile_pickle, rewrite_zip
 
 import m7b.verify.checkpoint_index as index_module
 from m7b.errors import MismatchError, UnsafeError
-from m7b.verify.checkpoint import load_checkpoint
 from m7b.verify.checkpoint_index import index_checkpoint, mapped, tensor_bytes
+from m7b.verify.checkpoint_load import load_checkpoint
 from m7b.verify.convert import convert_release
 
 PTH = "consolidated.00.pth"

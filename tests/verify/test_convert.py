@@ -17,7 +17,7 @@ from m7b.errors import MismatchError, StorageError
 from m7b.manifests.architecture import load_params
 from m7b.store import Store
 from m7b.verify import hf_layout
-from m7b.verify.checkpoint import load_checkpoint
+from m7b.verify.checkpoint_load import load_checkpoint
 from m7b.verify.convert import convert_release, file_sha256
 from m7b.verify.license import CANONICAL_SHA256
 from m7b.verify.sums import parse_sums, verify_converted

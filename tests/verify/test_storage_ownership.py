@@ -16,8 +16,8 @@ from verify_helpers import rewrite_zip
 from m7b.errors import MismatchError
 from m7b.manifests.architecture import load_params
 from m7b.verify.check import verify_release
-from m7b.verify.checkpoint import load_checkpoint
 from m7b.verify.checkpoint_index import index_checkpoint
+from m7b.verify.checkpoint_load import load_checkpoint
 from m7b.verify.convert import convert_release
 from m7b.verify.findings import Status
 
