@@ -8,10 +8,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from m7b.address import parse_host_port
@@ -81,6 +82,8 @@ RECORD_VALUES = st.one_of(
 
 
 @given(name=RECORD_VALUES, info_hash=RECORD_VALUES, raw=st.binary(max_size=60))
+@example(name="mistral-7b", info_hash="ab" * 32, raw=b"{}")  # a good record beside garbage: it must be found
+@example(name="../../etc/passwd", info_hash="a" * 40, raw=b"")
 def test_release_records_yield_only_plain_names_and_hex_hashes(
     name: object, info_hash: object, raw: bytes, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -89,10 +92,16 @@ def test_release_records_yield_only_plain_names_and_hex_hashes(
     label = name if isinstance(name, str) and name and "/" not in name and "\x00" not in name else "r"
     (store.releases_dir / f".{label}.json").write_text(json.dumps({"name": name, "info_hash": info_hash}))
     (store.releases_dir / ".garbage.json").write_bytes(raw)
-    for found_name, found_hash in store.recorded_releases().items():
+    found = store.recorded_releases()
+    hex_hash = isinstance(info_hash, str) and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", info_hash) is not None
+    plain = isinstance(name, str) and re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,60}", name) is not None and name == label
+    if plain and hex_hash:
+        assert found == {name: info_hash}  # a well-formed record is always found, whatever garbage lies beside it
+    assert all(n == name for n in found)  # the garbage record never yields a release
+    for found_name, found_hash in found.items():
         assert store.release_dir(found_name).parent == store.releases_dir  # no name reaches outside the store
         assert store.torrent_path(found_hash).parent == store.torrents_dir
-        assert len(found_hash) in (40, 64) and all(c in "0123456789abcdef" for c in found_hash)
+        assert found_hash == info_hash and hex_hash
 
 
 def test_a_record_whose_hash_is_a_path_is_ignored(tmp_path: Path) -> None:
