@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m7b.atomic import write_text
 from m7b.errors import StorageError
 from m7b.manifests.schema import Manifest
 from m7b.paths import path_problem, safe_name
@@ -186,8 +187,6 @@ class Store:
 
     def save_report(self, name: str, document: dict[str, Any]) -> Path:
         """Write the verification report of store release `name` (what `is_verified` reads back)."""
-        from m7b.atomic import write_text
-
         path = self.report_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, json.dumps({**document, "report_path": str(path)}, indent=2, default=str) + "\n")
@@ -198,8 +197,6 @@ class Store:
 
     def record_release(self, name: str, info_hash: str) -> None:
         """Remember which torrent (by info-hash) the store release `name` is, so it is known by name."""
-        from m7b.atomic import write_text
-
         self.releases_dir.mkdir(parents=True, exist_ok=True)
         doc = {"name": name, "info_hash": info_hash.lower()}
         write_text(self.release_record_path(name), json.dumps(doc, indent=1) + "\n")

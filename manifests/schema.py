@@ -6,6 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from m7b.errors import UnsupportedArchitectureError
 from m7b.magnet import InfoHashes
 
 from .architecture import Architecture, MixtureOfExperts
@@ -76,8 +77,6 @@ class Manifest:
     def require_runnable(self, action: str) -> None:
         """Raise UnsupportedArchitectureError (exit 4) when the runtime cannot `action` ("run", "convert") it."""
         if self.moe is not None:
-            from m7b.errors import UnsupportedArchitectureError
-
             raise UnsupportedArchitectureError(
                 f"{self.name} is a mixture of experts ({self.moe.describe()}); m7b's runtime runs dense Mistral "
                 f"models only, so it cannot {action} it. Fetching, verifying and seeding it work as for any release",

@@ -18,6 +18,7 @@ from m7b.manifests.schema import FileFacts, Manifest, TorrentFacts
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.sizes import SizeError, parse_size
 from m7b.torrent import TorrentMeta, parse_torrent
+from m7b.verify.check import inspect_release_checkpoints
 
 BLOCK = 8 << 20
 MIN_PIECE = 16 << 10
@@ -112,8 +113,6 @@ def create_release(
         )
     architecture, moe = _architecture(root, files)
     if inspect:
-        from m7b.verify.check import inspect_release_checkpoints
-
         inspect_release_checkpoints(root, architecture)
     sizes = {f: (root / f).stat().st_size for f in files}
     total = sum(sizes.values())

@@ -17,6 +17,7 @@ from m7b.progress import ProgressCallback, ignore_progress
 from m7b.torrent import TorrentMeta, load_torrent
 
 from .checkpoint import check_tensors, inspect_checkpoint
+from .checkpoint_index import index_checkpoint
 from .checkpoint_load import load_checkpoint
 from .digest import FileDigestLane, FileRead, Lane, ReadItem, read_stream
 from .findings import Finding, Status, status_for, verdict
@@ -343,8 +344,6 @@ def _license_findings(manifest: Manifest | None, evidence: list) -> list[Finding
 def inspect_release_checkpoints(root: Path, arch: Architecture | None) -> None:
     """The publisher's gate: every top-level .pth passes the same inspection as verify (pickle allowlist, each tensor
     owning exactly its bytes) and, with an architecture, its keys and shapes; UnsafeError / MismatchError if not."""
-    from .checkpoint_index import index_checkpoint
-
     for path in sorted(p for p in Path(root).glob("*.pth") if p.is_file()):
         records = index_checkpoint(path)
         if arch is not None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .tokenizer_model import load_sentencepiece
+
 SPACE = "\u2581"  # sentencepiece's visible space, '▁'
 
 # Each sample exercises something a wrong conversion gets wrong: merge order, the dummy prefix, runs of spaces,
@@ -49,8 +51,6 @@ class TokenizerConversionError(ValueError):
 
 def build(model: Path) -> FastTokenizer:
     """The `tokenizer.json` text for sentencepiece model `model`, checked against sentencepiece on `SAMPLES`."""
-    from .tokenizer_model import load_sentencepiece
-
     sp = load_sentencepiece(model)  # InvalidInputError naming the file for an empty, truncated or garbage model
     try:
         return _build(sp, model)

@@ -64,13 +64,15 @@ def test_seed_prints_a_compact_line_per_interval_off_a_terminal(m7b_home, publis
     pub = publish(name="shown")
     port = free_port()
     announce = f"http://127.0.0.1:{port}/announce"
-    with local_opentracker(tmp_path / "tracker-json", [pub.meta.info_hash], port=port):
-        with running_seed(pub.folder, "--tracker", announce) as (proc, status):
-            release = status["releases"][0]
-            name = release["name"]
-            assert status["elapsed"] >= 0 and {"seeds", "peers", "leechers", "trackers"} <= release.keys()
-            proc.kill()
-            proc.wait()
+    with (
+        local_opentracker(tmp_path / "tracker-json", [pub.meta.info_hash], port=port),
+        running_seed(pub.folder, "--tracker", announce) as (proc, status),
+    ):
+        release = status["releases"][0]
+        name = release["name"]
+        assert status["elapsed"] >= 0 and {"seeds", "peers", "leechers", "trackers"} <= release.keys()
+        proc.kill()
+        proc.wait()
     # a tracker of its own: the seed killed above never announced `stopped`, so the first tracker still lists it,
     # and the second seed would count a peer that is gone (a test never depends on a process having left a list)
     port = free_port()
