@@ -1,7 +1,8 @@
 """A mirror operator's view of `m7b seed`: an HTML page, the same figures as JSON, and Prometheus metrics.
 
-The seed loop publishes each poll's release statuses to a `StatusBoard`; a `StatusServer` (an HTTP server in
-one daemon thread, bound only where asked) renders the board's latest copy on every request:
+The seed loop publishes each poll's release statuses to a `StatusBoard`; the status server
+(`status_server.StatusServer`: one asyncio loop in one daemon thread, bounded, bound only where asked) renders the
+board's latest copy on every request, from `PAGES`:
     /              the HTML page (reloads itself every 10 s)
     /status.json   the same figures as JSON
     /metrics       Prometheus text format, from prometheus_client with its own registry
@@ -11,12 +12,10 @@ from __future__ import annotations
 
 import html
 import json
-import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -24,7 +23,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from m7b.address import parse_host_port
-from m7b.errors import NetworkError
 from m7b.sizes import format_bytes
 
 from .seed import ReleaseStatus
@@ -164,10 +162,11 @@ def render_html(doc: dict[str, Any]) -> str:
         )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>m7b mirror status</title>
 <style>
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }}
-table {{ border-collapse: collapse; margin: .5em 0 1em; }}
+table {{ border-collapse: collapse; margin: .5em 0 1em; display: block; overflow-x: auto; max-width: 100%; }}
 th, td {{ border: 1px solid #ccc; padding: .25em .6em; text-align: left; }}
 th {{ background: #f2f2f2; }}
 .seeding, .working {{ color: #176b2c; }} .refused, .error, .reason {{ color: #a11; }} .checking {{ color: #8a5a00; }}
@@ -184,80 +183,29 @@ Also as <a href="/status.json">JSON</a> and <a href="/metrics">Prometheus metric
 """
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:  # library code never prints
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            body, kind = generate_latest(self.server.registry), CONTENT_TYPE_LATEST
-        elif path == "/status.json":
-            body, kind = json.dumps(self.server.board.document(), indent=1).encode(), "application/json"
-        elif path in ("/", "/index.html"):
-            body, kind = render_html(self.server.board.document()).encode(), "text/html; charset=utf-8"
-        else:
-            self.send_error(404, "not found: try /, /status.json or /metrics")
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+def status_registry(board: StatusBoard) -> CollectorRegistry:
+    """A Prometheus registry of its own (never the process-wide default) that reads `board` at scrape time."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(MirrorCollector(board))
+    return registry
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    board: StatusBoard
-    registry: CollectorRegistry
+def _metrics_page(board: StatusBoard, registry: CollectorRegistry) -> tuple[bytes, str]:
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def open_status_server(board: StatusBoard, address: str | None) -> StatusServer | None:
-    """A running server on ADDRESS (HOST:PORT), or None when no address is given."""
-    return StatusServer(board, *parse_status_address(address)) if address else None
+def _json_page(board: StatusBoard, registry: CollectorRegistry) -> tuple[bytes, str]:
+    return json.dumps(board.document(), indent=1).encode(), "application/json"
 
 
-class StatusServer:
-    """The status endpoints for one board, served from a daemon thread until `close()`."""
+def _html_page(board: StatusBoard, registry: CollectorRegistry) -> tuple[bytes, str]:
+    return render_html(board.document()).encode(), "text/html; charset=utf-8"
 
-    def __init__(self, board: StatusBoard, host: str, port: int) -> None:
-        server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6}) if ":" in host else _Server
-        try:
-            self._server = server_class((host, port), _Handler)
-        except OSError as exc:
-            raise NetworkError(
-                f"cannot serve the status page on {host}:{port}: {exc.strerror or exc}; "
-                "choose another address or port (port 0 picks a free one)"
-            ) from exc
-        self._server.board = board
-        self._server.registry = CollectorRegistry(auto_describe=True)
-        self._server.registry.register(MirrorCollector(board))
-        self._thread = threading.Thread(target=self._server.serve_forever, name="m7b-status", daemon=True)
-        self._thread.start()
 
-    @property
-    def host(self) -> str:
-        return self._server.server_address[0]
-
-    @property
-    def port(self) -> int:
-        return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-    def __enter__(self) -> StatusServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+# path -> (board, registry) -> (body, content type): what the status server serves (mirror/status_server.py)
+PAGES: dict[str, Callable[[StatusBoard, CollectorRegistry], tuple[bytes, str]]] = {
+    "/": _html_page,
+    "/index.html": _html_page,
+    "/status.json": _json_page,
+    "/metrics": _metrics_page,
+}

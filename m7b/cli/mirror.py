@@ -193,7 +193,8 @@ def seed_command(
     from dataclasses import asdict
 
     from m7b.mirror.seed import Mirror, ReleaseStatus, seed_release, serve
-    from m7b.mirror.status import StatusBoard, open_status_server
+    from m7b.mirror.status import StatusBoard
+    from m7b.mirror.status_server import open_status_server
 
     options = session_options(
         listen, no_dht, upload_limit=parse_rate(upload_limit, "--upload-limit"), max_connections=max_peers

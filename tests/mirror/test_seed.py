@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import signal
 import subprocess
@@ -18,10 +19,17 @@ LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
 
 
 @contextmanager
-def running_seed(*args: str | Path) -> Iterator[tuple[subprocess.Popen, dict]]:
-    """Start `m7b seed ARGS --json`; yield it with its first status once no release is still checking."""
+def running_seed(*args: str | Path, nofile: int | None = None) -> Iterator[tuple[subprocess.Popen, dict]]:
+    """Start `m7b seed ARGS --json`; yield it with its first status once no release is still checking. `nofile`:
+    the seed's descriptor limit (RLIMIT_NOFILE), as a service manager would set it."""
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "m7b", "seed", *map(str, args), *LOOPBACK, "--json", "--interval", "0.5"],
+        preexec_fn=limit if nofile is not None else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import shutil
+import signal
 import socket
 import subprocess
 import urllib.request
@@ -13,6 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from swarm import free_port, local_opentracker, wait_for
 from test_seed import LOOPBACK, running_seed, stop
+
+from m7b.mirror.status import StatusBoard
+from m7b.mirror.status_server import ServerLimits, StatusServer
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -153,3 +159,76 @@ def test_a_bad_or_busy_status_address_fails_before_serving(cli, m7b_home, publis
         taken = cli("seed", pub.folder, *LOOPBACK, "--status", f"127.0.0.1:{port}")
     assert taken.code == 7 and f"cannot serve the status page on 127.0.0.1:{port}" in taken.stderr
     assert not (m7b_home / "resume").exists()  # no recheck ran, nothing was recorded
+
+
+@pytest.mark.slow
+def test_hundreds_of_idle_status_clients_neither_starve_the_swarm_nor_lock_out_the_page(cli, m7b_home, publish) -> None:
+    """A seed under a 1,024-descriptor limit: 900 clients connect to its status port and say nothing (a slowloris),
+    others send half a request or vanish before reading. The seed keeps its descriptors for the swarm (an honest
+    fetch completes), the page still answers, and nothing is printed about the clients that went away."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))  # the test's own 900 sockets
+    pub = publish()
+    idle: list[socket.socket] = []
+    with running_seed(pub.folder, "--status", "127.0.0.1:0", nofile=1024) as (proc, status):
+        try:
+            port = status["status_port"]
+            for _ in range(900):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            for partial in (b"GET / HTTP/1.1\r\nHost: x\r\n", b"GET /metrics HTTP/1.1\r\n\r\n", b"\x16\x03\x01"):
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    s.sendall(partial)  # and close at once: half a request, or one whose answer nobody reads
+            held = len(os.listdir(f"/proc/{proc.pid}/fd"))
+            assert held < 400, f"the seed holds {held} descriptors with 900 idle status clients"
+            kind, text = get(status["status_url"] + "status.json")  # the operator is not locked out
+            assert kind == "application/json" and json.loads(text)["releases"][0]["state"] == "seeding"
+            fetched = cli(
+                "fetch",
+                pub.magnet,
+                "--peer",
+                f"127.0.0.1:{status['listen_port']}",
+                *LOOPBACK,
+                "--timeout",
+                "60",
+                env={"M7B_HOME": str(m7b_home / "leecher")},
+            )
+            assert fetched.code == 0, fetched.stderr
+        finally:
+            for s in idle:
+                s.close()
+        proc.send_signal(signal.SIGTERM)
+        _, errors = proc.communicate(timeout=30)
+    assert proc.returncode == 0, errors
+    assert "Traceback" not in errors and "BrokenPipe" not in errors, errors
+
+
+def test_the_status_server_answers_head_refuses_other_methods_and_caps_what_it_reads() -> None:
+    board = StatusBoard(6881)
+    with StatusServer(board, "127.0.0.1", 0, ServerLimits(max_connections=4, request_seconds=1)) as server:
+
+        def ask(raw: bytes) -> bytes:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                s.sendall(raw)
+                chunks = []
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+                return b"".join(chunks)
+
+        head = ask(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")  # headers only
+        length = int(head.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0])
+        page = ask(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert len(page.split(b"\r\n\r\n", 1)[1]) == length and b'name="viewport"' in page
+        assert ask(b"POST / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405 ")
+        assert ask(b"GET /nothing HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404 ")
+        assert ask(b"hello\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        assert ask(b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 431 ")
+        silent = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(10)]
+        try:
+            assert wait_for(lambda: server.connections <= 4, 5)  # never more than the cap
+            assert ask(b"GET /status.json HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200 ")  # room made for it
+            assert wait_for(lambda: server.connections == 0, 5)  # the silent ones time out
+        finally:
+            for s in silent:
+                s.close()
