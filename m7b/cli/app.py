@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -115,11 +116,35 @@ def _is_broken_pipe(exc: BaseException | None) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.EPIPE
 
 
+def _on_signals(state: CliState) -> None:
+    """SIGTERM (what `kill`, systemd and `timeout` send) unwinds a command as Ctrl-C does: every `with` and
+    `finally` on the way out runs, so temporary files are removed (`m7b.atomic`) and locks released. fetch and seed
+    install their own handlers while they run (they save resume data first) and restore these after."""
+
+    def handler(signum: int, frame: object) -> None:
+        state.interrupted_by = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _interrupted(state: CliState) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second signal while exiting ends the process at once
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    how = state.interrupted_by or "Ctrl-C"
+    message = f"interrupted ({how}): temporary files removed; what was finished before is kept as it was"
+    _fail(state, message, EXIT_INTERRUPTED, {"signal": how})
+
+
 def main() -> None:
     state = CliState()
+    _on_signals(state)
     try:
         code = app(standalone_mode=False, obj=state)  # a command's typer.Exit(code) comes back as the return value
         sys.stdout.flush()  # here, so that a reader gone away is seen by the handler below
+        if code == EXIT_INTERRUPTED and state.interrupted_by:  # typer turns an interrupt into Exit(130)
+            _interrupted(state)
         if isinstance(code, int) and code:
             sys.exit(code)
     except M7bError as exc:
@@ -127,16 +152,15 @@ def main() -> None:
             raise
         _fail(state, cli_message(exc), exc.exit_code, exc.data)
     except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted(state)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except SystemExit as exc:
         if _is_broken_pipe(exc.__context__):  # click turns a broken stdout into a bare exit 1
             _reader_gone()
         raise
-    except typer.Abort:
-        sys.exit(EXIT_INTERRUPTED)
+    except typer.Abort:  # click's own prompts turn an interrupt into Abort
+        _interrupted(state)
     except BrokenPipeError:
         _reader_gone()
     except Exception as exc:

@@ -25,6 +25,7 @@ class CliState:
     debug: bool = False
     json: bool = False  # --json was given: errors go to stdout as JSON too
     stream: bool = False  # the output is JSON lines: the error is an event of the stream
+    interrupted_by: str | None = None  # "SIGTERM" or "Ctrl-C" once a signal has started unwinding the command
 
 
 def _state(ctx: typer.Context) -> CliState | None:
