@@ -23,7 +23,7 @@ def demo(
         ),
     ] = None,
     preset: Annotated[
-        str, typer.Option(metavar="PRESET", help="Synthetic release preset: tiny, small, bench-cpu, bench-2g.")
+        str, typer.Option(metavar="PRESET", help="Synthetic release preset, as for `m7b release synth --preset`.")
     ] = "small",
     json_out: JsonLinesOption = False,
 ) -> None:
