@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from m7b import __version__
 from m7b.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, M7bError
@@ -66,8 +67,39 @@ def _root(
         ctx.obj.debug = debug
 
 
+class _NamedArgument(TyperArgument):
+    """An argument whose metavar (`NAME|DIR`) is its whole description in --help: no type column beside it."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None if self.metavar else super().display_type_rich(ctx)
+
+
+class _PlainLabels:
+    """--help in a user's words, never typer's type labels (`<bool>`, `<str>`, `<list[str]>`): a flag (`--json`,
+    `--help`) takes no value, so it shows none; an argument shows only its metavar. Every option that takes a value
+    names it with its own metavar (`DIR`, `HOST:PORT`, `SECONDS`), declared with the option."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+            elif type(param) is TyperArgument:
+                param.__class__ = _NamedArgument
+        return params
+
+
+class _Command(_PlainLabels, TyperCommand):
+    pass
+
+
+class _Group(_PlainLabels, TyperGroup):
+    pass
+
+
 def build_app() -> typer.Typer:
     app = typer.Typer(
+        cls=_Group,
         name="m7b",
         help="Fetch, verify, convert, run and seed a torrent-released open-weights model (Mistral 7B v0.1).",
         no_args_is_help=True,
@@ -76,12 +108,14 @@ def build_app() -> typer.Typer:
     )
     app.callback()(_root)
     for name, command in COMMANDS:
-        app.command(name)(command)
+        app.command(name, cls=_Command)(command)
     release_app = typer.Typer(
-        help="Make releases: synthetic ones for testing, torrents and manifests for publishing.", no_args_is_help=True
+        cls=_Group,
+        help="Make releases: synthetic ones for testing, torrents and manifests for publishing.",
+        no_args_is_help=True,
     )
     for name, command in RELEASE_COMMANDS:
-        release_app.command(name)(command)
+        release_app.command(name, cls=_Command)(command)
     app.add_typer(release_app, name="release")
     return app
 

@@ -17,11 +17,14 @@ def demo(
     work: Annotated[
         Path | None,
         typer.Option(
+            metavar="DIR",
             help="Folder for everything the demo makes (default: a new "
-            "folder under the system's temp dir, kept afterwards)."
+            "folder under the system's temp dir, kept afterwards).",
         ),
     ] = None,
-    preset: Annotated[str, typer.Option(help="Synthetic release preset.")] = "small",
+    preset: Annotated[
+        str, typer.Option(metavar="PRESET", help="Synthetic release preset, as for `m7b release synth --preset`.")
+    ] = "small",
     json_out: JsonLinesOption = False,
 ) -> None:
     """Publish a synthetic release, seed it behind a real tracker, fetch, verify, convert, run, smoke-test it,

@@ -56,18 +56,20 @@ def fetch_command(
     source: Annotated[
         str,
         typer.Argument(
+            metavar="MAGNET|NAME|FILE|DIR",
             help="A magnet link, a release name (see `m7b list`), a .torrent file, a manifest .toml, or a folder "
-            "with FOLDER.torrent beside it (fetched or repaired in place)."
+            "with FOLDER.torrent beside it (fetched or repaired in place).",
         ),
     ],
     dest: Annotated[
-        Path | None, typer.Option(help="Folder for the release's files (default: the store, or the folder named).")
+        Path | None,
+        typer.Option(metavar="DIR", help="Folder for the release's files (default: the store, or the folder named)."),
     ] = None,
     peer: PeerOption = None,
     timeout: Annotated[float, seconds_option("Give up after this many seconds without metadata or data.")] = 120.0,
     listen: ListenOption = None,
     no_dht: LoopbackOption = False,
-    download_limit: Annotated[str | None, typer.Option(help="Max download rate, e.g. 20M.")] = None,
+    download_limit: Annotated[str | None, typer.Option(metavar="RATE", help="Max download rate, e.g. 20M.")] = None,
     resume_interval: Annotated[float, seconds_option("Seconds between resume-data saves.")] = 5.0,
     json_out: JsonLinesOption = False,
     repair: Annotated[
@@ -169,15 +171,18 @@ def seed_command(
     releases: Annotated[
         list[str],
         typer.Argument(
+            metavar="NAME|DIR|MAGNET|FILE",
             help="Release names (see `m7b list`), magnets, .torrent files, or release folders with FOLDER.torrent "
-            "beside them."
+            "beside them.",
         ),
     ],
     listen: ListenOption = None,
     no_dht: LoopbackOption = False,
-    upload_limit: Annotated[str | None, typer.Option(help="Max upload rate, e.g. 20M.")] = None,
-    max_peers: Annotated[int, typer.Option(min=1, help="Max peer connections (at least 1).")] = 200,
-    tracker: Annotated[list[str] | None, typer.Option("--tracker", help="Also announce to URL (repeatable).")] = None,
+    upload_limit: Annotated[str | None, typer.Option(metavar="RATE", help="Max upload rate, e.g. 20M.")] = None,
+    max_peers: Annotated[int, typer.Option(min=1, metavar="N", help="Max peer connections (at least 1).")] = 200,
+    tracker: Annotated[
+        list[str] | None, typer.Option("--tracker", metavar="URL", help="Also announce to URL (repeatable).")
+    ] = None,
     interval: Annotated[float, seconds_option("Seconds between status reports.")] = 5.0,
     json_out: JsonLinesOption = False,
     status: Annotated[

@@ -56,6 +56,7 @@ JsonLinesOption = Annotated[
 TargetArg = Annotated[
     str | None,
     typer.Argument(
+        metavar="NAME|DIR|MAGNET|FILE",
         help="A release name (see `m7b list`), a folder, a magnet, a .torrent or a manifest .toml.",
         show_default=False,
     ),
@@ -63,17 +64,21 @@ TargetArg = Annotated[
 ReleaseArg = Annotated[
     str,
     typer.Argument(
+        metavar="NAME|DIR",
         help="A release name in the store (see `m7b list`) or a release folder "
-        "(params.json, tokenizer.model, consolidated.00.pth or consolidated.safetensors)."
+        "(params.json, tokenizer.model, consolidated.00.pth or consolidated.safetensors).",
     ),
 ]
-DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")]
+DeviceOption = Annotated[
+    str, typer.Option(metavar="auto|cpu|cuda[:N]", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+]
 DtypeOption = Annotated[
     str | None,
     typer.Option(
+        metavar="float32|bfloat16",
         help="float32 or bfloat16 (default: bfloat16 on CUDA; on the CPU the checkpoint's own dtype, bfloat16 for "
         "Mistral 7B, computed straight from the memory-mapped weights; float32 on the CPU holds a converted copy "
-        "of every weight: 29 GB for the 7B)."
+        "of every weight: 29 GB for the 7B).",
     ),
 ]
 
@@ -87,12 +92,17 @@ def _positive_seconds(value: float) -> float:
 
 def seconds_option(help: str) -> typer.models.OptionInfo:
     """A number of seconds, more than 0 (--timeout, --interval, ...)."""
-    return typer.Option(help=help, callback=_positive_seconds)
+    return typer.Option(metavar="SECONDS", help=help, callback=_positive_seconds)
 
 
-PeerOption = Annotated[list[str] | None, typer.Option("--peer", help="Connect to HOST:PORT (repeatable).")]
+PeerOption = Annotated[
+    list[str] | None, typer.Option("--peer", metavar="HOST:PORT", help="Connect to HOST:PORT (repeatable).")
+]
 ListenOption = Annotated[
-    str | None, typer.Option("--listen", help="Listen on HOST:PORT (default 0.0.0.0:6881; port 0 picks a free one).")
+    str | None,
+    typer.Option(
+        "--listen", metavar="HOST:PORT", help="Listen on HOST:PORT (default 0.0.0.0:6881; port 0 picks a free one)."
+    ),
 ]
 LoopbackOption = Annotated[
     bool,

@@ -14,12 +14,16 @@ from .render import err, progress_bars, show
 
 
 def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to create (must not exist, or be empty).")],
-    preset: Annotated[str, typer.Option(help="Size preset: tiny, small, bench-cpu, bench-2g, mistral-7b.")] = "tiny",
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical files.")] = 0,
+    out: Annotated[Path, typer.Argument(metavar="DIR", help="Folder to create (must not exist, or be empty).")],
+    preset: Annotated[
+        str, typer.Option(metavar="PRESET", help="Size preset: tiny, small, bench-cpu, bench-2g, mistral-7b.")
+    ] = "tiny",
+    seed: Annotated[int, typer.Option(metavar="N", help="Random seed; the same seed gives byte-identical files.")] = 0,
     tokenizer: Annotated[
         Path | None,
-        typer.Option(help="tokenizer.model to ship (default: the real one from the mistral-common package)."),
+        typer.Option(
+            metavar="FILE", help="tokenizer.model to ship (default: the real one from the mistral-common package)."
+        ),
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -65,22 +69,32 @@ def _inspection_hint(*kinds: type[Exception]) -> Iterator[None]:
 
 
 def create(
-    folder: Annotated[Path, typer.Argument(help="The release folder; its name becomes the torrent's name.")],
+    folder: Annotated[
+        Path, typer.Argument(metavar="DIR", help="The release folder; its name becomes the torrent's name.")
+    ],
     tracker: Annotated[
-        list[str] | None, typer.Option("--tracker", help="Tracker URL (repeatable, one tier each).")
+        list[str] | None, typer.Option("--tracker", metavar="URL", help="Tracker URL (repeatable, one tier each).")
     ] = None,
-    web_seed: Annotated[list[str] | None, typer.Option("--web-seed", help="BEP 19 web seed URL (repeatable).")] = None,
+    web_seed: Annotated[
+        list[str] | None, typer.Option("--web-seed", metavar="URL", help="BEP 19 web seed URL (repeatable).")
+    ] = None,
     hybrid: Annotated[bool, typer.Option(help="Make a v1+v2 hybrid torrent (default: v1, like the original).")] = False,
-    piece_size: Annotated[str | None, typer.Option(help="Piece size, e.g. 4M (default: libtorrent's choice).")] = None,
-    name: Annotated[
-        str | None, typer.Option(help="Release name for the manifest (default: folder name, lowercased).")
+    piece_size: Annotated[
+        str | None, typer.Option(metavar="SIZE", help="Piece size, e.g. 4M (default: libtorrent's choice).")
     ] = None,
-    title: Annotated[str | None, typer.Option(help="Human title (default: the folder name).")] = None,
-    publisher: Annotated[str, typer.Option(help="Who vouches for this release.")] = "unknown",
-    license_id: Annotated[str, typer.Option("--license", help="SPDX license id.")] = "Apache-2.0",
-    date: Annotated[str | None, typer.Option(help="Release date, YYYY-MM-DD (default: absent).")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help="Release name for the manifest (default: folder name, lowercased)."),
+    ] = None,
+    title: Annotated[str | None, typer.Option(metavar="TEXT", help="Human title (default: the folder name).")] = None,
+    publisher: Annotated[str, typer.Option(metavar="TEXT", help="Who vouches for this release.")] = "unknown",
+    license_id: Annotated[str, typer.Option("--license", metavar="SPDX", help="SPDX license id.")] = "Apache-2.0",
+    date: Annotated[
+        str | None, typer.Option(metavar="YYYY-MM-DD", help="Release date, YYYY-MM-DD (default: absent).")
+    ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Where to write NAME.torrent and NAME.toml (default: the folder's parent).")
+        Path | None,
+        typer.Option(metavar="DIR", help="Where to write NAME.torrent and NAME.toml (default: the folder's parent)."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace existing output files with other content.")] = False,
     no_inspect: Annotated[

@@ -25,6 +25,7 @@ DecodeOption = Annotated[
     str,
     typer.Option(
         "--decode",
+        metavar="auto|eager|compile|graph",
         help="The decode step: auto (compiled with CUDA graphs on CUDA, eager on the CPU), eager, compile or graph "
         "(a captured CUDA graph). A compile is paid once per model shape, dtype, device and torch version: it is "
         "kept under M7B_HOME/cache/compile and loaded by later runs.",
@@ -35,6 +36,7 @@ CpuKernelsOption = Annotated[
     str,
     typer.Option(
         "--cpu-kernels",
+        metavar="auto|m7b|torch",
         help="The eager CPU decode step's kernels for bf16 weights (matrix-vector products, RMSNorm, SwiGLU): auto "
         "(m7b's when the CPU has AVX2 and FMA and a C compiler is found, else torch's), m7b or torch. m7b's are "
         "built once into M7B_HOME/cache/kernels.",
@@ -78,21 +80,28 @@ def _figures(result: Any) -> dict[str, Any]:
 
 def run(
     release: ReleaseArg = DEFAULT_RELEASE,
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text to continue (BOS is added).")] = ...,
-    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate (stops early at end-of-sequence).")] = 256,
-    temperature: Annotated[float, typer.Option(help="0 for greedy; higher samples more freely.")] = 0.0,
+    prompt: Annotated[
+        str, typer.Option("--prompt", "-p", metavar="TEXT", help="The text to continue (BOS is added).")
+    ] = ...,
+    max_tokens: Annotated[
+        int, typer.Option(metavar="N", help="Most tokens to generate (stops early at end-of-sequence).")
+    ] = 256,
+    temperature: Annotated[
+        float, typer.Option(metavar="NUMBER", help="0 for greedy; higher samples more freely.")
+    ] = 0.0,
     top_p: Annotated[
         float,
         typer.Option(
+            metavar="NUMBER",
             help="Nucleus sampling: keep the smallest set of tokens with this "
-            "probability mass (with --temperature > 0)."
+            "probability mass (with --temperature > 0).",
         ),
     ] = 1.0,
-    seed: Annotated[int, typer.Option(help="Sampling seed: the same seed gives the same tokens.")] = 0,
+    seed: Annotated[int, typer.Option(metavar="N", help="Sampling seed: the same seed gives the same tokens.")] = 0,
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
     chunk_size: Annotated[
-        int | None, typer.Option(help="Prefill chunk in tokens (default and maximum: the sliding window).")
+        int | None, typer.Option(metavar="N", help="Prefill chunk in tokens (default and maximum: the sliding window).")
     ] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")] = False,
     decode: DecodeOption = "auto",
@@ -193,19 +202,21 @@ def smoke(
     release: ReleaseArg = DEFAULT_RELEASE,
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
-    seed: Annotated[int, typer.Option(help="Seed for the sampled and synthetic token sequences.")] = 0,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed for the sampled and synthetic token sequences.")] = 0,
     window: Annotated[
         int | None,
         typer.Option(
+            metavar="N",
             help="Run the checks with this attention window instead of "
             "params.json's (the same code at a smaller W: for large "
-            "models on the CPU)."
+            "models on the CPU).",
         ),
     ] = None,
     decode: Annotated[
         str,
         typer.Option(
             "--decode",
+            metavar="auto|eager|compile|graph",
             help="Fast decode steps to check against the eager one and transformers, teacher-forced past the window: "
             "auto (on CUDA the compiled step and a captured CUDA graph; on the CPU the eager step on m7b's CPU "
             "kernels when they apply), compile, graph or eager (the eager step on the --cpu-kernels kernels).",

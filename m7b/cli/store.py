@@ -87,7 +87,11 @@ def _print_list(doc: dict[str, Any]) -> None:
 
 def show_release(
     name: Annotated[
-        str, typer.Argument(help="A release name (see `m7b list`), a magnet, a .torrent or a manifest .toml file.")
+        str,
+        typer.Argument(
+            metavar="NAME|MAGNET|FILE",
+            help="A release name (see `m7b list`), a magnet, a .torrent or a manifest .toml file.",
+        ),
     ],
     json_out: JsonOption = False,
 ) -> None:
@@ -194,6 +198,7 @@ def rm_release(
     target: Annotated[
         str,
         typer.Argument(
+            metavar="NAME|DIR|MAGNET|FILE",
             help="A release in the store: its name (see `m7b list`), its store folder, magnet, .torrent or manifest.",
             show_default=False,
         ),

@@ -48,10 +48,10 @@ def _release(store: Store, target: str | None, manifest_file: Path | None, torre
 def verify(
     target: TargetArg = None,
     manifest: Annotated[
-        Path | None, typer.Option(help="Manifest .toml to check against (default: the release's own).")
+        Path | None, typer.Option(metavar="FILE", help="Manifest .toml to check against (default: the release's own).")
     ] = None,
     torrent: Annotated[
-        Path | None, typer.Option(help=".torrent metadata (default: the store's, by info-hash).")
+        Path | None, typer.Option(metavar="FILE", help=".torrent metadata (default: the store's, by info-hash).")
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -146,17 +146,23 @@ def _default_out(store: Store, release: Release, layout: str) -> Path:
 def convert(
     target: TargetArg = None,
     to: Annotated[
-        str, typer.Option("--to", help="native (consolidated.safetensors) or hf (Hugging Face layout).")
+        str,
+        typer.Option(
+            "--to", metavar="native|hf", help="native (consolidated.safetensors) or hf (Hugging Face layout)."
+        ),
     ] = "native",
     out_dir: Annotated[
         Path | None,
         typer.Option(
             "--out",
+            metavar="DIR",
             help="Folder to create (default: the store's converted/<name>/<layout> for a store release, "
             "<folder>-<layout> beside any other folder).",
         ),
     ] = None,
-    max_shard_size: Annotated[str, typer.Option(help="hf only: largest shard, e.g. 5GB or 500MB.")] = "5GB",
+    max_shard_size: Annotated[
+        str, typer.Option(metavar="SIZE", help="hf only: largest shard, e.g. 5GB or 500MB.")
+    ] = "5GB",
     json_out: JsonOption = False,
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="If another command is writing this output, fail at once (exit 8).")

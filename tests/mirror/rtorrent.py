@@ -1,7 +1,7 @@
 """rtorrent (Debian's `rtorrent` package) run headless on loopback, for interop tests.
 
 rtorrent keeps one peer per IP address, so on one machine it is bound to 127.0.0.2: a tracker then lists it apart
-from an m7b peer on 127.0.0.1 (README, "Other clients"). It needs a terminal even with no one watching, so it runs
+from an m7b peer on 127.0.0.1 (docs/clients.md). It needs a terminal even with no one watching, so it runs
 under `script`, which gives it a pseudo-terminal. Its hooks touch marker files in its folder when a download's hash
 check ends and when a download finishes, so a test can wait on those instead of scraping the screen.
 """
