@@ -80,6 +80,6 @@ EXIT_CODES: dict[int, str] = {
     UnsafeError.exit_code: "unsafe: refused input that would execute code or escape its folder",
     NetworkError.exit_code: "network: no peers or metadata within the timeout",
     StorageError.exit_code: "storage: output exists, disk full, or permission denied",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C / SIGTERM); resumable state was saved",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C / SIGTERM): temporary files removed, resumable state saved",
     EXIT_BROKEN_PIPE: "the reader of stdout went away (e.g. `| head`): the output stopped there, quietly",
 }
