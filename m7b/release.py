@@ -21,6 +21,7 @@ text means the same release everywhere. The priority, first match wins:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,6 +46,13 @@ class Release:
     info_hash: str | None = None
     magnet: Magnet | None = None
     note: str | None = None  # set when the text could have meant something else too
+
+
+NoteCallback = Callable[[str], None]  # sees `Release.note` when the text could have meant something else too
+
+
+def ignore_note(note: str) -> None:
+    """The default NoteCallback: a library caller reads `Release.note` when it wants it."""
 
 
 def looks_like_path(text: str) -> bool:
@@ -92,6 +100,17 @@ def resolve_release(text: str, store: Store) -> Release:
         f"unknown release {text!r}; known releases: {', '.join(release_names(store)) or 'none'} (store: "
         f"{store.home}; see `m7b list`); or name a folder, a magnet, a .torrent or a manifest .toml"
     )
+
+
+def release_for(target: str | Release, store: Store, on_note: NoteCallback = ignore_note) -> Release:
+    """What a library entry point was given: text resolved by `resolve_release` (its note, if any, to `on_note`),
+    or a Release already resolved, as it is."""
+    if isinstance(target, Release):
+        return target
+    release = resolve_release(target, store)
+    if release.note:
+        on_note(release.note)
+    return release
 
 
 def release_names(store: Store) -> dict[str, Manifest | None]:

@@ -22,7 +22,7 @@ from m7b.locks import LockWaitCallback, hold
 from m7b.magnet import Magnet, parse_magnet, parse_peer
 from m7b.manifests.schema import Manifest
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
-from m7b.release import Release
+from m7b.release import NoteCallback, Release, ignore_note, release_for
 from m7b.space import check_room, room_for
 from m7b.store import Store, incomplete_marker_for, partial_dir_for
 from m7b.torrent import TorrentMeta, load_torrent, meta_from_info
@@ -111,6 +111,31 @@ class FetchResult:
     hash_failures: int
     seconds: float
 
+    def to_json(self) -> dict[str, object]:
+        """The last line `m7b fetch --json` prints."""
+        return {
+            "event": "done",
+            "name": self.name,
+            "path": str(self.path),
+            "info_hash": self.info_hash,
+            "total_size": self.total_size,
+            "pieces": self.pieces,
+            "downloaded_bytes": self.downloaded_bytes,
+            "pieces_at_start": self.pieces_at_start,
+            "hash_failures": self.hash_failures,
+            "seconds": round(self.seconds, 3),
+            "rate_mib_s": round(self.downloaded_bytes / max(self.seconds, 1e-9) / (1 << 20), 1),
+        }
+
+
+@dataclass(frozen=True)
+class FetchPlan:
+    """What a user asked to fetch, resolved: the release, what to fetch it from, and where it goes."""
+
+    release: Release
+    target: FetchTarget
+    dest: Path | None  # None: the store's release folder
+
 
 def _manifest_magnet(manifest: Manifest) -> Magnet:
     t = manifest.torrent
@@ -140,6 +165,55 @@ def fetch_target(release: Release) -> FetchTarget:
     info_hash = magnet.info_hash if magnet else meta_from_info(torrent).info_hash
     return FetchTarget(
         name=release.name, info_hash=info_hash, magnet=magnet, torrent=torrent, manifest=release.manifest
+    )
+
+
+def plan_fetch(
+    target: str | Release, store: Store, *, dest: Path | None = None, on_note: NoteCallback = ignore_note
+) -> FetchPlan:
+    """What `m7b fetch` fetches for `target` (a magnet, a release name, a .torrent, a manifest .toml, a folder with
+    FOLDER.torrent beside it, or a resolved Release), and where: `dest`, else the store for a store release, else
+    the folder named (fetched or repaired in place)."""
+    release = release_for(target, store, on_note)
+    what = fetch_target(release)
+    if dest is None and not release.in_store:
+        dest = release.folder
+    return FetchPlan(release, what, dest)
+
+
+def fetch_release(
+    target: str | Release,
+    *,
+    store: Store | None = None,
+    dest: Path | None = None,
+    options: SessionOptions | None = None,
+    peers: Sequence[str] = (),
+    timeout: float = 120.0,
+    resume_interval: float = 5.0,
+    progress: ProgressCallback = ignore_progress,
+    should_stop: Callable[[], bool] = lambda: False,
+    repair: bool = False,
+    wait: bool = True,
+    on_wait: LockWaitCallback = lambda holder: None,
+    on_note: NoteCallback = ignore_note,
+) -> FetchResult:
+    """Fetch what `target` names as `m7b fetch` does: `plan_fetch`, then `fetch` (see both). `store` defaults to
+    `Store.from_env()` (M7B_HOME); `options` to a session for a user on the internet (`SessionOptions`)."""
+    store = store or Store.from_env()
+    plan = plan_fetch(target, store, dest=dest, on_note=on_note)
+    return fetch(
+        plan.target,
+        store=store,
+        dest=plan.dest,
+        options=options,
+        peers=peers,
+        timeout=timeout,
+        resume_interval=resume_interval,
+        progress=progress,
+        should_stop=should_stop,
+        repair=repair,
+        wait=wait,
+        on_wait=on_wait,
     )
 
 

@@ -18,7 +18,7 @@ import libtorrent as lt
 
 from m7b.errors import NotFoundError
 from m7b.locks import hold
-from m7b.release import Release
+from m7b.release import NoteCallback, Release, ignore_note, release_for
 from m7b.store import Store
 from m7b.torrent import TorrentMeta, load_torrent, meta_from_info, store_hash
 
@@ -78,6 +78,31 @@ def seed_release(release: Release) -> SeedRelease:
     return SeedRelease(name=release.name, folder=release.folder, torrent=ti, meta=meta_from_info(ti))
 
 
+def seed_releases(
+    targets: Sequence[str | Release], store: Store, *, on_note: NoteCallback = ignore_note
+) -> list[SeedRelease]:
+    """What `m7b seed` serves for each target (a release name, a magnet, a .torrent, a release folder with
+    FOLDER.torrent beside it, or a resolved Release): its folder and torrent, checked to be there."""
+    return [seed_release(release_for(target, store, on_note)) for target in targets]
+
+
+def open_mirror(
+    targets: Sequence[str | Release],
+    *,
+    store: Store | None = None,
+    options: SessionOptions | None = None,
+    trackers: Sequence[str] = (),
+    on_note: NoteCallback = ignore_note,
+) -> Mirror:
+    """A mirror serving `targets` as `m7b seed` serves them: every release rechecked (or trusted from m7b's record
+    of a checked download or a passing verify report) before a byte is served; `poll()` for their statuses,
+    `serve` to run it, `close()` (or a `with` block) to stop. `store` defaults to `Store.from_env()` (M7B_HOME),
+    `options` to a session for a user on the internet."""
+    store = store or Store.from_env()
+    releases = seed_releases(targets, store, on_note=on_note)
+    return Mirror(releases, store, options or SessionOptions(), trackers=trackers)
+
+
 @contextmanager
 def seeding(store: Store, releases: Sequence[SeedRelease]) -> Iterator[None]:
     """Hold each release's lock shared while it is served: no fetch, convert or rm changes it meanwhile (they fail
@@ -123,6 +148,7 @@ class Mirror:
         self.releases = list(releases)
         self.store = store
         self._locks = ExitStack()  # held until close(): see `seeding`
+        self._closed = False
         self._locks.enter_context(seeding(store, self.releases))
         self.session = make_session(options)
         self.handles: dict[str, lt.torrent_handle] = {}
@@ -161,6 +187,12 @@ class Mirror:
     @property
     def listen_port(self) -> int:
         return self.session.listen_port()
+
+    def __enter__(self) -> Mirror:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def poll(self) -> list[ReleaseStatus]:
         """Handle alerts, refuse releases that failed their check, and return every release's status."""
@@ -217,7 +249,10 @@ class Mirror:
         return all(s.state != "checking" for s in self.status.values())
 
     def close(self, wait: float = 10.0) -> None:
-        """Save resume data of every served release, then stop the session."""
+        """Save resume data of every served release, then stop the session (once: later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         pending = 0
         for name, handle in self.handles.items():
             if self.status[name].state == "seeding" and handle.is_valid():

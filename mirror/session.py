@@ -51,6 +51,17 @@ class SessionOptions:
         return cls(**{**base, **changes})  # type: ignore[arg-type]
 
 
+def session_options(listen: str | None = None, loopback: bool = False, **changes: object) -> SessionOptions:
+    """The options `m7b fetch` and `m7b seed` run with: `loopback` (no DHT, LSD, port mapping or uTP; trackers,
+    web seeds and given peers only) listening on `listen` or any free port; else the defaults for a user on the
+    internet, listening on `listen` when given. `changes` set the other fields (rate limits, connections)."""
+    if loopback:
+        return SessionOptions.loopback(listen=listen or "0.0.0.0:0", **changes)
+    if listen:
+        return SessionOptions(listen=listen, **changes)  # type: ignore[arg-type]
+    return SessionOptions(**changes)  # type: ignore[arg-type]
+
+
 def listen_interfaces(text: str) -> str:
     """Validate HOST:PORT[,HOST:PORT…] (IPv6 in brackets); port 0 picks a free one."""
     for item in text.split(","):

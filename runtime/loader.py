@@ -9,10 +9,12 @@ import torch
 
 from m7b.errors import NotFoundError
 from m7b.manifests.architecture import load_params
+from m7b.release import NoteCallback, Release, ignore_note, release_for, runtime_folder
+from m7b.store import Store
 from m7b.verify.tokenizer_model import TOKENIZER_NAME
 
 from .args import ModelArgs
-from .device import default_dtype
+from .device import default_dtype, resolve_device, resolve_dtype
 from .model import Transformer
 from .tokenizer import Tokenizer
 from .weights import check_shapes, load_state_dict
@@ -26,6 +28,12 @@ class Runtime:
     device: torch.device
     dtype: torch.dtype
     weights_path: Path
+    release: Release | None = None  # what `load_release` resolved (None from `load_runtime` on a bare folder)
+
+    @property
+    def folder(self) -> Path:
+        """The folder whose weights run (a store release's converted native folder when it has one)."""
+        return self.weights_path.parent
 
 
 def weights_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
@@ -79,3 +87,35 @@ def load_runtime(
     dtype = dtype or default_dtype(device, weights_dtype(state))
     model = build_model(args, state, device, dtype)
     return Runtime(model, tokenizer, args, device, dtype, weights_path)
+
+
+def load_release(
+    target: str | Release,
+    *,
+    store: Store | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype | None = None,
+    window: int | None = None,
+    on_note: NoteCallback = ignore_note,
+) -> Runtime:
+    """What a user typed (a release name, a folder, a magnet, a .torrent or a manifest .toml; or a resolved
+    Release) loaded as `m7b run` and `m7b smoke` load it: a ready model and tokenizer.
+
+    `device`: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N; `dtype`: float32 or bfloat16, None for
+    `default_dtype`. The folder that runs is `m7b.release.runtime_folder`'s: a store release's converted native
+    folder when there is one, else the release's own. `window` runs the model with a smaller attention window than
+    params.json's (the smoke battery's checks at a small W). `store` defaults to `Store.from_env()` (M7B_HOME).
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dt = dtype if isinstance(dtype, torch.dtype) or dtype is None else resolve_dtype(dtype, dev)
+    store = store or Store.from_env()
+    release = release_for(target, store, on_note)
+    if release.manifest is not None:
+        release.manifest.require_runnable("run")
+    folder = runtime_folder(release, store)
+    override = None
+    if window is not None:
+        override = ModelArgs.from_params_file(folder / "params.json").with_window(window)
+    runtime = load_runtime(folder, dev, dt, args_override=override)
+    runtime.release = release
+    return runtime

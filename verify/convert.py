@@ -1,4 +1,5 @@
-"""`convert_release`: a verified release to safetensors, `native` (Mistral's later layout) or `hf`.
+"""`convert_release`: a verified release to safetensors, `native` (Mistral's later layout) or `hf`; `convert`: what a
+user typed converted as `m7b convert` does it (the default output folder, a verified sha256 reused, the lock held).
 
 Streaming (one tensor at a time from the mmap'd checkpoint), deterministic (same input, same bytes), atomic
 (built in a temporary folder renamed when complete, `SHA256SUMS` written last) and checked (every output tensor
@@ -8,6 +9,7 @@ read back and compared bit for bit with its source, the hf permutation undone).
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 import os
 import shutil
@@ -20,9 +22,11 @@ from typing import BinaryIO
 from m7b.atomic import atomic_dir
 from m7b.dtypes import BY_NAME
 from m7b.errors import InvalidInputError, MismatchError, NotFoundError
+from m7b.locks import LockWaitCallback, hold
 from m7b.manifests.architecture import Architecture, load_params
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
-from m7b.store import CONVERTED_RECORD
+from m7b.release import NoteCallback, Release, ignore_note, release_for, require_present
+from m7b.store import CONVERTED_RECORD, Store, unchanged_since
 
 from . import hf_layout, hf_tokenizer
 from .checkpoint import check_tensors
@@ -164,6 +168,137 @@ def convert_release(
         time.monotonic() - started,
         tuple(notes),
     )
+
+
+@dataclass(frozen=True)
+class ConvertPlan:
+    """A conversion decided but not begun: what is converted, to which layout, where."""
+
+    release: Release
+    label: str  # the release's store name, else its folder's name
+    layout: str
+    out: Path
+    verified: bool  # a passing verification report covers the source
+
+
+@dataclass(frozen=True)
+class Conversion:
+    name: str
+    verified_source: bool
+    result: ConvertResult
+
+    def to_json(self) -> dict[str, object]:
+        """The document `m7b convert --json` prints."""
+        r = self.result
+        return {
+            "name": self.name,
+            "layout": r.layout,
+            "out": str(r.out),
+            "verified_source": self.verified_source,
+            "tensors": r.tensors,
+            "tensor_bytes": r.tensor_bytes,
+            "source_sha256": r.source_sha256,
+            "seconds": round(r.seconds, 3),
+            "files": r.files,
+            "notes": list(r.notes),
+        }
+
+
+def default_out(store: Store, release: Release, layout: str) -> Path:
+    """Where a conversion goes unless told: a store release's converted/NAME/LAYOUT (where `m7b run NAME` looks
+    first); any other folder's output lies beside it as <folder>-<layout>, so it never stands in the store for an
+    unrelated release of the same name."""
+    if release.in_store and release.name:
+        return store.converted_dir(release.name, layout)
+    return release.folder.parent / f"{release.folder.name}-{layout}"
+
+
+def known_sha256(store: Store, name: str | None, checkpoint: Path) -> str | None:
+    """The checkpoint's sha256 from the verification report, if the file is unchanged since."""
+    if not name or not store.is_verified(name):
+        return None
+    try:
+        report = json.loads(store.report_path(name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for entry in report.get("files", []):
+        if entry.get("path") == checkpoint.name and unchanged_since(checkpoint.parent, entry):
+            return entry.get("sha256")
+    return None
+
+
+def plan_convert(
+    target: str | Release,
+    layout: str = "native",
+    store: Store | None = None,
+    *,
+    out: Path | None = None,
+    on_note: NoteCallback = ignore_note,
+) -> ConvertPlan:
+    """What `target` (a release name, a folder, a magnet, a .torrent, a manifest .toml, or a resolved Release)
+    converts to `layout`, and where: `out`, else `default_out`. Refuses a release its manifest says is not runnable,
+    and one not on disk."""
+    store = store or Store.from_env()
+    release = release_for(target, store, on_note)
+    if release.manifest is not None:
+        release.manifest.require_runnable("convert")
+    release = require_present(release)
+    name = release.name if release.in_store else None
+    return ConvertPlan(
+        release=release,
+        label=name or release.folder.name,
+        layout=layout,
+        out=Path(out) if out is not None else default_out(store, release, layout),
+        verified=bool(name) and store.is_verified(name),
+    )
+
+
+def run_convert(
+    plan: ConvertPlan,
+    store: Store | None = None,
+    *,
+    max_shard_size: int | str = HF_MAX_SHARD,
+    wait: bool = True,
+    on_wait: LockWaitCallback = lambda holder: None,
+    progress: ProgressCallback = ignore_progress,
+) -> Conversion:
+    """Carry out `plan` holding the converted output's lock (a second writer waits, reporting the holder through
+    `on_wait`, or without `wait` fails at once), reusing the checkpoint's sha256 from a passing verification report
+    when the file is unchanged since."""
+    store = store or Store.from_env()
+    release = plan.release
+    name = release.name if release.in_store else None
+    lock = store.converted_lock(plan.label, plan.layout)
+    with hold(store, lock, f"converted output {plan.label}/{plan.layout}", wait=wait, on_wait=on_wait):
+        result = convert_release(
+            release.folder,
+            plan.out,
+            plan.layout,
+            name=plan.label,
+            source_sha256=known_sha256(store, name, release.folder / CHECKPOINT),
+            max_shard_size=max_shard_size,
+            progress=progress,
+        )
+    return Conversion(plan.label, plan.verified, result)
+
+
+def convert(
+    target: str | Release,
+    layout: str = "native",
+    store: Store | None = None,
+    *,
+    out: Path | None = None,
+    max_shard_size: int | str = HF_MAX_SHARD,
+    wait: bool = True,
+    on_wait: LockWaitCallback = lambda holder: None,
+    progress: ProgressCallback = ignore_progress,
+    on_note: NoteCallback = ignore_note,
+) -> Conversion:
+    """Convert what `target` names as `m7b convert` does: `plan_convert`, then `run_convert`. `store` defaults to
+    `Store.from_env()` (M7B_HOME)."""
+    store = store or Store.from_env()
+    plan = plan_convert(target, layout, store, out=out, on_note=on_note)
+    return run_convert(plan, store, max_shard_size=max_shard_size, wait=wait, on_wait=on_wait, progress=progress)
 
 
 def _native_tensor(record: TensorRecord, source: MappedFile) -> TensorOut:

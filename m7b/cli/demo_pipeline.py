@@ -25,11 +25,10 @@ from m7b.atomic import write_text
 from m7b.errors import M7bError, MismatchError
 from m7b.manifests.writer import manifest_to_toml
 from m7b.mirror.create import create_release
-from m7b.mirror.fetch import fetch, fetch_target
-from m7b.mirror.seed import Mirror, seed_release
+from m7b.mirror.fetch import fetch_release
+from m7b.mirror.seed import Mirror, open_mirror
 from m7b.mirror.session import SessionOptions
 from m7b.mirror.tracker import free_port, local_opentracker
-from m7b.release import resolve_release
 from m7b.store import Store
 from m7b.synth import synthesize
 
@@ -137,9 +136,7 @@ def run_demo(work: Path, preset: str, report: Callable[[DemoStep], None]) -> lis
     report(steps[-1])
 
     with local_opentracker(work / "tracker", [made.meta.info_hash], port=port):
-        publisher_seed = Mirror(
-            [seed_release(resolve_release(str(folder), publisher))], publisher, SessionOptions.loopback()
-        )
+        publisher_seed = open_mirror([str(folder)], store=publisher, options=SessionOptions.loopback())
         with _serving(publisher_seed):
             state = publisher_seed.poll()[0].state
             steps.append(
@@ -153,9 +150,7 @@ def run_demo(work: Path, preset: str, report: Callable[[DemoStep], None]) -> lis
             report(steps[-1])
 
             def fetch_step() -> tuple[str, dict[str, Any]]:
-                result = fetch(
-                    fetch_target(resolve_release(NAME, user)), store=user, options=SessionOptions.loopback(), timeout=60
-                )
+                result = fetch_release(NAME, store=user, options=SessionOptions.loopback(), timeout=60)
                 return (
                     f"{result.total_size:,} bytes through the tracker in {result.seconds:.2f} s, every piece "
                     f"hash-checked",
@@ -197,7 +192,7 @@ def _summarise_smoke(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def _serve_back(user: Store, work: Path, magnet: str) -> tuple[str, dict[str, Any]]:
     """The user's own mirror serves the verified release; aria2c finds it through the tracker and downloads it."""
-    mirror = Mirror([seed_release(resolve_release(NAME, user))], user, SessionOptions.loopback())
+    mirror = open_mirror([NAME], store=user, options=SessionOptions.loopback())
     with _serving(mirror):
         status = mirror.poll()[0]
         if status.state != "seeding":

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -17,9 +17,12 @@ from m7b.progress import ProgressEvent
 from m7b.sizes import format_bytes, format_rate, parse_size
 from m7b.store import Store
 
-from .options import JsonLinesOption, ListenOption, LoopbackOption, PeerOption, resolve, seconds_option
+from .options import JsonLinesOption, ListenOption, LoopbackOption, PeerOption, note, seconds_option
 from .render import emit_json, err, format_elapsed, report_lock_wait, show
 from .render_swarm import SeedDisplay, fetch_progress
+
+if TYPE_CHECKING:
+    from m7b.mirror.session import SessionOptions
 
 
 def parse_rate(text: str | None, option: str) -> int:
@@ -27,13 +30,11 @@ def parse_rate(text: str | None, option: str) -> int:
     return parse_size(text, option, "bytes per second, e.g. 500K or 20M")
 
 
-def session_options(listen: str | None, no_dht: bool, **changes: object):
-    from m7b.mirror.session import SessionOptions
+def session_options(listen: str | None, no_dht: bool, **changes: object) -> SessionOptions:
+    """--listen and --no-dht as the library's session options (m7b.mirror.session.session_options)."""
+    from m7b.mirror.session import session_options as options_for
 
-    options = SessionOptions.loopback(listen=listen or "0.0.0.0:0", **changes) if no_dht else SessionOptions(**changes)
-    if listen and not no_dht:
-        options = SessionOptions(listen=listen, **changes)
-    return options
+    return options_for(listen, loopback=no_dht, **changes)
 
 
 @contextmanager
@@ -86,14 +87,12 @@ def fetch_command(
 ) -> None:
     """Download a release over BitTorrent, checking its metadata against its manifest before any data."""
     from m7b.errors import EXIT_INTERRUPTED
-    from m7b.mirror.fetch import FilesInTheWayError, fetch, fetch_target
+    from m7b.mirror.fetch import FilesInTheWayError, fetch, plan_fetch
 
     options = session_options(listen, no_dht, download_limit=parse_rate(download_limit, "--download-limit"))
     store = Store.from_env()
-    release = resolve(source, store)
-    target = fetch_target(release)
-    if dest is None and not release.in_store:
-        dest = release.folder
+    plan = plan_fetch(source, store, dest=dest, on_note=note)
+    target = plan.target
     # the display closes (printing the state it stopped in) before an error or an interrupt is reported
     try:
         with stop_on_signals() as stop, fetch_progress(json_out) as progress:
@@ -107,7 +106,7 @@ def fetch_command(
             result = fetch(
                 target,
                 store=store,
-                dest=dest,
+                dest=plan.dest,
                 options=options,
                 peers=peer or (),
                 timeout=timeout,
@@ -125,19 +124,7 @@ def fetch_command(
             emit_json({"event": "interrupted", "info_hash": target.info_hash})
         err.print(f"interrupted: resume data saved; rerun `m7b fetch {source}` to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    doc = {
-        "event": "done",
-        "name": result.name,
-        "path": str(result.path),
-        "info_hash": result.info_hash,
-        "total_size": result.total_size,
-        "pieces": result.pieces,
-        "downloaded_bytes": result.downloaded_bytes,
-        "pieces_at_start": result.pieces_at_start,
-        "hash_failures": result.hash_failures,
-        "seconds": round(result.seconds, 3),
-        "rate_mib_s": round(result.downloaded_bytes / max(result.seconds, 1e-9) / (1 << 20), 1),
-    }
+    doc = result.to_json()
     show(doc, json_out, _print_fetched)
 
 
@@ -197,7 +184,7 @@ def seed_command(
     """Serve verified releases to the swarm until SIGINT/SIGTERM; refuse any release whose data fails a check."""
     from dataclasses import asdict
 
-    from m7b.mirror.seed import Mirror, ReleaseStatus, seed_release, serve
+    from m7b.mirror.seed import Mirror, ReleaseStatus, seed_releases, serve
     from m7b.mirror.status import StatusBoard
     from m7b.mirror.status_server import open_status_server
 
@@ -205,7 +192,7 @@ def seed_command(
         listen, no_dht, upload_limit=parse_rate(upload_limit, "--upload-limit"), max_connections=max_peers
     )
     store = Store.from_env()
-    resolved = [seed_release(resolve(r, store)) for r in releases]
+    resolved = seed_releases(releases, store, on_note=note)
     board = StatusBoard()
     server = open_status_server(board, status)  # before the recheck, so a busy port fails at once
     mirror = Mirror(resolved, store, options, trackers=tracker or ())

@@ -144,11 +144,16 @@ def cli_message(exc: M7bError) -> str:
     return message
 
 
+def note(text: str) -> None:
+    """A library note (`Release.note`: the text could have meant something else too) on stderr."""
+    err.print(f"[yellow]note:[/yellow] {text}", highlight=False)
+
+
 def resolve(text: str, store: Store) -> Release:
     """The one resolver (m7b.release), with its note — when the text could have meant something else — on stderr."""
     release = resolve_release(text, store)
     if release.note:
-        err.print(f"[yellow]note:[/yellow] {release.note}", highlight=False)
+        note(release.note)
     return release
 
 

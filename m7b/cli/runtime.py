@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from m7b.errors import MismatchError
-from m7b.release import runtime_folder
 from m7b.store import Store
 
-from .options import DeviceOption, DtypeOption, JsonOption, ReleaseArg, fail_after_document, resolve
+from .options import DeviceOption, DtypeOption, JsonOption, ReleaseArg, fail_after_document, note
 from .render import emit_json, err, out, show
 
 if TYPE_CHECKING:
@@ -45,37 +43,9 @@ CpuKernelsOption = Annotated[
 
 
 def _load(release: str, device: str, dtype: str | None, window: int | None = None) -> Runtime:
-    from m7b.runtime.args import ModelArgs
-    from m7b.runtime.device import resolve_device, resolve_dtype
-    from m7b.runtime.loader import load_runtime
+    from m7b.runtime.loader import load_release
 
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    store = Store.from_env()
-    resolved = resolve(release, store)
-    if resolved.manifest is not None:
-        resolved.manifest.require_runnable("run")
-    folder = runtime_folder(resolved, store)
-    override = None
-    if window is not None:
-        override = ModelArgs.from_params_file(folder / "params.json").with_window(window)
-    return load_runtime(folder, dev, dt, args_override=override)
-
-
-def _compile_cache(store: Store) -> Path:
-    """The compile cache folder, created here so that a store the disk refuses is a StorageError (exit 8)."""
-    return store.ensure_dir(store.compile_cache_dir)
-
-
-def _figures(result: Any) -> dict[str, Any]:
-    return {
-        "prompt_tokens": len(result.prompt_tokens),
-        "generated_tokens": len(result.tokens),
-        "ttft_s": round(result.ttft_s, 6),
-        "prefill_tok_s": round(result.prefill_tok_s, 2),
-        "decode_tok_s": round(result.decode_tok_s, 2),
-        "stop_reason": result.stop_reason,
-    }
+    return load_release(release, device=device, dtype=dtype, window=window, on_note=note)
 
 
 def run(
@@ -115,8 +85,8 @@ def run(
 
     import torch
 
-    from m7b.runtime.fast_decode import prepare_decode, resolve_mode
-    from m7b.runtime.generate import GenerationConfig, generate
+    from m7b.runtime.complete import complete
+    from m7b.runtime.generate import GenerationConfig
     from m7b.runtime.sampling import SamplingConfig
 
     started = time.perf_counter()
@@ -129,65 +99,50 @@ def run(
     )
     config.validate()
     rt = _load(release, device, dtype)
-    mode = resolve_mode("compile" if compile_decode else decode, rt.device)
-    ids = rt.tokenizer.encode(prompt)
     load_s = time.perf_counter() - started
-    store = Store.from_env()
-    cache_root = _compile_cache(store) if mode == "compile" else None
-    prepared = prepare_decode(
-        rt.model, mode, len(ids) + max_tokens, cache_root, cpu_kernels, kernel_root=store.kernel_cache_dir
-    )
-    err.print(
-        f"loaded in {load_s:.2f} s · decode step {prepared.mode} prepared in {prepared.prepare_s:.2f} s"
-        + (f" (compile cache {prepared.cache})" if prepared.cache != "none" else "")
-        + (f" · CPU kernels {prepared.cpu_kernels}" if rt.device.type == "cpu" else ""),
-        highlight=False,
-    )
-    stream = rt.tokenizer.stream()
-    pieces: list[str] = []
-    first_token_at: list[float] = []  # wall clock (unix seconds) when the first token was ready
 
-    def on_token(token: int) -> None:
-        if not first_token_at:
-            first_token_at.append(time.time())
-        text = stream.push(token)
-        pieces.append(text)
-        if text and not json_out:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+    def on_prepared(prepared: Any) -> None:
+        err.print(
+            f"loaded in {load_s:.2f} s · decode step {prepared.mode} prepared in {prepared.prepare_s:.2f} s"
+            + (f" (compile cache {prepared.cache})" if prepared.cache != "none" else "")
+            + (f" · CPU kernels {prepared.cpu_kernels}" if rt.device.type == "cpu" else ""),
+            highlight=False,
+        )
 
-    result = generate(
-        rt.model,
-        ids,
+    def on_text(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    completion = complete(
+        rt,
+        prompt,
         config,
-        eos_id=rt.tokenizer.eos_id,
-        on_token=on_token,
-        decode_fn=prepared.fn,
-        max_seq_len=prepared.max_seq_len,
+        decode="compile" if compile_decode else decode,
+        cpu_kernels=cpu_kernels,
+        on_prepared=on_prepared,
+        on_text=None if json_out else on_text,
     )
-    tail = stream.flush()
-    pieces.append(tail)
-    figures = _figures(result)
+    result, figures = completion.result, completion.figures()
     if json_out:
         emit_json(
             {
                 "release": release,
-                "path": str(rt.weights_path.parent),
+                "path": str(rt.folder),
                 "device": str(rt.device),
                 "dtype": str(rt.dtype).removeprefix("torch."),
                 "prompt": prompt,
-                "text": "".join(pieces),
-                "prompt_token_ids": result.prompt_tokens,
-                "token_ids": result.tokens,
+                "text": completion.text,
+                "prompt_token_ids": completion.prompt_token_ids,
+                "token_ids": completion.token_ids,
                 "load_s": round(load_s, 3),
-                "first_token_at": round(first_token_at[0], 4),
+                "first_token_at": round(completion.first_token_at or 0.0, 4),
                 **figures,
-                **prepared.record(),
+                **completion.prepared.record(),
                 "peak_device_bytes": torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda" else None,
             }
         )
         return
-    sys.stdout.write(tail + "\n")
+    sys.stdout.write("\n")
     sys.stdout.flush()
     err.print(
         f"time to first token {result.ttft_s * 1000:.1f} ms · prefill {result.prefill_tok_s:.1f} tok/s "
@@ -227,7 +182,8 @@ def smoke(
 ) -> None:
     """The smoke-generation battery: a pass/fail table; exit code 5 when any check fails."""
     from m7b.progress import ProgressEvent, ignore_progress
-    from m7b.runtime.fast_decode import prepare_decode, resolve_mode
+    from m7b.runtime.complete import prepare_step
+    from m7b.runtime.fast_decode import resolve_mode
     from m7b.runtime.smoke import PAST_WINDOW, run_smoke
 
     rt = _load(release, device, dtype, window)
@@ -238,10 +194,7 @@ def smoke(
     store = Store.from_env()
     paths, prepared_len, prepare_s = {}, None, {}
     for mode in modes:
-        cache_root = _compile_cache(store) if mode == "compile" else None
-        prepared = prepare_decode(
-            rt.model, mode, rt.model.window + PAST_WINDOW, cache_root, cpu_kernels, kernel_root=store.kernel_cache_dir
-        )
+        prepared = prepare_step(rt.model, mode, rt.model.window + PAST_WINDOW, store, cpu_kernels)
         if mode == "eager" and prepared.cpu_kernels == "torch":
             continue  # the eager step on torch's kernels is the reference itself
         name = f"CPU kernels {prepared.cpu_kernels}" if mode == "eager" else mode
@@ -263,7 +216,7 @@ def smoke(
     checks = [{"name": c.name, "passed": c.passed, "detail": c.detail, "value": c.value} for c in report.checks]
     doc = {
         "release": release,
-        "path": str(rt.weights_path.parent),
+        "path": str(rt.folder),
         "device": str(rt.device),
         "dtype": str(rt.dtype).removeprefix("torch."),
         "window": report.window,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,11 +9,10 @@ import typer
 from rich.table import Table
 
 from m7b.errors import NotFoundError
-from m7b.release import Release, require_present
 from m7b.sizes import format_bytes, format_rate
 from m7b.store import Store
 
-from .options import JsonOption, TargetArg, fail_after_document, resolve
+from .options import JsonOption, TargetArg, fail_after_document, note
 from .render import err, out, progress_bars, report_lock_wait, show
 
 _STYLE = {
@@ -26,23 +23,6 @@ _STYLE = {
     "missing": "yellow",
     "unsafe": "bold red",
 }
-
-
-def _release(store: Store, target: str | None, manifest_file: Path | None, torrent: Path | None) -> Release:
-    """The release to check: resolved from TARGET (or the manifest file), with --manifest/--torrent overriding."""
-    from m7b.manifests.loader import load_manifest
-
-    manifest = load_manifest(manifest_file) if manifest_file else None
-    if target is None:
-        if manifest_file is None:
-            raise NotFoundError("name a release (see `m7b list`), a folder, or pass --manifest FILE")
-        target = str(manifest_file)
-    release = resolve(target, store)
-    if manifest is not None:
-        release = replace(release, manifest=manifest)
-    if torrent is not None:
-        release = replace(release, torrent=torrent)
-    return release
 
 
 def verify(
@@ -58,24 +38,12 @@ def verify(
     """Prove a release is what its magnet and publisher named: torrent pieces, manifest digests, license
     evidence, and a checkpoint inspected before anything is unpickled. A converted folder is checked against
     its SHA256SUMS."""
-    from m7b.verify.release import verify as verify_resolved
-    from m7b.verify.sums import is_converted_dir, verify_converted
+    from m7b.verify.release import verify as verify_target
 
-    store = Store.from_env()
-    if target and Path(target).expanduser().is_dir() and is_converted_dir(Path(target).expanduser()):
-        root = Path(target).expanduser().resolve()
-        with progress_bars(enabled=not json_out) as progress:
-            report = verify_converted(root, name=root.parent.name, progress=progress)
-        saved = None
-    else:
-        release = _release(store, target, manifest, torrent)
-        with progress_bars(enabled=not json_out) as progress:
-            verification = verify_resolved(release, store, progress=progress)
-        report, saved = verification.report, verification.report_path
-    doc = report.to_json()
-    doc["report_path"] = str(saved) if saved else None
-    show(doc, json_out, _print_report)
-    _fail_unless_ok(report, json_out)
+    with progress_bars(enabled=not json_out) as progress:
+        verification = verify_target(target, manifest=manifest, torrent=torrent, progress=progress, on_note=note)
+    show(verification.to_json(), json_out, _print_report)
+    _fail_unless_ok(verification.report, json_out)
 
 
 def _fail_unless_ok(report: Any, json_out: bool) -> None:
@@ -118,31 +86,6 @@ def _print_report(doc: dict[str, Any]) -> None:
         out.print(f"report: {doc['report_path']}", highlight=False)
 
 
-def _known_sha256(store: Store, name: str | None, checkpoint: Path) -> str | None:
-    """The checkpoint's sha256 from the verification report, if the file is unchanged since."""
-    if not name or not store.is_verified(name):
-        return None
-    from m7b.store import unchanged_since
-
-    try:
-        report = json.loads(store.report_path(name).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    for entry in report.get("files", []):
-        if entry.get("path") == checkpoint.name and unchanged_since(checkpoint.parent, entry):
-            return entry.get("sha256")
-    return None
-
-
-def _default_out(store: Store, release: Release, layout: str) -> Path:
-    """Where a conversion goes without --out: a store release's converted/NAME/LAYOUT (where `m7b run NAME` looks
-    first); any other folder's output lies beside it as <folder>-<layout>, so it never stands in the store for an
-    unrelated release of the same name."""
-    if release.in_store and release.name:
-        return store.converted_dir(release.name, layout)
-    return release.folder.parent / f"{release.folder.name}-{layout}"
-
-
 def convert(
     target: TargetArg = None,
     to: Annotated[
@@ -169,54 +112,28 @@ def convert(
     ] = False,
 ) -> None:
     """Convert a release to safetensors: streaming, deterministic, atomic, every tensor checked bit for bit."""
-    from m7b.locks import hold
-    from m7b.verify.convert import CHECKPOINT, convert_release
+    from m7b.verify.convert import plan_convert, run_convert
 
-    store = Store.from_env()
     if target is None:
         raise NotFoundError("name a release (see `m7b list`) or a folder to convert")
-    release = resolve(target, store)
-    if release.manifest is not None:
-        release.manifest.require_runnable("convert")
-    release = require_present(release)
-    root, name = release.folder, (release.name if release.in_store else None)
-    label = name or root.name
-    out_path = out_dir or _default_out(store, release, to)
-    verified = bool(name) and store.is_verified(name)
-    if not verified and not json_out:
+    store = Store.from_env()
+    plan = plan_convert(target, to, store, out=out_dir, on_note=note)
+    if not plan.verified and not json_out:
         err.print(
-            f"[yellow]note:[/yellow] {label} has no passing verification report; run `m7b verify` to bind it "
+            f"[yellow]note:[/yellow] {plan.label} has no passing verification report; run `m7b verify` to bind it "
             "to its magnet and publisher",
             highlight=False,
         )
-    lock = store.converted_lock(label, to)
-    wait_report = lambda holder: report_lock_wait(holder, json_out)  # noqa: E731
-    with (
-        hold(store, lock, f"converted output {label}/{to}", wait=not no_wait, on_wait=wait_report),
-        progress_bars(enabled=not json_out) as progress,
-    ):
-        result = convert_release(
-            root,
-            out_path,
-            to,
-            name=label,
-            source_sha256=_known_sha256(store, name, root / CHECKPOINT),
+    with progress_bars(enabled=not json_out) as progress:
+        conversion = run_convert(
+            plan,
+            store,
             max_shard_size=_shard_size(max_shard_size),
+            wait=not no_wait,
+            on_wait=lambda holder: report_lock_wait(holder, json_out),
             progress=progress,
         )
-    doc = {
-        "name": label,
-        "layout": result.layout,
-        "out": str(result.out),
-        "verified_source": verified,
-        "tensors": result.tensors,
-        "tensor_bytes": result.tensor_bytes,
-        "source_sha256": result.source_sha256,
-        "seconds": round(result.seconds, 3),
-        "files": result.files,
-        "notes": list(result.notes),
-    }
-    show(doc, json_out, lambda _: _print_conversion(label, result))
+    show(conversion.to_json(), json_out, lambda _: _print_conversion(plan.label, conversion.result))
 
 
 def _print_conversion(label: str, result: Any) -> None:
@@ -226,8 +143,8 @@ def _print_conversion(label: str, result: Any) -> None:
     for fname, digest in result.files.items():
         table.add_row(fname, digest)
     out.print(table)
-    for note in result.notes:
-        err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    for left_out in result.notes:
+        err.print(f"[yellow]note:[/yellow] {left_out}", highlight=False)
     out.print(
         f"{result.tensors} tensors ({format_bytes(result.tensor_bytes)}) written and checked bit for bit in "
         f"{result.seconds:.1f} s; hashes in {result.out / 'SHA256SUMS'}",
