@@ -12,9 +12,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from m7b.errors import StorageError
+
+if TYPE_CHECKING:
+    from _typeshed import OpenBinaryModeWriting
 
 
 def storage_error(exc: OSError, path: Path) -> StorageError:
@@ -48,7 +51,7 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, mode: str = "wb") -> Iterator[BinaryIO]:
+def atomic_file(path: Path, mode: OpenBinaryModeWriting = "wb") -> Iterator[BinaryIO]:
     """Yield a file open for writing; on success it is fsynced and renamed to `path`.
 
     On any error the temporary file is removed and `path` is untouched.

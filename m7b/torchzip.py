@@ -86,6 +86,7 @@ def _aligned_info(zf: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
     """A ZipInfo whose data will start on an ALIGNMENT boundary, with a fixed timestamp."""
     info = zipfile.ZipInfo(name, date_time=_EPOCH)
     info.compress_type = zipfile.ZIP_STORED
+    assert zf.fp is not None  # an open ZipFile, being written
     offset = zf.fp.tell() + 30 + len(name.encode("ascii"))
     pad = (-(offset + 4)) % ALIGNMENT
     info.extra = struct.pack("<HH", _PAD_HEADER_ID, pad) + b"Z" * pad
@@ -123,7 +124,7 @@ def write_checkpoint(
             tensor = produce(spec)
             if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
                 raise ValueError(f"producer gave {tuple(tensor.shape)} {tensor.dtype} for {spec}")
-            raw = memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+            raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data  # the array's buffer, as memoryview
             record(f"data/{index}", raw)
             digest.update(raw)
             done += spec.nbytes

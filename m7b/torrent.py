@@ -93,7 +93,7 @@ def check_info_paths(info_section: bytes) -> None:
     """Check the raw info dictionary (libtorrent silently rewrites unsafe paths; m7b refuses them)."""
     import libtorrent as lt
 
-    info = lt.bdecode(info_section)
+    info: object = lt.bdecode(info_section)  # checked below: a dict (of bytes keys) or refused
     if not isinstance(info, dict):
         raise UnsafeError("torrent metadata is not a dictionary: refused")
     _check_component(info.get(b"name", b""), "the torrent name")
@@ -211,10 +211,10 @@ def parse_torrent(data: bytes, origin: str = "torrent") -> tuple[lt.torrent_info
     import libtorrent as lt
 
     try:
-        raw = lt.bdecode(data)
+        raw: object = lt.bdecode(data)
         if not isinstance(raw, dict) or b"info" not in raw:
             raise ValueError("no info dictionary")
-        ti = lt.torrent_info(raw)
+        ti = lt.torrent_info(raw)  # type: ignore[call-overload]  # stubs want create_torrent's dict; any bdecoded works
     except (RuntimeError, ValueError, TypeError) as exc:
         raise InvalidInputError(f"{origin} is not a valid .torrent file ({exc}); expected bencoded metadata") from exc
     return ti, meta_from_info(ti, raw, origin)

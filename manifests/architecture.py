@@ -43,6 +43,11 @@ class MixtureOfExperts:
         return f"mixture of experts: {self.describe()}"
 
 
+def carried_moe(exc: UnsupportedArchitectureError) -> MixtureOfExperts | None:
+    """The `moe` block `exc` carries (m7b.errors, a layer below the manifests, types it only as object)."""
+    return exc.moe if isinstance(exc.moe, MixtureOfExperts) else None
+
+
 @dataclass(frozen=True)
 class Architecture:
     dim: int

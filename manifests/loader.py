@@ -7,13 +7,13 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NoReturn, overload
 
 from m7b.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
 from m7b.magnet import parse_magnet
 from m7b.paths import path_problem
 
-from .architecture import architecture_from_mapping
+from .architecture import architecture_from_mapping, carried_moe
 from .schema import ArchiveFacts, CheckpointFacts, FileFacts, Manifest, TorrentFacts
 
 SCHEMA_VERSION = 1
@@ -53,7 +53,7 @@ class _Reader:
             self.fail(unknown[0], f"unknown field; expected one of {', '.join(sorted(allowed))}")
         self.table = table
 
-    def fail(self, key: str, message: str) -> None:
+    def fail(self, key: str, message: str) -> NoReturn:
         field_name = f"{self.where}.{key}" if self.where and key else (key or self.where)
         raise InvalidInputError(f"{self.origin}: field '{field_name}': {message}")
 
@@ -68,6 +68,12 @@ class _Reader:
         if not isinstance(value, kind):
             self.fail(key, f"expected {_kind_name(kind)}, found {type(value).__name__} {value!r}")
         return value
+
+    @overload
+    def text(self, key: str, required: Literal[True]) -> str: ...
+
+    @overload
+    def text(self, key: str, required: bool = False) -> str | None: ...
 
     def text(self, key: str, required: bool = False) -> str | None:
         value = self.get(key, str, required)
@@ -169,7 +175,7 @@ def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
         try:
             architecture = architecture_from_mapping(raw["architecture"], f"{origin}: field 'architecture'")
         except UnsupportedArchitectureError as exc:  # a mixture of experts: known, and recorded as not runnable
-            moe = exc.moe
+            moe = carried_moe(exc)
 
     checkpoint = None
     if "checkpoint" in raw:

@@ -12,7 +12,7 @@ from pathlib import Path
 import libtorrent as lt
 
 from m7b.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
-from m7b.manifests.architecture import Architecture, MixtureOfExperts, load_params
+from m7b.manifests.architecture import Architecture, MixtureOfExperts, carried_moe, load_params
 from m7b.manifests.loader import NAME_RE
 from m7b.manifests.schema import FileFacts, Manifest, TorrentFacts
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
@@ -175,4 +175,4 @@ def _architecture(root: Path, files: Sequence[str]) -> tuple[Architecture | None
     try:
         return load_params(root / "params.json"), None
     except UnsupportedArchitectureError as exc:
-        return None, exc.moe  # type: ignore[return-value]
+        return None, carried_moe(exc)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import libtorrent as lt
 
@@ -37,9 +38,9 @@ class SessionOptions:
     limit_local_peers: bool = False
 
     @classmethod
-    def loopback(cls, **changes: object) -> SessionOptions:
+    def loopback(cls, **changes: Any) -> SessionOptions:
         """For a swarm on 127.0.0.1: no DHT/LSD/port mapping, TCP only, peers may share an IP."""
-        base = dict(
+        base = cls(
             listen="127.0.0.1:0",
             dht=False,
             lsd=False,
@@ -48,7 +49,7 @@ class SessionOptions:
             allow_same_ip=True,
             limit_local_peers=True,
         )
-        return cls(**{**base, **changes})  # type: ignore[arg-type]
+        return replace(base, **changes)
 
 
 def session_options(listen: str | None = None, loopback: bool = False, **changes: object) -> SessionOptions:
@@ -69,7 +70,7 @@ def listen_interfaces(text: str) -> str:
     return text
 
 
-def settings(options: SessionOptions) -> dict[str, object]:
+def settings(options: SessionOptions) -> lt.settings_pack:
     """The settings pack for `options`. Throughput settings are tuned for multi-GB releases."""
     return {
         "user_agent": f"m7b/{__version__} libtorrent/{lt.__version__}",
@@ -110,7 +111,7 @@ def make_session(options: SessionOptions) -> lt.session:
     session = lt.session(settings(options))
     if options.limit_local_peers:
         local = session.get_peer_class(session.local_peer_class_id)
-        local.update(upload_limit=options.upload_limit, download_limit=options.download_limit)
+        local["upload_limit"], local["download_limit"] = options.upload_limit, options.download_limit
         session.set_peer_class(session.local_peer_class_id, local)
     return session
 

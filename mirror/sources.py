@@ -119,12 +119,12 @@ class SourceWatch:
         for peer in self.handle.get_peer_info():
             if peer.connection_type != lt.peer_info.web_seed:
                 continue
-            seed = self._web_seed_at(peer.ip)
-            if seed is None:
+            delivering = self._web_seed_at(peer.ip)
+            if delivering is None:
                 continue
-            seed.downloaded += peer.total_download
-            if peer.total_download > 0 and not seed.failed_for_good:
-                seed.status, seed.message, seed.http_status = WORKING, "", None
+            delivering.downloaded += peer.total_download
+            if peer.total_download > 0 and not delivering.failed_for_good:
+                delivering.status, delivering.message, delivering.http_status = WORKING, "", None
 
     def _tracker(self, alert: lt.tracker_alert) -> None:
         entry = next((t for t in self.trackers if t.url == alert.tracker_url()), None)
@@ -137,7 +137,9 @@ class SourceWatch:
             reason = alert.failure_reason()
             entry.status, entry.message = ERROR, alert.error.message() + (f" ({reason})" if reason else "")
         elif isinstance(alert, lt.tracker_warning_alert):
-            entry.message = alert.warning_message()
+            # libtorrent 2.0's binding has warning_message(); 2.1's (and its stubs) only the alert's own message()
+            warning = getattr(alert, "warning_message", None)
+            entry.message = warning() if callable(warning) else alert.message()
 
     def _seed(self, url: str) -> WebSeedStatus:
         entry = next((s for s in self.web_seeds if s.url == url), None)
@@ -173,17 +175,18 @@ class SourceWatch:
         """The web seed whose server is `endpoint` (ip, port), if any: libtorrent's peer alerts name only it."""
         ip, port = endpoint[0], endpoint[1]
         for seed in self.web_seeds:
-            if _port(seed.url) == port and (ip, port) in self._resolve(seed.url):
+            if _port(seed.url) == port and (ip, port) in self._resolve(seed.url, port):
                 return seed
         return None
 
-    def _resolve(self, url: str) -> set[tuple[str, int]]:
-        """The addresses of a web seed's server, looked up once (and only for an endpoint on its port)."""
+    def _resolve(self, url: str, port: int) -> set[tuple[str, int]]:
+        """The addresses of a web seed's server (`port`: its URL's), looked up once (and only for an endpoint on it)."""
         if url not in self._addresses:
-            parts, port = urlsplit(url), _port(url)
+            parts = urlsplit(url)
             try:
                 infos = socket.getaddrinfo(parts.hostname or "", port, type=socket.SOCK_STREAM)
-                self._addresses[url] = {(info[4][0], port) for info in infos}
+                # SOCK_STREAM lookups give AF_INET/AF_INET6 addresses, whose host is a str (typeshed: str | int)
+                self._addresses[url] = {(str(info[4][0]), port) for info in infos}
             except OSError:
                 self._addresses[url] = set()
         return self._addresses[url]

@@ -14,6 +14,9 @@ from torch import nn
 class RollingKVCache(nn.Module):
     """One layer's keys and values, shaped (batch, n_kv_heads, capacity, head_dim)."""
 
+    k_cache: torch.Tensor  # buffers, registered in __init__
+    v_cache: torch.Tensor
+
     def __init__(
         self,
         batch_size: int,

@@ -4,9 +4,14 @@ against (tests, `m7b smoke` on CUDA, the benchmarks). The Hugging Face state dic
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .args import ModelArgs
+
+if TYPE_CHECKING:
+    from transformers import MistralForCausalLM
 
 
 def permute_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -40,11 +45,11 @@ def hf_model(
     args: ModelArgs,
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = "eager",
-):
+) -> MistralForCausalLM:
     """A MistralForCausalLM holding `state` (checkpoint key names), with the same window and rope_theta."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    config = MistralConfig(
+    config = MistralConfig(  # type: ignore[call-arg]  # transformers 5 takes rope_theta, attn_implementation unlisted
         vocab_size=args.vocab_size,
         hidden_size=args.dim,
         intermediate_size=args.hidden_dim,

@@ -11,7 +11,7 @@ from typing import Any
 
 from m7b.errors import M7bError, MismatchError, NotFoundError, UnsupportedArchitectureError
 from m7b.magnet import parse_magnet
-from m7b.manifests.architecture import Architecture, load_params
+from m7b.manifests.architecture import Architecture, carried_moe, load_params
 from m7b.manifests.schema import Manifest
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.torrent import TorrentMeta, load_torrent
@@ -182,7 +182,7 @@ def _bound_plan(
     named = parse_magnet(facts.magnet).hashes if facts and facts.magnet else ()
     wanted += [h for h in named if h not in wanted]
     recorded = not wanted and bool(info_hash)  # the store's record of what this release was fetched as
-    if recorded:
+    if recorded and info_hash:  # (recorded implies info_hash)
         wanted = [info_hash.lower()]
     if torrent is None:
         if wanted:
@@ -361,12 +361,13 @@ def _checkpoint_findings(root: Path, manifest: Manifest | None) -> tuple[list[Fi
         try:
             arch = load_params(params)
         except UnsupportedArchitectureError as exc:  # verify proves the files; running them is another matter
+            moe = carried_moe(exc)
             findings.append(
                 Finding(
                     "params",
                     Status.NOTE,
-                    f"params.json declares a mixture of experts ({exc.moe.describe()}): m7b cannot run or convert "
-                    "it, and does not check the checkpoint's keys and shapes against it",
+                    f"params.json declares a mixture of experts ({moe.describe() if moe else exc}): m7b cannot run or "
+                    "convert it, and does not check the checkpoint's keys and shapes against it",
                     "params.json",
                 )
             )

@@ -60,10 +60,11 @@ class Inspection:
 def scan_pickle(data: bytes, where: str) -> list[PickleGlobal]:
     """Every global the pickle would import; raise UnsafeError at the first one not allowed."""
     found: list[PickleGlobal] = []
-    memo: dict[int, Any] = {}
+    memo: dict[object, Any] = {}  # keyed by the memo ops' int arguments
     recent: list[Any] = []  # values of the last pushes, as far as they are strings; None when unknown
     try:
         for opcode, arg, pos in pickletools.genops(data):
+            assert pos is not None  # genops reads bytes through a BytesIO, which tells every opcode's offset
             name = opcode.name
             if name in _REFUSED_OPS:
                 raise UnsafeError(
@@ -135,9 +136,9 @@ def inspect_checkpoint(path: Path) -> Inspection:
             raise UnsafeError(f"{path}: the zip holds duplicate member names; the file was refused")
         pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
-            found = ", ".join(n for n in names if n.endswith(".pkl")) or "no .pkl member"
+            pkls = ", ".join(n for n in names if n.endswith(".pkl")) or "no .pkl member"
             raise MismatchError(
-                f"{path}: expected exactly one <archive>/data.pkl, found {found}; "
+                f"{path}: expected exactly one <archive>/data.pkl, found {pkls}; "
                 "this is not a torch checkpoint as torch.save writes it"
             )
         archive = pickles[0].split("/")[0]

@@ -292,4 +292,4 @@ def tensor_bytes(view: memoryview, record: TensorRecord) -> memoryview:
     strided = np.lib.stride_tricks.as_strided(
         elements, record.shape, tuple(s * record.itemsize for s in record.stride), writeable=False
     )
-    return memoryview(np.ascontiguousarray(strided)).cast("B")
+    return np.ascontiguousarray(strided).data.cast("B")  # .data: the array's buffer, as memoryview

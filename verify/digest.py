@@ -45,6 +45,16 @@ class ReadItem:
         return self.disk is None
 
 
+class Hasher(Protocol):
+    """What the lanes use of a hashlib object."""
+
+    def update(self, data: memoryview, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+    def hexdigest(self) -> str: ...
+
+
 class Lane(Protocol):
     """A consumer of the byte stream; every method runs on the lane's own thread, in stream order."""
 
@@ -64,7 +74,7 @@ class FileDigestLane:
     algorithm: str
     wanted: set[str] | None = None  # None: every file
     digests: dict[str, str] = field(default_factory=dict)
-    _current: object | None = None
+    _current: Hasher | None = None
 
     def begin(self, item: ReadItem) -> None:
         take = not item.is_pad and (self.wanted is None or item.rel in self.wanted)
@@ -72,11 +82,11 @@ class FileDigestLane:
 
     def update(self, item: ReadItem, offset: int, data: memoryview) -> None:
         if self._current is not None:
-            self._current.update(data)  # type: ignore[attr-defined]
+            self._current.update(data)
 
     def end(self, item: ReadItem, size: int) -> None:
         if self._current is not None:
-            self.digests[item.rel] = self._current.hexdigest()  # type: ignore[attr-defined]
+            self.digests[item.rel] = self._current.hexdigest()
         self._current = None
 
     def finish(self) -> None:
@@ -171,11 +181,11 @@ def read_stream(
         for item in items:
             send(("begin", item))
             size = 0
-            if item.is_pad:
+            if item.disk is None:  # padding (item.is_pad)
                 size = _send_zeros(item, free, workers)
             else:
                 try:
-                    st = os.stat(item.disk)  # type: ignore[arg-type]
+                    st = os.stat(item.disk)
                     if not stat.S_ISREG(st.st_mode):  # a FIFO would block, /dev/zero never end: never opened
                         found[item.rel] = FileRead(
                             item.rel,
@@ -186,7 +196,7 @@ def read_stream(
                         )
                         send(("end", item, 0))
                         continue
-                    with open(item.disk, "rb", buffering=0) as fh:  # type: ignore[arg-type]
+                    with open(item.disk, "rb", buffering=0) as fh:
                         while True:
                             block = free.get()
                             n = fh.readinto(block.buffer)
@@ -228,10 +238,10 @@ def _kind(mode: int) -> str:
 
 
 def _expected_size(item: ReadItem) -> int:
-    if item.is_pad:
+    if item.disk is None:  # padding (item.is_pad)
         return 0
     try:
-        return os.stat(item.disk).st_size  # type: ignore[arg-type]
+        return os.stat(item.disk).st_size
     except OSError:
         return item.stream_length or 0
 

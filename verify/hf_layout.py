@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
 from m7b.manifests.architecture import Architecture
 
-Rows = TypeVar("Rows")  # a 2-D torch tensor or numpy array: both have reshape and swapaxes
+
+class Rows(Protocol):
+    """A 2-D torch tensor or numpy array: what permute uses of them (each method gives one of the same kind)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def reshape(self, dim: int, /, *dims: int) -> Rows: ...
+
+    def swapaxes(self, axis0: int, axis1: int, /) -> Rows: ...
+
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 _LAYER_KEYS = {
@@ -50,13 +60,13 @@ def rotary_heads(key: str, arch: Architecture) -> int | None:
 
 def permute(w: Rows, heads: int) -> Rows:
     """Interleaved rotary pairs (Mistral) to half-split rows (Hugging Face), per head."""
-    rows, cols = w.shape  # type: ignore[attr-defined]
-    return w.reshape(heads, rows // heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)  # type: ignore
+    rows, cols = w.shape
+    return w.reshape(heads, rows // heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
 def unpermute(w: Rows, heads: int) -> Rows:
-    rows, cols = w.shape  # type: ignore[attr-defined]
-    return w.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)  # type: ignore
+    rows, cols = w.shape
+    return w.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
 def config(arch: Architecture, dtype: str = "bfloat16") -> dict[str, Any]:

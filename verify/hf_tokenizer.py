@@ -13,6 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sentencepiece import SentencePieceProcessor
+    from tokenizers import Tokenizer
 
 from .tokenizer_model import load_sentencepiece
 
@@ -63,7 +68,7 @@ def build(model: Path) -> FastTokenizer:
         ) from exc
 
 
-def _build(sp, model: Path) -> FastTokenizer:
+def _build(sp: SentencePieceProcessor, model: Path) -> FastTokenizer:
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
     from tokenizers.models import BPE
 
@@ -91,7 +96,7 @@ def _build(sp, model: Path) -> FastTokenizer:
     return FastTokenizer(tokenizer.to_str(pretty=True) + "\n", checked)
 
 
-def _merges(sp, vocab: dict[str, int]) -> list[tuple[str, str]]:
+def _merges(sp: SentencePieceProcessor, vocab: dict[str, int]) -> list[tuple[str, str]]:
     """Every split of every piece into two pieces, ranked by the merged piece's score (highest first), ties by id.
 
     sentencepiece's BPE repeatedly merges the adjacent pair whose concatenation has the highest score; a BPE whose
@@ -109,7 +114,7 @@ def _merges(sp, vocab: dict[str, int]) -> list[tuple[str, str]]:
     return [(left, right) for *_, left, right in ranked]
 
 
-def _check(sp, tokenizer, model: Path) -> int:
+def _check(sp: SentencePieceProcessor, tokenizer: Tokenizer, model: Path) -> int:
     for text in SAMPLES:
         want = [sp.bos_id(), *sp.encode(text)]
         got = tokenizer.encode(text).ids

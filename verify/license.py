@@ -88,8 +88,8 @@ def classify(data: bytes) -> list[tuple[Evidence, str]]:
     text = data.decode("utf-8", errors="replace")
     if not found and _canonical_terms() in normalise(text):
         found.append((Evidence.NORMALISED, "the full Apache-2.0 terms, matched after normalisation"))
-    if not found and _MENTION.search(text):
-        found.append((Evidence.MENTION, f"names the license ({_MENTION.search(text).group(0)!r}) without its text"))
+    if not found and (mention := _MENTION.search(text)):
+        found.append((Evidence.MENTION, f"names the license ({mention.group(0)!r}) without its text"))
     for name, pattern in _CONTRADICTIONS.items():
         match = pattern.search(text)
         if match:

@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 from m7b.torrent import TorrentMeta
 
-from .digest import ReadItem
+from .digest import Hasher, ReadItem
 
 V2_BLOCK = 16 << 10
 _ZERO32 = bytes(32)
@@ -32,7 +33,7 @@ class V1PieceLane:
     unchecked: list[int] = field(default_factory=list)  # pieces with bytes missing from disk
     checked: int = 0
     _pos: int = 0
-    _hasher: object | None = None
+    _hasher: Hasher | None = None
     _tainted: bool = False
 
     def begin(self, item: ReadItem) -> None:
@@ -63,7 +64,7 @@ class V1PieceLane:
             if data is None:
                 self._tainted = True
             else:
-                self._hasher.update(data[done : done + take])  # type: ignore[attr-defined]
+                self._hasher.update(data[done : done + take])
             done += take
             self._pos += take
             if self._pos % self.piece_length == 0:
@@ -71,13 +72,18 @@ class V1PieceLane:
 
     def _close_piece(self) -> None:
         index = (self._pos - 1) // self.piece_length
-        digest = self._hasher.digest() if self._hasher is not None else b""  # type: ignore[attr-defined]
+        digest = self._hasher.digest() if self._hasher is not None else b""
         if self._tainted:
             self.unchecked.append(index)
         elif index >= len(self.expected) or digest != self.expected[index]:
             self.failed.append(index)
         self.checked += 1
         self._hasher = None
+
+
+def _all_known(leaves: list[bytes | None]) -> TypeGuard[list[bytes]]:
+    """Whether every leaf was hashed (None: a block that is not on disk)."""
+    return None not in leaves
 
 
 def _merkle_root(leaves: list[bytes], count: int, pad: bytes = _ZERO32) -> bytes:
@@ -128,7 +134,7 @@ class V2PieceLane:
             self._leaves = []
             return
         if tf.size <= self.plan.piece_length:
-            ok = None not in leaves and _merkle_root(leaves, _next_pow2(blocks)) == tf.v2_root  # type: ignore[arg-type]
+            ok = _all_known(leaves) and _merkle_root(leaves, _next_pow2(blocks)) == tf.v2_root
             bad = [] if ok else [0]
         else:
             layer = self.plan.v2_layers.get(tf.v2_root, b"")
@@ -139,7 +145,7 @@ class V2PieceLane:
             )
             for p in range(n_pieces):
                 chunk = leaves[p * per_piece : (p + 1) * per_piece]
-                if not layer_ok or None in chunk or _merkle_root(chunk, per_piece) != expected[p]:  # type: ignore
+                if not layer_ok or not _all_known(chunk) or _merkle_root(chunk, per_piece) != expected[p]:
                     bad.append(p)
         self.checked += n_pieces
         if bad:

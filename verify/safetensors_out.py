@@ -17,6 +17,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from io import FileIO
 from pathlib import Path
 
 from m7b.dtypes import BY_NAME
@@ -130,17 +131,19 @@ def write_safetensors(
     return digest.hexdigest()
 
 
-def _write_all(fh, data: memoryview) -> None:
+def _write_all(fh: FileIO, data: memoryview) -> None:
     """An unbuffered write may take less than it is given (Linux: at most ~2 GiB a call): write until all is."""
     done = 0
     while done < data.nbytes:
         done += fh.write(data[done:])
 
 
-def _copy_range(source: FileRange, fh, count: int) -> tuple[int, bool]:
+def _copy_range(source: FileRange, fh: FileIO, count: int) -> tuple[int, bool]:
     """Copy `count` bytes from `source` to `fh`'s position in the kernel; (bytes copied, whether to go on copying).
     A file system that cannot (another device, no support) gets the rest written instead; other errors
     (a full disk) are raised."""
+    if _copy_file_range is None:  # callers copy only where the OS has it
+        return 0, False
     done = 0
     while done < count:
         try:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from m7b.errors import InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:
+    from sentencepiece import SentencePieceProcessor
 
 TOKENIZER_NAME = "tokenizer.model"
 
 
-def load_sentencepiece(path: Path):  # -> sentencepiece.SentencePieceProcessor
+def load_sentencepiece(path: Path) -> SentencePieceProcessor:
     """The sentencepiece model at `path`: NotFoundError when absent, InvalidInputError naming the file for an empty,
     truncated or garbage one (sentencepiece raises RuntimeError/OSError; a model without its control pieces passes
     sentencepiece but cannot frame a prompt). The one place m7b opens a tokenizer.model."""

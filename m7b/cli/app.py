@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeGuard
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
@@ -123,7 +123,15 @@ def build_app() -> typer.Typer:
 app = build_app()
 
 
-def _is_usage_error(exc: Exception) -> bool:
+class _UsageError(Protocol):
+    """What m7b uses of click's ClickException."""
+
+    exit_code: int
+
+    def show(self) -> None: ...
+
+
+def _is_usage_error(exc: Exception) -> TypeGuard[_UsageError]:
     # typer ships its own copy of click; match its ClickException (usage errors, bad parameters) by name
     return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
 
@@ -199,8 +207,8 @@ def main() -> None:
         _reader_gone()
     except Exception as exc:
         if _is_usage_error(exc):
-            exc.show()  # type: ignore[attr-defined]
-            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+            exc.show()
+            sys.exit(exc.exit_code)
         if state.debug:
             raise
         _fail(state, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)

@@ -162,13 +162,12 @@ def run_demo(work: Path, preset: str, report: Callable[[DemoStep], None]) -> lis
         home = user.home
         step("verify", lambda: _summarise_verify(_m7b(home, "verify", NAME)))
         for layout in ("native", "hf"):
-            step(
-                f"convert {layout}",
-                lambda layout=layout: (
-                    f"{layout} safetensors in {user.converted_dir(NAME, layout)}",
-                    _m7b(home, "convert", NAME, "--to", layout),
-                ),
-            )
+
+            def convert(layout: str = layout) -> tuple[str, dict[str, Any]]:
+                summary = f"{layout} safetensors in {user.converted_dir(NAME, layout)}"
+                return summary, _m7b(home, "convert", NAME, "--to", layout)
+
+            step(f"convert {layout}", convert)
         step("run", lambda: _summarise_run(_m7b(home, "run", NAME, "--prompt", PROMPT, "--max-tokens", "24")))
         step("smoke", lambda: _summarise_smoke(_m7b(home, "smoke", NAME)))
         if shutil.which("aria2c"):

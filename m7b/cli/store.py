@@ -263,7 +263,7 @@ def du(json_out: JsonOption = False) -> None:
     from m7b.usage import store_usage
 
     usage = store_usage(Store.from_env())
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": r.name,
             "release": r.release,
