@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import libtorrent as lt
 
@@ -162,7 +163,11 @@ def fetch_target(release: Release) -> FetchTarget:
             f"nothing to fetch {release.name} from: no magnet, no .torrent beside {release.folder} and no "
             "manifest naming one; give its magnet or .torrent file"
         )
-    info_hash = magnet.info_hash if magnet else meta_from_info(torrent).info_hash
+    if magnet is not None:
+        info_hash = magnet.info_hash
+    else:
+        assert torrent is not None  # refused above when both are missing
+        info_hash = meta_from_info(torrent).info_hash
     return FetchTarget(
         name=release.name, info_hash=info_hash, magnet=magnet, torrent=torrent, manifest=release.manifest
     )
@@ -219,7 +224,7 @@ def fetch_release(
 
 def _torrent_bytes(ti: lt.torrent_info, trackers: Sequence[str]) -> bytes:
     """A .torrent holding exactly the info dictionary the swarm sent (so its info-hash is unchanged)."""
-    doc: dict[bytes, object] = {b"info": lt.bdecode(ti.info_section())}
+    doc: dict[bytes, Any] = {b"info": lt.bdecode(ti.info_section())}
     if trackers:
         doc[b"announce"] = trackers[0].encode()
         doc[b"announce-list"] = [[t.encode()] for t in trackers]
@@ -291,7 +296,7 @@ class _Download:
         atp.save_path = str(self.save_path)
         flags = (atp.flags | lt.torrent_flags.update_subscribe) & ~lt.torrent_flags.auto_managed
         flags &= ~lt.torrent_flags.paused
-        if t.torrent is not None:
+        if t.torrent is not None and self.meta is not None:  # a torrent given: its meta was accepted above
             atp.ti = t.torrent
             atp.renamed_files = renamed_files(self.meta)
             flags &= ~lt.torrent_flags.upload_mode
@@ -374,6 +379,7 @@ class _Download:
 
     def on_metadata(self) -> None:
         ti = self.handle.torrent_file()
+        assert ti is not None  # called on libtorrent's metadata_received_alert: the torrent has its metadata
         self.meta = self._accept(ti)
         renames = renamed_files(self.meta)
         self.pending_renames = set(renames)

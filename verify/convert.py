@@ -249,7 +249,7 @@ def plan_convert(
         label=name or release.folder.name,
         layout=layout,
         out=Path(out) if out is not None else default_out(store, release, layout),
-        verified=bool(name) and store.is_verified(name),
+        verified=name is not None and store.is_verified(name),
     )
 
 
@@ -362,7 +362,7 @@ def _rows(raw: memoryview, record: TensorRecord, heads: int, rearrange: Callable
     import numpy as np
 
     rows = np.frombuffer(raw, dtype=np.dtype(f"V{record.itemsize}")).reshape(record.shape)
-    return memoryview(np.ascontiguousarray(rearrange(rows, heads))).cast("B")
+    return np.ascontiguousarray(rearrange(rows, heads)).data.cast("B")
 
 
 def _hf_index(plan: dict[str, list[TensorOut]]) -> str:
@@ -415,7 +415,7 @@ class _ReadBack:
             )
         # Checked: start writing these pages to disk now (Linux starts writeback of dirty pages on DONTNEED), so the
         # final fsync has little left to wait for and the page cache is not filled with the whole model.
-        if hasattr(os, "posix_fadvise") and t.nbytes:
+        if hasattr(os, "posix_fadvise") and t.nbytes and self.fh is not None:
             os.posix_fadvise(self.fh.fileno(), offset, t.nbytes, os.POSIX_FADV_DONTNEED)
 
     def _same_as_source(self, t: TensorOut, source: TensorRecord, heads: int | None, offset: int) -> bool:
@@ -424,6 +424,7 @@ class _ReadBack:
         if not t.nbytes:
             return True
         want = tensor_bytes(self.view, source)
+        assert self.fh is not None  # __call__ opened the file this tensor was written to
         base = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
             mm = mmap.mmap(self.fh.fileno(), offset - base + t.nbytes, offset=base, access=mmap.ACCESS_READ)

@@ -49,10 +49,8 @@ def _load(release: str, device: str, dtype: str | None, window: int | None = Non
 
 
 def run(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", metavar="TEXT", help="The text to continue (BOS is added).")],
     release: ReleaseArg = DEFAULT_RELEASE,
-    prompt: Annotated[
-        str, typer.Option("--prompt", "-p", metavar="TEXT", help="The text to continue (BOS is added).")
-    ] = ...,
     max_tokens: Annotated[
         int, typer.Option(metavar="N", help="Most tokens to generate (stops early at end-of-sequence).")
     ] = 256,
