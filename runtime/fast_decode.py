@@ -25,7 +25,8 @@ from m7b.errors import InvalidInputError, StorageError
 
 from .cpu_kernels_build import KERNEL_CHOICES, TORCH_NAME, choose_kernels
 from .generate import DecodeFn, decode_one_token
-from .model import RowKernels, Transformer
+from .model import Transformer
+from .row_kernels import row_kernel_step
 
 DECODE_MODES = ("auto", "eager", "compile", "graph")
 READY_NAME = "READY.json"  # written once a compiled step has run: the folder holds a complete compile
@@ -145,19 +146,6 @@ def compiled_step(device: torch.device) -> DecodeFn:
         inductor_config.triton.unique_kernel_names = True
         return torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
     return torch.compile(decode_one_token, fullgraph=True)
-
-
-def row_kernel_step(kernels: RowKernels) -> DecodeFn:
-    """`decode_one_token` with the model's single-row work on `kernels` for the duration of the call."""
-
-    def run(model: Transformer, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        model.kernels.rows = kernels
-        try:
-            return decode_one_token(model, token, pos)
-        finally:
-            model.kernels.rows = None
-
-    return run
 
 
 def cuda_graph_decode(model: Transformer, device: torch.device) -> DecodeFn:
