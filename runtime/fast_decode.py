@@ -3,7 +3,9 @@
 `prepare_decode` allocates the caches at a static size, builds the step and warms it up (compiling or capturing
 happens here, timed as `prepare_s`, never inside the decode figures). On CUDA the default is the compiled step
 (torch.compile, "reduce-overhead": fused kernels replayed as CUDA graphs); on the CPU it is the eager step, whose
-single-row work goes to m7b's bf16 CPU kernels when they apply (`m7b.runtime.cpu_kernels`).
+single-row work goes to m7b's bf16 CPU kernels when they apply (`row_kernels.row_kernel_step` over
+`cpu_kernels.BF16RowKernels`). The captured CUDA graph (`graph`) is GPU-only (`GPU_ONLY_MODES`): refused elsewhere;
+its static-buffer bookkeeping (`StaticStep`) and checks (`check_capturable`) run and are tested on the CPU.
 
 Compiled artifacts persist under `<M7B_HOME>/cache/compile/<key>/` (inductor's FX-graph, autotuning and Triton
 caches), one folder per (model shape, dtype, device, torch version, mode): a run compiles once, later runs load.
