@@ -9,8 +9,8 @@ Phases (each checked against a time budget; the JSON is saved after each):
 3. `m7b run` twice as a subprocess (fresh M7B_HOME: the first run compiles, the second loads the compile), with
    libtorrent and mistral-common made unimportable: start-to-first-token, load, prepare, TTFT, decode tok/s, peak
    host private memory (RssAnon, sampled) and peak GPU memory;
-4. in process: the same release loaded once; decode with the compiled step, a captured CUDA graph and eager
-   (256 tokens, best of 3), TTFT of a 4,096-token prompt;
+4. in process: the same release loaded once; decode with the compiled step, a captured CUDA graph (GPU-only:
+   a skipped entry, with the reason, in a dry run) and eager (256 tokens, best of 3), TTFT of a 4,096-token prompt;
 5. transformers' MistralForCausalLM on the same tensors: `generate` as is, and with `cache_implementation="static"`
    (its automatic compile).
 
@@ -37,7 +37,7 @@ import torch
 
 from m7b.dtypes import BY_NAME, dtype_name
 from m7b.manifests.architecture import Architecture
-from m7b.runtime.fast_decode import prepare_decode
+from m7b.runtime.fast_decode import GPU_ONLY_MODES, prepare_decode
 from m7b.runtime.generate import GenerationConfig, generate, prefill
 from m7b.runtime.loader import Runtime, load_runtime
 from m7b.synth import PRESETS, bundled_tokenizer, release_text, tensor_seed
@@ -185,6 +185,12 @@ def in_process(rt: Runtime, new_tokens: int, modes: list[str], home: Path, repea
     config = GenerationConfig(max_tokens=new_tokens, stop_at_eos=False)
     out: dict = {}
     for mode in modes:
+        if mode in GPU_ONLY_MODES and rt.device.type != "cuda":
+            out[mode] = {
+                "skipped": f"GPU-only: the {mode} step replays a captured CUDA graph; this run is on {rt.device}"
+            }
+            log(f"in-process {mode}: skipped ({out[mode]['skipped']})")
+            continue
         try:
             prepared = prepare_decode(model, mode, len(prompt) + new_tokens, home / "cache" / "compile")
             runs = [
@@ -334,13 +340,17 @@ def report(doc: dict) -> list[str]:
         )
     best = None
     for mode, fig in doc.get("in_process", {}).items():
+        name = f"{mode} (GPU-only)" if mode in GPU_ONLY_MODES else mode
+        if "skipped" in fig:
+            lines.append(f"  in-process {name:19s} skipped: {fig['skipped']}")
+            continue
         if "error" in fig:
-            lines.append(f"  in-process {mode:8s} {fig['error']}")
+            lines.append(f"  in-process {name:19s} {fig['error']}")
             continue
         frac = fig["decode_tok_s"] / ceiling if ceiling else None
         best = max(best or 0.0, fig["decode_tok_s"])
         lines.append(
-            f"  in-process {mode:8s} {fig['decode_tok_s']:7.1f} tok/s"
+            f"  in-process {name:19s} {fig['decode_tok_s']:7.1f} tok/s"
             + (f" = {100 * frac:.0f}% of ceiling" if frac else "")
             + f" (runs {fig['runs_tok_s']}, prepare {fig['prepare_s']:.1f} s, cache {fig['compile_cache']})"
         )
@@ -389,7 +399,7 @@ def main() -> None:
     if opts.dry_run:
         device, preset = torch.device("cpu"), "tiny"
         opts.new_tokens, opts.ttft_prompt, opts.repeats = min(opts.new_tokens, 32), 40, 2
-        modes, user_decode, bw_bytes = ["compile", "eager"], "compile", 1 << 26
+        modes, user_decode, bw_bytes = ["compile", "graph", "eager"], "compile", 1 << 26  # graph: skipped, GPU-only
     else:
         if not torch.cuda.is_available():
             sys.exit("no CUDA device: run this on a GPU machine (or pass --dry-run to check the script on the CPU)")

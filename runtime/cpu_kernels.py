@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .model import DecodePosition
+from .row_kernels import DecodePosition
 
 KERNEL_NAME = "m7b-bf16-avx2"
 MAX_STACK = 4  # matrices one stacked product takes (the C side's limit)
@@ -160,8 +160,8 @@ class BF16RowKernels:
         position: DecodePosition,
     ) -> bool:
         """A whole TransformerBlock on one decode row `x` (updated in place): `norms` (attention_norm, ffn_norm),
-        `weights` (wq, wk, wv, wo, w1, w3, w2). False, with nothing touched, when the kernel does not take these
-        inputs (the caller then runs the module)."""
+        `weights` in `row_kernels.BLOCK_WEIGHTS` order (wq, wk, wv, wo, w1, w3, w2: the C function's). False, with
+        nothing touched, when the kernel does not take these inputs (the caller then runs the module)."""
         n_heads, n_kv_heads, head_dim = position.heads
         dim = x.shape[-1]
         if len(weights) != 7 or not _is_row(x, dim):

@@ -26,8 +26,10 @@ import torch.nn.functional as F
 
 from m7b.errors import InvalidInputError
 
-from .cpu_kernels import KERNEL_NAME, BF16RowKernels, attention_scale
-from .model import DecodePosition
+from .attention import grouped_attention, grouped_mask
+from .cpu_kernels import KERNEL_NAME, BF16RowKernels
+from .model import apply_rotary_emb
+from .row_kernels import DecodePosition
 
 KERNEL_CHOICES = ("auto", "m7b", "torch")
 TORCH_NAME = "torch"
@@ -168,26 +170,21 @@ def self_test(kernels: BF16RowKernels) -> None:
 
 
 def reference_attention(qkv: torch.Tensor, position: DecodePosition) -> tuple[torch.Tensor, torch.Tensor]:
-    """What `attention_step` computes, written out in torch (float32, the rotations rounded to bf16 as the model
-    rounds them), without touching `position`'s caches: (the heads' outputs (1, 1, n_heads * head_dim), the rotated
-    keys the step writes at the slot (n_kv_heads, head_dim))."""
+    """What `attention_step` computes, in the model's own torch code (`model.apply_rotary_emb`,
+    `attention.grouped_attention`) in float32, the rotations rounded to qkv's dtype as the model rounds them, without
+    touching `position`'s caches: (the heads' outputs (1, 1, n_heads * head_dim), the rotated keys the step writes at
+    the slot (n_kv_heads, head_dim))."""
     n_heads, n_kv, head_dim = position.heads
     freqs = position.freqs
-    pairs = (torch.view_as_real(freqs) if freqs.is_complex() else freqs).reshape(-1, 2).float()
+    pairs = (torch.view_as_real(freqs) if freqs.is_complex() else freqs).reshape(1, head_dim // 2, 2)
     slot = int(position.slots.reshape(()).item())
-    q, k, v = qkv.reshape(-1, head_dim).float().split([n_heads, n_kv, n_kv])
-
-    def rotate(t: torch.Tensor) -> torch.Tensor:
-        a, b = t[:, 0::2], t[:, 1::2]
-        c, s = pairs[:, 0], pairs[:, 1]
-        return torch.stack([a * c - b * s, b * c + a * s], dim=-1).flatten(1).to(torch.bfloat16).float()
-
-    keys, values = position.k_cache[0].float().clone(), position.v_cache[0].float().clone()
-    keys[:, slot], values[:, slot] = rotate(k), v
-    group = torch.arange(n_heads) // (n_heads // n_kv)
-    scores = (rotate(q)[:, None, :] * keys[group]).sum(-1) * attention_scale(head_dim)
-    probs = torch.softmax(scores.masked_fill(~position.mask.reshape(1, -1), float("-inf")), dim=-1)
-    return (probs[:, :, None] * values[group]).sum(1).reshape(1, 1, -1), rotate(k)
+    q, k, v = qkv.reshape(1, 1, -1, head_dim).split([n_heads, n_kv, n_kv], dim=2)  # (1, 1, heads, head_dim)
+    q, k = apply_rotary_emb(q, pairs).float(), apply_rotary_emb(k, pairs).float()
+    keys, values = position.k_cache.float().clone(), position.v_cache.float().clone()
+    keys[:, :, slot], values[:, :, slot] = k[:, 0], v[:, 0].float()
+    mask = grouped_mask(position.mask.reshape(1, -1), n_heads // n_kv)
+    y = grouped_attention(q.transpose(1, 2), keys, values, mask)
+    return y.transpose(1, 2).reshape(1, 1, -1), k[0, 0]
 
 
 def _self_test_attention(kernels: BF16RowKernels, n_heads: int, n_kv: int, head_dim: int, gen: torch.Generator) -> None:

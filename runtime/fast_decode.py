@@ -3,7 +3,9 @@
 `prepare_decode` allocates the caches at a static size, builds the step and warms it up (compiling or capturing
 happens here, timed as `prepare_s`, never inside the decode figures). On CUDA the default is the compiled step
 (torch.compile, "reduce-overhead": fused kernels replayed as CUDA graphs); on the CPU it is the eager step, whose
-single-row work goes to m7b's bf16 CPU kernels when they apply (`m7b.runtime.cpu_kernels`).
+single-row work goes to m7b's bf16 CPU kernels when they apply (`row_kernels.row_kernel_step` over
+`cpu_kernels.BF16RowKernels`). The captured CUDA graph (`graph`) is GPU-only (`GPU_ONLY_MODES`): refused elsewhere;
+its static-buffer bookkeeping (`StaticStep`) and checks (`check_capturable`) run and are tested on the CPU.
 
 Compiled artifacts persist under `<M7B_HOME>/cache/compile/<key>/` (inductor's FX-graph, autotuning and Triton
 caches), one folder per (model shape, dtype, device, torch version, mode): a run compiles once, later runs load.
@@ -16,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,9 +28,11 @@ from m7b.errors import InvalidInputError, StorageError
 
 from .cpu_kernels_build import KERNEL_CHOICES, TORCH_NAME, choose_kernels
 from .generate import DecodeFn, decode_one_token
-from .model import RowKernels, Transformer
+from .model import Transformer
+from .row_kernels import row_kernel_step
 
 DECODE_MODES = ("auto", "eager", "compile", "graph")
+GPU_ONLY_MODES = ("graph",)  # a captured CUDA graph: refused on the CPU, named GPU-only in smoke and bench
 READY_NAME = "READY.json"  # written once a compiled step has run: the folder holds a complete compile
 MIN_STATIC_LEN = 512  # the smallest cache bucket (a short answer to a short prompt)
 
@@ -147,27 +152,50 @@ def compiled_step(device: torch.device) -> DecodeFn:
     return torch.compile(decode_one_token, fullgraph=True)
 
 
-def row_kernel_step(kernels: RowKernels) -> DecodeFn:
-    """`decode_one_token` with the model's single-row work on `kernels` for the duration of the call."""
+@dataclass
+class StaticStep:
+    """A decode step over static buffers, as a captured CUDA graph runs: each call copies the token and position
+    into `token` and `pos`, replays the captured work (`replay`), and returns `out`, the same tensor every call,
+    overwritten by the next one (read it first)."""
 
-    def run(model: Transformer, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        model.kernels.rows = kernels
-        try:
-            return decode_one_token(model, token, pos)
-        finally:
-            model.kernels.rows = None
+    token: torch.Tensor  # (1, 1) token ids
+    pos: torch.Tensor  # (1,) positions
+    out: torch.Tensor  # the logits the replay leaves, (1, V)
+    replay: Callable[[], object]
 
-    return run
+    def __call__(self, _model: Transformer, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        if token.shape != self.token.shape or pos.shape != self.pos.shape:
+            raise InvalidInputError(
+                f"the captured decode step takes a token of shape {tuple(self.token.shape)} and a position of shape "
+                f"{tuple(self.pos.shape)}, found {tuple(token.shape)} and {tuple(pos.shape)}: decode one token of "
+                "batch 1 per call, or use the compiled or eager step"
+            )
+        self.token.copy_(token)
+        self.pos.copy_(pos)
+        self.replay()
+        return self.out
 
 
-def cuda_graph_decode(model: Transformer, device: torch.device) -> DecodeFn:
-    """`decode_one_token` captured once as a CUDA graph over static token and position tensors."""
+def check_capturable(model: Transformer, device: torch.device) -> None:
+    """What a CUDA-graph capture needs before it starts: a CUDA device, and the model's caches (the graph's static
+    shapes) already set up."""
     if device.type != "cuda":
-        raise InvalidInputError(f"CUDA graphs need a CUDA device, found {device}")
+        raise InvalidInputError(
+            f"CUDA graphs need a CUDA device, found {device}: the graph decode step is GPU-only; use compile or eager"
+        )
     if not model.capacity:
         raise InvalidInputError("set up the caches (model.setup_caches) before capturing the decode step")
-    static_tok = torch.zeros((1, 1), dtype=torch.long, device=device)
-    static_pos = torch.zeros((1,), dtype=torch.long, device=device)
+
+
+def static_inputs(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token (1, 1) and position (1,) buffers a captured step reads."""
+    return torch.zeros((1, 1), dtype=torch.long, device=device), torch.zeros((1,), dtype=torch.long, device=device)
+
+
+def cuda_graph_decode(model: Transformer, device: torch.device) -> StaticStep:
+    """`decode_one_token` captured once as a CUDA graph over static token and position tensors (GPU-only)."""
+    check_capturable(model, device)
+    static_tok, static_pos = static_inputs(device)
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream), torch.inference_mode():
@@ -178,14 +206,7 @@ def cuda_graph_decode(model: Transformer, device: torch.device) -> DecodeFn:
     with torch.cuda.graph(graph), torch.inference_mode():
         static_out = decode_one_token(model, static_tok, static_pos)
     model.reset_caches()  # the warm-up wrote position 0
-
-    def run(_model: Transformer, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        static_tok.copy_(token)
-        static_pos.copy_(pos)
-        graph.replay()
-        return static_out
-
-    return run
+    return StaticStep(static_tok, static_pos, static_out, graph.replay)
 
 
 def _sync(device: torch.device) -> None:
@@ -239,6 +260,8 @@ def prepare_decode(
             "choose auto (cpu_kernels)",
             field="cpu_kernels",
         )
+    if mode == "graph" and device.type != "cuda":
+        check_capturable(model, device)  # refuses before any cache is allocated
     max_seq_len = static_seq_len(needed, model.window)
     model.setup_caches(1, max_seq_len)
     if mode == "graph":

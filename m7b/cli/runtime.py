@@ -178,7 +178,8 @@ def smoke(
     cpu_kernels: CpuKernelsOption = "auto",
     json_out: JsonOption = False,
 ) -> None:
-    """The smoke-generation battery: a pass/fail table; exit code 5 when any check fails."""
+    """The smoke-generation battery: a pass/fail table (GPU-only checks skipped, with the reason, elsewhere) and the
+    decode tokens/s figure; exit code 5 when any check fails."""
     from m7b.progress import ProgressEvent, ignore_progress
     from m7b.runtime.complete import prepare_step
     from m7b.runtime.fast_decode import resolve_mode
@@ -211,7 +212,17 @@ def smoke(
             report = run_smoke(
                 rt.model, rt.tokenizer, rt.dtype, seed, on_check, decode_paths=paths, paths_max_seq_len=prepared_len
             )
-    checks = [{"name": c.name, "passed": c.passed, "detail": c.detail, "value": c.value} for c in report.checks]
+    checks = [
+        {
+            "name": c.name,
+            "passed": None if c.skipped else c.passed,
+            "skipped": c.skipped or None,
+            "detail": c.detail,
+            "value": c.value,
+        }
+        for c in report.checks
+    ]
+    figures = [{"name": f.name, "value": round(f.value, 2), "unit": f.unit, "detail": f.detail} for f in report.figures]
     doc = {
         "release": release,
         "path": str(rt.folder),
@@ -222,10 +233,11 @@ def smoke(
         "decode_tok_s": round(report.decode_tok_s, 2),
         "prepare_s": prepare_s,
         "checks": checks,
+        "figures": figures,
     }
     show(doc, json_out, _print_smoke)
     if not report.passed:
-        failed = [c.name for c in report.checks if not c.passed]
+        failed = [c.name for c in report.failed]
         error = MismatchError(f"smoke: {len(failed)} of {len(report.checks)} checks failed: {'; '.join(failed)}")
         fail_after_document(error, json_out)
 
@@ -235,5 +247,11 @@ def _print_smoke(doc: dict[str, Any]) -> None:
     for col in ("check", "result", "detail"):
         table.add_column(col)
     for c in doc["checks"]:
-        table.add_row(c["name"], "[green]PASS[/green]" if c["passed"] else "[red]FAIL[/red]", c["detail"])
+        if c["skipped"]:
+            result = f"[yellow]SKIP[/yellow] ({c['skipped']})"
+        else:
+            result = "[green]PASS[/green]" if c["passed"] else "[red]FAIL[/red]"
+        table.add_row(c["name"], result, c["detail"])
     out.print(table)
+    for f in doc["figures"]:
+        out.print(f"{f['name']}: {f['value']:.1f} {f['unit']} ({f['detail']}; a figure, not a check)", highlight=False)

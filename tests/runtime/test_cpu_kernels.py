@@ -191,7 +191,9 @@ def test_prepared_eager_step_uses_the_kernels_for_bf16_and_generates(tiny_runtim
     result = generate(
         model, [1, 22557, 1055], GenerationConfig(max_tokens=20, stop_at_eos=False), decode_fn=prepared.fn
     )
-    assert len(result.tokens) == 20 and model.kernels.rows is None  # the kernels are set only inside a step
+    assert len(result.tokens) == 20
+    # the step hands the kernels to the model's modules call by call: no module holds them
+    assert not any(isinstance(v, BF16RowKernels) for m in model.modules() for v in vars(m).values())
     torch_step = prepare_decode(model, "eager", 40, None, "torch", tmp_path)
     assert torch_step.cpu_kernels == "torch" and torch_step.fn is decode_one_token
 
@@ -304,7 +306,7 @@ def test_a_library_that_fails_its_self_test_is_not_used(tmp_path, monkeypatch) -
 def test_attention_and_block_decline_what_they_cannot_take_and_touch_nothing(kernels, tiny_runtime, tiny_state):
     """Every pointer the C code would follow is checked first: a wrong size, head layout, slot, device or dtype
     is a decline (None / False), with the caches and the row unchanged."""
-    from m7b.runtime.model import DecodePosition
+    from m7b.runtime.row_kernels import DecodePosition, block_weights, decode_position
 
     n_heads, n_kv, head_dim, capacity = 4, 2, 16, 8
     qkv = _bf16((1, 1, (n_heads + 2 * n_kv) * head_dim), 0)
@@ -347,9 +349,12 @@ def test_attention_and_block_decline_what_they_cannot_take_and_touch_nothing(ker
     model.setup_caches(1, 8)
     a, f = block.attention, block.feed_forward
     weights = (a.wq.weight, a.wk.weight, a.wv.weight, a.wo.weight, f.w1.weight, f.w3.weight, f.w2.weight)
+    assert all(
+        got is want for got, want in zip(block_weights(block), weights, strict=True)
+    )  # the C ABI's order, as the row-kernel step hands them over
     norms = (block.attention_norm.weight, block.ffn_norm.weight)
     mask = torch.ones(1, 8, dtype=torch.bool)
-    position = a.decode_position(torch.rand(a.head_dim // 2, 2), torch.tensor([2]), mask)
+    position = decode_position(a, torch.rand(a.head_dim // 2, 2), torch.tensor([2]), mask)
     x = _bf16((1, 1, model.args.dim), 4)
     assert kernels.block_step(x.clone(), norms, 1e-5, weights, position)
     strided_norm = _bf16((model.args.dim, 2), 5)[:, 0]
@@ -405,7 +410,7 @@ def test_attention_step_on_any_inputs_declines_or_equals_the_reference(
 ) -> None:
     """Fuzz: shapes, slots and masks the caller could get wrong. The kernel either declines (None, caches untouched)
     or gives what the torch reference gives; it never reads or writes past what it was handed."""
-    from m7b.runtime.model import DecodePosition
+    from m7b.runtime.row_kernels import DecodePosition
 
     n_heads = n_kv * rep
     gen = torch.Generator().manual_seed(seed)

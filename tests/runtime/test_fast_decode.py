@@ -15,16 +15,20 @@ import torch
 
 from m7b.errors import InvalidInputError
 from m7b.runtime.fast_decode import (
+    GPU_ONLY_MODES,
     READY_NAME,
+    StaticStep,
+    check_capturable,
     compile_cache_dir,
     compile_key,
     prepare_decode,
     resolve_mode,
+    static_inputs,
     static_seq_len,
 )
 from m7b.runtime.generate import GenerationConfig, decode_one_token, generate
 from m7b.runtime.loader import build_model
-from m7b.runtime.smoke import PAST_WINDOW, check_decode_paths
+from m7b.runtime.smoke import PAST_WINDOW, check_decode_paths, synthetic_ids, teacher_forced_logits
 
 
 def test_static_cache_sizes_are_few_buckets_covering_the_run() -> None:
@@ -132,3 +136,70 @@ def test_a_compile_cache_folder_the_disk_refuses_is_a_storage_error(tiny_runtime
         prepare_decode(tiny_runtime.model, "compile", 8, blocker)
     assert "--" not in str(raised.value)  # a library message names no CLI flag
     assert blocker.read_text() == "not a folder"
+
+
+# --- the CUDA-graph step (GPU-only): what of it runs on the CPU ------------------------------------------------
+
+
+def test_the_graph_step_is_refused_on_the_cpu_before_any_cache_is_allocated(tiny_runtime) -> None:
+    model = tiny_runtime.model
+    assert GPU_ONLY_MODES == ("graph",)
+    model.setup_caches(1, 10)
+    with pytest.raises(InvalidInputError, match="CUDA graphs need a CUDA device, found cpu.*GPU-only") as raised:
+        prepare_decode(model, "graph", 40)
+    assert raised.value.exit_code == 4 and "--" not in str(raised.value)
+    assert model.max_seq_len == 10 and model.capacity == 10  # the caches were not set up for the refused step
+    with pytest.raises(InvalidInputError, match="serve the eager CPU step, not the graph step"):
+        prepare_decode(model, "graph", 40, None, "m7b")
+
+
+def test_a_capture_needs_the_caches_set_up_first(tiny_runtime, tiny_state) -> None:
+    fresh = build_model(tiny_runtime.args, dict(tiny_state), torch.device("cpu"), torch.float32)
+    assert fresh.capacity == 0
+    # the checks come before any CUDA call, so a CUDA device object is enough to reach the second one here
+    with pytest.raises(InvalidInputError, match=r"set up the caches \(model.setup_caches\) before capturing"):
+        check_capturable(fresh, torch.device("cuda"))
+    with pytest.raises(InvalidInputError, match="found cpu"):
+        check_capturable(fresh, torch.device("cpu"))
+    fresh.setup_caches(1, 8)
+    with pytest.raises(InvalidInputError, match="found cpu"):
+        check_capturable(fresh, torch.device("cpu"))
+    check_capturable(fresh, torch.device("cuda"))  # CUDA and caches: capturable
+
+
+def _eager_replay(model, token: torch.Tensor, pos: torch.Tensor, out: torch.Tensor):
+    """What the captured graph does on replay, run eagerly: the step over the static buffers, into `out`."""
+    return lambda: out.copy_(decode_one_token(model, token, pos))
+
+
+def test_the_static_step_copies_each_input_in_and_returns_its_one_output_buffer(tiny_runtime) -> None:
+    """The graph step's bookkeeping, with the CUDA replay replaced by the same work run eagerly: each call's token
+    and position reach the replayed step, past the window (W=16) and round the rolling cache."""
+    model, cpu = tiny_runtime.model, torch.device("cpu")
+    token, pos = static_inputs(cpu)
+    assert token.shape == (1, 1) and pos.shape == (1,) and token.dtype == pos.dtype == torch.long
+    out = torch.empty(1, model.args.vocab_size)
+    step = StaticStep(token, pos, out, _eager_replay(model, token, pos, out))
+    other_token, other_pos = static_inputs(cpu)  # a replay over buffers the step does not fill: a broken capture
+    stale_out = torch.empty_like(out)
+    stale = StaticStep(token, pos, stale_out, _eager_replay(model, other_token, other_pos, stale_out))
+    ids = synthetic_ids(40, model.args.vocab_size, 0, cpu)
+    model.setup_caches(1, 40)
+    eager = teacher_forced_logits(model, ids, 8, decode_one_token)
+    assert (teacher_forced_logits(model, ids, 8, step) - eager).abs().max().item() <= 1e-5
+    assert (teacher_forced_logits(model, ids, 8, stale) - eager).abs().max().item() > 1e-2
+    with torch.inference_mode():
+        first = step(model, ids[:, :1], torch.tensor([0]))
+        second = step(model, ids[:, 1:2], torch.tensor([1]))
+    assert first is second is out  # the same buffer every call: the caller reads it before the next call
+    assert int(token.item()) == int(ids[0, 1]) and int(pos.item()) == 1
+
+
+def test_the_static_step_refuses_inputs_of_another_shape(tiny_runtime) -> None:
+    token, pos = static_inputs(torch.device("cpu"))
+    calls = []
+    step = StaticStep(token, pos, torch.zeros(1, 4), lambda: calls.append(1))
+    for bad_token, bad_pos in ((torch.ones(2, 1, dtype=torch.long), pos), (token, torch.tensor([0, 1]))):
+        with pytest.raises(InvalidInputError, match=r"takes a token of shape \(1, 1\) and a position of shape \(1,\)"):
+            step(tiny_runtime.model, bad_token, bad_pos)
+    assert not calls and int(token.item()) == 0  # nothing copied, nothing replayed

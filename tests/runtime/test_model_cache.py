@@ -172,3 +172,29 @@ def test_fused_projections_give_the_same_logits_without_new_memory(tiny_state, t
         step = model(ids[:, 39:], torch.tensor([39]))
     assert (after - before).abs().max().item() <= 1e-4
     assert (step[0, -1] - before[0, -1]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.slow  # a CPU compile: 10 s or more
+def test_fused_projections_compile_as_one_graph(tiny_state, tiny_runtime) -> None:
+    """The GPU loader fuses, then compiles the decode step with fullgraph=True: the stacked projections
+    (`fused.py`) must trace without a graph break and give the unfused model's tokens."""
+    import torch._dynamo
+
+    from m7b.runtime.fused import StackedGateUp, StackedQKV
+    from m7b.runtime.generate import GenerationConfig, decode_one_token, generate
+    from m7b.runtime.loader import build_model
+
+    model = build_model(
+        tiny_runtime.args, {k: v.clone() for k, v in tiny_state.items()}, torch.device("cpu"), torch.float32
+    )
+    model.fuse_projections()
+    assert isinstance(model.layers[0].attention, StackedQKV) and isinstance(model.layers[0].feed_forward, StackedGateUp)
+    prompt = list(range(1, 30))
+    config = GenerationConfig(max_tokens=24, stop_at_eos=False)
+    torch._dynamo.reset()
+    compiled = torch.compile(decode_one_token, fullgraph=True)
+    try:
+        result = generate(model, prompt, config, decode_fn=compiled, max_seq_len=64)
+    finally:
+        torch._dynamo.reset()
+    assert result.tokens == generate(tiny_runtime.model, prompt, config).tokens

@@ -120,6 +120,8 @@ def test_smoke_passes_on_a_release(cli, tiny_release_src) -> None:
     for check in ("same seed", "finite", "chunked prefill", "rolling cache", "cache memory", "tokens/s"):
         assert check in result.stdout
     assert "FAIL" not in result.stdout
+    assert "graph decode step equals eager" in result.stdout and "SKIP" in result.stdout  # GPU-only, on a CPU
+    assert "a figure, not a check" in result.stdout
 
 
 def test_smoke_json_and_bfloat16(cli_inproc, tiny_release_src) -> None:
@@ -129,6 +131,14 @@ def test_smoke_json_and_bfloat16(cli_inproc, tiny_release_src) -> None:
     assert doc["passed"] is True and doc["window"] == 16 and doc["dtype"] == "bfloat16"
     names = [c["name"] for c in doc["checks"]]
     assert len(names) == 6 + 2 * any(n.startswith("CPU kernels ") for n in names) and doc["decode_tok_s"] > 0
+    # the speed is a reported figure, not a check that any rate passes
+    assert "decode tokens/s" not in names
+    (figure,) = doc["figures"]
+    assert figure["name"] == "decode tokens/s" and figure["unit"] == "tok/s" and figure["value"] == doc["decode_tok_s"]
+    # the CUDA-graph step is GPU-only: a skipped entry with its reason, neither passed nor failed
+    (graph,) = [c for c in doc["checks"] if c["name"] == "graph decode step equals eager"]
+    assert graph["passed"] is None and graph["skipped"].startswith("GPU-only") and "cpu" in graph["detail"]
+    assert all(c["passed"] is True for c in doc["checks"] if not c["skipped"])
 
 
 def test_smoke_fails_with_exit_5_when_the_window_is_ignored(cli_inproc, tiny_release_src, monkeypatch) -> None:
