@@ -14,11 +14,15 @@ from __future__ import annotations
 import ctypes
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .row_kernels import DecodePosition
+
+if TYPE_CHECKING:
+    from ctypes import _NamedFuncPointer  # what a CDLL attribute is, in typeshed only
 
 KERNEL_NAME = "m7b-bf16-avx2"
 MAX_STACK = 4  # matrices one stacked product takes (the C side's limit)
@@ -245,7 +249,7 @@ def attention_scale(head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim)
 
 
-def _bind(fn: ctypes._CFuncPtr, argtypes: list[type]) -> ctypes._CFuncPtr:
+def _bind(fn: _NamedFuncPointer, argtypes: list[type]) -> _NamedFuncPointer:
     fn.restype = None
     fn.argtypes = argtypes
     return fn

@@ -2,8 +2,9 @@
 so a decode step launches two matrix-vector products per layer fewer.
 
 The stacked matrix is a buffer outside the state dict (`wqkv`, `w13`); the checkpoint's weights become views of its
-rows, so memory stays the same and the state dict keeps its keys. The module keeps its class's forward; only its
-`project` becomes one product (the class gains `StackedQKV` / `StackedGateUp`).
+rows, so memory stays the same and the state dict keeps its keys. Each module becomes its fused subclass
+(`FusedAttention`, `FusedFeedForward`): the same module, parameters and forward, with `project` as one product.
+The plain model (`model.py`) knows nothing of this; the loader calls `fuse_projections` on GPUs.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .model import Attention, FeedForward, Transformer
 
-class StackedQKV:
+
+class FusedAttention(Attention):
     """`Attention.project` as one product with `wqkv` (wq, wk, wv stacked by rows)."""
 
-    wq: nn.Linear
-    wk: nn.Linear
-    wv: nn.Linear
     wqkv: torch.Tensor
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -27,10 +27,9 @@ class StackedQKV:
         return q, k, v
 
 
-class StackedGateUp:
+class FusedFeedForward(FeedForward):
     """`FeedForward.project` as one product with `w13` (w1, w3 stacked by rows)."""
 
-    w1: nn.Linear
     w13: torch.Tensor
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,28 +48,26 @@ def stack_rows(*linears: nn.Linear) -> torch.Tensor:
     return fused
 
 
-def fuse_attention(attention: nn.Module) -> None:
-    """Stack the model's Attention's wq, wk, wv into `wqkv` and compute its projections from it."""
-    attention.register_buffer("wqkv", stack_rows(attention.wq, attention.wk, attention.wv), persistent=False)
-    _mix_in(attention, StackedQKV)
-
-
-def fuse_feed_forward(feed_forward: nn.Module) -> None:
-    """Stack the model's FeedForward's w1 and w3 into `w13` and compute gate and up from it."""
-    feed_forward.register_buffer("w13", stack_rows(feed_forward.w1, feed_forward.w3), persistent=False)
-    _mix_in(feed_forward, StackedGateUp)
-
-
-_MIXED: dict[tuple[type, type], type] = {}
-
-
-def _mix_in(module: nn.Module, mixin: type) -> None:
-    """Give `module` the class (mixin, its class): the same module, parameters and forward, `mixin`'s `project`."""
-    base = type(module)
-    if issubclass(base, mixin):
+def fuse_attention(attention: Attention) -> None:
+    """Stack wq, wk, wv into `wqkv` and compute the projections from it."""
+    if isinstance(attention, FusedAttention):
         return
-    cls = _MIXED.get((base, mixin))
-    if cls is None:
-        name = mixin.__name__.removesuffix("QKV").removesuffix("GateUp") + base.__name__
-        cls = _MIXED[(base, mixin)] = type(name, (mixin, base), {"__module__": __name__})
-    module.__class__ = cls
+    attention.register_buffer("wqkv", stack_rows(attention.wq, attention.wk, attention.wv), persistent=False)
+    attention.__class__ = FusedAttention
+
+
+def fuse_feed_forward(feed_forward: FeedForward) -> None:
+    """Stack w1 and w3 into `w13` and compute gate and up from it."""
+    if isinstance(feed_forward, FusedFeedForward):
+        return
+    feed_forward.register_buffer("w13", stack_rows(feed_forward.w1, feed_forward.w3), persistent=False)
+    feed_forward.__class__ = FusedFeedForward
+
+
+def fuse_projections(model: Transformer) -> Transformer:
+    """Fuse every layer's projections in place. Memory stays the same (the old weights become views); for weights
+    memory-mapped from a file it makes a private copy, so the loader does it on GPUs only."""
+    for layer in model.blocks:
+        fuse_attention(layer.attention)
+        fuse_feed_forward(layer.feed_forward)
+    return model

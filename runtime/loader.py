@@ -15,6 +15,7 @@ from m7b.verify.tokenizer_model import TOKENIZER_NAME
 
 from .args import ModelArgs
 from .device import default_dtype, resolve_device, resolve_dtype
+from .fused import fuse_projections
 from .model import Transformer
 from .tokenizer import Tokenizer
 from .weights import check_shapes, load_state_dict
@@ -60,7 +61,7 @@ def build_model(
     del placed
     model.requires_grad_(False)
     if device.type == "cuda":
-        model.fuse_projections()
+        fuse_projections(model)
     return model.eval()
 
 

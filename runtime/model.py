@@ -5,12 +5,14 @@ Attention is grouped-query (n_kv_heads < n_heads) through `scaled_dot_product_at
 window: the query at position i sees the keys at positions i-W+1 … i (W keys including itself). Keys and values
 live in a rolling buffer (`RollingKVCache`) of capacity min(W, max context) per layer.
 
-This is the plain model. The fast paths attach from their own modules: the stacked projections (`fused.py`, through
+This is the plain model. The fast paths attach from their own modules: the stacked projections (`fused.py`,
 `fuse_projections`), the decode step on m7b's CPU row kernels (`row_kernels.py`), the compiled and CUDA-graph
 steps (`fast_decode.py`).
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,6 @@ from m7b.errors import InvalidInputError
 from .args import ModelArgs
 from .attention import band_mask, grouped_attention, grouped_mask
 from .cache import RollingKVCache
-from .fused import fuse_attention, fuse_feed_forward
 
 
 class RMSNorm(nn.Module):
@@ -149,6 +150,9 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
+    slot_pos: torch.Tensor  # buffers made by `setup_caches`: each cache slot's position (-1: empty) ...
+    freqs: torch.Tensor  # ... and the rotary table for positions 0 … max_seq_len-1
+
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
@@ -159,13 +163,18 @@ class Transformer(nn.Module):
         self.max_seq_len = 0
 
     @property
+    def blocks(self) -> list[TransformerBlock]:
+        """The layers, typed (an `nn.ModuleList` yields plain `nn.Module`s)."""
+        return cast(list[TransformerBlock], list(self.layers))
+
+    @property
     def window(self) -> int:
         return self.args.sliding_window
 
     @property
     def capacity(self) -> int:
         """Positions each layer's cache holds (0 before `setup_caches`)."""
-        cache = self.layers[0].attention.kv_cache
+        cache = self.blocks[0].attention.kv_cache
         return 0 if cache is None else cache.capacity
 
     def setup_caches(
@@ -184,7 +193,7 @@ class Transformer(nn.Module):
         # Ordinary tensors even when called under inference_mode, so that later calls in or out of it may
         # update them in place.
         with torch.inference_mode(False):
-            for layer in self.layers:
+            for layer in self.blocks:
                 layer.attention.kv_cache = RollingKVCache(
                     batch_size, self.args.n_kv_heads, capacity, self.args.head_dim, dtype, weight.device
                 )
@@ -193,29 +202,22 @@ class Transformer(nn.Module):
             )
             self.register_buffer(
                 "freqs",
-                precompute_freqs(max_seq_len, self.args.head_dim, self.args.rope_theta, weight.device),
+                precompute_freqs(max_seq_len, self.args.head_dim, self.args.effective_rope_theta, weight.device),
                 persistent=False,
             )
         self.max_seq_len = max_seq_len
 
-    def fuse_projections(self) -> None:
-        """gpt-fast's load-time fusion (`fused.py`): wq/wk/wv and w1/w3 become one matrix each, so a decode step
-        launches two matrix-vector products per layer fewer. Memory stays the same (the old weights become views);
-        for weights memory-mapped from a file it makes a private copy, so the loader does it on GPUs only."""
-        for layer in self.layers:
-            fuse_attention(layer.attention)
-            fuse_feed_forward(layer.feed_forward)
-
     def reset_caches(self) -> None:
         """Forget every cached position, keeping the buffers (and so any compiled graph that uses them)."""
         self.slot_pos.fill_(-1)
-        for layer in self.layers:
-            layer.attention.kv_cache.k_cache.zero_()
-            layer.attention.kv_cache.v_cache.zero_()
+        for layer in self.blocks:
+            if layer.attention.kv_cache is not None:
+                layer.attention.kv_cache.k_cache.zero_()
+                layer.attention.kv_cache.v_cache.zero_()
 
     def cache_nbytes(self) -> int:
         """Bytes held by the key/value caches of all layers."""
-        return sum(layer.attention.kv_cache.nbytes() for layer in self.layers if layer.attention.kv_cache)
+        return sum(layer.attention.kv_cache.nbytes() for layer in self.blocks if layer.attention.kv_cache)
 
     def positions(self, input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For consecutive positions `input_pos` (L,): their rotations (L, head_dim // 2, 2), the mask of the keys
@@ -247,7 +249,7 @@ class Transformer(nn.Module):
         decode = tokens.shape[1] == 1
         freqs, mask, slots = self.positions(input_pos)
         x = self.tok_embeddings(tokens)
-        for layer in self.layers:
+        for layer in self.blocks:
             x = layer(x, freqs, mask, slots, decode)
         if last_only:
             x = x[:, -1:]

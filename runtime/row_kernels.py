@@ -148,7 +148,7 @@ def decode_on_rows(
         return decode_one_token(model, token, input_pos)
     freqs, mask, slots = model.positions(input_pos)
     x = model.tok_embeddings(token)  # a new tensor: the block call updates it in place
-    for block in model.layers:
+    for block in model.blocks:
         if not block_in_one_call(kernels, block, x, freqs, mask, slots):
             x = block_on_rows(kernels, block, x, freqs, mask, slots)
     return kernels(rms_norm_on_rows(kernels, model.norm, x), model.output.weight)[:, -1]

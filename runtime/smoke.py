@@ -187,15 +187,16 @@ def check_cache_memory(model: Transformer, seed: int) -> SmokeCheck:
     w = model.window
     ids = synthetic_ids(4 * w, model.args.vocab_size, seed, model.output.weight.device)
     model.setup_caches(1, 4 * w + 1)
-    pointers = [layer.attention.kv_cache.k_cache.data_ptr() for layer in model.layers]
+    caches = [layer.attention.kv_cache for layer in model.blocks]
+    pointers = [c.k_cache.data_ptr() for c in caches if c is not None]
     with torch.inference_mode():
         prefill(model, ids[:, :w], 0, w)
         at_w = model.cache_nbytes()
         prefill(model, ids[:, w:], w, w)
         at_4w = model.cache_nbytes()
-    same_buffers = pointers == [layer.attention.kv_cache.k_cache.data_ptr() for layer in model.layers]
+    same_buffers = pointers == [c.k_cache.data_ptr() for c in caches if c is not None] and len(pointers) == len(caches)
     a = model.args
-    expected = a.n_layers * 2 * a.n_kv_heads * w * a.head_dim * model.layers[0].attention.kv_cache.k_cache.itemsize
+    expected = a.n_layers * 2 * a.n_kv_heads * w * a.head_dim * model.output.weight.element_size()
     ok = at_w == at_4w == expected and same_buffers
     return SmokeCheck(
         "cache memory constant after W tokens",

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from m7b.runtime.args import ModelArgs
+from m7b.runtime.fused import fuse_projections
 from m7b.runtime.model import apply_rotary_emb, band_mask, grouped_attention, grouped_mask
 
 TOL = 1e-5
@@ -158,7 +159,7 @@ def test_fused_projections_give_the_same_logits_without_new_memory(tiny_state, t
     with torch.inference_mode():
         before = model(ids, torch.arange(40))
     keys = set(model.state_dict())
-    model.fuse_projections()
+    fuse_projections(model)
     attn, ffn = model.layers[0].attention, model.layers[0].feed_forward
     assert attn.wqkv is not None and ffn.w13 is not None
     assert attn.wk.weight.untyped_storage().data_ptr() == attn.wqkv.untyped_storage().data_ptr()
@@ -180,15 +181,16 @@ def test_fused_projections_compile_as_one_graph(tiny_state, tiny_runtime) -> Non
     (`fused.py`) must trace without a graph break and give the unfused model's tokens."""
     import torch._dynamo
 
-    from m7b.runtime.fused import StackedGateUp, StackedQKV
+    from m7b.runtime.fused import FusedAttention, FusedFeedForward
     from m7b.runtime.generate import GenerationConfig, decode_one_token, generate
     from m7b.runtime.loader import build_model
 
     model = build_model(
         tiny_runtime.args, {k: v.clone() for k, v in tiny_state.items()}, torch.device("cpu"), torch.float32
     )
-    model.fuse_projections()
-    assert isinstance(model.layers[0].attention, StackedQKV) and isinstance(model.layers[0].feed_forward, StackedGateUp)
+    fuse_projections(model)
+    assert isinstance(model.layers[0].attention, FusedAttention)
+    assert isinstance(model.layers[0].feed_forward, FusedFeedForward)
     prompt = list(range(1, 30))
     config = GenerationConfig(max_tokens=24, stop_at_eos=False)
     torch._dynamo.reset()
