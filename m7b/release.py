@@ -26,7 +26,7 @@ from pathlib import Path
 
 from m7b.errors import M7bError, NotFoundError
 from m7b.magnet import Magnet, is_magnet, parse_magnet
-from m7b.manifests.loader import known_manifests, load_manifest
+from m7b.manifests.loader import SkippedManifest, known_manifests, load_manifest, scan_manifests
 from m7b.manifests.schema import Manifest
 from m7b.paths import path_problem
 from m7b.store import Store
@@ -62,6 +62,12 @@ def manifest_for_hash(info_hash: str, store: Store) -> Manifest | None:
         if info_hash in manifest.torrent.hashes:
             return manifest
     return None
+
+
+def skipped_manifests(store: Store) -> tuple[SkippedManifest, ...]:
+    """The manifest files in the store's `manifests/` (and M7B_MANIFESTS) that do not load, with the reason: every
+    name lookup leaves them out, so a caller names them in a warning and goes on."""
+    return scan_manifests(store.manifests_dir).skipped
 
 
 def store_torrent(store: Store, *hashes: str | None) -> Path | None:
