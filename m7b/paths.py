@@ -63,14 +63,27 @@ def length_problem(path: object) -> str | None:
         return f"is {len(data):,} bytes long, over the {PATH_MAX:,} a path may have"
     longest = max(data.split(b"/"), key=len)
     if len(longest) > NAME_MAX:
-        shown = longest[:40].decode("utf-8", "replace")
-        return f"has an element of {len(longest):,} bytes ({shown}...), over the {NAME_MAX} a name may have"
+        return f"has an element of {len(longest):,} bytes, over the {NAME_MAX} a file or folder name may have"
     return None
+
+
+def shown_path(path: object, limit: int = 80) -> str:
+    """`path` for a message: whole when short, else its start and end around an ellipsis."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[: limit // 2]}…{text[-limit // 4 :]}"
+
+
+def too_long_error(path: object, what: str = "the path") -> InvalidInputError:
+    """The refusal of a path the file system cannot hold (ENAMETOOLONG), naming it and what to do."""
+    problem = length_problem(path) or "is too long for the file system"
+    return InvalidInputError(
+        f"{what} {shown_path(path)} {problem}: no file or folder can have that name; give a shorter one",
+        path=str(path),
+    )
 
 
 def check_path_length(path: object, what: str) -> None:
     """InvalidInputError (exit 4) when the file system would refuse `path` (a path a user typed: an argument,
-    --dest, --out, M7B_HOME) for its length; a shorter name is what to give instead."""
-    problem = length_problem(path)
-    if problem is not None:
-        raise InvalidInputError(f"{what} {problem}: no file or folder can have that name; give a shorter one")
+    --dest, --out, M7B_HOME) for its length."""
+    if length_problem(path) is not None:
+        raise too_long_error(path, what)

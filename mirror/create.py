@@ -22,6 +22,7 @@ from m7b.verify.check import inspect_release_checkpoints
 
 BLOCK = 8 << 20
 MIN_PIECE = 16 << 10
+MAX_PIECE = 128 << 20  # libtorrent's largest (256M: "invalid piece size"; 1T overflowed into exit 1)
 
 # What other clients do with a v1+v2 hybrid torrent (tried on loopback, issue 12). libtorrent and qBittorrent
 # handle it; these two do not, so a publisher who makes one is told.
@@ -61,10 +62,11 @@ def release_files(root: Path) -> list[str]:
 
 
 def parse_piece_size(text: str | None) -> int:
-    """'0'/None = libtorrent's choice; else bytes with an optional K/M suffix, a power of two ≥ 16 KiB."""
+    """'0'/None = libtorrent's choice; else bytes with an optional K/M suffix, a power of two from 16 KiB to
+    128 MiB (Mixtral 8x22B's 281 GB in 128 MiB pieces is 2,100 pieces)."""
     value = parse_size(text, "piece size", "bytes or a K/M suffix, e.g. 4M")
-    if value and (value < MIN_PIECE or value & (value - 1)):
-        raise SizeError("piece size", str(text), f"a power of two of at least 16K, found {value}")
+    if value and (value < MIN_PIECE or value > MAX_PIECE or value & (value - 1)):
+        raise SizeError("piece size", str(text), f"a power of two from 16K to 128M, found {value:,} bytes")
     return value
 
 

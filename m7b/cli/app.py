@@ -19,6 +19,7 @@ import typer
 
 from m7b import __version__
 from m7b.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, M7bError
+from m7b.paths import too_long_error
 
 from . import demo as cli_demo
 from . import mirror as cli_mirror
@@ -140,6 +141,10 @@ def main() -> None:
     except BrokenPipeError:
         _reader_gone()
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG and not state.debug:
+            # any path the user typed (an argument, --out, --dest, --manifest, M7B_HOME) that no file system holds
+            refused = too_long_error(exc.filename or "", "the path")
+            _fail(state, cli_message(refused), refused.exit_code, refused.data)
         if _is_usage_error(exc):
             exc.show()  # type: ignore[attr-defined]
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
