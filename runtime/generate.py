@@ -43,6 +43,19 @@ class GenerationConfig:
         self.sampling.validate()
 
 
+def check_positions(prompt_tokens: int, max_tokens: int) -> None:
+    """InvalidInputError (exit 4) when a prompt of `prompt_tokens` plus `max_tokens` needs more positions than the
+    model addresses (MAX_POSITIONS): call it before sizing anything from prompt + max_tokens."""
+    needed = prompt_tokens + max_tokens
+    if needed > MAX_POSITIONS:
+        raise InvalidInputError(
+            f"max_tokens {max_tokens:,} after a prompt of {prompt_tokens:,} tokens needs {needed:,} positions; "
+            f"the model addresses at most {MAX_POSITIONS:,}: ask for at most "
+            f"{max(MAX_POSITIONS - prompt_tokens, 0):,} tokens or shorten the prompt",
+            field="max_tokens",
+        )
+
+
 @dataclass
 class GenerationResult:
     prompt_tokens: list[int]
@@ -104,13 +117,7 @@ def generate(
         raise InvalidInputError("the prompt has no tokens; give a prompt with some text")
     device = model.output.weight.device
     needed = len(prompt) + config.max_tokens
-    if needed > MAX_POSITIONS:
-        raise InvalidInputError(
-            f"max_tokens {config.max_tokens:,} after a prompt of {len(prompt):,} tokens needs {needed:,} positions; "
-            f"the model addresses at most {MAX_POSITIONS:,}: ask for at most "
-            f"{max(MAX_POSITIONS - len(prompt), 0):,} tokens or shorten the prompt",
-            field="max_tokens",
-        )
+    check_positions(len(prompt), config.max_tokens)
     if model.capacity and model.max_seq_len >= max(needed, max_seq_len or 0):
         model.reset_caches()
     else:
