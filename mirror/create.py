@@ -13,8 +13,9 @@ import libtorrent as lt
 
 from m7b.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
 from m7b.manifests.architecture import Architecture, MixtureOfExperts, load_params
-from m7b.manifests.loader import NAME_RE
+from m7b.manifests.loader import NAME_RE, parse_manifest_text
 from m7b.manifests.schema import FileFacts, Manifest, TorrentFacts
+from m7b.manifests.writer import manifest_to_toml
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.sizes import SizeError, parse_size
 from m7b.torrent import TorrentMeta, parse_torrent
@@ -118,6 +119,17 @@ def create_release(
         inspect_release_checkpoints(root, architecture)
     sizes = {f: (root / f).stat().st_size for f in files}
     total = sum(sizes.values())
+    _check_loadable(  # the manifest without its digests: refused (a --title over the cap, 1,001 files) before hashing
+        Manifest(
+            name=manifest_name,
+            title=title or name,
+            publisher=publisher,
+            license=license_id,
+            torrent=TorrentFacts(name=name, trackers=tuple(trackers), web_seeds=tuple(web_seeds)),
+            files=tuple(FileFacts(path=f, size=sizes[f]) for f in files),
+            sources={"release": "-", "torrent": "-"} | {f"files.{f}": "-" for f in files},
+        )
+    )
 
     flags = 0 if hybrid else lt.create_torrent.v1_only
     ct = lt.create_torrent([lt.create_file_entry(f"{name}/{f}", sizes[f]) for f in files], piece_size, flags)
@@ -168,6 +180,15 @@ def create_release(
         sources=sources,
     )
     return CreatedRelease(torrent=torrent, meta=meta, magnet=magnet, manifest=manifest)
+
+
+def _check_loadable(manifest: Manifest) -> None:
+    """The manifest `create_release` would write passes the loader's bounds (one rule: the loader's), else
+    InvalidInputError (exit 4) before anything is hashed or made."""
+    try:
+        parse_manifest_text(manifest_to_toml(manifest), f"the manifest of {manifest.name}")
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{exc}; m7b would not load that manifest, so nothing was made", **exc.data) from exc
 
 
 def _architecture(root: Path, files: Sequence[str]) -> tuple[Architecture | None, MixtureOfExperts | None]:

@@ -160,3 +160,11 @@ def test_a_piece_size_libtorrent_cannot_take_is_refused(cli, m7b_home, tiny_rele
     assert result.code == 4, result.stderr
     assert "expected a power of two from 16K to 128M" in result.stderr
     assert json.loads(result.stdout)["exit_code"] == 4
+
+
+def test_release_create_refuses_a_manifest_m7b_would_not_load_before_hashing(cli, m7b_home, tiny_release, tmp_path):
+    out = tmp_path / "out"
+    result = cli("release", "create", tiny_release, "--out", out, "--title", "T" * 300)
+    assert result.code == 4, result.stderr
+    assert "field 'title': expected at most 256 characters, found 300" in result.stderr
+    assert "nothing was made" in result.stderr and not out.exists()
