@@ -15,20 +15,40 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from m7b.errors import StorageError
+from m7b.paths import check_path_length
 
 if TYPE_CHECKING:
     from _typeshed import OpenBinaryModeWriting
 
 
-def storage_error(exc: OSError, path: Path) -> StorageError:
+def storage_error(exc: OSError, path: Path, verb: str = "write") -> StorageError:
     """Turn an OSError into a StorageError that says what to do next."""
     if exc.errno == errno.ENOSPC:
         hint = "the disk is full: free space or choose another output folder"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    elif exc.errno == errno.EROFS:
+        hint = "the file system is read-only: choose a folder you can write to"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
         hint = "permission denied: choose a folder you can write to"
+    elif exc.errno == errno.ENOTDIR:
+        hint = "a part of that path is a file, not a folder: choose another output folder"
+    elif exc.errno == errno.ENAMETOOLONG:
+        hint = "a name in that path is too long for the file system: choose a shorter one"
     else:
         hint = exc.strerror or str(exc)
-    return StorageError(f"could not write {path}: {hint}; nothing was left under that name")
+    return StorageError(f"could not {verb} {path}: {hint}; nothing was left under that name")
+
+
+def make_dirs(path: Path) -> Path:
+    """Create the folder `path` with its parents (an output folder); the disk's refusal is a StorageError."""
+    path = Path(path)
+    check_path_length(path, "the output folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, path, "create the folder") from exc
+    if not path.is_dir():
+        raise StorageError(f"could not create the folder {path}: a file has that name; choose another output folder")
+    return path
 
 
 def _umask() -> int:
@@ -57,7 +77,11 @@ def atomic_file(path: Path, mode: OpenBinaryModeWriting = "wb") -> Iterator[Bina
     On any error the temporary file is removed and `path` is untouched.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_path_length(path, "the output file")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a read-only or missing folder: nothing was made
+        raise storage_error(exc, path) from exc
     tmp_path = Path(tmp)
     try:
         with os.fdopen(fd, mode) as fh:
@@ -118,11 +142,15 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     `path` must not exist or be an empty folder. On any error the temporary folder is removed.
     """
     path = Path(path)
+    check_path_length(path, "the output folder")
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise StorageError(f"output folder {path} exists and is not empty: choose a new folder or remove it first")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial", dir=path.parent))
+    make_dirs(path.parent)
+    try:
+        remove_stale_partials(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial", dir=path.parent))
+    except OSError as exc:  # a read-only file system, a folder we may not write: nothing was made
+        raise storage_error(exc, path) from exc
     try:
         yield tmp
         for child in tmp.iterdir():

@@ -4,7 +4,12 @@ a SHA256SUMS line). Such a path is joined to a folder m7b owns, so it must stay 
 
 from __future__ import annotations
 
-from m7b.errors import UnsafeError
+from m7b.errors import InvalidInputError, UnsafeError
+
+# What Linux (and macOS) file systems hold: a path element of at most 255 bytes, a path of at most 4,096
+# (ENAMETOOLONG beyond). The one rule for a name that is too long, whoever typed it.
+NAME_MAX = 255
+PATH_MAX = 4096
 
 
 def path_problem(path: object) -> str | None:
@@ -47,3 +52,38 @@ def safe_name(name: str, what: str, folder: str = "its folder") -> str:
             "and nothing was written"
         )
     return safe_relative_path(name, what, folder)
+
+
+def length_problem(path: object) -> str | None:
+    """Why the file system would refuse `path` for its length (ENAMETOOLONG); None when it would not. Bytes are
+    counted as the file system counts them (UTF-8, undecodable bytes as they were)."""
+    text = str(path)
+    data = text.encode("utf-8", "surrogateescape")
+    if len(data) > PATH_MAX:
+        return f"is {len(data):,} bytes long, over the {PATH_MAX:,} a path may have"
+    longest = max(data.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        return f"has an element of {len(longest):,} bytes, over the {NAME_MAX} a file or folder name may have"
+    return None
+
+
+def shown_path(path: object, limit: int = 80) -> str:
+    """`path` for a message: whole when short, else its start and end around an ellipsis."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[: limit // 2]}…{text[-limit // 4 :]}"
+
+
+def too_long_error(path: object, what: str = "the path") -> InvalidInputError:
+    """The refusal of a path the file system cannot hold (ENAMETOOLONG), naming it and what to do."""
+    problem = length_problem(path) or "is too long for the file system"
+    return InvalidInputError(
+        f"{what} {shown_path(path)} {problem}: no file or folder can have that name; give a shorter one",
+        path=str(path),
+    )
+
+
+def check_path_length(path: object, what: str) -> None:
+    """InvalidInputError (exit 4) when the file system would refuse `path` (a path a user typed: an argument,
+    --dest, --out, M7B_HOME) for its length."""
+    if length_problem(path) is not None:
+        raise too_long_error(path, what)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from m7b.errors import M7bError, NotFoundError
 from m7b.magnet import Magnet, is_magnet, parse_magnet
-from m7b.manifests.loader import known_manifests, load_manifest
+from m7b.manifests.loader import SkippedManifest, known_manifests, load_manifest, scan_manifests
 from m7b.manifests.schema import Manifest
-from m7b.paths import path_problem
+from m7b.paths import check_path_length, path_problem
 from m7b.store import Store
 from m7b.torrent import load_torrent
 
@@ -59,9 +59,12 @@ def looks_like_path(text: str) -> bool:
     return "/" in text or text.startswith((".", "~")) or text.endswith((".torrent", ".toml"))
 
 
+SLUG_MAX = 128  # characters of a store name made from a display name (a folder name holds 255 bytes)
+
+
 def slug(text: str) -> str:
-    """A store name made from a torrent's or magnet's display name."""
-    made = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
+    """A store name made from a torrent's or magnet's display name (at most SLUG_MAX characters)."""
+    made = re.sub(r"[^a-z0-9._-]+", "-", text.lower()[: SLUG_MAX * 4]).strip("-.")[:SLUG_MAX].rstrip("-.")
     return made or "release"
 
 
@@ -70,6 +73,12 @@ def manifest_for_hash(info_hash: str, store: Store) -> Manifest | None:
         if info_hash in manifest.torrent.hashes:
             return manifest
     return None
+
+
+def skipped_manifests(store: Store) -> tuple[SkippedManifest, ...]:
+    """The manifest files in the store's `manifests/` (and M7B_MANIFESTS) that do not load, with the reason: every
+    name lookup leaves them out, so a caller names them in a warning and goes on."""
+    return scan_manifests(store.manifests_dir).skipped
 
 
 def store_torrent(store: Store, *hashes: str | None) -> Path | None:
@@ -85,6 +94,7 @@ def resolve_release(text: str, store: Store) -> Release:
     if is_magnet(text):
         magnet = parse_magnet(text)
         return _by_hash(store, magnet.info_hash, magnet.name or magnet.info_hash, magnet=magnet)
+    check_path_length(text, "the release")
     if looks_like_path(text):
         return _by_path(store, Path(text).expanduser())
     by_name = _by_name(store, text)

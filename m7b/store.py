@@ -30,7 +30,7 @@ from typing import Any
 from m7b.atomic import write_text
 from m7b.errors import StorageError
 from m7b.manifests.schema import Manifest
-from m7b.paths import path_problem, safe_name
+from m7b.paths import check_path_length, path_problem, safe_name
 
 CONVERTED_RECORD = "SHA256SUMS"
 LAYOUTS = ("native", "hf")
@@ -84,6 +84,7 @@ class Store:
     def from_env(cls) -> Store:
         """The store M7B_HOME names (default: $XDG_DATA_HOME/m7b); refused at once if that is not a folder."""
         if os.environ.get("M7B_HOME"):
+            check_path_length(os.environ["M7B_HOME"], "the store (M7B_HOME)")
             store = cls(Path(os.environ["M7B_HOME"]).expanduser())
         else:
             data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -188,7 +189,7 @@ class Store:
     def save_report(self, name: str, document: dict[str, Any]) -> Path:
         """Write the verification report of store release `name` (what `is_verified` reads back)."""
         path = self.report_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.ensure_dir(path.parent)
         write_text(path, json.dumps({**document, "report_path": str(path)}, indent=2, default=str) + "\n")
         return path
 
@@ -197,7 +198,7 @@ class Store:
 
     def record_release(self, name: str, info_hash: str) -> None:
         """Remember which torrent (by info-hash) the store release `name` is, so it is known by name."""
-        self.releases_dir.mkdir(parents=True, exist_ok=True)
+        self.ensure_dir(self.releases_dir)
         doc = {"name": name, "info_hash": info_hash.lower()}
         write_text(self.release_record_path(name), json.dumps(doc, indent=1) + "\n")
 

@@ -6,12 +6,13 @@ import datetime as dt
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn, overload
 
-from m7b.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
+from m7b.errors import InvalidInputError, M7bError, NotFoundError, UnsupportedArchitectureError
 from m7b.magnet import parse_magnet
-from m7b.paths import path_problem
+from m7b.paths import length_problem, path_problem
 
 from .architecture import architecture_from_mapping, carried_moe
 from .schema import ArchiveFacts, CheckpointFacts, FileFacts, Manifest, TorrentFacts
@@ -35,6 +36,15 @@ _TOP = {
     "archives",
     "sources",
 }
+# Bounds no real manifest reaches (Mistral 7B: 4 files in a 3 KB manifest; Mixtral 8x22B in the Hugging Face layout:
+# 59 shards), refused beyond them (exit 4) so that loading one is quick whatever a file holds.
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_FILES = 1_000
+MAX_LIST = 1_000  # trackers, web seeds, archives
+MAX_LABEL = 256  # characters of a name, title, publisher or license
+MAX_TEXT = 8_192  # characters of any other text: a path, magnet, URL, source
+MAX_DEPTH = 8  # tables and lists inside one another (a manifest needs 3: architecture.moe.field)
+
 _TORRENT = {"name", "info_hash_v1", "info_hash_v2", "magnet", "trackers", "web_seeds", "files_complete"}
 _FILE = {"path", "size", "sha256", "md5"}
 _CHECKPOINT = {"tensors", "parameters", "dtype"}
@@ -70,15 +80,17 @@ class _Reader:
         return value
 
     @overload
-    def text(self, key: str, required: Literal[True]) -> str: ...
+    def text(self, key: str, required: Literal[True], limit: int = MAX_TEXT) -> str: ...
 
     @overload
-    def text(self, key: str, required: bool = False) -> str | None: ...
+    def text(self, key: str, required: bool = False, limit: int = MAX_TEXT) -> str | None: ...
 
-    def text(self, key: str, required: bool = False) -> str | None:
+    def text(self, key: str, required: bool = False, limit: int = MAX_TEXT) -> str | None:
         value = self.get(key, str, required)
         if value is not None and not value.strip():
             self.fail(key, "must not be empty")
+        if value is not None and len(value) > limit:
+            self.fail(key, f"expected at most {limit:,} characters, found {len(value):,}; no real release needs more")
         return value
 
     def hexdigest(self, key: str, length_key: str | None = None) -> str | None:
@@ -99,14 +111,20 @@ class _Reader:
         value = self.get(key, list)
         if value is None:
             return ()
+        self.bounded(key, value, MAX_LIST)
         for i, item in enumerate(value):
-            if not isinstance(item, str) or not item:
-                self.fail(f"{key}[{i}]", f"expected a non-empty string, found {item!r}")
+            if not isinstance(item, str) or not item or len(item) > MAX_TEXT:
+                self.fail(f"{key}[{i}]", f"expected a non-empty string of at most {MAX_TEXT:,} characters")
         return tuple(value)
 
-    def tables(self, key: str) -> list[Any]:
-        value = self.get(key, list)
-        return value or []
+    def tables(self, key: str, limit: int = MAX_LIST) -> list[Any]:
+        value = self.get(key, list) or []
+        self.bounded(key, value, limit)
+        return value
+
+    def bounded(self, key: str, value: list[Any], limit: int) -> None:
+        if len(value) > limit:
+            self.fail(key, f"expected at most {limit:,} entries, found {len(value):,}; no real release has more")
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -123,7 +141,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _safe_relative(reader: _Reader, key: str, value: str) -> str:
-    problem = path_problem(value)
+    problem = path_problem(value) or length_problem(value)
     if problem is not None:
         reader.fail(key, f"expected a relative path inside the release, found {value!r} (it {problem})")
     return value
@@ -135,7 +153,7 @@ def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
     schema = top.get("schema", int, required=True)
     if schema != SCHEMA_VERSION:
         top.fail("schema", f"expected {SCHEMA_VERSION}, found {schema}; upgrade m7b to read this manifest")
-    name = top.text("name", required=True)
+    name = top.text("name", required=True, limit=MAX_LABEL)
     if not NAME_RE.match(name):
         top.fail("name", f"expected lowercase letters, digits, '.', '_' or '-', found {name!r}")
 
@@ -161,11 +179,13 @@ def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
             t.fail("magnet", f"names info-hash {named}, but info_hash_v1 is {torrent.info_hash_v1}")
 
     files: list[FileFacts] = []
-    for i, entry in enumerate(top.tables("files")):
+    listed: set[str] = set()
+    for i, entry in enumerate(top.tables("files", MAX_FILES)):
         f = _Reader(origin, f"files[{i}]", entry, _FILE)
         path = _safe_relative(f, "path", f.text("path", required=True))
-        if any(x.path == path for x in files):
+        if path in listed:
             f.fail("path", f"{path!r} is listed twice")
+        listed.add(path)
         files.append(FileFacts(path=path, size=f.count("size"), sha256=f.hexdigest("sha256"), md5=f.hexdigest("md5")))
 
     architecture, moe = None, None
@@ -201,9 +221,9 @@ def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
     sources = {k: s.text(k) or "" for k in sources_raw}
     manifest = Manifest(
         name=name,
-        title=top.text("title", required=True),
-        publisher=top.text("publisher", required=True),
-        license=top.text("license", required=True),
+        title=top.text("title", required=True, limit=MAX_LABEL),
+        publisher=top.text("publisher", required=True, limit=MAX_LABEL),
+        license=top.text("license", required=True, limit=MAX_LABEL),
         release_date=top.get("release_date", dt.date),
         torrent=torrent,
         files=tuple(files),
@@ -234,15 +254,60 @@ def fact_paths(manifest: Manifest) -> list[str]:
     return facts
 
 
+def _depth(value: Any) -> int:
+    """How deep tables and lists sit inside one another in `value` (iterative: a hostile depth cannot recurse)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                stack += [(child, depth) for child in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
+def parse_manifest_text(text: str, origin: str) -> Manifest:
+    """A manifest from its TOML text, within the bounds above; InvalidInputError naming `origin` otherwise."""
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise InvalidInputError(
+            f"{origin}: {len(text):,} characters, over the {MAX_MANIFEST_BYTES:,} a manifest may hold; "
+            "no real release needs more: check that this is a manifest"
+        )
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInputError(f"{origin}: not valid TOML ({exc})") from exc
+    except RecursionError as exc:  # tomllib recurses once per nested array or inline table
+        raise InvalidInputError(
+            f"{origin}: tables or lists nested too deeply to read (a manifest nests at most {MAX_DEPTH} deep)"
+        ) from exc
+    if _depth(raw) > MAX_DEPTH:
+        raise InvalidInputError(
+            f"{origin}: tables or lists nested more than {MAX_DEPTH} deep; a manifest nests at most {MAX_DEPTH} deep"
+        )
+    return parse_manifest(raw, origin)
+
+
 def load_manifest(path: Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"manifest {path} not found")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{path}: not valid TOML ({exc})") from exc
-    return parse_manifest(raw, str(path))
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise InvalidInputError(f"{path}: could not read the manifest ({exc.strerror or exc})") from exc
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise InvalidInputError(
+            f"{path}: over {MAX_MANIFEST_BYTES:,} bytes, more than a manifest may hold; no real release needs more: "
+            "check that this is a manifest"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{path}: not valid TOML (not UTF-8: {exc})") from exc
+    return parse_manifest_text(text, str(path))
 
 
 def manifest_dirs(user_dir: Path | None = None) -> list[Path]:
@@ -258,18 +323,55 @@ def manifest_dirs(user_dir: Path | None = None) -> list[Path]:
     return dirs
 
 
-def known_manifests(user_dir: Path | None = None) -> dict[str, Manifest]:
+@dataclass(frozen=True)
+class SkippedManifest:
+    """A manifest file in a manifest folder that could not be used, and why: the commands that do not need it go on
+    (the CLI names it in a warning)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class ManifestScan:
+    found: dict[str, Manifest]
+    skipped: tuple[SkippedManifest, ...]
+
+
+def scan_manifests(user_dir: Path | None = None) -> ManifestScan:
+    """Every manifest in the manifest folders, by release name; a file that does not load (or names a release
+    another file already defined) is skipped and returned with its reason, so one broken file breaks nothing
+    else. A folder that cannot be listed is skipped the same way."""
     found: dict[str, Manifest] = {}
+    skipped: list[SkippedManifest] = []
     for directory in manifest_dirs(user_dir):
-        for path in sorted(directory.glob("*.toml")):
-            manifest = load_manifest(path)
+        try:
+            paths = sorted(directory.glob("*.toml"))
+        except OSError as exc:
+            skipped.append(SkippedManifest(directory, f"could not list the folder ({exc.strerror or exc})"))
+            continue
+        for path in paths:
+            try:
+                manifest = load_manifest(path)
+            except M7bError as exc:
+                skipped.append(SkippedManifest(path, str(exc).removeprefix(f"{path}: ")))
+                continue
             if manifest.name in found and found[manifest.name].origin != manifest.origin:
-                raise InvalidInputError(
-                    f"{path}: release name {manifest.name!r} is already defined by "
-                    f"{found[manifest.name].origin}; rename one of them"
+                skipped.append(
+                    SkippedManifest(
+                        path,
+                        f"release name {manifest.name!r} is already defined by {found[manifest.name].origin}; "
+                        "rename one of them",
+                    )
                 )
+                continue
             found[manifest.name] = manifest
-    return found
+    return ManifestScan(found, tuple(skipped))
+
+
+def known_manifests(user_dir: Path | None = None) -> dict[str, Manifest]:
+    """The manifests `scan_manifests` finds (those it skips are left out)."""
+    return scan_manifests(user_dir).found
 
 
 def find_manifest(name: str, user_dir: Path | None = None) -> Manifest:

@@ -13,8 +13,9 @@ import libtorrent as lt
 
 from m7b.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
 from m7b.manifests.architecture import Architecture, MixtureOfExperts, carried_moe, load_params
-from m7b.manifests.loader import NAME_RE
+from m7b.manifests.loader import NAME_RE, parse_manifest_text
 from m7b.manifests.schema import FileFacts, Manifest, TorrentFacts
+from m7b.manifests.writer import manifest_to_toml
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.sizes import SizeError, parse_size
 from m7b.torrent import TorrentMeta, parse_torrent
@@ -22,6 +23,7 @@ from m7b.verify.check import inspect_release_checkpoints
 
 BLOCK = 8 << 20
 MIN_PIECE = 16 << 10
+MAX_PIECE = 128 << 20  # libtorrent's largest (256M: "invalid piece size"; 1T overflowed into exit 1)
 
 # What other clients do with a v1+v2 hybrid torrent (tried on loopback, issue 12). libtorrent and qBittorrent
 # handle it; these two do not, so a publisher who makes one is told.
@@ -61,10 +63,11 @@ def release_files(root: Path) -> list[str]:
 
 
 def parse_piece_size(text: str | None) -> int:
-    """'0'/None = libtorrent's choice; else bytes with an optional K/M suffix, a power of two ≥ 16 KiB."""
+    """'0'/None = libtorrent's choice; else bytes with an optional K/M suffix, a power of two from 16 KiB to
+    128 MiB (Mixtral 8x22B's 281 GB in 128 MiB pieces is 2,100 pieces)."""
     value = parse_size(text, "piece size", "bytes or a K/M suffix, e.g. 4M")
-    if value and (value < MIN_PIECE or value & (value - 1)):
-        raise SizeError("piece size", str(text), f"a power of two of at least 16K, found {value}")
+    if value and (value < MIN_PIECE or value > MAX_PIECE or value & (value - 1)):
+        raise SizeError("piece size", str(text), f"a power of two from 16K to 128M, found {value:,} bytes")
     return value
 
 
@@ -116,6 +119,17 @@ def create_release(
         inspect_release_checkpoints(root, architecture)
     sizes = {f: (root / f).stat().st_size for f in files}
     total = sum(sizes.values())
+    _check_loadable(  # the manifest without its digests: refused (a --title over the cap, 1,001 files) before hashing
+        Manifest(
+            name=manifest_name,
+            title=title or name,
+            publisher=publisher,
+            license=license_id,
+            torrent=TorrentFacts(name=name, trackers=tuple(trackers), web_seeds=tuple(web_seeds)),
+            files=tuple(FileFacts(path=f, size=sizes[f]) for f in files),
+            sources={"release": "-", "torrent": "-"} | {f"files.{f}": "-" for f in files},
+        )
+    )
 
     flags = 0 if hybrid else lt.create_torrent.v1_only
     ct = lt.create_torrent([lt.create_file_entry(f"{name}/{f}", sizes[f]) for f in files], piece_size, flags)
@@ -166,6 +180,15 @@ def create_release(
         sources=sources,
     )
     return CreatedRelease(torrent=torrent, meta=meta, magnet=magnet, manifest=manifest)
+
+
+def _check_loadable(manifest: Manifest) -> None:
+    """The manifest `create_release` would write passes the loader's bounds (one rule: the loader's), else
+    InvalidInputError (exit 4) before anything is hashed or made."""
+    try:
+        parse_manifest_text(manifest_to_toml(manifest), f"the manifest of {manifest.name}")
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{exc}; m7b would not load that manifest, so nothing was made", **exc.data) from exc
 
 
 def _architecture(root: Path, files: Sequence[str]) -> tuple[Architecture | None, MixtureOfExperts | None]:

@@ -15,6 +15,12 @@ from .sampling import SamplingConfig, sample
 
 DecodeFn = Callable[[Transformer, torch.Tensor, torch.Tensor], torch.Tensor]
 
+# The most positions (prompt plus generated tokens) one generation may address: Mistral 7B's context as its
+# Hugging Face config declares it (max_position_embeddings). The rotary table and caches are sized from
+# prompt + max_tokens, so a larger --max-tokens would only allocate memory for positions the model was never
+# trained on (10**8 tokens on the tiny preset: over 8 GB before the first token).
+MAX_POSITIONS = 32_768
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -26,9 +32,28 @@ class GenerationConfig:
     def validate(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise InvalidInputError(f"max_tokens must be at least 1, found {self.max_tokens}", field="max_tokens")
+        if self.max_tokens > MAX_POSITIONS:
+            raise InvalidInputError(
+                f"max_tokens must be at most {MAX_POSITIONS:,} (the positions the model can address, prompt "
+                f"included), found {self.max_tokens:,}; ask for fewer tokens",
+                field="max_tokens",
+            )
         if self.chunk_size is not None and self.chunk_size < 1:
             raise InvalidInputError(f"the prefill chunk size must be at least 1, found {self.chunk_size}")
         self.sampling.validate()
+
+
+def check_positions(prompt_tokens: int, max_tokens: int) -> None:
+    """InvalidInputError (exit 4) when a prompt of `prompt_tokens` plus `max_tokens` needs more positions than the
+    model addresses (MAX_POSITIONS): call it before sizing anything from prompt + max_tokens."""
+    needed = prompt_tokens + max_tokens
+    if needed > MAX_POSITIONS:
+        raise InvalidInputError(
+            f"max_tokens {max_tokens:,} after a prompt of {prompt_tokens:,} tokens needs {needed:,} positions; "
+            f"the model addresses at most {MAX_POSITIONS:,}: ask for at most "
+            f"{max(MAX_POSITIONS - prompt_tokens, 0):,} tokens or shorten the prompt",
+            field="max_tokens",
+        )
 
 
 @dataclass
@@ -92,6 +117,7 @@ def generate(
         raise InvalidInputError("the prompt has no tokens; give a prompt with some text")
     device = model.output.weight.device
     needed = len(prompt) + config.max_tokens
+    check_positions(len(prompt), config.max_tokens)
     if model.capacity and model.max_seq_len >= max(needed, max_seq_len or 0):
         model.reset_caches()
     else:

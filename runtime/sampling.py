@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,9 +17,10 @@ class SamplingConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if not self.temperature >= 0:
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise InvalidInputError(
-                f"temperature must be 0 (greedy) or positive, found {self.temperature}", field="temperature"
+                f"temperature must be 0 (greedy) or a positive finite number, found {self.temperature}",
+                field="temperature",
             )
         if not 0 < self.top_p <= 1:
             raise InvalidInputError(f"top_p must be in (0, 1], found {self.top_p}", field="top_p")
@@ -33,11 +35,17 @@ def sample(logits: torch.Tensor, config: SamplingConfig, generator: torch.Genera
     """The next token id (a 1-element long tensor on logits' device) from logits of shape (vocab,)."""
     if config.temperature == 0:  # on float32 (exact for bf16): torch's bf16 argmax is 3x slower on the CPU
         return torch.argmax(logits.float(), dim=-1, keepdim=True)
-    probs = torch.softmax(logits.float() / config.temperature, dim=-1)
+    # The largest logit is subtracted first and the division is in float64, so a tiny temperature (1e-40, or
+    # 5e-324: 0 in float32) sends the others to -inf and leaves the top one at 0: greedy in the limit, never NaN.
+    scaled = logits.double()
+    scaled = ((scaled - scaled.max()) / config.temperature).float()
+    probs = torch.softmax(scaled.nan_to_num(nan=-math.inf), dim=-1)
     if config.top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
         before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(before >= config.top_p, 0.0)  # the top token always stays
+        drop = before >= config.top_p
+        drop[..., 0] = False  # the top token always stays, even for a top_p that is 0 in float32 (5e-324)
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
         return order.gather(-1, choice)
     return torch.multinomial(probs, 1, generator=generator)

@@ -13,6 +13,10 @@ import torch
 from m7b.errors import InvalidInputError, MismatchError, NotFoundError
 from m7b.manifests.architecture import Architecture
 
+# The element types the runtime computes from (each is copied into the model's dtype); a checkpoint holding any
+# other (I16, U16, I32, BOOL: no release's weights) is refused when it is read, before a model is built.
+WEIGHT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
 SAFETENSORS_NAME = "consolidated.safetensors"
 CHECKPOINT_NAME = "consolidated.00.pth"
 
@@ -30,7 +34,20 @@ def find_weights(release_dir: Path) -> Path:
 
 
 def load_state_dict(release_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The tensors of a release (memory-mapped, on the CPU) and the file they came from."""
+    """The tensors of a release (memory-mapped, on the CPU) and the file they came from; InvalidInputError (exit 4)
+    for a tensor whose element type is no weight's (`WEIGHT_DTYPES`)."""
+    state, path = _read_state_dict(release_dir)
+    for key, tensor in state.items():
+        if tensor.dtype not in WEIGHT_DTYPES:
+            names = ", ".join(str(d).removeprefix("torch.") for d in WEIGHT_DTYPES)
+            raise InvalidInputError(
+                f"{path}: tensor {key!r} holds {str(tensor.dtype).removeprefix('torch.')} elements; weights are "
+                f"{names}: reconvert the release (`m7b convert`) or re-fetch it and run `m7b verify`"
+            )
+    return state, path
+
+
+def _read_state_dict(release_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
     path = find_weights(release_dir)
     if path.name == SAFETENSORS_NAME:
         from safetensors import SafetensorError, safe_open

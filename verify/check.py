@@ -57,12 +57,13 @@ def verify_release(
     findings: list[Finding] = []
     plan = _bound_plan(manifest, torrent, findings, info_hash)
 
+    # a file whose size differs from what the torrent (else the manifest) says is a mismatch unread
     items: list[ReadItem] = read_items(plan, root) if plan else []
     listed = {it.rel for it in items}
-    for rel in [f.path for f in manifest.files] if manifest else []:
-        if rel not in listed:
-            items.append(ReadItem(rel, root / rel))
-            listed.add(rel)
+    for facts in manifest.files if manifest else ():
+        if facts.path not in listed:
+            items.append(ReadItem(facts.path, root / facts.path, expected_size=facts.size))
+            listed.add(facts.path)
     for rel in disk_files(root):
         if rel not in listed:
             items.append(ReadItem(rel, root / rel))
@@ -128,7 +129,7 @@ def verify_release(
         verdict=status,
         findings=findings,
         files=files,
-        bytes_read=sum(f.size for f in files),
+        bytes_read=sum(r.size for r in found.values() if r.size is not None and not r.unread),
         seconds=time.monotonic() - started,
         torrent=_torrent_doc(plan, v1, v2),
         license=[e.to_json() for e in evidence],
@@ -279,7 +280,8 @@ def _piece_findings(
                 "pieces",
                 Status.MISSING,
                 f"{unchecked} piece(s) could not be checked: bytes of them are "
-                "missing from disk (see the missing or short files above)",
+                "missing from disk, or their file has another size than the torrent says and was not read "
+                "(see the files above)",
             )
         )
     if not failures and not unchecked:

@@ -7,6 +7,7 @@ reader fetches the next one into a recycled buffer.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import queue
@@ -32,13 +33,17 @@ class ReadItem:
     """One stretch of the stream: a file of the release, or torrent padding (zeros, nothing on disk).
 
     `stream_length` is the length the torrent gives the file (None when the torrent does not name it);
-    `index` is its position in the torrent's file list (None outside the torrent).
+    `index` is its position in the torrent's file list (None outside the torrent). `expected_size` is the size the
+    torrent or manifest says the file has: a file of another size is a mismatch before any byte is read, so it is
+    not read (`unread`; the lanes see it begin and end with nothing, a 1 TiB file costs no time).
     """
 
     rel: str
     disk: Path | None
     stream_length: int | None = None
     index: int | None = None
+    expected_size: int | None = None
+    unread: bool = False
 
     @property
     def is_pad(self) -> bool:
@@ -77,7 +82,7 @@ class FileDigestLane:
     _current: Hasher | None = None
 
     def begin(self, item: ReadItem) -> None:
-        take = not item.is_pad and (self.wanted is None or item.rel in self.wanted)
+        take = not item.is_pad and not item.unread and (self.wanted is None or item.rel in self.wanted)
         self._current = hashlib.new(self.algorithm) if take else None
 
     def update(self, item: ReadItem, offset: int, data: memoryview) -> None:
@@ -95,12 +100,14 @@ class FileDigestLane:
 
 @dataclass
 class FileRead:
-    """What the reader saw of one file: its size and mtime on disk, or that it is missing."""
+    """What the reader saw of one file: its size and mtime on disk, or that it is missing. `unread`: its size is not
+    the one expected, so none of its bytes were read."""
 
     rel: str
     size: int | None
     mtime_ns: int | None
     error: str | None = None
+    unread: bool = False
 
 
 class _Block:
@@ -179,6 +186,13 @@ def read_stream(
     found: dict[str, FileRead] = {}
     try:
         for item in items:
+            st = _stat(item)
+            if st is not None and stat.S_ISREG(st.st_mode) and item.expected_size not in (None, st.st_size):
+                item = dataclasses.replace(item, unread=True)  # noqa: PLW2901 (the lanes see it as unread)
+                send(("begin", item))
+                found[item.rel] = FileRead(item.rel, st.st_size, st.st_mtime_ns, unread=True)
+                send(("end", item, 0))
+                continue
             send(("begin", item))
             size = 0
             if item.disk is None:  # padding (item.is_pad)
@@ -237,13 +251,23 @@ def _kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a file")
 
 
-def _expected_size(item: ReadItem) -> int:
+def _stat(item: ReadItem) -> os.stat_result | None:
     if item.disk is None:  # padding (item.is_pad)
-        return 0
+        return None
     try:
-        return os.stat(item.disk).st_size
+        return os.stat(item.disk)
     except OSError:
+        return None
+
+
+def _expected_size(item: ReadItem) -> int:
+    """The bytes reading `item` will take (for progress): its size on disk, 0 for one that will not be read."""
+    if item.is_pad:
+        return 0
+    st = _stat(item)
+    if st is None:
         return item.stream_length or 0
+    return st.st_size if item.expected_size in (None, st.st_size) else 0
 
 
 def _send_zeros(item: ReadItem, free: queue.Queue[_Block], workers: list[_Worker]) -> int:

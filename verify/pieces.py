@@ -20,7 +20,7 @@ _ZERO32 = bytes(32)
 
 def read_items(plan: TorrentMeta, root: Path) -> list[ReadItem]:
     """The torrent's files in torrent order, as items of one read pass over `root` (pad files read as zeros)."""
-    return [ReadItem(f.path, None if f.pad else root / f.path, f.size, f.index) for f in plan.files]
+    return [ReadItem(f.path, None if f.pad else root / f.path, f.size, f.index, f.size) for f in plan.files]
 
 
 @dataclass

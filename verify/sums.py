@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from m7b.errors import InvalidInputError, NotFoundError
-from m7b.paths import path_problem
+from m7b.paths import length_problem, path_problem
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.store import CONVERTED_RECORD
 
@@ -17,7 +17,11 @@ from .digest import FileDigestLane, ReadItem, read_stream
 from .findings import Finding, Status, verdict
 from .report import FileRecord, VerifyReport
 
-_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
+# A converted folder holds a few files (native: 4; Mixtral 8x22B in the Hugging Face layout: about 70), so its
+# record is a few KB; beyond these it is no record m7b wrote, refused unread (exit 4).
+MAX_SUMS_BYTES = 1 << 20
+MAX_SUMS_LINES = 10_000
 
 
 def format_sums(digests: Mapping[str, str]) -> str:
@@ -25,13 +29,33 @@ def format_sums(digests: Mapping[str, str]) -> str:
 
 
 def parse_sums(path: Path) -> dict[str, str]:
+    """File -> sha256 from a SHA256SUMS, read in one linear pass within the bounds above."""
     if not path.is_file():
         raise NotFoundError(f"{path} not found: the conversion did not finish; convert again")
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_SUMS_BYTES + 1)
+    if len(data) > MAX_SUMS_BYTES:
+        raise InvalidInputError(
+            f"{path}: over {MAX_SUMS_BYTES:,} bytes; the record convert writes is a few KB: convert again"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"{path}: not UTF-8 text (byte {exc.start:,} is {data[exc.start]:#04x}); convert writes "
+            "'<sha256>  <file>' lines in UTF-8: convert again"
+        ) from exc
+    lines = text.splitlines()
+    if len(lines) > MAX_SUMS_LINES:
+        raise InvalidInputError(
+            f"{path}: {len(lines):,} lines, over the {MAX_SUMS_LINES:,} a converted folder's record may hold: "
+            "convert again"
+        )
     out: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        m = _LINE.match(line)
-        if not m or path_problem(m.group(2)) is not None:
-            raise InvalidInputError(f"{path}: line {number} is not '<sha256>  <file>' ({line!r})")
+    for number, line in enumerate(lines, 1):
+        m = _LINE.fullmatch(line)
+        if not m or path_problem(m.group(2)) is not None or length_problem(m.group(2)) is not None:
+            raise InvalidInputError(f"{path}: line {number} is not '<sha256>  <file>' ({line[:200]!r})")
         out[m.group(2)] = m.group(1)
     return out
 

@@ -21,6 +21,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from m7b import __version__
 from m7b.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, M7bError
+from m7b.paths import too_long_error
 
 from . import demo as cli_demo
 from . import mirror as cli_mirror
@@ -206,6 +207,10 @@ def main() -> None:
     except BrokenPipeError:
         _reader_gone()
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG and not state.debug:
+            # any path the user typed (an argument, --out, --dest, --manifest, M7B_HOME) that no file system holds
+            refused = too_long_error(exc.filename or "", "the path")
+            _fail(state, cli_message(refused), refused.exit_code, refused.data)
         if _is_usage_error(exc):
             exc.show()
             sys.exit(exc.exit_code)

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from m7b.errors import M7bError
-from m7b.release import Release, resolve_release
+from m7b.release import Release, resolve_release, skipped_manifests
 from m7b.store import Store
 
 from .render import err
@@ -149,8 +149,18 @@ def note(text: str) -> None:
     err.print(f"[yellow]note:[/yellow] {text}", highlight=False)
 
 
+def warn_skipped_manifests(store: Store) -> list[dict[str, str]]:
+    """Name on stderr each manifest file that does not load (the command goes on without it); returned as data for
+    a JSON document."""
+    skipped = [{"path": str(s.path), "reason": s.reason} for s in skipped_manifests(store)]
+    for s in skipped:
+        err.print(f"[yellow]warning:[/yellow] skipped manifest {s['path']}: {s['reason']}", highlight=False)
+    return skipped
+
+
 def resolve(text: str, store: Store) -> Release:
     """The one resolver (m7b.release), with its note — when the text could have meant something else — on stderr."""
+    warn_skipped_manifests(store)
     release = resolve_release(text, store)
     if release.note:
         note(release.note)

@@ -133,8 +133,9 @@ def create(
             progress=progress,
             inspect=not no_inspect,
         )
-    out_dir = out or folder.resolve().parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from m7b.atomic import make_dirs
+
+    out_dir = make_dirs(out or folder.resolve().parent)
     torrent_path = out_dir / f"{made.meta.name}.torrent"
     # both named after the torrent (the folder), so the resolver finds them beside it whatever --name says
     manifest_path = out_dir / f"{made.meta.name}.toml"

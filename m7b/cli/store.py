@@ -7,6 +7,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from m7b.errors import InvalidInputError
@@ -16,7 +17,7 @@ from m7b.sizes import format_bytes
 from m7b.store import Store
 from m7b.usage import release_parts, release_usage
 
-from .options import JsonOption, resolve
+from .options import JsonOption, resolve, warn_skipped_manifests
 from .render import err, out, show
 
 
@@ -39,6 +40,7 @@ def list_releases(json_out: JsonOption = False) -> None:
     """Known releases and their state in the store (absent / partial / downloaded / verified / converted): those
     with a manifest, and those fetched from a magnet or .torrent without one."""
     store = Store.from_env()
+    skipped = warn_skipped_manifests(store)
     recorded = store.recorded_releases()
     rows = []
     for name, m in release_names(store).items():
@@ -58,7 +60,10 @@ def list_releases(json_out: JsonOption = False) -> None:
                 "path": str(store.release_dir(name)),
             }
         )
-    show({"store": str(store.home), "releases": rows}, json_out, _print_list)
+    doc: dict[str, Any] = {"store": str(store.home), "releases": rows}
+    if skipped:
+        doc["skipped_manifests"] = skipped
+    show(doc, json_out, _print_list)
 
 
 def _print_list(doc: dict[str, Any]) -> None:
@@ -132,7 +137,7 @@ def _manifestless_document(store: Store, release: Release) -> dict[str, Any]:
 
 
 def _print_manifestless(doc: dict[str, Any]) -> None:
-    out.print(f"[bold]{doc['name']}[/bold] (no manifest)")
+    out.print(f"[bold]{escape(doc['name'])}[/bold] (no manifest)", highlight=False)
     labels = {"info_hash": "info-hash", "torrent": "torrent", "path": "path", "state": "state in store"}
     for key, label in labels.items():
         if key in doc:
@@ -145,10 +150,11 @@ def _print_manifestless(doc: dict[str, Any]) -> None:
 
 def _print_manifest(m: Manifest, doc: dict[str, Any]) -> None:
     out.print(
-        f"[bold]{m.title}[/bold] ({m.name}) — {m.publisher}, "
-        f"{m.release_date.isoformat() if m.release_date else 'date unknown'}, license {m.license}"
+        f"[bold]{escape(m.title)}[/bold] ({m.name}) — {escape(m.publisher)}, "
+        f"{m.release_date.isoformat() if m.release_date else 'date unknown'}, license {escape(m.license)}",
+        highlight=False,  # rich's highlighter backtracks on one long word: quadratic (a 64 KB title took 55 s)
     )
-    out.print(f"state in store: {doc['state']}")
+    out.print(f"state in store: {doc['state']}", highlight=False)
     out.print(
         "runtime: " + ("supported" if m.unsupported is None else f"not supported ({m.unsupported})"), highlight=False
     )
@@ -174,13 +180,16 @@ def _print_manifest(m: Manifest, doc: dict[str, Any]) -> None:
     if m.moe:
         out.print(f"architecture: mixture of experts, {m.moe.describe()}", highlight=False)
     if m.architecture:
-        out.print("architecture: " + ", ".join(f"{k} {v}" for k, v in m.architecture.to_params().items()))
+        out.print(
+            "architecture: " + ", ".join(f"{k} {v}" for k, v in m.architecture.to_params().items()), highlight=False
+        )
     if m.checkpoint:
         c = m.checkpoint
-        out.print(f"checkpoint: {c.tensors} tensors, {c.parameters:,} parameters, {c.dtype}")
+        out.print(f"checkpoint: {c.tensors} tensors, {c.parameters:,} parameters, {c.dtype}", highlight=False)
     for a in m.archives:
         out.print(
-            f"archive: {a.name}" + "".join(f", {k} {getattr(a, k)}" for k in ("md5", "sha256", "url") if getattr(a, k))
+            f"archive: {a.name}" + "".join(f", {k} {getattr(a, k)}" for k in ("md5", "sha256", "url") if getattr(a, k)),
+            highlight=False,
         )
     sources = Table(title="sources")
     sources.add_column("fact")
