@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from m7b.store import Store
 
 from .fast_decode import PreparedDecode, prepare_decode, resolve_mode
-from .generate import GenerationConfig, GenerationResult, generate
+from .generate import GenerationConfig, GenerationResult, check_positions, generate
 from .loader import Runtime
 from .model import Transformer
 
@@ -67,6 +67,7 @@ def complete(
     store = store or Store.from_env()
     mode = resolve_mode(decode, runtime.device)
     ids = runtime.tokenizer.encode(prompt)
+    check_positions(len(ids), config.max_tokens)  # before any cache or compiled step is made for them
     prepared = prepare_step(runtime.model, mode, len(ids) + config.max_tokens, store, cpu_kernels)
     if on_prepared is not None:
         on_prepared(prepared)
