@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from m7b.errors import NotFoundError
+from m7b.locks import hold
 from m7b.manifests.loader import load_manifest
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.release import NoteCallback, Release, ignore_note, release_for, require_present
@@ -52,6 +53,16 @@ def verify(
         root = folder.resolve()
         return Verification(verify_converted(root, name=root.parent.name, progress=progress), None)
     release = _release(store, target, manifest, torrent, on_note)
+    if not release.in_store:
+        return _verify_release(store, release, progress)
+    # a store release is read holding its lock shared (as a seed does): `rm` or a fetch refuses at once, naming this
+    # verify, instead of removing files mid-read; a verify started while one writes or removes it fails at once
+    lock = store.release_lock(release.name)
+    with hold(store, lock, f"release {release.name}", shared=True, purpose="verified", role="verify"):
+        return _verify_release(store, release, progress)
+
+
+def _verify_release(store: Store, release: Release, progress: ProgressCallback) -> Verification:
     require_present(release)
     name = release.name if release.in_store else None
     # the hash the user asked for: the magnet's, or the one fetch recorded (never one read from the torrent itself)
