@@ -1,6 +1,6 @@
 """The library's `verify`: what a user typed (or a resolved release) checked as `m7b verify` checks it — a converted
-folder against its SHA256SUMS, anything else against its manifest and torrent — and a store release's report saved
-where `Store.is_verified` (and so `m7b list`, convert and seed) reads it, whoever calls it."""
+folder against the store's record of it, anything else against its manifest and torrent — and a store release's
+report saved where `Store.is_verified` (and so `m7b list`, convert and seed) reads it, whoever calls it."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from m7b.release import NoteCallback, Release, ignore_note, release_for, require
 from m7b.store import Store
 
 from .check import verify_release
+from .converted import verify_converted_folder
 from .report import VerifyReport
-from .sums import is_converted_dir, verify_converted
+from .sums import is_converted_dir
 
 
 @dataclass(frozen=True)
@@ -42,16 +43,16 @@ def verify(
 ) -> Verification:
     """Verify what `target` names: a release name, a folder, a magnet, a .torrent or a manifest .toml (see
     `m7b.release.resolve_release`), or a resolved Release. A converted folder (one holding SHA256SUMS) is checked
-    against its SHA256SUMS; anything else against its manifest and torrent — `manifest` (a .toml) and `torrent`
-    (a .torrent) replace the release's own. With no target, `manifest` names the release.
+    against the record the store kept when m7b converted it (`verify/converted.py`; `unvouched` without one);
+    anything else against its manifest and torrent — `manifest` (a .toml) and `torrent` (a .torrent) replace the
+    release's own. With no target, `manifest` names the release.
 
     A store release's report is saved where `Store.is_verified` (and so `m7b list`, convert and seed) reads it.
     `store` defaults to `Store.from_env()` (M7B_HOME).
     """
     store = store or Store.from_env()
     if isinstance(target, str) and is_converted_dir(folder := Path(target).expanduser()) and folder.is_dir():
-        root = folder.resolve()
-        return Verification(verify_converted(root, name=root.parent.name, progress=progress), None)
+        return Verification(verify_converted_folder(folder, store, progress=progress), None)
     release = _release(store, target, manifest, torrent, on_note)
     if not release.in_store:
         return _verify_release(store, release, progress)

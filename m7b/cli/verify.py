@@ -18,6 +18,7 @@ from .render import err, out, progress_bars, report_lock_wait, show
 _STYLE = {
     "ok": "green",
     "note": "cyan",
+    "unvouched": "yellow",
     "invalid": "yellow",
     "mismatch": "red",
     "missing": "yellow",

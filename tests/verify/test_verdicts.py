@@ -4,20 +4,26 @@ publisher published."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 
 import pytest
 from verify_helpers import install_release
 
-from m7b.errors import StorageError
+from m7b.errors import StorageError, UnvouchedError
 from m7b.locks import LockHeldError
 from m7b.progress import ProgressEvent
 from m7b.remove import remove_release
 from m7b.store import Store
+from m7b.verify.convert import convert, file_sha256
+from m7b.verify.converted import check_layout
+from m7b.verify.findings import Status, error_for
 from m7b.verify.release import verify
+from m7b.verify.sums import format_sums, parse_sums, verify_converted
 
 
 class _Paused:
@@ -96,3 +102,130 @@ def test_a_verify_started_while_rm_removes_the_release_fails_at_once_and_writes_
         rm.join(60)
     assert outcome and not store.release_dir("tiny-test").exists()
     assert not store.report_path("tiny-test").exists()  # no report for a release that is gone
+
+
+def _converted(m7b_home: Path, tiny_release_src: Path, layout: str) -> tuple[Store, Path]:
+    """The tiny release in the store, verified, converted by m7b (hf in several shards)."""
+    install_release(m7b_home, tiny_release_src, "tiny-test")
+    store = Store(m7b_home)
+    verify("tiny-test", store)
+    return store, convert("tiny-test", layout, store, max_shard_size=3_000_000).result.out
+
+
+def _rewrite_sums(folder: Path) -> None:
+    """What a hostile publisher of a folder does: SHA256SUMS rewritten to agree with whatever the folder holds."""
+    names = sorted(p.name for p in folder.iterdir() if p.name != "SHA256SUMS")
+    (folder / "SHA256SUMS").write_text(format_sums({n: file_sha256(folder / n) for n in names}))
+
+
+def _findings(doc: dict, check: str) -> list[dict]:
+    return [f for f in doc["findings"] if f["check"] == check]
+
+
+@pytest.mark.slow
+def test_a_converted_folder_is_verified_against_the_stores_record_not_its_own_sums(
+    cli, m7b_home: Path, tiny_release_src: Path
+) -> None:
+    store, out = _converted(m7b_home, tiny_release_src, "hf")
+    assert store.converted_record(out)["files"] == parse_sums(out / "SHA256SUMS")
+    honest = cli("verify", out, "--json")
+    assert honest.code == 0, honest.stderr
+    doc = json.loads(honest.stdout)
+    assert [f["status"] for f in _findings(doc, "record") + _findings(doc, "layout") + _findings(doc, "source")] == [
+        "ok",
+        "ok",
+        "ok",
+    ]
+    # a hostile index: one tensor said to lie in another shard, SHA256SUMS rewritten to agree
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    held = collections.Counter(index["weight_map"].values())
+    full = next(shard for shard, count in held.items() if count > 1)  # a shard still named once one tensor moves
+    other = next(shard for shard in held if shard != full)
+    moved = next(name for name, shard in index["weight_map"].items() if shard == full)
+    index["weight_map"][moved] = other
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    _rewrite_sums(out)
+    assert verify_converted(out).verdict == "ok"  # the folder agrees with itself: that proves nothing
+    hostile = cli("verify", out, "--json")
+    assert hostile.code == 5, hostile.stderr
+    doc = json.loads(hostile.stdout)
+    assert doc["verdict"] == "mismatch"
+    assert any("model.safetensors.index.json: sha256" in f["message"] for f in _findings(doc, "record"))
+    assert any("SHA256SUMS differs from m7b's record" in f["message"] for f in _findings(doc, "record"))
+    assert any(
+        f"tensor {moved}: in {full}, model.safetensors.index.json says {other}" in f["message"]
+        for f in _findings(doc, "layout")
+    )
+
+
+@pytest.mark.slow
+def test_a_tensor_changed_with_its_sums_rewritten_differs_from_the_source(
+    cli, m7b_home: Path, tiny_release_src: Path
+) -> None:
+    store, out = _converted(m7b_home, tiny_release_src, "hf")
+    placed, _ = check_layout(out, "hf")
+    # a wq (permuted on conversion): compared with the source after the same permutation
+    key = next(k for k in placed if k.endswith("attention.wq.weight"))
+    where = placed[key]
+    with open(out / where.file, "r+b") as fh:
+        fh.seek(where.offset + 10)
+        byte = fh.read(1)
+        fh.seek(where.offset + 10)
+        fh.write(bytes([byte[0] ^ 0x40]))
+    _rewrite_sums(out)
+    result = cli("verify", out, "--json")
+    assert result.code == 5, result.stderr
+    doc = json.loads(result.stdout)
+    wrong = [f["message"] for f in _findings(doc, "source") if f["status"] == "mismatch"]
+    assert wrong == [
+        f"{where.file}: tensor {where.name} differs from {key} in tiny-test's verified consolidated.00.pth "
+        "— convert again"
+    ]
+    assert any(f["path"] == where.file and f["status"] == "mismatch" for f in _findings(doc, "record"))
+
+
+@pytest.mark.slow
+def test_a_converted_folder_copied_from_elsewhere_is_unvouched(
+    cli, m7b_home: Path, tiny_release_src: Path, tmp_path: Path
+) -> None:
+    store, out = _converted(m7b_home, tiny_release_src, "native")
+    copy = Path(shutil.copytree(out, tmp_path / "downloaded-native"))
+    result = cli("verify", copy, "--json")
+    assert result.code == 5, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["verdict"] == "unvouched" and doc["exit_code"] == 5
+    assert all(f["status"] == "ok" for f in _findings(doc, "sums"))  # self-consistency shown
+    assert [f["status"] for f in _findings(doc, "layout")] == ["ok"]
+    [unvouched] = _findings(doc, "record")
+    assert unvouched["status"] == "unvouched" and "nothing vouches for" in unvouched["message"]
+    assert "m7b convert NAME --to LAYOUT" in unvouched["message"]
+    human = cli("verify", copy)
+    assert human.code == 5
+    assert "verification failed (unvouched): nothing vouches for" in " ".join(human.stderr.split())
+    with pytest.raises(UnvouchedError):  # the verdict's error, exit 5
+        raise error_for(Status(doc["verdict"]))("x")
+    # the store's own output is still vouched for; rm takes the store's record of it with it
+    assert cli("verify", out).code == 0
+    record = store.converted_record_path(out)
+    assert record.is_file()
+    assert cli("rm", "tiny-test", "--yes").code == 0
+    assert not record.exists()
+
+
+@pytest.mark.slow
+def test_an_unvouched_copy_with_a_hostile_index_is_a_mismatch(cli, m7b_home: Path, converted_tiny, tmp_path) -> None:
+    copy = Path(shutil.copytree(converted_tiny["hf"], tmp_path / "hf"))
+    index = json.loads((copy / "model.safetensors.index.json").read_text())
+    held = collections.Counter(index["weight_map"].values())
+    dropped = next(name for name, shard in sorted(index["weight_map"].items()) if held[shard] > 1)
+    del index["weight_map"][dropped]
+    (copy / "model.safetensors.index.json").write_text(json.dumps(index))
+    _rewrite_sums(copy)
+    result = cli("verify", copy, "--json")
+    assert result.code == 5, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["verdict"] == "mismatch"
+    assert any(
+        "model.safetensors.index.json does not name it" in f["message"] and dropped in f["message"]
+        for f in _findings(doc, "layout")
+    )
