@@ -39,3 +39,25 @@ def test_a_fetch_whose_data_contradicts_the_manifests_sha256_fails_naming_the_fi
     again = cli("fetch", "tiny-named", *LOOPBACK, "--timeout", "20")
     assert again.code == 0, again.stderr
     assert tree_digests(m7b_home / "releases" / "tiny-named") == tree_digests(pub.folder)
+
+
+@pytest.mark.slow
+def test_a_store_release_rechecked_against_a_contradicting_manifest_is_marked_incomplete(
+    cli, m7b_home, publish
+) -> None:
+    pub = publish(name="tiny-named")
+    good = pub.manifest.read_text()
+    (m7b_home / "manifests").mkdir(parents=True)
+    manifest = m7b_home / "manifests" / "tiny-named.toml"
+    manifest.write_text(good)
+    with plain_seeder(pub.torrent, pub.folder) as peer:
+        assert cli("fetch", "tiny-named", "--peer", peer, *LOOPBACK).code == 0
+    real = hashlib.md5((pub.folder / "tokenizer.model").read_bytes()).hexdigest()
+    manifest.write_text(good.replace(real, "f" * 32))
+    again = cli("fetch", "tiny-named", *LOOPBACK, "--timeout", "20")
+    assert again.code == 5, again.stderr
+    assert f"tokenizer.model: md5 {real}, the manifest publishes {'f' * 32}" in again.stderr
+    assert "marked incomplete" in again.stderr
+    # the files stay where they are, but the store no longer calls the release downloaded
+    assert tree_digests(m7b_home / "releases" / "tiny-named") == tree_digests(pub.folder)
+    assert json.loads(cli("show", "tiny-named", "--json").stdout)["state"] == "partial"

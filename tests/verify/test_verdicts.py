@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from verify_helpers import install_release
 
-from m7b.errors import StorageError, UnvouchedError
+from m7b.errors import InvalidInputError, StorageError, UnvouchedError
 from m7b.locks import LockHeldError
 from m7b.progress import ProgressEvent
 from m7b.remove import remove_release
 from m7b.store import Store
 from m7b.verify.convert import convert, file_sha256
-from m7b.verify.converted import check_layout
+from m7b.verify.converted import check_layout, read_safetensors_header
 from m7b.verify.findings import Status, error_for
 from m7b.verify.release import verify
 from m7b.verify.sums import format_sums, parse_sums, verify_converted
@@ -229,3 +229,39 @@ def test_an_unvouched_copy_with_a_hostile_index_is_a_mismatch(cli, m7b_home: Pat
         "model.safetensors.index.json does not name it" in f["message"] and dropped in f["message"]
         for f in _findings(doc, "layout")
     )
+
+
+def _header(doc: object, tail: bytes = b"") -> bytes:
+    raw = json.dumps(doc).encode()
+    return len(raw).to_bytes(8, "little") + raw + tail
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x01\x02",
+        (1 << 40).to_bytes(8, "little") + b"{}",
+        (5).to_bytes(8, "little") + b"{not",
+        _header([1, 2]),
+        _header({"t": [1]}),
+        _header({"t": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}),  # past the end of the file
+        _header({"t": {"dtype": "BF16", "shape": ["2"], "data_offsets": [0, 4]}}, b"\0" * 4),
+        _header({"t": {"dtype": "BF16", "shape": [2], "data_offsets": [4, 0]}}, b"\0" * 4),
+        _header({"t": {"dtype": "BF16", "shape": [2], "data_offsets": [0]}}, b"\0" * 4),
+    ],
+)
+def test_a_hostile_safetensors_header_is_invalid_input(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(InvalidInputError):
+        read_safetensors_header(path)
+
+
+def test_a_hostile_layout_is_a_finding_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": "x"}))
+    placed, findings = check_layout(tmp_path, "hf")
+    assert placed is None and [f.status for f in findings] == [Status.INVALID]
+    (tmp_path / "params.json").write_text("{}")
+    placed, findings = check_layout(tmp_path, None)
+    assert placed is None and "neither consolidated.safetensors nor config.json" in findings[0].message
