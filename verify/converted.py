@@ -59,7 +59,7 @@ def verify_converted_folder(root: Path, store: Store, *, progress: ProgressCallb
             lock = store.converted_lock(name, layout)
             what = f"converted output {name}/{layout}"
             stack.enter_context(hold(store, lock, what, shared=True, purpose="verified", role="verify"))
-        own = verify_converted(root, name=_label(store, root, record), progress=progress)
+        own = verify_converted(root, name=_label(root, record), progress=progress)
         findings = list(own.findings)
         digests = {f.path: f.sha256 for f in own.files}
         if record is None:
@@ -75,7 +75,7 @@ def verify_converted_folder(root: Path, store: Store, *, progress: ProgressCallb
     return replace(own, findings=findings, verdict=verdict(findings))
 
 
-def _label(store: Store, root: Path, record: dict[str, Any] | None) -> str:
+def _label(root: Path, record: dict[str, Any] | None) -> str:
     return str(record["name"]) if record and isinstance(record.get("name"), str) else root.parent.name
 
 
