@@ -48,6 +48,12 @@ class MismatchError(M7bError):
     exit_code = 5
 
 
+class UnvouchedError(MismatchError):
+    """Data nothing vouches for: a converted folder m7b keeps no record of converting (copied from elsewhere), whose
+    own SHA256SUMS was written by whoever made it. Exit 5, as a mismatch: a script must not use it as verified;
+    verify's verdict `unvouched` (not `mismatch`) tells an honest copy from a changed one."""
+
+
 class UnsafeError(M7bError):
     """Input that would run code or write outside its folder if used: a hostile pickle, an escaping path."""
 
@@ -76,7 +82,8 @@ EXIT_CODES: dict[int, str] = {
     2: "usage error (unknown option, missing argument)",
     NotFoundError.exit_code: "not found: unknown release name, missing file or folder",
     InvalidInputError.exit_code: "invalid input: a manifest, params.json, magnet or option that does not parse",
-    MismatchError.exit_code: "mismatch: data differs from its magnet, torrent or manifest",
+    MismatchError.exit_code: "mismatch: data differs from its magnet, torrent or manifest (or, verdict "
+    "`unvouched`, nothing m7b recorded vouches for it)",
     UnsafeError.exit_code: "unsafe: refused input that would execute code or escape its folder",
     NetworkError.exit_code: "network: no peers or metadata within the timeout",
     StorageError.exit_code: "storage: output exists, disk full, or permission denied",

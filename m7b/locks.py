@@ -5,9 +5,11 @@ file holds the holder's pid and command line, so a second command can say whom i
 lock when its holder exits, even by kill -9, so a lock is never stale. Lock files are never removed: removing one
 while a second command waits on it would let a third take "the same" lock on a new file.
 
-Writers (fetch, convert, rm) hold a lock exclusively; a seed holds its release's lock shared, so any number of
-seeds may serve one release while nothing writes or removes it. A writer waits for another writer (which ends),
-but never for a seed (which may run for months): it fails at once naming the seed. A seed never waits either.
+Writers (fetch, convert, rm) hold a lock exclusively; readers hold it shared — a seed while it serves a release,
+a verify while it reads one — so any number of them may read one release while nothing writes or removes it. A
+writer waits for another writer (which ends), but never for a reader (a seed may run for months): it fails at once
+naming the reader, and the reader's `role` (written as the lock file's third line) says what it is doing. A
+reader never waits either.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from m7b.store import Store
 
 POLL_SECONDS = 0.2
 COMMAND_CHARS = 300  # a magnet can be long; the holder's command is shown, not parsed
+READER_ROLES = {"seed": "seeded", "verify": "verified"}  # a shared holder's role -> what it does to the release
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class LockHolder:
     pid: int | None
     command: str
 
-    shared: bool = False  # held by a reader that serves the release (a seed), not a writer
+    shared: bool = False  # held by a reader (a seed, a verify), not a writer
+    role: str = "seed"  # what a shared holder is: "seed" or "verify" (READER_ROLES)
 
     def __str__(self) -> str:
         if self.pid is None:
@@ -47,7 +51,7 @@ class LockHolder:
 
     @property
     def doing(self) -> str:
-        return "being seeded" if self.shared else "being written"
+        return f"being {READER_ROLES[self.role]}" if self.shared else "being written"
 
 
 @dataclass(eq=False)
@@ -59,8 +63,10 @@ class LockHeldError(StorageError):
 
     def __post_init__(self) -> None:
         h = self.holder
-        if h.shared:
+        if h.shared and h.role == "seed":
             then = f"nothing was {self.wanted}; stop that seed and rerun"
+        elif h.shared:
+            then = f"nothing was {self.wanted}; wait for that {h.role} to finish and rerun"
         else:
             then = f"nothing was {self.wanted}; wait for that command to finish and rerun"
         super().__init__(f"{h.what} is {h.doing} by {h}: {then}", pid=h.pid, holder_command=h.command)
@@ -75,9 +81,10 @@ def _this_command() -> str:
 
 def _read_holder(fd: int, what: str, shared: bool) -> LockHolder:
     text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
-    pid_line, _, command = text.partition("\n")
+    pid_line, _, rest = text.partition("\n")
+    command, _, role = rest.partition("\n")
     pid = ascii_int(pid_line)
-    return LockHolder(what, pid, command.strip(), shared)
+    return LockHolder(what, pid, command.strip(), shared, role.strip() if role.strip() in READER_ROLES else "seed")
 
 
 def _held_shared(fd: int) -> bool:
@@ -109,13 +116,15 @@ def hold(
     should_stop: Callable[[], bool] = lambda: False,
     shared: bool = False,
     purpose: str = "written",
+    role: str = "seed",
 ) -> Iterator[None]:
     """Hold `lock` (naming `what`, e.g. "release tiny") for the block; `shared` for a reader that serves it.
 
     When a writer holds it: with `wait`, report the holder through `on_wait` (again whenever the holder changes)
     and wait until it is free (KeyboardInterrupt when `should_stop` says so); without, a LockHeldError naming the
     holder. A shared request never waits, and neither does any request while a seed holds the lock shared (a seed
-    runs until stopped): LockHeldError at once. `purpose` words what did not happen ("written", "removed").
+    runs until stopped): LockHeldError at once. `purpose` words what did not happen ("written", "removed");
+    `role` what a shared holder is (READER_ROLES), so a writer it refuses can say so.
     """
     store.ensure_dir(lock.parent)
     try:
@@ -140,7 +149,7 @@ def hold(
             if should_stop():
                 raise KeyboardInterrupt
             time.sleep(POLL_SECONDS)
-        me = f"{os.getpid()}\n{_this_command()}\n".encode()
+        me = f"{os.getpid()}\n{_this_command().replace(chr(10), ' ')}\n{role if shared else ''}\n".encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, me, 0)  # several seeds of one release: the last one to start is named
         try:

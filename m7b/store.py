@@ -10,6 +10,8 @@
     torrents/<infohash>.torrent       metadata, once resolved
     resume/<infohash>.fastresume      libtorrent resume data
     converted/<name>/{native,hf}/     safetensors outputs, each with its SHA256SUMS
+    converted-records/<key>.json      m7b's own record of each output convert wrote (its files' sha256, its source),
+                                      keyed by the output folder's resolved path: what `verify` trusts, not SHA256SUMS
     reports/<name>.json               the last verification report
     manifests/*.toml                  manifests of the user's own releases
     locks/releases/<name>.lock        held (flock) by the command writing a release; holds its pid and command
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import hashlib
 import json
 import os
 import re
@@ -192,6 +195,27 @@ class Store:
         self.ensure_dir(path.parent)
         write_text(path, json.dumps({**document, "report_path": str(path)}, indent=2, default=str) + "\n")
         return path
+
+    def converted_record_path(self, out: Path) -> Path:
+        """m7b's own record of the converted output in folder `out` (written by convert: its files' sha256 and its
+        source), named by the folder's resolved path, hashed, so no path from outside names a store file."""
+        key = hashlib.sha256(str(Path(out).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:40]
+        return self.home / "converted-records" / f"{key}.json"
+
+    def save_converted_record(self, out: Path, document: dict[str, Any]) -> Path:
+        path = self.converted_record_path(out)
+        self.ensure_dir(path.parent)
+        write_text(path, json.dumps({**document, "out": str(Path(out).resolve())}, indent=1, sort_keys=True) + "\n")
+        return path
+
+    def converted_record(self, out: Path) -> dict[str, Any] | None:
+        """The record convert wrote for folder `out`, or None (none, unreadable, or naming another folder)."""
+        try:
+            doc = json.loads(self.converted_record_path(out).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        ok = isinstance(doc, dict) and doc.get("out") == str(Path(out).resolve())
+        return doc if ok and isinstance(doc.get("files"), dict) else None
 
     def release_record_path(self, name: str) -> Path:
         return self.releases_dir / f".{release_name(name)}.json"

@@ -3,7 +3,7 @@
 A release's parts, by kind:
 
     release     releases/NAME/, releases/.NAME.partial/, releases/.NAME.incomplete
-    converted   converted/NAME/ (every layout)
+    converted   converted/NAME/ (every layout), with the store's record of each (converted-records/KEY.json)
     report      reports/NAME.json
     resume      resume/IH.fastresume, resume/IH.complete.json (libtorrent's resume data, m7b's completion record)
     torrent     torrents/IH.torrent
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from m7b.release import release_names
 from m7b.space import disk_bytes
-from m7b.store import Store
+from m7b.store import LAYOUTS, Store
 
 KINDS = ("release", "converted", "report", "resume", "torrent", "record")
 # how `m7b du` groups the kinds into columns
@@ -59,6 +59,7 @@ def release_parts(store: Store, name: str) -> list[StorePart]:
         ("release", store.release_dir(name)),
         ("release", store.partial_dir(name)),
         ("release", store.incomplete_marker(name)),
+        *(("converted", store.converted_record_path(store.converted_dir(name, lay))) for lay in LAYOUTS),
         ("converted", store.converted_root(name)),
         ("report", store.report_path(name)),
         *(("resume", store.resume_path(h)) for h in hashes),

@@ -18,7 +18,7 @@ from typing import Any
 import libtorrent as lt
 
 from m7b.atomic import storage_error, write_bytes
-from m7b.errors import InvalidInputError, M7bError, NetworkError, NotFoundError, StorageError
+from m7b.errors import InvalidInputError, M7bError, MismatchError, NetworkError, NotFoundError, StorageError
 from m7b.locks import LockWaitCallback, hold
 from m7b.magnet import Magnet, parse_magnet, parse_peer
 from m7b.manifests.schema import Manifest
@@ -27,6 +27,7 @@ from m7b.release import NoteCallback, Release, ignore_note, release_for
 from m7b.space import check_room, room_for
 from m7b.store import Store, incomplete_marker_for, partial_dir_for
 from m7b.torrent import TorrentMeta, load_torrent, meta_from_info
+from m7b.verify.manifest_check import check_published_digests
 
 from .layout import check_against_manifest, files_not_in_place, renamed_files
 from .resume import load_resume, record_complete, save_resume, still_complete
@@ -638,6 +639,8 @@ def _fetch_locked(
             f"every piece passed its hash but {len(wrong)} file(s) are missing or have the wrong size in "
             f"{download.save_path} (first: {wrong[0]}); resume data was kept: rerun the same command to recheck"
         )
+    if target.manifest is not None:
+        _check_published_digests(target, download, progress)
     if not download.in_place:
         if final.exists():
             final.rmdir()  # an empty folder the user made for us
@@ -660,6 +663,32 @@ def _fetch_locked(
         pieces_at_start=download.pieces_at_start,
         hash_failures=download.hash_failures,
         seconds=time.monotonic() - start,
+    )
+
+
+def _check_published_digests(target: FetchTarget, download: _Download, progress: ProgressCallback) -> None:
+    """Every piece matched the torrent; the files must also have the sha256/md5 the manifest publishes (one read).
+    When one does not, the torrent and its publisher disagree: the data keeps its unfinished name (`.partial`, or
+    the `.incomplete` marker of a copy written in place) with no completion record, so it is never the release
+    under its name, and the resume data stays, so a rerun with a corrected manifest finishes without downloading."""
+    manifest = target.manifest
+    assert manifest is not None
+    failed = check_published_digests(manifest, download.save_path, progress)
+    if not failed:
+        return
+    first = failed[0]
+    more = f" (and {len(failed) - 1} more file(s))" if len(failed) > 1 else ""
+    if download.in_place:
+        kept = f"the files stay in {download.final}, marked incomplete"
+    else:
+        kept = f"the data stays in {download.save_path}, not renamed to {download.final}"
+    raise MismatchError(
+        f"{first.message}{more}: every piece matched the torrent, so the torrent and the manifest of {manifest.name} "
+        f"disagree; {kept} (resume data kept). Check that the manifest is the publisher's and tell them; rerun once "
+        f"the manifest is corrected, or remove the download with `m7b rm {target.name}`",
+        path=first.path,
+        files=[f.path for f in failed],
+        **first.detail,
     )
 
 

@@ -279,7 +279,22 @@ def run_convert(
             max_shard_size=max_shard_size,
             progress=progress,
         )
+        store.save_converted_record(result.out, converted_record(plan.label, name, result))
     return Conversion(plan.label, plan.verified, result)
+
+
+def converted_record(label: str, release: str | None, result: ConvertResult) -> dict[str, object]:
+    """What the store keeps of an output convert wrote (`Store.save_converted_record`): what `verify` of that folder
+    trusts — its files' sha256 (the folder's own SHA256SUMS must agree), the layout, and the store release it came
+    from (whose checkpoint its tensors are compared with)."""
+    return {
+        "name": label,
+        "release": release,
+        "layout": result.layout,
+        "files": result.files,
+        "source_sha256": result.source_sha256,
+        "tensors": result.tensors,
+    }
 
 
 def convert(

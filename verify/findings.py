@@ -7,12 +7,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from m7b.errors import InvalidInputError, M7bError, MismatchError, NotFoundError, UnsafeError
+from m7b.errors import InvalidInputError, M7bError, MismatchError, NotFoundError, UnsafeError, UnvouchedError
 
 
 class Status(enum.StrEnum):
     OK = "ok"
     NOTE = "note"  # worth telling, not a failure (an extra file, evidence that is absent)
+    # nothing vouches for the data (a converted folder with no record in the store): not "ok", exit 5 as a
+    # mismatch, though nothing was found to differ
+    UNVOUCHED = "unvouched"
     INVALID = "invalid"
     MISMATCH = "mismatch"
     MISSING = "missing"
@@ -21,10 +24,12 @@ class Status(enum.StrEnum):
 
 # The verdict is the worst status found, in this order: data that contradicts its proof (or does not parse)
 # outranks data that is absent (pieces that cannot be checked because bytes are missing count as missing).
-_SEVERITY = [Status.OK, Status.NOTE, Status.MISSING, Status.INVALID, Status.MISMATCH, Status.UNSAFE]
+_SEVERITY = [Status.OK, Status.NOTE, Status.UNVOUCHED, Status.MISSING, Status.INVALID, Status.MISMATCH, Status.UNSAFE]
 # The one table of a failing status <-> the error that carries it (and so its exit code). An error of another
-# class found while checking is reported as invalid input.
+# class found while checking is reported as invalid input. A subclass comes before its base (status_for takes the
+# first match).
 ERRORS: dict[Status, type[M7bError]] = {
+    Status.UNVOUCHED: UnvouchedError,
     Status.INVALID: InvalidInputError,
     Status.MISMATCH: MismatchError,
     Status.MISSING: NotFoundError,

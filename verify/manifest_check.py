@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 
 from m7b.manifests.schema import Manifest
+from m7b.progress import ProgressCallback, ignore_progress
 
-from .digest import FileRead
+from .digest import FileDigestLane, FileRead, ReadItem, read_stream
 from .findings import Finding, Status
 
 
@@ -105,3 +108,19 @@ def check_manifest_files(
                 )
             )
     return out
+
+
+def check_published_digests(
+    manifest: Manifest, root: Path, progress: ProgressCallback = ignore_progress
+) -> list[Finding]:
+    """The files in `root` that the manifest publishes a sha256 or md5 for, read once (both digests from one read)
+    and compared as `verify` compares them: the failing findings (none when every published digest holds). What a
+    fetch runs once every piece has passed, so a torrent whose data contradicts its publisher is said at once."""
+    published = tuple(f for f in manifest.files if f.sha256 or f.md5)
+    if not published:
+        return []
+    sha256 = FileDigestLane("sha256", {f.path for f in published if f.sha256})
+    md5 = FileDigestLane("md5", {f.path for f in published if f.md5})
+    found = read_stream([ReadItem(f.path, root / f.path) for f in published], [sha256, md5], progress=progress)
+    findings = check_manifest_files(dataclasses.replace(manifest, files=published), found, sha256.digests, md5.digests)
+    return [f for f in findings if f.status not in (Status.OK, Status.NOTE)]

@@ -18,6 +18,7 @@ from .render import err, out, progress_bars, report_lock_wait, show
 _STYLE = {
     "ok": "green",
     "note": "cyan",
+    "unvouched": "yellow",
     "invalid": "yellow",
     "mismatch": "red",
     "missing": "yellow",
@@ -36,8 +37,8 @@ def verify(
     json_out: JsonOption = False,
 ) -> None:
     """Prove a release is what its magnet and publisher named: torrent pieces, manifest digests, license
-    evidence, and a checkpoint inspected before anything is unpickled. A converted folder is checked against
-    its SHA256SUMS."""
+    evidence, and a checkpoint inspected before anything is unpickled. A converted folder is checked against the
+    store's record of converting it, its layout and its source's tensors; one with no record is unvouched (exit 5)."""
     from m7b.verify.release import verify as verify_target
 
     with progress_bars(enabled=not json_out) as progress:
