@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from m7b.atomic import atomic_dir
 from m7b.dtypes import BY_NAME
@@ -398,6 +398,17 @@ def _write_text(path: Path, text: str, digests: dict[str, str]) -> None:
     digests[path.name] = hashlib.sha256(data).hexdigest()
 
 
+class WrittenTensor(Protocol):
+    """What the read-back needs of a tensor in an output file: a `TensorOut` being written, or one found in a
+    converted folder (`verify/converted.py`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+
 class _ReadBack:
     """The bit-exact check: each tensor is read back from its file as soon as it is written (mapped through a
     second descriptor) and compared with its bytes in the mapped checkpoint, the hf permutation undone; this runs
@@ -416,7 +427,7 @@ class _ReadBack:
         if self.fh is not None:
             self.fh.close()
 
-    def __call__(self, path: Path, t: TensorOut, offset: int) -> None:
+    def __call__(self, path: Path, t: WrittenTensor, offset: int) -> None:
         if path != self.path:
             if self.fh is not None:
                 self.fh.close()
@@ -433,7 +444,7 @@ class _ReadBack:
         if hasattr(os, "posix_fadvise") and t.nbytes and self.fh is not None:
             os.posix_fadvise(self.fh.fileno(), offset, t.nbytes, os.POSIX_FADV_DONTNEED)
 
-    def _same_as_source(self, t: TensorOut, source: TensorRecord, heads: int | None, offset: int) -> bool:
+    def _same_as_source(self, t: WrittenTensor, source: TensorRecord, heads: int | None, offset: int) -> bool:
         """Map tensor `t`'s bytes in the written file and compare them bit for bit with `source` (the mapped
         pages are the page cache's: no copy), 16 MiB at a time as 64-bit words."""
         if not t.nbytes:

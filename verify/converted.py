@@ -66,12 +66,13 @@ def verify_converted_folder(root: Path, store: Store, *, progress: ProgressCallb
             findings.append(_unvouched(store, root, own))
         else:
             findings += _against_record(store, root, record, digests)
-        layout = record.get("layout") if record else _guess_layout(root)
-        placed, shape_findings = check_layout(root, layout)
+        recorded_layout = record.get("layout") if record else None
+        kind = recorded_layout if isinstance(recorded_layout, str) else _guess_layout(root)
+        placed, shape_findings = check_layout(root, kind)
         findings += shape_findings
         source = _source_release(store, root, record)
-        if placed is not None and source is not None and layout in LAYOUTS:
-            findings += _against_source(store, root, layout, placed, source)
+        if placed is not None and source is not None and kind in LAYOUTS:
+            findings += _against_source(store, root, str(kind), placed, source)
     return replace(own, findings=findings, verdict=verdict(findings))
 
 
@@ -304,7 +305,7 @@ def _check_layout(root: Path, layout: str) -> tuple[dict[str, Placed] | None, li
     for name in sorted(set(expected) | set(found)):
         key, shape = expected.get(name, (None, None))
         shard, entry = found.get(name, (None, None))
-        if key is None or entry is None:
+        if key is None or shape is None or shard is None or entry is None:
             where = f"in {shard}" if shard else "in no shard"
             why = "the parameters imply no such tensor" if key is None else "missing"
             problems.append(Finding("layout", Status.MISMATCH, f"tensor {name} ({where}): {why}", shard))
