@@ -39,7 +39,7 @@ _TOP = {
 # Bounds no real manifest reaches (Mistral 7B: 4 files in a 3 KB manifest; Mixtral 8x22B in the Hugging Face layout:
 # 59 shards), refused beyond them (exit 4) so that loading one is quick whatever a file holds.
 MAX_MANIFEST_BYTES = 4 << 20
-MAX_FILES = 1_000
+MAX_FILES = 10_000  # a many-file release (a sharded checkpoint, a dataset) stays far below; 4 real Mistral files
 MAX_LIST = 1_000  # trackers, web seeds, archives
 MAX_LABEL = 256  # characters of a name, title, publisher or license
 MAX_TEXT = 8_192  # characters of any other text: a path, magnet, URL, source
