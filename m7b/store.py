@@ -30,6 +30,7 @@ from typing import Any
 from m7b.atomic import write_text
 from m7b.errors import StorageError
 from m7b.manifests.schema import Manifest
+from m7b.owned import own_dir
 from m7b.paths import path_problem, safe_name
 
 CONVERTED_RECORD = "SHA256SUMS"
@@ -96,9 +97,11 @@ class Store:
         return store
 
     def ensure_dir(self, path: Path) -> Path:
-        """Create `path` (a folder inside the store) with its parents; the disk's refusal is a StorageError."""
+        """Create `path` (a folder inside the store) with its parents; the disk's refusal is a StorageError. Every
+        element below the store's home must be a real folder: a symlink is LinkInTheWayError (m7b.owned), so
+        nothing m7b writes in the store lands outside it."""
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            own_dir(path, self.home)
         except OSError as exc:
             why = {
                 errno.ENOTDIR: "a part of that path is a file, not a folder",
@@ -188,7 +191,7 @@ class Store:
     def save_report(self, name: str, document: dict[str, Any]) -> Path:
         """Write the verification report of store release `name` (what `is_verified` reads back)."""
         path = self.report_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.ensure_dir(path.parent)
         write_text(path, json.dumps({**document, "report_path": str(path)}, indent=2, default=str) + "\n")
         return path
 
@@ -197,7 +200,7 @@ class Store:
 
     def record_release(self, name: str, info_hash: str) -> None:
         """Remember which torrent (by info-hash) the store release `name` is, so it is known by name."""
-        self.releases_dir.mkdir(parents=True, exist_ok=True)
+        self.ensure_dir(self.releases_dir)
         doc = {"name": name, "info_hash": info_hash.lower()}
         write_text(self.release_record_path(name), json.dumps(doc, indent=1) + "\n")
 

@@ -6,9 +6,9 @@ passed its hash. Resume data is saved every few seconds and on exit, so a killed
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ from m7b.errors import InvalidInputError, M7bError, NetworkError, NotFoundError,
 from m7b.locks import LockWaitCallback, hold
 from m7b.magnet import Magnet, parse_magnet, parse_peer
 from m7b.manifests.schema import Manifest
+from m7b.owned import own_dir, refuse_link, refuse_links_in, remove_own, touch_own
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.release import NoteCallback, Release, ignore_note, release_for
 from m7b.space import check_room, room_for
@@ -304,9 +305,10 @@ class _Download:
         if resume is not None:
             self.pieces_at_start = sum(1 for have in resume.have_pieces if have)
         try:
-            self.save_path.mkdir(parents=True, exist_ok=True)
+            own_dir(self.save_path, self.save_path.parent)
         except OSError as exc:
             raise storage_error(exc, self.save_path) from exc
+        refuse_links_in(self.save_path, "download into")  # libtorrent opens by name: a link inside would lead out
         self.known_peers = [*peers, *(t.magnet.peers if t.magnet else ())]
         if t.torrent is None and atp.url_seeds and not self._peer_sources(atp.trackers):
             raise NoMetadataSourceError(t.info_hash, list(atp.url_seeds))
@@ -337,7 +339,7 @@ class _Download:
         self._check_room(meta)
         if self.in_place:
             self._check_files_in_the_way(meta)
-            self.marker.touch()
+            touch_own(self.marker)
         trackers = list(self.target.magnet.trackers) if self.target.magnet else []
         self.store.ensure_dir(self.store.torrents_dir)
         stored = self.store.torrent_path(meta.info_hash)
@@ -511,6 +513,10 @@ def fetch(
     its resume data): a second one waits, reporting the holder through `on_wait`, or without `wait` fails at once.
     """
     final = Path(dest) if dest is not None else store.release_dir(target.name)
+    # written by name (libtorrent follows links): a symlink at any of them is refused, exit 6, its target untouched
+    refuse_link(final, "fetch into")
+    refuse_link(partial_dir_for(final), "download into")
+    refuse_link(incomplete_marker_for(final), "mark a repair")
     if final.exists() and not final.is_dir():
         raise StorageError(f"{final} is a file, not a folder: choose a folder for the release's files")
     with hold(
@@ -566,7 +572,7 @@ def _fetch_locked(
         handle = download.add(peers)
     except M7bError:
         if created_partial:
-            shutil.rmtree(download.partial, ignore_errors=True)
+            _discard(download.partial)
         raise
     last_change, last_done, last_resume = start, -1, start
     try:
@@ -616,7 +622,7 @@ def _fetch_locked(
             # refused, timed out or interrupted before the metadata: nothing was written and no resume data exists
             # yet, so the folder this run made goes (else an empty .partial no command could name stays behind)
             download.session.pause()
-            shutil.rmtree(download.partial, ignore_errors=True)
+            _discard(download.partial)
         else:
             download.save_resume_now()
             download.session.pause()
@@ -660,5 +666,11 @@ def _fetch_locked(
 def _remove_empty_folders(folder: Path) -> None:
     """libtorrent may leave an empty folder named after the torrent from before the files were renamed."""
     for child in folder.iterdir():
-        if child.is_dir() and not any(child.rglob("*")):
-            shutil.rmtree(child)
+        if child.is_dir() and not child.is_symlink() and not any(child.rglob("*")):
+            remove_own(child)
+
+
+def _discard(folder: Path) -> None:
+    """Remove the .partial folder this run made (a link is removed itself, never followed); quietly."""
+    with contextlib.suppress(OSError):
+        remove_own(folder)
