@@ -21,7 +21,7 @@ from m7b.errors import InvalidInputError, M7bError, NetworkError, NotFoundError,
 from m7b.locks import LockWaitCallback, hold
 from m7b.magnet import Magnet, parse_magnet, parse_peer
 from m7b.manifests.schema import Manifest
-from m7b.owned import own_dir, refuse_link, refuse_links_in, remove_own, touch_own
+from m7b.owned import own_dir, refuse_link, refuse_links_below, refuse_links_in, remove_own, touch_own
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.release import NoteCallback, Release, ignore_note, release_for
 from m7b.space import check_room, room_for
@@ -265,6 +265,7 @@ class _Download:
 
     def add(self, peers: Sequence[str]) -> lt.torrent_handle:
         t = self.target
+        refuse_links_in(self.save_path, "download into")  # libtorrent opens by name: a link inside would lead out
         if t.torrent is not None:
             self.meta = self._accept(t.torrent)
         resume = load_resume(self.store, t.info_hash)
@@ -308,7 +309,6 @@ class _Download:
             own_dir(self.save_path, self.save_path.parent)
         except OSError as exc:
             raise storage_error(exc, self.save_path) from exc
-        refuse_links_in(self.save_path, "download into")  # libtorrent opens by name: a link inside would lead out
         self.known_peers = [*peers, *(t.magnet.peers if t.magnet else ())]
         if t.torrent is None and atp.url_seeds and not self._peer_sources(atp.trackers):
             raise NoMetadataSourceError(t.info_hash, list(atp.url_seeds))
@@ -513,10 +513,7 @@ def fetch(
     its resume data): a second one waits, reporting the holder through `on_wait`, or without `wait` fails at once.
     """
     final = Path(dest) if dest is not None else store.release_dir(target.name)
-    # written by name (libtorrent follows links): a symlink at any of them is refused, exit 6, its target untouched
-    refuse_link(final, "fetch into")
-    refuse_link(partial_dir_for(final), "download into")
-    refuse_link(incomplete_marker_for(final), "mark a repair")
+    _refuse_links(target, store, final)
     if final.exists() and not final.is_dir():
         raise StorageError(f"{final} is a file, not a folder: choose a folder for the release's files")
     with hold(
@@ -539,6 +536,23 @@ def fetch(
             should_stop,
             repair,
         )
+
+
+def _refuse_links(target: FetchTarget, store: Store, final: Path) -> None:
+    """Before anything is written: every fixed name this fetch would write (libtorrent follows links by name) and
+    every store folder above one must be m7b's own, never a symlink (m7b.owned: exit 6, its target untouched)."""
+    for path, what in (
+        (final, "fetch into"),
+        (partial_dir_for(final), "download into"),
+        (incomplete_marker_for(final), "mark a repair"),
+    ):
+        refuse_link(path, what)
+    in_store = [store.torrent_path(target.info_hash), store.resume_path(target.info_hash)]
+    in_store += [store.completion_path(target.info_hash), store.release_lock(target.name)]
+    if final == store.release_dir(target.name):
+        in_store += [final, store.release_record_path(target.name)]
+    for path in in_store:
+        refuse_links_below(store.home, path)
 
 
 def _fetch_locked(
