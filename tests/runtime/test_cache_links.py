@@ -80,3 +80,21 @@ def test_the_kernel_builds_temporary_name_that_is_a_link_is_cleared_not_followed
     assert built == folder / LIBRARY_NAME and built.is_file() and not built.is_symlink()
     assert not partial.exists() and not partial.is_symlink()
     assert target.read_bytes() == PRECIOUS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("decode", "rel"),
+    [("eager", "cache"), ("eager", "cache/kernels"), ("compile", "cache"), ("compile", "cache/compile")],
+)
+def test_run_refuses_a_cache_folder_that_is_a_link(cli, m7b_home: Path, tiny_release_src, tmp_path, decode, rel):
+    target = victim(tmp_path)
+    link = m7b_home / rel
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    result = cli(
+        "run", tiny_release_src, "-p", "Hello", "--max-tokens", "2", "--device", "cpu", "--decode", decode, timeout=300
+    )
+    assert result.code == 6, result.stderr
+    assert str(link) in result.stderr and "symlink" in result.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["keep.bin"] and (target / "keep.bin").read_bytes() == PRECIOUS
