@@ -265,7 +265,7 @@ class _Download:
 
     def add(self, peers: Sequence[str]) -> lt.torrent_handle:
         t = self.target
-        refuse_links_in(self.save_path, "download into")  # libtorrent opens by name: a link inside would lead out
+        refuse_links_in(self.save_path, "write the download")  # libtorrent opens by name: a link inside would lead out
         if t.torrent is not None:
             self.meta = self._accept(t.torrent)
         resume = load_resume(self.store, t.info_hash)
@@ -542,9 +542,9 @@ def _refuse_links(target: FetchTarget, store: Store, final: Path) -> None:
     """Before anything is written: every fixed name this fetch would write (libtorrent follows links by name) and
     every store folder above one must be m7b's own, never a symlink (m7b.owned: exit 6, its target untouched)."""
     for path, what in (
-        (final, "fetch into"),
-        (partial_dir_for(final), "download into"),
-        (incomplete_marker_for(final), "mark a repair"),
+        (final, "put the release's files"),
+        (partial_dir_for(final), "put the download"),
+        (incomplete_marker_for(final), "put its repair marker"),
     ):
         refuse_link(path, what)
     in_store = [store.torrent_path(target.info_hash), store.resume_path(target.info_hash)]
