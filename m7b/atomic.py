@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from m7b.errors import StorageError
+from m7b.owned import is_link, own_dir, refuse_link, remove_own
 from m7b.paths import check_path_length
 
 if TYPE_CHECKING:
@@ -74,9 +75,10 @@ def fsync_dir(path: Path) -> None:
 def atomic_file(path: Path, mode: OpenBinaryModeWriting = "wb") -> Iterator[BinaryIO]:
     """Yield a file open for writing; on success it is fsynced and renamed to `path`.
 
-    On any error the temporary file is removed and `path` is untouched.
+    On any error the temporary file is removed and `path` is untouched. A symlink at `path` is refused
+    (LinkInTheWayError, exit 6), never replaced nor followed: whatever it leads to stays as it was.
     """
-    path = Path(path)
+    path = refuse_link(Path(path))
     check_path_length(path, "the output file")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -110,13 +112,15 @@ def write_text(path: Path, text: str) -> None:
 
 def remove_stale_partials(path: Path) -> list[Path]:
     """Remove the temporary folders `atomic_dir(path)` left when its process was killed (`.NAME.PID.XXXX.partial`
-    whose PID no longer runs); a live process's folder is left alone. Returns what was removed."""
+    whose PID no longer runs); a live process's folder is left alone. A symlink under such a name is never m7b's
+    (mkdtemp makes folders): the link itself is removed, never what it leads to. Returns what was removed."""
     removed = []
     for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.partial"):
         pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
-        if not pid.isdecimal() or not tmp.is_dir() or _alive(int(pid)):
+        if not pid.isdecimal() or not (is_link(tmp) or tmp.is_dir()) or (not is_link(tmp) and _alive(int(pid))):
             continue
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_own(tmp)
         removed.append(tmp)
     return removed
 
@@ -136,16 +140,24 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
+def atomic_dir(path: Path, root: Path | None = None) -> Iterator[Path]:
     """Yield a temporary folder next to `path`; on success it is renamed to `path`.
 
-    `path` must not exist or be an empty folder. On any error the temporary folder is removed.
+    `path` must not exist or be an empty folder, and is never a symlink (LinkInTheWayError, exit 6). Its missing
+    parents are created; below `root` (the store's home, for an output in the store) none may be a symlink. On any
+    error the temporary folder is removed.
     """
-    path = Path(path)
+    path = refuse_link(Path(path))
     check_path_length(path, "the output folder")
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise StorageError(f"output folder {path} exists and is not empty: choose a new folder or remove it first")
-    make_dirs(path.parent)
+    if root is not None:
+        try:
+            own_dir(path.parent, root)
+        except OSError as exc:
+            raise storage_error(exc, path, "create the folder") from exc
+    else:
+        make_dirs(path.parent)
     try:
         remove_stale_partials(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial", dir=path.parent))

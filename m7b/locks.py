@@ -2,8 +2,9 @@
 
 A lock is `fcntl.flock` on a file the Store names (`Store.release_lock`, `Store.converted_lock`). While held, the
 file holds the holder's pid and command line, so a second command can say whom it waits for. The kernel drops the
-lock when its holder exits, even by kill -9, so a lock is never stale. Lock files are never removed: removing one
-while a second command waits on it would let a third take "the same" lock on a new file.
+lock when its holder exits, even by kill -9, so a lock is never stale. A lock file (or a folder above it in the
+store) that is a symlink is refused, never opened through (m7b.owned, exit 6). Lock files are never removed:
+removing one while a second command waits on it would let a third take "the same" lock on a new file.
 
 Writers (fetch, convert, rm) hold a lock exclusively; readers hold it shared — a seed while it serves a release,
 a verify while it reads one — so any number of them may read one release while nothing writes or removes it. A
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from m7b.address import ascii_int
 from m7b.errors import StorageError
+from m7b.owned import open_own
 from m7b.store import Store
 
 POLL_SECONDS = 0.2
@@ -128,7 +130,7 @@ def hold(
     """
     store.ensure_dir(lock.parent)
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_own(lock, os.O_RDWR | os.O_CREAT, 0o644, "take a lock")  # a symlink: LinkInTheWayError, exit 6
     except OSError as exc:
         raise StorageError(f"could not open the lock file {lock}: {exc.strerror}; check the store's permissions") from (
             exc

@@ -5,18 +5,21 @@ LockHeldError naming the holder, nothing removed), and so are the locks of its c
 writing one). The parts are removed while the locks are held, trust first: the report and the completion record
 go before the files they vouch for, so an interrupted removal never leaves a half-removed folder that a record
 still calls complete; the release record goes last, so the name still resolves for a second `rm`.
+
+Nothing is removed through a link out of the store: a part that is a symlink is removed itself (never what it
+leads to), a folder's tree without following a link inside it, and a folder above a part that is a symlink
+(`converted/` leading elsewhere) refuses the whole removal before anything goes (m7b.owned, exit 6).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from m7b.errors import NotFoundError, StorageError
 from m7b.locks import hold
+from m7b.owned import refuse_links_below, remove_own
 from m7b.release import Release
 from m7b.store import LAYOUTS, Store
 from m7b.usage import StorePart, release_parts
@@ -96,16 +99,15 @@ def remove_release(
         if not confirm(removal):
             return None
         for part in removal.remove:
+            refuse_links_below(store.home, part.path.parent, "remove")
+        for part in removal.remove:
             _remove(part)
         return removal
 
 
 def _remove(part: StorePart) -> None:
     try:
-        if part.path.is_dir() and not part.path.is_symlink():
-            shutil.rmtree(part.path)
-        else:
-            os.unlink(part.path)
+        remove_own(part.path)
     except FileNotFoundError:
         pass
     except OSError as exc:

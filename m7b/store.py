@@ -33,6 +33,7 @@ from typing import Any
 from m7b.atomic import write_text
 from m7b.errors import StorageError
 from m7b.manifests.schema import Manifest
+from m7b.owned import own_dir
 from m7b.paths import check_path_length, path_problem, safe_name
 
 CONVERTED_RECORD = "SHA256SUMS"
@@ -100,9 +101,11 @@ class Store:
         return store
 
     def ensure_dir(self, path: Path) -> Path:
-        """Create `path` (a folder inside the store) with its parents; the disk's refusal is a StorageError."""
+        """Create `path` (a folder inside the store) with its parents; the disk's refusal is a StorageError. Every
+        element below the store's home must be a real folder: a symlink is LinkInTheWayError (m7b.owned), so
+        nothing m7b writes in the store lands outside it."""
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            own_dir(path, self.home)
         except OSError as exc:
             why = {
                 errno.ENOTDIR: "a part of that path is a file, not a folder",

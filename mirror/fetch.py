@@ -6,9 +6,9 @@ passed its hash. Resume data is saved every few seconds and on exit, so a killed
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ from m7b.errors import InvalidInputError, M7bError, MismatchError, NetworkError,
 from m7b.locks import LockWaitCallback, hold
 from m7b.magnet import Magnet, parse_magnet, parse_peer
 from m7b.manifests.schema import Manifest
+from m7b.owned import own_dir, refuse_link, refuse_links_below, refuse_links_in, remove_own, touch_own
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.release import NoteCallback, Release, ignore_note, release_for
 from m7b.space import check_room, room_for
@@ -270,6 +271,7 @@ class _Download:
 
     def add(self, peers: Sequence[str]) -> lt.torrent_handle:
         t = self.target
+        refuse_links_in(self.save_path, "write the download")  # libtorrent opens by name: a link inside would lead out
         if t.torrent is not None:
             self.meta = self._accept(t.torrent)
         resume = load_resume(self.store, t.info_hash)
@@ -310,7 +312,7 @@ class _Download:
         if resume is not None:
             self.pieces_at_start = sum(1 for have in resume.have_pieces if have)
         try:
-            self.save_path.mkdir(parents=True, exist_ok=True)
+            own_dir(self.save_path, self.save_path.parent)
         except OSError as exc:
             raise storage_error(exc, self.save_path) from exc
         self.known_peers = [*peers, *(t.magnet.peers if t.magnet else ())]
@@ -343,7 +345,7 @@ class _Download:
         self._check_room(meta)
         if self.in_place:
             self._check_files_in_the_way(meta)
-            self.marker.touch()
+            touch_own(self.marker)
         trackers = list(self.target.magnet.trackers) if self.target.magnet else []
         self.store.ensure_dir(self.store.torrents_dir)
         stored = self.store.torrent_path(meta.info_hash)
@@ -518,6 +520,7 @@ def fetch(
     its resume data): a second one waits, reporting the holder through `on_wait`, or without `wait` fails at once.
     """
     final = Path(dest) if dest is not None else store.release_dir(target.name)
+    _refuse_links(target, store, final)
     if final.exists() and not final.is_dir():
         raise StorageError(f"{final} is a file, not a folder: choose a folder for the release's files")
     with hold(
@@ -540,6 +543,23 @@ def fetch(
             should_stop,
             repair,
         )
+
+
+def _refuse_links(target: FetchTarget, store: Store, final: Path) -> None:
+    """Before anything is written: every fixed name this fetch would write (libtorrent follows links by name) and
+    every store folder above one must be m7b's own, never a symlink (m7b.owned: exit 6, its target untouched)."""
+    for path, what in (
+        (final, "put the release's files"),
+        (partial_dir_for(final), "put the download"),
+        (incomplete_marker_for(final), "put its repair marker"),
+    ):
+        refuse_link(path, what)
+    in_store = [store.torrent_path(target.info_hash), store.resume_path(target.info_hash)]
+    in_store += [store.completion_path(target.info_hash), store.release_lock(target.name)]
+    if final == store.release_dir(target.name):
+        in_store += [final, store.release_record_path(target.name)]
+    for path in in_store:
+        refuse_links_below(store.home, path)
 
 
 def _fetch_locked(
@@ -573,7 +593,7 @@ def _fetch_locked(
         handle = download.add(peers)
     except M7bError:
         if created_partial:
-            shutil.rmtree(download.partial, ignore_errors=True)
+            _discard(download.partial)
         raise
     last_change, last_done, last_resume = start, -1, start
     try:
@@ -623,7 +643,7 @@ def _fetch_locked(
             # refused, timed out or interrupted before the metadata: nothing was written and no resume data exists
             # yet, so the folder this run made goes (else an empty .partial no command could name stays behind)
             download.session.pause()
-            shutil.rmtree(download.partial, ignore_errors=True)
+            _discard(download.partial)
         else:
             download.save_resume_now()
             download.session.pause()
@@ -695,5 +715,11 @@ def _check_published_digests(target: FetchTarget, download: _Download, progress:
 def _remove_empty_folders(folder: Path) -> None:
     """libtorrent may leave an empty folder named after the torrent from before the files were renamed."""
     for child in folder.iterdir():
-        if child.is_dir() and not any(child.rglob("*")):
-            shutil.rmtree(child)
+        if child.is_dir() and not child.is_symlink() and not any(child.rglob("*")):
+            remove_own(child)
+
+
+def _discard(folder: Path) -> None:
+    """Remove the .partial folder this run made (a link is removed itself, never followed); quietly."""
+    with contextlib.suppress(OSError):
+        remove_own(folder)

@@ -24,13 +24,13 @@ def load_resume(store: Store, info_hash: str) -> lt.add_torrent_params | None:
 
 
 def save_resume(store: Store, info_hash: str, params: lt.add_torrent_params) -> None:
-    store.resume_dir.mkdir(parents=True, exist_ok=True)
+    store.ensure_dir(store.resume_dir)
     write_bytes(store.resume_path(info_hash), lt.write_resume_data_buf(params))
 
 
 def record_complete(store: Store, meta: TorrentMeta, folder: Path) -> None:
     """After every piece passed its hash: remember the files' sizes and mtimes, so a seed can trust them."""
-    store.resume_dir.mkdir(parents=True, exist_ok=True)
+    store.ensure_dir(store.resume_dir)
     files = [file_state(folder, f.path) for f in meta.data_files]
     doc = {"info_hash": meta.info_hash, "folder": str(folder.resolve()), "files": files}
     write_text(store.completion_path(meta.info_hash), json.dumps(doc, indent=1))

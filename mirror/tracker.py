@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from m7b.atomic import write_text
 from m7b.errors import NetworkError, NotFoundError
 
 
@@ -38,7 +39,7 @@ def local_opentracker(folder: Path, info_hashes: Sequence[str], port: int = 0) -
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o755)
     whitelist = folder / "whitelist"
-    whitelist.write_text("".join(f"{h}\n" for h in info_hashes))
+    write_text(whitelist, "".join(f"{h}\n" for h in info_hashes))
     whitelist.chmod(0o644)
     port = port or free_port()
     args = [binary, "-i", "127.0.0.1", "-p", str(port), "-P", str(port)]

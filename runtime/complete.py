@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from m7b.owned import refuse_links_below
 from m7b.store import Store
 
 from .fast_decode import PreparedDecode, prepare_decode, resolve_mode
@@ -41,7 +42,8 @@ def prepare_step(model: Transformer, mode: str, needed: int, store: Store, cpu_k
     """`prepare_decode` with the store's caches: compiled code under M7B_HOME/cache/compile (made here, so a store
     the disk refuses is a StorageError before anything compiles), CPU kernels under M7B_HOME/cache/kernels."""
     cache_root = store.ensure_dir(store.compile_cache_dir) if mode == "compile" else None
-    return prepare_decode(model, mode, needed, cache_root, cpu_kernels, kernel_root=store.kernel_cache_dir)
+    kernel_root = refuse_links_below(store.home, store.kernel_cache_dir)  # made on first use, never through a link
+    return prepare_decode(model, mode, needed, cache_root, cpu_kernels, kernel_root=kernel_root)
 
 
 def complete(

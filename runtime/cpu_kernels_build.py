@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from m7b.errors import InvalidInputError
+from m7b.owned import own_dir, remove_own
 
 from .attention import grouped_attention, grouped_mask
 from .cpu_kernels import KERNEL_NAME, BF16RowKernels
@@ -105,11 +106,12 @@ def build_key(compiler: list[str]) -> str:
 
 def build_library(compiler: list[str], folder: Path) -> Path:
     """Compile the kernels into `folder` (written under a temporary name, then renamed: never half a library)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    own_dir(folder, folder.parent)  # a symlink there: LinkInTheWayError, exit 6
     target = folder / LIBRARY_NAME
     if target.is_file():
         return target
     partial = folder / f".{LIBRARY_NAME}.{os.getpid()}.{threading.get_ident()}"
+    remove_own(partial)  # m7b's own temporary name: whatever is there (a link) goes, never what it leads to
     command = [*compiler, *FLAGS, str(SOURCE), "-o", str(partial), *LIBS]
     try:
         # its own process group, so that a compiler past the timeout goes with every process it started
@@ -242,7 +244,7 @@ def load_kernels(cache_root: Path | None) -> BF16RowKernels:
 
 def _writable_folder(folder: Path) -> bool:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        own_dir(folder, folder.parent)  # a symlink there: LinkInTheWayError, exit 6
     except OSError:
         return False
     return os.access(folder, os.W_OK | os.X_OK)

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
+from m7b.atomic import write_text
 from m7b.errors import InvalidInputError, StorageError
+from m7b.owned import own_dir
 
 from .cpu_kernels_build import KERNEL_CHOICES, TORCH_NAME, choose_kernels
 from .generate import DecodeFn, decode_one_token
@@ -120,7 +122,7 @@ def _use_cache_dir(folder: Path) -> None:
     """Point inductor's caches (FX graphs, autotuning, Triton kernels) at `folder` for this process; a folder the
     disk refuses is a StorageError."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        own_dir(folder, folder.parent)  # a symlink there: LinkInTheWayError, exit 6
     except OSError as exc:
         raise StorageError(
             f"could not create the compile cache folder {folder}: {exc.strerror or exc}; use a cache folder you can "
@@ -284,9 +286,7 @@ def prepare_decode(
     if cache == "hit" and new_misses > misses:  # the folder was complete, yet a graph compiled anew
         cache = "partial"
     if folder is not None and cache == "miss":
-        tmp = folder / f".{READY_NAME}.{os.getpid()}"
-        tmp.write_text(json.dumps(compile_key(model, device, mode), indent=1, default=str), encoding="utf-8")
-        tmp.replace(folder / READY_NAME)
+        write_text(folder / READY_NAME, json.dumps(compile_key(model, device, mode), indent=1, default=str))
     return PreparedDecode(
         "compile",
         fn,

@@ -270,6 +270,8 @@ def run_convert(
     name = release.name if release.in_store else None
     lock = store.converted_lock(plan.label, plan.layout)
     with hold(store, lock, f"converted output {plan.label}/{plan.layout}", wait=wait, on_wait=on_wait):
+        if plan.out.is_relative_to(store.home):
+            store.ensure_dir(plan.out.parent)  # no symlink below the store's home (m7b.owned)
         result = convert_release(
             release.folder,
             plan.out,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from m7b.atomic import write_text
+from m7b.atomic import write_bytes, write_text
 from m7b.errors import M7bError, MismatchError
 from m7b.manifests.writer import manifest_to_toml
 from m7b.mirror.create import create_release
@@ -120,8 +120,8 @@ def run_demo(work: Path, preset: str, report: Callable[[DemoStep], None]) -> lis
     made = create_release(
         folder, trackers=[tracker], manifest_name=NAME, title="Mistral demo (synthetic)", publisher="m7b demo"
     )
-    (folder.parent / f"{folder.name}.torrent").write_bytes(made.torrent)
-    user.manifests_dir.mkdir(parents=True)
+    write_bytes(folder.parent / f"{folder.name}.torrent", made.torrent)
+    user.ensure_dir(user.manifests_dir)
     manifest_path = user.manifests_dir / f"{NAME}.toml"
     write_text(manifest_path, manifest_to_toml(made.manifest))
     steps.append(

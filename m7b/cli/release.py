@@ -53,7 +53,9 @@ def synth(
 def _write_output(path: Path, data: bytes, force: bool) -> None:
     from m7b.atomic import write_bytes
     from m7b.errors import StorageError
+    from m7b.owned import refuse_link
 
+    refuse_link(path)  # never read nor replaced through a link (exit 6)
     if path.exists() and path.read_bytes() != data and not force:
         raise StorageError(f"{path} exists with other content: pass --force to replace it, or choose --out")
     write_bytes(path, data)

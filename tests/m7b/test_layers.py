@@ -14,7 +14,7 @@ FOLDERS |= {"m7b.manifests": "manifests"}
 
 # Bottom to top. A module imports its own layer or the ones below; the wings of one layer only as SIBLINGS allows.
 BASE = {"m7b", "m7b.errors", "m7b.paths", "m7b.magnet", "m7b.address", "m7b.dtypes", "m7b.sizes", "m7b.progress"}
-BASE |= {"m7b.atomic", "m7b.torrent"}
+BASE |= {"m7b.atomic", "m7b.torrent", "m7b.owned"}
 CORE = {"m7b.store", "m7b.locks", "m7b.release", "m7b.remove", "m7b.usage", "m7b.space", "m7b.synth", "m7b.torchzip"}
 LAYERS: list[dict[str, set[str]]] = [
     {"base": BASE},
