@@ -52,15 +52,15 @@ class SessionOptions:
         return replace(base, **changes)
 
 
-def session_options(listen: str | None = None, loopback: bool = False, **changes: object) -> SessionOptions:
+def session_options(listen: str | None = None, loopback: bool = False, **changes: Any) -> SessionOptions:
     """The options `m7b fetch` and `m7b seed` run with: `loopback` (no DHT, LSD, port mapping or uTP; trackers,
     web seeds and given peers only) listening on `listen` or any free port; else the defaults for a user on the
     internet, listening on `listen` when given. `changes` set the other fields (rate limits, connections)."""
     if loopback:
         return SessionOptions.loopback(listen=listen or "0.0.0.0:0", **changes)
     if listen:
-        return SessionOptions(listen=listen, **changes)  # type: ignore[arg-type]
-    return SessionOptions(**changes)  # type: ignore[arg-type]
+        return replace(SessionOptions(), listen=listen, **changes)
+    return replace(SessionOptions(), **changes)
 
 
 def listen_interfaces(text: str) -> str:

@@ -81,7 +81,7 @@ class _PlainLabels:
     names it with its own metavar (`DIR`, `HOST:PORT`, `SECONDS`), declared with the option."""
 
     def get_params(self, ctx: Any) -> list[Any]:
-        params = super().get_params(ctx)  # type: ignore[misc]
+        params = super().get_params(ctx)  # type: ignore[misc]  # a mixin: the click command class comes after it
         for param in params:
             if getattr(param, "is_flag", False) and param.metavar is None:
                 param.metavar = ""
