@@ -95,6 +95,23 @@ class SignatureCheck:
         }
 
 
+@dataclass(frozen=True)
+class Trust:
+    """What a verify checks a signature with: the signature file (None: none was found), the keys it trusts (the
+    manifest's PEM keys and the user's), the fingerprints the manifest names without a key, and whether a signature
+    is required."""
+
+    signature: Path | None = None
+    keys: tuple[PublicKey, ...] = ()
+    fingerprints: tuple[str, ...] = ()
+    require: bool = False
+
+    def check(self, digests: Mapping[str, str]) -> SignatureCheck:
+        return check_files(
+            self.signature, digests, self.keys, require=self.require, named_by_fingerprint=self.fingerprints
+        )
+
+
 # ---- keys
 
 
@@ -102,6 +119,11 @@ def fingerprint(key: ec.EllipticCurvePublicKey) -> str:
     """sha256 of the key's PEM SubjectPublicKeyInfo, as hex: the key hint `model_signing` writes in a bundle."""
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(pem).hexdigest()
+
+
+def public_pem(key: ec.EllipticCurvePublicKey) -> str:
+    """The key's PEM SubjectPublicKeyInfo, as a manifest's `[signing]` names it."""
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 def _ec_only(key: object, origin: str) -> None:
@@ -189,14 +211,24 @@ def passphrase_from_env() -> str | None:
 # ---- writing
 
 
-def statement(name: str, digests: Mapping[str, str], extra: Mapping[str, Any] | None = None) -> bytes:
+def statement(
+    name: str,
+    digests: Mapping[str, str],
+    extra: Mapping[str, Any] | None = None,
+    ignore_paths: Sequence[str] = (),
+) -> bytes:
     """The in-toto statement OMS signs: every file with its sha256 (sorted by name), the subject's digest the sha256
     over the files' digests in that order, and `extra` predicate fields."""
     resources = [{"algorithm": "sha256", "digest": digests[p], "name": p} for p in sorted(digests)]
     root = hashlib.sha256(b"".join(bytes.fromhex(r["digest"]) for r in resources)).hexdigest()
     predicate: dict[str, Any] = {
         "resources": resources,
-        "serialization": {"allow_symlinks": False, "hash_type": "sha256", "ignore_paths": [], "method": "files"},
+        "serialization": {
+            "allow_symlinks": False,
+            "hash_type": "sha256",
+            "ignore_paths": list(ignore_paths),
+            "method": "files",
+        },
     }
     predicate.update(extra or {})
     doc = {
@@ -231,13 +263,17 @@ def sign_payload(payload: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def sign_files(
-    name: str, digests: Mapping[str, str], key: ec.EllipticCurvePrivateKey, extra: Mapping[str, Any] | None = None
+    name: str,
+    digests: Mapping[str, str],
+    key: ec.EllipticCurvePrivateKey,
+    extra: Mapping[str, Any] | None = None,
+    ignore_paths: Sequence[str] = (),
 ) -> bytes:
     """An OMS signature (bundle JSON) over the files `digests` names (path -> sha256)."""
     for rel, digest in digests.items():
         if path_problem(rel) is not None or not _HEX64.fullmatch(digest):
             raise InvalidInputError(f"cannot sign {rel!r}: expected a relative path and a sha256 hex digest")
-    return sign_payload(statement(name, digests, extra), key)
+    return sign_payload(statement(name, digests, extra, ignore_paths), key)
 
 
 def signature_beside(folder: Path) -> Path:
@@ -432,10 +468,10 @@ def check_files(
             )
             return SignatureCheck("unknown-key", Finding("signature", Status.MISSING, msg), signature=str(path))
         verdict = {UnsafeError: "unknown-key", MismatchError: "mismatch"}.get(type(exc), "invalid")
-        status = {UnsafeError: Status.UNSAFE, MismatchError: Status.MISMATCH, NotFoundError: Status.MISSING}
+        statuses = {UnsafeError: Status.UNSAFE, MismatchError: Status.MISMATCH, NotFoundError: Status.MISSING}
         return SignatureCheck(
             verdict,
-            Finding("signature", status.get(type(exc), Status.INVALID), str(exc)),
+            Finding("signature", statuses.get(type(exc), Status.INVALID), str(exc)),
             signer=hint if isinstance(hint, str) else None,
             signature=str(path),
         )
