@@ -39,7 +39,7 @@ PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 PROVENANCE_KEY = "m7b_provenance"  # m7b's extra predicate field (v1.0 verifiers ignore fields they do not know)
 # Bounds no real signature reaches (Mistral 7B: 4 resources in 1.5 kB; an hf folder of 59 shards: 10 kB).
 MAX_SIGNATURE_BYTES = 16 << 20
-MAX_RESOURCES = 100_000
+MAX_RESOURCES = 10_000
 MAX_KEY_BYTES = 64 << 10
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "secp256r1": hashes.SHA256,

@@ -101,6 +101,7 @@ def test_a_signature_over_another_file_set_is_a_mismatch(signed: Path, key: Path
     assert finding.message.startswith("signature does not match")
 
 
+@pytest.mark.slow
 def test_a_valid_signature_by_a_key_the_release_does_not_name_is_unsafe_unless_given(
     signed: Path, tmp_path: Path, m7b_home: Path
 ) -> None:
@@ -118,6 +119,7 @@ def test_a_valid_signature_by_a_key_the_release_does_not_name_is_unsafe_unless_g
     )
 
 
+@pytest.mark.slow
 def test_an_unsigned_release_is_reported_and_fails_only_when_a_signature_is_required(
     tiny_release: Path, m7b_home: Path
 ) -> None:
@@ -130,6 +132,7 @@ def test_an_unsigned_release_is_reported_and_fails_only_when_a_signature_is_requ
     assert required.verdict == Status.MISSING and required.exit_code == 3
 
 
+@pytest.mark.slow
 def test_cli_verify_words_each_verdict_with_its_exit_code(cli, signed: Path, tmp_path: Path, m7b_home: Path) -> None:
     ok = cli("verify", signed, "--json")
     assert ok.code == 0, ok.stderr
@@ -148,6 +151,7 @@ def test_cli_verify_words_each_verdict_with_its_exit_code(cli, signed: Path, tmp
     assert required.code == 3 and "unsigned" in required.stderr
 
 
+@pytest.mark.slow
 def test_release_sign_signs_what_verified_and_refuses_what_did_not(
     cli, tiny_release: Path, key: Path, m7b_home: Path
 ) -> None:
@@ -167,6 +171,7 @@ def test_release_sign_signs_what_verified_and_refuses_what_did_not(
         sign_release(str(tiny_release), load_signing_key(key), Store(m7b_home), replace_existing=True)
 
 
+@pytest.mark.slow
 def test_an_encrypted_key_takes_its_passphrase_from_the_environment_never_argv(
     cli, tiny_release: Path, tmp_path: Path
 ) -> None:
