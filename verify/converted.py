@@ -24,6 +24,7 @@ from m7b.dtypes import BY_NAME
 from m7b.errors import InvalidInputError, M7bError, MismatchError
 from m7b.locks import hold
 from m7b.manifests.architecture import Architecture, architecture_from_mapping, load_params
+from m7b.paths import path_problem
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.store import CONVERTED_RECORD, LAYOUTS, Store
 
@@ -167,7 +168,12 @@ def _provenance_release(store: Store, source: dict[str, Any] | None) -> str | No
     by_hash = next((n for n, h in recorded.items() if info_hash and h == info_hash), None)
     if by_hash is not None:
         return by_hash
-    return name if isinstance(name, str) and name in recorded else None
+    if not isinstance(name, str) or path_problem(name) is not None:
+        return None
+    try:
+        return name if name in recorded or store.release_dir(name).is_dir() else None
+    except M7bError:  # not a name the store could hold
+        return None
 
 
 def _verified_checkpoint(store: Store, name: str) -> str | None:
