@@ -17,7 +17,15 @@ from m7b.progress import ProgressEvent
 from m7b.sizes import format_bytes, format_rate, parse_size
 from m7b.store import Store
 
-from .options import JsonLinesOption, ListenOption, LoopbackOption, PeerOption, note, seconds_option
+from .options import (
+    JsonLinesOption,
+    ListenOption,
+    LoopbackOption,
+    PeerOption,
+    PublicKeyOption,
+    note,
+    seconds_option,
+)
 from .render import emit_json, err, format_elapsed, report_lock_wait, show
 from .render_swarm import SeedDisplay, fetch_progress
 
@@ -180,6 +188,15 @@ def seed_command(
             help="Serve a status page (/), /status.json and Prometheus /metrics on HOST:PORT (port 0 picks one).",
         ),
     ] = None,
+    require_signature: Annotated[
+        bool,
+        typer.Option(
+            "--require-signature",
+            help="Refuse a release whose OMS signature is missing or does not verify against its manifest's keys "
+            "(or --public-key).",
+        ),
+    ] = False,
+    public_key: PublicKeyOption = None,
 ) -> None:
     """Serve verified releases to the swarm until SIGINT/SIGTERM; refuse any release whose data fails a check."""
     from dataclasses import asdict
@@ -192,7 +209,9 @@ def seed_command(
         listen, no_dht, upload_limit=parse_rate(upload_limit, "--upload-limit"), max_connections=max_peers
     )
     store = Store.from_env()
-    resolved = seed_releases(releases, store, on_note=note)
+    resolved = seed_releases(
+        releases, store, on_note=note, require_signature=require_signature, public_keys=public_key or ()
+    )
     board = StatusBoard()
     server = open_status_server(board, status)  # before the recheck, so a busy port fails at once
     mirror = Mirror(resolved, store, options, trackers=tracker or ())

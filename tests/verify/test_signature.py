@@ -12,36 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from signing_helpers import make_key, publish
 
 from m7b.errors import InvalidInputError, MismatchError
 from m7b.manifests.loader import load_manifest
-from m7b.manifests.writer import manifest_to_toml
-from m7b.mirror.create import create_release
 from m7b.store import Store
 from m7b.verify.findings import Status
 from m7b.verify.release import sign_release, verify
 from m7b.verify.signature import fingerprint, load_signing_key, read_signature, sign_files
-
-
-def make_key(path: Path, curve: ec.EllipticCurve | None = None, passphrase: bytes | None = None) -> Path:
-    """An EC private key as PEM (as `openssl ecparam -genkey` writes one); its public key beside it as .pub."""
-    key = ec.generate_private_key(curve or ec.SECP256R1())
-    algorithm = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, algorithm))
-    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    path.with_suffix(".pub").write_bytes(pub)
-    return path
-
-
-def publish(folder: Path, key: Path | None) -> None:
-    """What `m7b release create DIR [--sign-key KEY]` writes beside DIR: DIR.torrent, DIR.toml, DIR.sig."""
-    made = create_release(folder, sign_key=load_signing_key(key) if key else None)
-    (folder.parent / f"{folder.name}.torrent").write_bytes(made.torrent)
-    (folder.parent / f"{folder.name}.toml").write_text(manifest_to_toml(made.manifest))
-    if made.signature is not None:
-        (folder.parent / f"{folder.name}.sig").write_bytes(made.signature)
 
 
 def signature_finding(report):  # type: ignore[no-untyped-def]
