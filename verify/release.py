@@ -23,12 +23,15 @@ from .converted import CONVERTED_SIGNATURE, verify_converted_folder
 from .findings import Status, error_for
 from .report import VerifyReport
 from .signature import (
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_SUFFIX,
     PublicKey,
     Trust,
     fingerprint,
     load_public_key,
     parse_fingerprint,
     public_key_from_pem,
+    read_signature,
     sign_files,
     signature_beside,
 )
@@ -224,3 +227,20 @@ def sign_release(
         raise StorageError(f"{out} exists: pass replace_existing (force) to replace it", field="force")
     write_bytes(out, data)
     return Signing(out, fingerprint(key.public_key()), tuple(sorted(digests)), verification)
+
+
+def signature_to_keep(release: Release, signature: Path | None = None) -> bytes | None:
+    """The signature a fetch keeps in the store with the release's torrent (`Store.signature_path`): `signature`,
+    else a `.sig` beside the release's `.torrent` or beside its manifest; read and checked for shape before any data
+    is fetched (InvalidInputError / UnsafeError for a hostile one). Who signed it is verify's question."""
+    candidates = [signature] if signature is not None else []
+    if signature is None and release.torrent is not None:
+        candidates.append(release.torrent.with_suffix(SIGNATURE_SUFFIX))
+    if signature is None and release.manifest is not None and release.manifest.origin is not None:
+        candidates.append(release.manifest.origin.with_suffix(SIGNATURE_SUFFIX))
+    for path in candidates:
+        if path == signature or path.is_file():
+            read_signature(path)  # refuses what is no signature, unread beyond its cap
+            with open(path, "rb") as fh:
+                return fh.read(MAX_SIGNATURE_BYTES + 1)
+    return None

@@ -23,6 +23,7 @@ from .options import (
     LoopbackOption,
     PeerOption,
     PublicKeyOption,
+    SignatureOption,
     note,
     seconds_option,
 )
@@ -92,14 +93,19 @@ def fetch_command(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="If another command is writing this release, fail at once (exit 8).")
     ] = False,
+    signature: SignatureOption = None,
 ) -> None:
-    """Download a release over BitTorrent, checking its metadata against its manifest before any data."""
+    """Download a release over BitTorrent, checking its metadata against its manifest before any data; its OMS
+    signature (--signature, else a .sig beside the .torrent or manifest) is kept with its torrent in the store."""
+    from m7b.atomic import write_bytes
     from m7b.errors import EXIT_INTERRUPTED
     from m7b.mirror.fetch import FilesInTheWayError, fetch, plan_fetch
+    from m7b.verify.release import signature_to_keep
 
     options = session_options(listen, no_dht, download_limit=parse_rate(download_limit, "--download-limit"))
     store = Store.from_env()
     plan = plan_fetch(source, store, dest=dest, on_note=note)
+    signed = signature_to_keep(plan.release, signature)  # a hostile one is refused before any data
     target = plan.target
     # the display closes (printing the state it stopped in) before an error or an interrupt is reported
     try:
@@ -132,6 +138,8 @@ def fetch_command(
             emit_json({"event": "interrupted", "info_hash": target.info_hash})
         err.print(f"interrupted: resume data saved; rerun `m7b fetch {source}` to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    if signed is not None:
+        write_bytes(store.signature_path(result.info_hash), signed)
     doc = result.to_json()
     show(doc, json_out, _print_fetched)
 
