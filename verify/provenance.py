@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from m7b import __version__
 from m7b.atomic import write_bytes
-from m7b.errors import InvalidInputError
+from m7b.errors import InvalidInputError, M7bError
 from m7b.store import CONVERTED_RECORD
 
-from .signature import PROVENANCE_KEY, STATEMENT_TYPE, sign_files
+from .signature import PROVENANCE_KEY, STATEMENT_TYPE, read_signature, sign_files
 
 PROVENANCE_FILE = "provenance.json"
 CONVERTED_SIGNATURE = "provenance.sig"
@@ -101,3 +101,29 @@ def signed_source(predicate: Mapping[str, Any]) -> dict[str, Any] | None:
     out = dict(source)
     out["layout"] = prov.get("layout") if isinstance(prov.get("layout"), str) else None
     return out
+
+
+def provenance_line(folder: Path) -> str | None:
+    """One line on what a converted folder says it came from, for `m7b run` (None when it holds no provenance):
+    what provenance.json claims and who signed provenance.sig — claims until `m7b verify FOLDER` proves them (run
+    does not hash the weights a second time)."""
+    path = Path(folder) / PROVENANCE_FILE
+    if not path.is_file() or path.stat().st_size > MAX_PROVENANCE:
+        return None
+    try:
+        doc = json.loads(path.read_bytes())
+        source = doc["predicate"]["source"]
+        release, info_hash = str(source.get("release") or "?")[:100], str(source.get("info_hash") or "?")[:64]
+        checkpoint = str(source.get("checkpoint_sha256"))[:64]
+        said = f"converted from release {release} (info-hash {info_hash}, checkpoint sha256 {checkpoint})"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"{path} is not a provenance statement m7b wrote; `m7b verify {folder}` says what the folder is"
+    sig = Path(folder) / CONVERTED_SIGNATURE
+    signer = "unsigned"
+    if sig.is_file():
+        try:
+            hint = read_signature(sig).hint
+            signer = f"signed by sha256:{hint}" if hint else "signed by an unnamed key"
+        except M7bError as exc:
+            signer = f"its signature is unusable ({str(exc)[:200]})"
+    return f"{said}, {signer}; `m7b verify {folder}` (with --public-key KEY) proves it"

@@ -16,7 +16,7 @@ from m7b.store import Store
 from m7b.synth import synthesize
 from m7b.verify.convert import convert
 from m7b.verify.findings import Status
-from m7b.verify.provenance import CONVERTED_SIGNATURE, PROVENANCE_FILE, PROVENANCE_TYPE
+from m7b.verify.provenance import CONVERTED_SIGNATURE, PROVENANCE_FILE, PROVENANCE_TYPE, provenance_line
 from m7b.verify.release import verify
 from m7b.verify.signature import fingerprint, load_signing_key, read_signature
 
@@ -106,3 +106,22 @@ def test_a_signed_copy_of_another_source_than_the_stores_release_is_a_mismatch(
     assert report.exit_code == 5
     swapped = _finding(report, "provenance")
     assert swapped.status == Status.MISMATCH and "converted from other weights" in swapped.message
+
+
+def test_run_says_in_one_line_what_a_converted_folder_came_from_and_who_signed(signed_output, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, out, key = signed_output
+    line = provenance_line(out)
+    assert line is not None and "\n" not in line
+    assert line.startswith("converted from release tiny-test (info-hash ")
+    assert f"signed by sha256:{fingerprint(load_signing_key(key).public_key())}" in line
+    (out / PROVENANCE_FILE).write_text("[1, 2]")
+    assert "is not a provenance statement m7b wrote" in str(provenance_line(out))
+    assert provenance_line(tmp_path) is None
+
+
+@pytest.mark.slow
+def test_cli_run_of_a_signed_converted_folder_names_its_provenance(cli, signed_output) -> None:  # type: ignore[no-untyped-def]
+    _, out, _ = signed_output
+    ran = cli("run", str(out), "-p", "hi", "--max-tokens", "1", "--device", "cpu")
+    assert ran.code == 0, ran.stderr
+    assert "provenance: converted from release tiny-test" in ran.stderr
