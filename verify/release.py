@@ -96,8 +96,16 @@ def _held(store: Store, release: Release, trust: Trust, progress: ProgressCallba
         return _verify_release(store, release, trust, progress)
 
 
+def _is_file(path: Path) -> bool:
+    """Whether a candidate signature is there; a name the file system cannot hold (over 255 bytes) is not."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _existing(path: Path) -> Path | None:
-    return path if path.is_file() else None
+    return path if _is_file(path) else None
 
 
 def _user_keys(paths: Sequence[Path]) -> list[PublicKey]:
@@ -113,7 +121,7 @@ def find_signature(store: Store, release: Release) -> Path | None:
     hashes = list(release.manifest.torrent.hashes) if release.manifest else []
     hashes += [release.info_hash] if release.info_hash else []
     candidates += [store.signature_path(h) for h in hashes if h]
-    return next((c for c in candidates if c.is_file()), None)
+    return next((c for c in candidates if _is_file(c)), None)
 
 
 def release_trust(
@@ -239,7 +247,7 @@ def signature_to_keep(release: Release, signature: Path | None = None) -> bytes 
     if signature is None and release.manifest is not None and release.manifest.origin is not None:
         candidates.append(release.manifest.origin.with_suffix(SIGNATURE_SUFFIX))
     for path in candidates:
-        if path == signature or path.is_file():
+        if path == signature or _is_file(path):
             read_signature(path)  # refuses what is no signature, unread beyond its cap
             with open(path, "rb") as fh:
                 return fh.read(MAX_SIGNATURE_BYTES + 1)
