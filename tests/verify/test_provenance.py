@@ -125,3 +125,13 @@ def test_cli_run_of_a_signed_converted_folder_names_its_provenance(cli, signed_o
     ran = cli("run", str(out), "-p", "hi", "--max-tokens", "1", "--device", "cpu")
     assert ran.code == 0, ran.stderr
     assert "provenance: converted from release tiny-test" in ran.stderr
+
+
+@pytest.mark.slow
+def test_a_signed_converted_folder_verifies_with_the_model_signing_cli(signed_output) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    _, out, key = signed_output
+    args = ["model_signing", "verify", "key", str(out), "--public_key", str(key.with_suffix(".pub"))]
+    ok = subprocess.run([*args, "--signature", str(out / CONVERTED_SIGNATURE)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
