@@ -106,11 +106,11 @@ def create(
         ),
     ] = False,
     sign_key: SignKeyOption = None,
-    signing_key_text: Annotated[
+    publisher_key: Annotated[
         list[str] | None,
         typer.Option(
-            "--signing-key",
-            metavar="PEM|sha256:HEX",
+            "--publisher-key",
+            metavar="FILE|sha256:HEX",
             help="Another key the manifest names as the publisher's (repeatable): a PEM file or a fingerprint.",
         ),
     ] = None,
@@ -129,7 +129,7 @@ def create(
     except ValueError as exc:
         raise InvalidInputError(f"--date {date!r}: expected YYYY-MM-DD") from exc
     key = signing_key(sign_key) if sign_key is not None else None
-    named = [_named_key(text) for text in signing_key_text or ()]
+    named = [_named_key(text) for text in publisher_key or ()]
     with progress_bars(enabled=not json_out) as progress, _inspection_hint(MismatchError, UnsafeError):
         made = create_release(
             folder,
@@ -179,7 +179,7 @@ def create(
 
 
 def _named_key(text: str) -> str:
-    """A `--signing-key`: a fingerprint as given, or the PEM of a public key file."""
+    """A `--publisher-key`: a fingerprint as given, or the PEM of a public key file."""
     from m7b.verify.signature import load_public_key, parse_fingerprint, public_pem
 
     named = parse_fingerprint(text)

@@ -17,6 +17,8 @@ from signing_helpers import make_key, publish
 
 from m7b.errors import InvalidInputError, MismatchError
 from m7b.manifests.loader import load_manifest
+from m7b.manifests.writer import manifest_to_toml
+from m7b.mirror.create import create_release
 from m7b.store import Store
 from m7b.verify.findings import Status
 from m7b.verify.release import sign_release, verify
@@ -208,3 +210,19 @@ def test_a_signature_the_model_signing_cli_writes_verifies_in_m7b(
     (tiny_release / "params.json").write_text("{}")
     changed = verify(str(tiny_release), Store(m7b_home), public_keys=[key.with_suffix(".pub")]).report
     assert signature_finding(changed).status == Status.MISMATCH
+
+
+def test_a_key_the_manifest_names_by_fingerprint_needs_its_public_key(
+    tiny_release: Path, key: Path, m7b_home: Path
+) -> None:
+    private = load_signing_key(key)
+    made = create_release(tiny_release, signing_keys=[f"sha256:{fingerprint(private.public_key())}"])
+    (tiny_release.parent / f"{tiny_release.name}.torrent").write_bytes(made.torrent)
+    (tiny_release.parent / f"{tiny_release.name}.toml").write_text(manifest_to_toml(made.manifest))
+    digests = {f.path: f.sha256 for f in made.manifest.files if f.sha256}
+    (tiny_release.parent / f"{tiny_release.name}.sig").write_bytes(sign_files(tiny_release.name, digests, private))
+    without = verify(str(tiny_release), Store(m7b_home)).report
+    finding = signature_finding(without)
+    assert finding.status == Status.MISSING and "by fingerprint only: give its public key" in finding.message
+    given = verify(str(tiny_release), Store(m7b_home), public_keys=[key.with_suffix(".pub")]).report
+    assert given.verdict == Status.OK and signature_finding(given).status == Status.OK
