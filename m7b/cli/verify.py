@@ -183,6 +183,13 @@ def _print_conversion(label: str, result: Any) -> None:
         f"{result.seconds:.1f} s; hashes in {result.out / 'SHA256SUMS'}",
         highlight=False,
     )
+    from m7b.verify.provenance import CONVERTED_SIGNATURE, PROVENANCE_FILE
+
+    signed = result.out / CONVERTED_SIGNATURE
+    out.print(
+        f"provenance: {result.out / PROVENANCE_FILE}" + (f"; signed: {signed}" if signed.is_file() else ""),
+        highlight=False,
+    )
 
 
 def _shard_size(text: str) -> int:

@@ -135,3 +135,21 @@ def test_a_signed_converted_folder_verifies_with_the_model_signing_cli(signed_ou
     args = ["model_signing", "verify", "key", str(out), "--public_key", str(key.with_suffix(".pub"))]
     ok = subprocess.run([*args, "--signature", str(out / CONVERTED_SIGNATURE)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+@pytest.mark.slow
+def test_cli_convert_signs_and_verify_of_a_copy_vouches_only_with_the_key(
+    cli, m7b_home: Path, tiny_release_src: Path, tmp_path: Path
+) -> None:
+    install_release(m7b_home, tiny_release_src, "tiny-test")
+    key = make_key(tmp_path / "k.pem")
+    assert cli("verify", "tiny-test").code == 0
+    made = cli("convert", "tiny-test", "--sign-key", key)
+    assert made.code == 0, made.stderr
+    out = Store(m7b_home).converted_dir("tiny-test", "native")
+    assert f"signed: {out / CONVERTED_SIGNATURE}" in made.stdout.replace("\n", "")
+    copy = shutil.copytree(out, tmp_path / "elsewhere" / "native")
+    assert cli("verify", copy).code == 5  # unvouched: the key is nobody's the user named
+    trusted = cli("verify", copy, "--public-key", key.with_suffix(".pub"), "--json")
+    assert trusted.code == 0, trusted.stderr
+    assert json.loads(trusted.stdout)["signature"]["provenance"]["release"] == "tiny-test"

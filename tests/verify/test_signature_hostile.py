@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -245,3 +247,14 @@ def test_the_pae_is_dsse_v1(private: ec.EllipticCurvePrivateKey) -> None:
 def test_every_error_is_an_m7b_error_with_an_exit_code() -> None:
     for cls in (InvalidInputError, MismatchError, UnsafeError, NotFoundError):
         assert issubclass(cls, M7bError) and cls.exit_code in (3, 4, 5, 6)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl binary")
+@pytest.mark.parametrize("curve", ["prime256v1", "secp384r1"])
+def test_a_key_as_openssl_ecparam_writes_it_signs(tmp_path: Path, curve: str) -> None:
+    key = tmp_path / "k.pem"
+    subprocess.run(["openssl", "ecparam", "-genkey", "-name", curve, "-noout", "-out", str(key)], check=True)
+    subprocess.run(["openssl", "ec", "-in", str(key), "-pubout", "-out", str(tmp_path / "k.pub")], check=True,
+                   capture_output=True)  # fmt: skip
+    signed = parse_signature(sign_files("m", DIGESTS, load_signing_key(key)), "x.sig")
+    assert check_envelope(signed, [load_public_key(tmp_path / "k.pub")]).fingerprint == signed.hint
