@@ -19,6 +19,7 @@ from m7b.store import Store  # noqa: E402
 from m7b.verify.signature import fingerprint, load_signing_key, read_signature, sign_files  # noqa: E402
 
 
+@pytest.mark.slow
 def test_require_signature_serves_a_signed_release_and_names_its_signer(
     tiny_release: Path, tmp_path: Path, m7b_home: Path
 ) -> None:

@@ -36,6 +36,7 @@ def signed_output(m7b_home: Path, tiny_release_src: Path, tmp_path: Path) -> tup
     return store, out, key
 
 
+@pytest.mark.slow
 def test_convert_writes_an_in_toto_provenance_of_its_source_and_outputs(signed_output) -> None:  # type: ignore[no-untyped-def]
     store, out, key = signed_output
     doc = json.loads((out / PROVENANCE_FILE).read_text())
@@ -58,6 +59,7 @@ def test_convert_writes_an_in_toto_provenance_of_its_source_and_outputs(signed_o
     assert _finding(local, "signature").status == Status.NOTE
 
 
+@pytest.mark.slow
 def test_a_copy_made_elsewhere_is_vouched_for_by_a_trusted_signature(signed_output, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store, out, key = signed_output
     copy = Path(shutil.copytree(out, tmp_path / "copied" / "native"))
@@ -72,6 +74,7 @@ def test_a_copy_made_elsewhere_is_vouched_for_by_a_trusted_signature(signed_outp
     assert trusted.to_json()["signature"]["provenance"]["release"] == "tiny-test"
 
 
+@pytest.mark.slow
 def test_a_changed_output_in_a_signed_copy_is_a_mismatch(signed_output, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store, out, key = signed_output
     copy = Path(shutil.copytree(out, tmp_path / "copied" / "native"))
@@ -108,6 +111,7 @@ def test_a_signed_copy_of_another_source_than_the_stores_release_is_a_mismatch(
     assert swapped.status == Status.MISMATCH and "converted from other weights" in swapped.message
 
 
+@pytest.mark.slow
 def test_run_says_in_one_line_what_a_converted_folder_came_from_and_who_signed(signed_output, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _, out, key = signed_output
     line = provenance_line(out)

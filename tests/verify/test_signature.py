@@ -40,6 +40,7 @@ def signed(tiny_release: Path, key: Path) -> Path:
     return tiny_release
 
 
+@pytest.mark.slow
 def test_a_release_signed_on_create_verifies_as_signed_by_the_manifests_key(
     signed: Path, key: Path, m7b_home: Path
 ) -> None:
@@ -55,6 +56,7 @@ def test_a_release_signed_on_create_verifies_as_signed_by_the_manifests_key(
     assert doc["covered"] == sorted(p.name for p in signed.iterdir())
 
 
+@pytest.mark.slow
 def test_a_changed_file_is_a_signature_mismatch_naming_it(signed: Path, m7b_home: Path) -> None:
     with open(signed / "params.json", "r+b") as fh:  # same size, other bytes
         first = fh.read(1)
@@ -66,6 +68,7 @@ def test_a_changed_file_is_a_signature_mismatch_naming_it(signed: Path, m7b_home
     assert finding.message.startswith("signature does not match params.json")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["added", "removed", "renamed"])
 def test_a_signature_over_another_file_set_is_a_mismatch(signed: Path, key: Path, m7b_home: Path, change: str) -> None:
     digests = dict(read_signature(signed.parent / f"{signed.name}.sig").resources)
@@ -169,6 +172,7 @@ def test_an_encrypted_key_takes_its_passphrase_from_the_environment_never_argv(
     assert (tiny_release.parent / f"{tiny_release.name}.sig").is_file()
 
 
+@pytest.mark.slow
 def test_a_p384_key_signs_too(tiny_release: Path, tmp_path: Path, m7b_home: Path) -> None:
     key = make_key(tmp_path / "p384.pem", ec.SECP384R1())
     publish(tiny_release, key)
@@ -212,6 +216,7 @@ def test_a_signature_the_model_signing_cli_writes_verifies_in_m7b(
     assert signature_finding(changed).status == Status.MISMATCH
 
 
+@pytest.mark.slow
 def test_a_key_the_manifest_names_by_fingerprint_needs_its_public_key(
     tiny_release: Path, key: Path, m7b_home: Path
 ) -> None:

@@ -258,3 +258,26 @@ def test_a_key_as_openssl_ecparam_writes_it_signs(tmp_path: Path, curve: str) ->
                    capture_output=True)  # fmt: skip
     signed = parse_signature(sign_files("m", DIGESTS, load_signing_key(key)), "x.sig")
     assert check_envelope(signed, [load_public_key(tmp_path / "k.pub")]).fingerprint == signed.hint
+
+
+def test_each_verdict_from_the_digests_of_one_read(
+    tmp_path: Path, private: ec.EllipticCurvePrivateKey, public: PublicKey
+) -> None:
+    path = tmp_path / "m.sig"
+    path.write_bytes(sign_files("m", DIGESTS, private))
+    signed = check_files(path, DIGESTS, [public])
+    assert signed.verdict == "signed" and signed.signer == public.fingerprint
+    assert signed.covered == ("a.bin", "sub/b.bin") and signed.finding.status == Status.OK
+    changed = check_files(path, DIGESTS | {"a.bin": "0" * 64}, [public])
+    assert changed.verdict == "mismatch" and changed.finding.message.startswith("signature does not match a.bin")
+    added = check_files(path, DIGESTS | {"c.bin": "0" * 64}, [public])
+    assert (
+        added.finding.status == Status.MISMATCH
+        and "c.bin: in the folder, but the signature does not cover" in added.finding.message
+    )
+    stranger = PublicKey(ec.generate_private_key(ec.SECP256R1()).public_key(), "0" * 64, "other")
+    unknown = check_files(path, DIGESTS, [stranger])
+    assert unknown.verdict == "unknown-key" and unknown.finding.status == Status.UNSAFE
+    assert "a key this release does not name" in unknown.finding.message
+    assert check_files(None, DIGESTS, [public]).finding.status == Status.NOTE
+    assert check_files(None, DIGESTS, [public], require=True).finding.status == Status.MISSING
