@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from m7b.errors import InvalidInputError, MismatchError, NotFoundError, UnsafeError
 from m7b.paths import path_problem
 
-from .findings import Finding, Status
+from .findings import Finding, Status, status_for
 
 SIGNATURE_SUFFIX = ".sig"
 PASSPHRASE_ENV = "M7B_SIGN_PASSPHRASE"
@@ -467,11 +467,12 @@ def check_files(
                 "(public_key) to check the signature"
             )
             return SignatureCheck("unknown-key", Finding("signature", Status.MISSING, msg), signature=str(path))
-        verdict = {UnsafeError: "unknown-key", MismatchError: "mismatch"}.get(type(exc), "invalid")
-        statuses = {UnsafeError: Status.UNSAFE, MismatchError: Status.MISMATCH, NotFoundError: Status.MISSING}
+        status = status_for(exc)  # the one table of error <-> status (verify/findings.py)
+        # unsafe with a signer: a key nobody named; unsafe without (a path outside the folder): no usable signature
+        verdict = "mismatch" if status == Status.MISMATCH else "unknown-key" if "signer" in exc.data else "invalid"
         return SignatureCheck(
             verdict,
-            Finding("signature", statuses.get(type(exc), Status.INVALID), str(exc)),
+            Finding("signature", status, str(exc)),
             signer=hint if isinstance(hint, str) else None,
             signature=str(path),
         )
