@@ -109,8 +109,11 @@ def _print_report(doc: dict[str, Any]) -> None:
         )
     signed = doc.get("signature")
     if signed:
-        who = f"signed by sha256:{signed['signer']}" if signed["verdict"] == "signed" else signed["verdict"]
-        out.print(f"signature: {who} ({len(signed['covered'])} files covered)", highlight=False)
+        if signed["verdict"] == "signed":
+            said = f"signed by sha256:{signed['signer']} ({len(signed['covered'])} files covered)"
+        else:
+            said = signed["verdict"] + (f" ({signed['signature']})" if signed.get("signature") else "")
+        out.print(f"signature: {said}", highlight=False)
     if doc.get("report_path"):
         out.print(f"report: {doc['report_path']}", highlight=False)
 
