@@ -130,6 +130,10 @@ def test_cli_verify_words_each_verdict_with_its_exit_code(cli, signed: Path, tmp
     assert unknown.code == 6
     assert "a key this release does not name" in unknown.stderr and "(--public-key)" in unknown.stderr
     assert cli("verify", signed, "--signature", sig, "--public-key", other.with_suffix(".pub")).code == 0
+    truncated = tmp_path / "truncated.sig"
+    truncated.write_bytes(sig.read_bytes()[:100])
+    broken = cli("verify", signed, "--signature", truncated)
+    assert broken.code == 4 and "not an OMS signature" in broken.stderr and "Traceback" not in broken.stderr
     (signed.parent / f"{signed.name}.sig").unlink()
     required = cli("verify", signed, "--require-signature")
     assert required.code == 3 and "unsigned" in required.stderr
