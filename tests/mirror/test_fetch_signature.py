@@ -58,3 +58,16 @@ def test_fetch_refuses_a_hostile_signature_before_any_data(m7b_home: Path, tiny_
     shutil.copy(bad, tmp_path / "t.sig")
     with pytest.raises((InvalidInputError, UnsafeError)):
         fetch_release(str(torrent), store=Store(m7b_home), dest=tmp_path / "d", timeout=1)
+
+
+def test_rm_removes_the_signature_with_the_torrent(m7b_home: Path, tiny_release_src: Path) -> None:
+    from verify_helpers import install_release
+
+    from m7b.remove import plan_removal
+
+    install_release(m7b_home, tiny_release_src, "tiny-test")
+    store = Store(m7b_home)
+    [torrent] = list(store.torrents_dir.glob("*.torrent"))
+    sig = torrent.with_suffix(".sig")
+    sig.write_bytes(b"{}")
+    assert sig in [part.path for part in plan_removal(store, "tiny-test").remove]
