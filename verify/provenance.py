@@ -103,6 +103,18 @@ def signed_source(predicate: Mapping[str, Any]) -> dict[str, Any] | None:
     return out
 
 
+def provenance_release(folder: Path) -> str | None:
+    """The release name a converted folder's provenance.json claims it came from (None without one)."""
+    path = Path(folder) / PROVENANCE_FILE
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_PROVENANCE:
+            return None
+        name = json.loads(path.read_bytes())["predicate"]["source"]["release"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
 def provenance_line(folder: Path) -> str | None:
     """One line on what a converted folder says it came from, for `m7b run` (None when it holds no provenance):
     what provenance.json claims and who signed provenance.sig — claims until `m7b verify FOLDER` proves them (run

@@ -11,9 +11,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from m7b.atomic import write_bytes
-from m7b.errors import NotFoundError, StorageError
+from m7b.errors import M7bError, NotFoundError, StorageError
 from m7b.locks import hold
-from m7b.manifests.loader import load_manifest
+from m7b.manifests.loader import NAME_RE, load_manifest
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.release import NoteCallback, Release, ignore_note, release_for, require_present
 from m7b.store import Store
@@ -21,6 +21,7 @@ from m7b.store import Store
 from .check import verify_release
 from .converted import CONVERTED_SIGNATURE, verify_converted_folder
 from .findings import Status, error_for
+from .provenance import provenance_release
 from .report import VerifyReport
 from .signature import (
     MAX_SIGNATURE_BYTES,
@@ -77,9 +78,8 @@ def verify(
     """
     store = store or Store.from_env()
     if isinstance(target, str) and is_converted_dir(folder := Path(target).expanduser()) and folder.is_dir():
-        trust = Trust(
-            signature or _existing(folder / CONVERTED_SIGNATURE), tuple(_user_keys(public_keys)), (), require_signature
-        )
+        keys = _user_keys(public_keys) + _source_keys(store, folder)
+        trust = Trust(signature or _existing(folder / CONVERTED_SIGNATURE), tuple(keys), (), require_signature)
         return Verification(verify_converted_folder(folder, store, trust=trust, progress=progress), None)
     release = _release(store, target, manifest, torrent, on_note)
     trust = release_trust(store, release, signature, public_keys, require_signature)
@@ -110,6 +110,20 @@ def _existing(path: Path) -> Path | None:
 
 def _user_keys(paths: Sequence[Path]) -> list[PublicKey]:
     return [replace(k, source=f"public key {p}") for p in paths for k in [load_public_key(p)]]
+
+
+def _source_keys(store: Store, folder: Path) -> list[PublicKey]:
+    """The signing keys of the release a converted folder's provenance names, as the user's own manifest of it
+    states them: a publisher who signs its conversions with its release key is trusted for them too. The claim
+    only picks which keys to try; the signature must still verify with one."""
+    name = provenance_release(folder)
+    if name is None or not NAME_RE.match(name):
+        return []
+    try:
+        release = release_for(name, store)
+        return list(release_trust(store, release).keys) if release.manifest else []
+    except M7bError:
+        return []
 
 
 def find_signature(store: Store, release: Release) -> Path | None:

@@ -157,3 +157,32 @@ def test_cli_convert_signs_and_verify_of_a_copy_vouches_only_with_the_key(
     trusted = cli("verify", copy, "--public-key", key.with_suffix(".pub"), "--json")
     assert trusted.code == 0, trusted.stderr
     assert json.loads(trusted.stdout)["signature"]["provenance"]["release"] == "tiny-test"
+
+
+@pytest.mark.slow
+def test_a_conversion_signed_with_the_releases_own_key_needs_no_public_key(
+    m7b_home: Path, tiny_release_src: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from m7b.manifests.loader import load_manifest
+    from m7b.manifests.writer import manifest_to_toml
+    from m7b.verify.signature import public_pem
+
+    install_release(m7b_home, tiny_release_src, "tiny-test")
+    key = load_signing_key(make_key(tmp_path / "publisher.pem"))
+    path = m7b_home / "manifests" / "tiny-test.toml"
+    manifest = load_manifest(path)
+    manifest = dataclasses.replace(
+        manifest,
+        signing_keys=(public_pem(key.public_key()),),
+        sources=manifest.sources | {"signing": "the test publisher"},
+    )
+    path.write_text(manifest_to_toml(manifest))
+    store = Store(m7b_home)
+    verify("tiny-test", store)
+    out = convert("tiny-test", "native", store, sign_key=key).result.out
+    copy = Path(shutil.copytree(out, tmp_path / "copied" / "native"))
+    report = verify(str(copy), store).report
+    assert report.verdict == Status.OK, [f.message for f in report.failures()]
+    assert "the manifest's [signing] key" in _finding(report, "signature").message
