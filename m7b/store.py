@@ -8,6 +8,7 @@
     releases/.<name>.json             the release record: {"name": <name>, "info_hash": <hex>} (written by fetch;
                                       how a release fetched without a manifest is known by name)
     torrents/<infohash>.torrent       metadata, once resolved
+    torrents/<infohash>.sig           the release's OMS signature, kept with its torrent (fetch, `release sign`)
     resume/<infohash>.fastresume      libtorrent resume data
     converted/<name>/{native,hf}/     safetensors outputs, each with its SHA256SUMS
     converted-records/<key>.json      m7b's own record of each output convert wrote (its files' sha256, its source),
@@ -169,6 +170,10 @@ class Store:
 
     def torrent_path(self, info_hash: str) -> Path:
         return self.torrents_dir / f"{info_hash.lower()}.torrent"
+
+    def signature_path(self, info_hash: str) -> Path:
+        """The release's signature (OMS), kept beside its torrent."""
+        return self.torrents_dir / f"{info_hash.lower()}.sig"
 
     def resume_path(self, info_hash: str) -> Path:
         return self.resume_dir / f"{info_hash.lower()}.fastresume"

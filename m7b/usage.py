@@ -65,6 +65,7 @@ def release_parts(store: Store, name: str) -> list[StorePart]:
         *(("resume", store.resume_path(h)) for h in hashes),
         *(("resume", store.completion_path(h)) for h in hashes),
         *(("torrent", store.torrent_path(h)) for h in hashes),
+        *(("torrent", store.signature_path(h)) for h in hashes),  # kept with its torrent, removed with it
         ("record", store.release_record_path(name)),
     ]
     return [StorePart(kind, path, disk_bytes(path)) for kind, path in candidates if path.exists() or path.is_symlink()]

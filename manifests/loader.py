@@ -35,6 +35,7 @@ _TOP = {
     "checkpoint",
     "archives",
     "sources",
+    "signing",
 }
 # Bounds no real manifest reaches (Mistral 7B: 4 files in a 3 KB manifest; Mixtral 8x22B in the Hugging Face layout:
 # 59 shards), refused beyond them (exit 4) so that loading one is quick whatever a file holds.
@@ -49,6 +50,10 @@ _TORRENT = {"name", "info_hash_v1", "info_hash_v2", "magnet", "trackers", "web_s
 _FILE = {"path", "size", "sha256", "md5"}
 _CHECKPOINT = {"tensors", "parameters", "dtype"}
 _ARCHIVE = {"name", "md5", "sha256", "url"}
+_SIGNING = {"keys"}
+MAX_KEYS = 16
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+_PEM = re.compile(r"-----BEGIN PUBLIC KEY-----\n[A-Za-z0-9+/=\n]+-----END PUBLIC KEY-----\n?")
 
 
 class _Reader:
@@ -216,6 +221,19 @@ def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
             )
         )
 
+    signing_keys: tuple[str, ...] = ()
+    if "signing" in raw:
+        g = _Reader(origin, "signing", raw["signing"], _SIGNING)
+        signing_keys = g.strings("keys")
+        g.bounded("keys", list(signing_keys), MAX_KEYS)
+        for i, key in enumerate(signing_keys):
+            if not (_FINGERPRINT.fullmatch(key) or _PEM.fullmatch(key)):
+                g.fail(
+                    f"keys[{i}]",
+                    "expected a PEM public key (-----BEGIN PUBLIC KEY-----) or sha256:HEX, its fingerprint "
+                    "(`m7b release sign` prints it)",
+                )
+
     sources_raw = raw.get("sources", {})
     s = _Reader(origin, "sources", sources_raw, set(sources_raw) if isinstance(sources_raw, dict) else set())
     sources = {k: s.text(k) or "" for k in sources_raw}
@@ -231,6 +249,7 @@ def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
         moe=moe,
         checkpoint=checkpoint,
         archives=tuple(archives),
+        signing_keys=signing_keys,
         sources=sources,
         origin=Path(origin),
     )
@@ -251,6 +270,8 @@ def fact_paths(manifest: Manifest) -> list[str]:
     if manifest.checkpoint is not None:
         facts.append("checkpoint")
     facts += [f"archives.{a.name}" for a in manifest.archives]
+    if manifest.signing_keys:
+        facts.append("signing")
     return facts
 
 

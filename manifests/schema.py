@@ -65,6 +65,8 @@ class Manifest:
     moe: MixtureOfExperts | None = None
     checkpoint: CheckpointFacts | None = None
     archives: tuple[ArchiveFacts, ...] = ()
+    # the publisher's signing keys: a PEM public key, or `sha256:HEX` (the fingerprint of one)
+    signing_keys: tuple[str, ...] = ()
     # fact path ("torrent", "files.tokenizer.model", "architecture", ...) -> where it comes from
     sources: dict[str, str] = field(default_factory=dict)
     origin: Path | None = None

@@ -70,6 +70,8 @@ def manifest_to_toml(m: Manifest) -> str:
         lines += _table("[checkpoint]", {"tensors": c.tensors, "parameters": c.parameters, "dtype": c.dtype})
     for a in m.archives:
         lines += _table("[[archives]]", {"name": a.name, "md5": a.md5, "sha256": a.sha256, "url": a.url})
+    if m.signing_keys:
+        lines += _table("[signing]", {"keys": m.signing_keys})
     if m.sources:
         lines += _table("[sources]", m.sources)
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import libtorrent as lt
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from m7b.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
 from m7b.manifests.architecture import Architecture, MixtureOfExperts, carried_moe, load_params
@@ -20,6 +21,7 @@ from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.sizes import SizeError, parse_size
 from m7b.torrent import TorrentMeta, parse_torrent
 from m7b.verify.check import inspect_release_checkpoints
+from m7b.verify.signature import public_pem, sign_files
 
 BLOCK = 8 << 20
 MIN_PIECE = 16 << 10
@@ -41,6 +43,7 @@ class CreatedRelease:
     meta: TorrentMeta
     magnet: str
     manifest: Manifest
+    signature: bytes | None = None  # OMS over exactly the release's files (with `sign_key`), written as DIR.sig
 
 
 def release_files(root: Path) -> list[str]:
@@ -97,12 +100,16 @@ def create_release(
     release_date: dt.date | None = None,
     progress: ProgressCallback = ignore_progress,
     inspect: bool = True,
+    sign_key: ec.EllipticCurvePrivateKey | None = None,
+    signing_keys: Sequence[str] = (),
 ) -> CreatedRelease:
     """Make the .torrent (v1, or v1+v2 with `hybrid`), magnet and manifest for the release folder `root`.
 
     The same content and options always give the same bytes: no creation date, no creator, sorted files.
     With `inspect` (the default) every top-level `.pth` first passes verify's checkpoint inspection (UnsafeError,
     MismatchError otherwise, before anything is hashed or made): a publisher vouches only for what m7b would load.
+    With `sign_key` the release's files (their sha256 from the same hashing) are signed (OMS) and the key's public
+    half goes into the manifest's `[signing]`, with `signing_keys` (PEM or sha256:HEX) beside it.
     """
     root = Path(root).resolve()
     files = release_files(root)
@@ -159,6 +166,11 @@ def create_release(
     sources.update({f"files.{f.path}": f"hashed by {tool} from the published file" for f in facts})
     if architecture is not None or moe is not None:
         sources["architecture"] = "params.json in the release folder"
+    keys = list(signing_keys)
+    if sign_key is not None:
+        keys.insert(0, public_pem(sign_key.public_key()))
+    if keys:
+        sources["signing"] = f"the publisher's signing keys ({publisher}), named to {tool}"
     manifest = Manifest(
         name=manifest_name,
         title=title or name,
@@ -177,9 +189,11 @@ def create_release(
         files=tuple(facts),
         architecture=architecture,
         moe=moe,
+        signing_keys=tuple(dict.fromkeys(keys)),
         sources=sources,
     )
-    return CreatedRelease(torrent=torrent, meta=meta, magnet=magnet, manifest=manifest)
+    signature = sign_files(name, {f.path: f.sha256 for f in facts if f.sha256}, sign_key) if sign_key else None
+    return CreatedRelease(torrent=torrent, meta=meta, magnet=magnet, manifest=manifest, signature=signature)
 
 
 def _check_loadable(manifest: Manifest) -> None:

@@ -29,6 +29,7 @@ from m7b.space import check_room, room_for
 from m7b.store import Store, incomplete_marker_for, partial_dir_for
 from m7b.torrent import TorrentMeta, load_torrent, meta_from_info
 from m7b.verify.manifest_check import check_published_digests
+from m7b.verify.release import signature_to_keep
 
 from .layout import check_against_manifest, files_not_in_place, renamed_files
 from .resume import load_resume, record_complete, save_resume, still_complete
@@ -203,12 +204,15 @@ def fetch_release(
     wait: bool = True,
     on_wait: LockWaitCallback = lambda holder: None,
     on_note: NoteCallback = ignore_note,
+    signature: Path | None = None,
 ) -> FetchResult:
     """Fetch what `target` names as `m7b fetch` does: `plan_fetch`, then `fetch` (see both). `store` defaults to
-    `Store.from_env()` (M7B_HOME); `options` to a session for a user on the internet (`SessionOptions`)."""
+    `Store.from_env()` (M7B_HOME); `options` to a session for a user on the internet (`SessionOptions`). The
+    release's signature (`signature`, else a .sig beside its .torrent or manifest) is kept with its torrent."""
     store = store or Store.from_env()
     plan = plan_fetch(target, store, dest=dest, on_note=on_note)
-    return fetch(
+    signed = signature_to_keep(plan.release, signature)  # a hostile one refused before any data
+    result = fetch(
         plan.target,
         store=store,
         dest=plan.dest,
@@ -222,6 +226,9 @@ def fetch_release(
         wait=wait,
         on_wait=on_wait,
     )
+    if signed is not None:
+        write_bytes(store.signature_path(result.info_hash), signed)
+    return result
 
 
 def _torrent_bytes(ti: lt.torrent_info, trackers: Sequence[str]) -> bytes:

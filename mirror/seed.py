@@ -8,10 +8,11 @@ piece is refused, never served, and torrents run in upload mode so a mirror neve
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import libtorrent as lt
@@ -19,8 +20,10 @@ import libtorrent as lt
 from m7b.errors import NotFoundError
 from m7b.locks import hold
 from m7b.release import NoteCallback, Release, ignore_note, release_for
-from m7b.store import Store
+from m7b.store import Store, unchanged_since
 from m7b.torrent import TorrentMeta, load_torrent, meta_from_info, store_hash
+from m7b.verify.findings import Status, error_for
+from m7b.verify.release import release_trust, verify
 
 from .layout import renamed_files
 from .resume import record_complete, save_resume, still_complete
@@ -34,6 +37,7 @@ class SeedRelease:
     folder: Path
     torrent: lt.torrent_info
     meta: TorrentMeta
+    signer: str | None = None  # the key fingerprint whose signature was checked (`require_signature`)
 
 
 @dataclass
@@ -58,6 +62,7 @@ class ReleaseStatus:
     last_check: str = ""  # full recheck / record of a checked download / verify report
     last_check_at: float | None = None  # unix time the data were last checked piece by piece
     check_verdict: str = "pending"  # pending / passed / failed
+    signer: str | None = None  # sha256 fingerprint of the key whose OMS signature vouches for it (--require-signature)
 
 
 def seed_release(release: Release) -> SeedRelease:
@@ -79,11 +84,24 @@ def seed_release(release: Release) -> SeedRelease:
 
 
 def seed_releases(
-    targets: Sequence[str | Release], store: Store, *, on_note: NoteCallback = ignore_note
+    targets: Sequence[str | Release],
+    store: Store,
+    *,
+    on_note: NoteCallback = ignore_note,
+    require_signature: bool = False,
+    public_keys: Sequence[Path] = (),
 ) -> list[SeedRelease]:
     """What `m7b seed` serves for each target (a release name, a magnet, a .torrent, a release folder with
-    FOLDER.torrent beside it, or a resolved Release): its folder and torrent, checked to be there."""
-    return [seed_release(release_for(target, store, on_note)) for target in targets]
+    FOLDER.torrent beside it, or a resolved Release): its folder and torrent, checked to be there. With
+    `require_signature` a release is refused (the error of its signature's verdict) unless its OMS signature
+    verifies against its manifest's keys (or `public_keys`) and the sha256 of its files as a passing verify report
+    recorded them (else a verify reads them first)."""
+    out = []
+    for target in targets:
+        release = release_for(target, store, on_note)
+        seed = seed_release(release)
+        out.append(replace(seed, signer=signed_by(store, release, public_keys)) if require_signature else seed)
+    return out
 
 
 def open_mirror(
@@ -93,14 +111,48 @@ def open_mirror(
     options: SessionOptions | None = None,
     trackers: Sequence[str] = (),
     on_note: NoteCallback = ignore_note,
+    require_signature: bool = False,
+    public_keys: Sequence[Path] = (),
 ) -> Mirror:
     """A mirror serving `targets` as `m7b seed` serves them: every release rechecked (or trusted from m7b's record
     of a checked download or a passing verify report) before a byte is served; `poll()` for their statuses,
     `serve` to run it, `close()` (or a `with` block) to stop. `store` defaults to `Store.from_env()` (M7B_HOME),
-    `options` to a session for a user on the internet."""
+    `options` to a session for a user on the internet; `require_signature`: see `seed_releases`."""
     store = store or Store.from_env()
-    releases = seed_releases(targets, store, on_note=on_note)
+    releases = seed_releases(
+        targets, store, on_note=on_note, require_signature=require_signature, public_keys=public_keys
+    )
     return Mirror(releases, store, options or SessionOptions(), trackers=trackers)
+
+
+def signed_by(store: Store, release: Release, public_keys: Sequence[Path] = ()) -> str:
+    """The fingerprint of the key whose signature vouches for `release`, checked against the sha256 of a passing
+    verify report whose files are unchanged since (else a verify reads them now); the verdict's error otherwise."""
+    trust = release_trust(store, release, None, public_keys, require=True)
+    digests = _reported_digests(store, release)
+    if digests is None:
+        report = verify(release, store, public_keys=public_keys, require_signature=True).report
+        digests = {f.path: f.sha256 for f in report.files if f.sha256}
+    checked = trust.check(digests)
+    if checked.verdict != "signed" or checked.signer is None:
+        raise error_for(checked.finding.status if checked.finding.status != Status.OK else Status.MISSING)(
+            f"{release.name}: not served — a signature is required (--require-signature): {checked.finding.message}"
+        )
+    return checked.signer
+
+
+def _reported_digests(store: Store, release: Release) -> dict[str, str] | None:
+    """The files' sha256 from the store's passing report, when every file is unchanged since it was read."""
+    if not release.in_store or not store.is_verified(release.name):
+        return None
+    try:
+        report = json.loads(store.report_path(release.name).read_text(encoding="utf-8"))
+        files = report["files"]
+        if not all(unchanged_since(release.folder, entry) for entry in files):
+            return None
+        return {str(e["path"]): str(e["sha256"]) for e in files if e.get("sha256")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @contextmanager
@@ -181,6 +233,7 @@ class Mirror:
                 trusted_record=trusted,
                 size=release.meta.total_size,
                 trackers=watch.trackers,
+                signer=release.signer,
                 **_earlier_check(store, release, recorded) if trusted else {"last_check": "full recheck"},
             )
 

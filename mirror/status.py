@@ -97,6 +97,9 @@ class MirrorCollector(Collector):
         passed = GaugeMetricFamily(
             "m7b_seed_check_passed", "1 if the last check passed, 0 if it failed", labels=["release"]
         )
+        signed = GaugeMetricFamily(
+            "m7b_seed_signed", "1 for the key whose OMS signature vouches for the release", labels=["release", "signer"]
+        )
         for r in releases:
             for s in STATES:
                 state.add_metric([r["name"], s], 1.0 if r["state"] == s else 0.0)
@@ -108,6 +111,8 @@ class MirrorCollector(Collector):
                 checked.add_metric([r["name"]], r["last_check_at"])
             if r["check_verdict"] != "pending":
                 passed.add_metric([r["name"]], 1.0 if r["check_verdict"] == "passed" else 0.0)
+            if r.get("signer"):
+                signed.add_metric([r["name"], f"sha256:{r['signer']}"], 1.0)
         yield state
         yield uploaded
         yield gauge("m7b_seed_upload_rate_bytes_per_second", "Payload upload rate", "upload_rate")
@@ -121,6 +126,7 @@ class MirrorCollector(Collector):
         yield tracker
         yield checked
         yield passed
+        yield signed
         uptime = GaugeMetricFamily("m7b_seed_uptime_seconds", "Seconds since this seed started")
         uptime.add_metric([], doc["uptime_seconds"])
         yield uptime
@@ -155,7 +161,9 @@ def render_html(doc: dict[str, Any]) -> str:
         details.append(
             f"<h2>{name}</h2><p>info-hash <code>{html.escape(r['info_hash'])}</code>; last check: "
             f"{html.escape(r['last_check'] or '—')}, {_when(r['last_check_at'])}, verdict "
-            f"<b class='verdict'>{html.escape(r['check_verdict'])}</b></p>{reason}"
+            f"<b class='verdict'>{html.escape(r['check_verdict'])}</b>; signed by "
+            f"<code class='signer'>{html.escape('sha256:' + r['signer'] if r.get('signer') else 'not checked')}</code>"
+            f"</p>{reason}"
             "<table><tr><th>tracker</th><th>status</th><th>detail</th></tr>"
             + ("".join(_tracker_rows(r)) or "<tr><td colspan=3>no trackers (DHT and --peer only)</td></tr>")
             + "</table>"

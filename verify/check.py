@@ -25,6 +25,7 @@ from .license import APACHE_SPDX, Evidence, find_evidence
 from .manifest_check import check_manifest_files
 from .pieces import V1PieceLane, V2PieceLane, read_items, v1_failures, v2_failures
 from .report import FileRecord, VerifyReport
+from .signature import Trust
 
 
 def disk_files(root: Path) -> list[str]:
@@ -44,12 +45,14 @@ def verify_release(
     *,
     name: str | None = None,
     info_hash: str | None = None,
+    trust: Trust | None = None,
     progress: ProgressCallback = ignore_progress,
 ) -> VerifyReport:
     """Check a release folder; never raises for what it finds (the report holds it), only for unusable input.
 
     `info_hash` is the hash the user asked for (a magnet's, or the one the store recorded when it fetched the
-    release): the torrent is bound to it when the manifest names none."""
+    release): the torrent is bound to it when the manifest names none. `trust` names the signature to check (and
+    with which keys) against the sha256 of this same read; None: no signature is checked."""
     started = time.monotonic()
     root = Path(root)
     if not root.is_dir():
@@ -116,6 +119,10 @@ def verify_release(
         for rel, r in found.items()
         if r.size is not None
     ]
+    # the signature is checked against the sha256 this one read computed: no second pass over the files
+    signed = trust.check(sha256.digests) if trust is not None else None
+    if signed is not None:
+        findings.append(signed.finding)
     status = verdict(findings)
     magnet_ok = any(f.check == "magnet" and f.status == Status.OK for f in findings)
     pieces_ok = magnet_ok and bool(plan) and not any(f.check == "pieces" and f.status != Status.OK for f in findings)
@@ -136,6 +143,7 @@ def verify_release(
         checkpoint=checkpoint_doc,
         bound_to_magnet=pieces_ok and status != Status.UNSAFE,
         bound_to_publisher=published,
+        signature=signed.to_json() if signed else None,
     )
 
 

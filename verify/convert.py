@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from m7b.atomic import atomic_dir
 from m7b.dtypes import BY_NAME
 from m7b.errors import InvalidInputError, MismatchError, NotFoundError
@@ -32,6 +34,7 @@ from . import hf_layout, hf_tokenizer
 from .checkpoint import check_tensors
 from .checkpoint_index import MappedFile, TensorRecord, index_checkpoint, mapped, tensor_bytes
 from .license import APACHE_SPDX, canonical_text
+from .provenance import Source, write_provenance
 from .safetensors_out import FileRange, TensorOut, write_safetensors
 from .sums import format_sums
 from .tokenizer_model import load_sentencepiece
@@ -261,6 +264,7 @@ def run_convert(
     wait: bool = True,
     on_wait: LockWaitCallback = lambda holder: None,
     progress: ProgressCallback = ignore_progress,
+    sign_key: ec.EllipticCurvePrivateKey | None = None,
 ) -> Conversion:
     """Carry out `plan` holding the converted output's lock (a second writer waits, reporting the holder through
     `on_wait`, or without `wait` fails at once), reusing the checkpoint's sha256 from a passing verification report
@@ -282,6 +286,10 @@ def run_convert(
             progress=progress,
         )
         store.save_converted_record(result.out, converted_record(plan.label, name, result))
+        # the provenance (and, with `sign_key`, its OMS signature) travels with the folder (verify/provenance.py)
+        info_hash = release.info_hash or (release.manifest.torrent.info_hash if release.manifest else None)
+        source = Source(name, info_hash, result.source_sha256, "ok" if plan.verified else None)
+        write_provenance(result.out, plan.label, result.files, source, plan.layout, sign_key)
     return Conversion(plan.label, plan.verified, result)
 
 
@@ -310,12 +318,15 @@ def convert(
     on_wait: LockWaitCallback = lambda holder: None,
     progress: ProgressCallback = ignore_progress,
     on_note: NoteCallback = ignore_note,
+    sign_key: ec.EllipticCurvePrivateKey | None = None,
 ) -> Conversion:
     """Convert what `target` names as `m7b convert` does: `plan_convert`, then `run_convert`. `store` defaults to
     `Store.from_env()` (M7B_HOME)."""
     store = store or Store.from_env()
     plan = plan_convert(target, layout, store, out=out, on_note=on_note)
-    return run_convert(plan, store, max_shard_size=max_shard_size, wait=wait, on_wait=on_wait, progress=progress)
+    return run_convert(
+        plan, store, max_shard_size=max_shard_size, wait=wait, on_wait=on_wait, progress=progress, sign_key=sign_key
+    )
 
 
 def _native_tensor(record: TensorRecord, source: MappedFile) -> TensorOut:

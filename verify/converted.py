@@ -11,6 +11,7 @@ its self-consistency is shown, but the verdict says nothing vouches for it (exit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import struct
@@ -23,6 +24,7 @@ from m7b.dtypes import BY_NAME
 from m7b.errors import InvalidInputError, M7bError, MismatchError
 from m7b.locks import hold
 from m7b.manifests.architecture import Architecture, architecture_from_mapping, load_params
+from m7b.paths import path_problem
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.store import CONVERTED_RECORD, LAYOUTS, Store
 
@@ -30,7 +32,9 @@ from . import hf_layout
 from .checkpoint_index import index_checkpoint, mapped
 from .convert import CHECKPOINT, NATIVE_FILE, _ReadBack
 from .findings import Finding, Status, status_for, verdict
+from .provenance import CONVERTED_SIGNATURE, NOT_IN_SUMS, signed_source
 from .report import VerifyReport
+from .signature import SignatureCheck, Trust
 from .sums import parse_sums, verify_converted
 
 HF_INDEX = "model.safetensors.index.json"
@@ -49,8 +53,13 @@ class Placed:
     nbytes: int
 
 
-def verify_converted_folder(root: Path, store: Store, *, progress: ProgressCallback = ignore_progress) -> VerifyReport:
-    """Check the converted folder `root` against the store's record of it (see the module's docstring)."""
+def verify_converted_folder(
+    root: Path, store: Store, *, trust: Trust | None = None, progress: ProgressCallback = ignore_progress
+) -> VerifyReport:
+    """Check the converted folder `root` against the store's record of it (see the module's docstring). With
+    `trust` naming a signature (`provenance.sig`, written by `m7b convert --sign-key`), it is checked against the
+    sha256 of the same read; a valid one by a key the user trusts vouches for a folder the store has no record of,
+    and its provenance names the release it came from."""
     root = Path(root).resolve()
     record = store.converted_record(root)
     with ExitStack() as stack:
@@ -61,19 +70,126 @@ def verify_converted_folder(root: Path, store: Store, *, progress: ProgressCallb
             stack.enter_context(hold(store, lock, what, shared=True, purpose="verified", role="verify"))
         own = verify_converted(root, name=_label(root, record), progress=progress)
         findings = list(own.findings)
-        digests = {f.path: f.sha256 for f in own.files}
-        if record is None:
+        digests = {f.path: f.sha256 for f in own.files if f.path not in NOT_IN_SUMS}
+        signed = _signature(root, own, trust, vouched_by_record=record is not None)
+        provenance: dict[str, Any] | None = None
+        if signed is not None:
+            findings.append(signed.finding)
+            provenance, more = _provenance(store, signed, record)
+            findings += more
+        if record is None and not (signed and signed.verdict == "signed"):
             findings.append(_unvouched(store, root, own))
-        else:
+        elif record is not None:
             findings += _against_record(store, root, record, digests)
         recorded_layout = record.get("layout") if record else None
         kind = recorded_layout if isinstance(recorded_layout, str) else _guess_layout(root)
         placed, shape_findings = check_layout(root, kind)
         findings += shape_findings
-        source = _source_release(store, root, record)
+        source = _source_release(store, root, record) or _provenance_release(store, provenance)
         if placed is not None and source is not None and kind in LAYOUTS:
             findings += _against_source(store, root, str(kind), placed, source)
-    return replace(own, findings=findings, verdict=verdict(findings))
+    doc = signed.to_json() | {"provenance": provenance} if signed else None
+    return replace(own, findings=findings, verdict=verdict(findings), signature=doc)
+
+
+def _signature(root: Path, own: VerifyReport, trust: Trust | None, vouched_by_record: bool) -> SignatureCheck | None:
+    """The folder's signature checked against the sha256 of its files from the same read (SHA256SUMS, a few hundred
+    bytes, hashed on its own). A key the user did not name vouches for nothing: noted beside the store's record,
+    else the folder stays unvouched (exit 5)."""
+    if trust is None or (trust.signature is None and not trust.require):
+        return None
+    digests = {f.path: f.sha256 for f in own.files if f.sha256 and f.path != CONVERTED_SIGNATURE}
+    sums = root / CONVERTED_RECORD
+    if sums.is_file() and sums.stat().st_size <= MAX_JSON:
+        digests[CONVERTED_RECORD] = hashlib.sha256(sums.read_bytes()).hexdigest()
+    checked = trust.check(digests)
+    if checked.verdict == "unknown-key":
+        status = Status.NOTE if vouched_by_record else Status.UNVOUCHED
+        checked = replace(checked, finding=replace(checked.finding, status=status))
+    return checked
+
+
+def _provenance(
+    store: Store, signed: SignatureCheck, record: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, list[Finding]]:
+    """The signed provenance's source, checked against the store's record and the store's copy of that release."""
+    if signed.verdict != "signed":
+        return None, []
+    try:
+        source = signed_source(signed.predicate)
+    except M7bError as exc:
+        return None, [Finding("provenance", status_for(exc), str(exc))]
+    if source is None:
+        return None, [Finding("provenance", Status.NOTE, "the signature carries no provenance (not m7b's)")]
+    claimed = source.get("checkpoint_sha256")
+    out: list[Finding] = []
+    if record is not None and record.get("source_sha256") not in (None, claimed):
+        out.append(
+            Finding(
+                "provenance",
+                Status.MISMATCH,
+                f"the signed provenance says converted from checkpoint sha256 {claimed}, but m7b's record of this "
+                f"conversion says {record.get('source_sha256')}: the folder is not the one signed — convert again",
+            )
+        )
+    name = _provenance_release(store, source)
+    known = _verified_checkpoint(store, name) if name else None
+    if known is not None and known != claimed:
+        out.append(
+            Finding(
+                "provenance",
+                Status.MISMATCH,
+                f"the signed provenance says converted from a checkpoint with sha256 {claimed}, but release {name} "
+                f"in the store (info-hash {source.get('info_hash')}) has {known}: the folder was converted from "
+                "other weights than that release's — do not use it as that release",
+                detail={"expected": known, "found": claimed},
+            )
+        )
+    if not out:
+        out.append(
+            Finding(
+                "provenance",
+                Status.OK,
+                f"converted from release {source.get('release') or '?'} (info-hash {source.get('info_hash') or '?'}, "
+                f"checkpoint sha256 {claimed}, verify verdict {source.get('verify_verdict') or 'none'}) to "
+                f"{source.get('layout') or '?'}, signed by sha256:{signed.signer}",
+                detail=source,
+            )
+        )
+    return source, out
+
+
+def _provenance_release(store: Store, source: dict[str, Any] | None) -> str | None:
+    """The store release a signed provenance names: by the info-hash it records, else by name."""
+    if not source:
+        return None
+    info_hash, name = source.get("info_hash"), source.get("release")
+    recorded = store.recorded_releases()
+    by_hash = next((n for n, h in recorded.items() if info_hash and h == info_hash), None)
+    if by_hash is not None:
+        return by_hash
+    if not isinstance(name, str) or path_problem(name) is not None:
+        return None
+    try:
+        return name if name in recorded or store.release_dir(name).is_dir() else None
+    except M7bError:  # not a name the store could hold
+        return None
+
+
+def _verified_checkpoint(store: Store, name: str) -> str | None:
+    """The checkpoint's sha256 in the store's passing report of release `name` (None without one)."""
+    if not store.is_verified(name):
+        return None
+    try:
+        report = json.loads(store.report_path(name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = report.get("files") if isinstance(report, dict) else None
+    for entry in files if isinstance(files, list) else []:
+        if isinstance(entry, dict) and entry.get("path") == CHECKPOINT:
+            value = entry.get("sha256")
+            return value if isinstance(value, str) else None
+    return None
 
 
 def _label(root: Path, record: dict[str, Any] | None) -> str:

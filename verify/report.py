@@ -42,6 +42,7 @@ class VerifyReport:
     checkpoint: dict[str, Any] | None = None
     bound_to_magnet: bool = False
     bound_to_publisher: bool = False
+    signature: dict[str, Any] | None = None  # who signed and what the signature covers (verify/signature.py)
     checked_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     @property
@@ -67,5 +68,6 @@ class VerifyReport:
             "torrent": self.torrent,
             "license": self.license,
             "checkpoint": self.checkpoint,
+            "signature": self.signature,
             "findings": [f.to_json() for f in self.findings],
         }

@@ -15,6 +15,7 @@ from m7b.store import CONVERTED_RECORD
 from .check import disk_files
 from .digest import FileDigestLane, ReadItem, read_stream
 from .findings import Finding, Status, verdict
+from .provenance import CONVERTED_SIGNATURE, NOT_IN_SUMS
 from .report import FileRecord, VerifyReport
 
 _LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
@@ -71,7 +72,8 @@ def verify_converted(
     started = time.monotonic()
     root = Path(root)
     recorded = parse_sums(root / CONVERTED_RECORD)
-    on_disk = [rel for rel in disk_files(root) if rel != CONVERTED_RECORD]
+    # the provenance is read too (its signature covers it), the signature itself is not a file of the folder
+    on_disk = [rel for rel in disk_files(root) if rel not in (CONVERTED_RECORD, CONVERTED_SIGNATURE)]
     names = list(recorded) + [rel for rel in on_disk if rel not in recorded]
     lane = FileDigestLane("sha256")
     found = read_stream([ReadItem(rel, root / rel) for rel in names], [lane], progress=progress)
@@ -99,7 +101,7 @@ def verify_converted(
         else:
             findings.append(Finding("sums", Status.OK, f"{rel}: sha256 as recorded", rel))
     for rel in on_disk:
-        if rel not in recorded:
+        if rel not in recorded and rel not in NOT_IN_SUMS:
             findings.append(
                 Finding(
                     "sums",

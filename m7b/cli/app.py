@@ -48,6 +48,7 @@ COMMANDS: list[tuple[str, Callable[..., None]]] = [
 RELEASE_COMMANDS: list[tuple[str, Callable[..., None]]] = [
     ("synth", cli_release.synth),
     ("create", cli_release.create),
+    ("sign", cli_release.sign),
 ]
 
 

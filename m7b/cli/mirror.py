@@ -17,7 +17,16 @@ from m7b.progress import ProgressEvent
 from m7b.sizes import format_bytes, format_rate, parse_size
 from m7b.store import Store
 
-from .options import JsonLinesOption, ListenOption, LoopbackOption, PeerOption, note, seconds_option
+from .options import (
+    JsonLinesOption,
+    ListenOption,
+    LoopbackOption,
+    PeerOption,
+    PublicKeyOption,
+    SignatureOption,
+    note,
+    seconds_option,
+)
 from .render import emit_json, err, format_elapsed, report_lock_wait, show
 from .render_swarm import SeedDisplay, fetch_progress
 
@@ -84,14 +93,19 @@ def fetch_command(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="If another command is writing this release, fail at once (exit 8).")
     ] = False,
+    signature: SignatureOption = None,
 ) -> None:
-    """Download a release over BitTorrent, checking its metadata against its manifest before any data."""
+    """Download a release over BitTorrent, checking its metadata against its manifest before any data; its OMS
+    signature (--signature, else a .sig beside the .torrent or manifest) is kept with its torrent in the store."""
+    from m7b.atomic import write_bytes
     from m7b.errors import EXIT_INTERRUPTED
     from m7b.mirror.fetch import FilesInTheWayError, fetch, plan_fetch
+    from m7b.verify.release import signature_to_keep
 
     options = session_options(listen, no_dht, download_limit=parse_rate(download_limit, "--download-limit"))
     store = Store.from_env()
     plan = plan_fetch(source, store, dest=dest, on_note=note)
+    signed = signature_to_keep(plan.release, signature)  # a hostile one is refused before any data
     target = plan.target
     # the display closes (printing the state it stopped in) before an error or an interrupt is reported
     try:
@@ -124,6 +138,8 @@ def fetch_command(
             emit_json({"event": "interrupted", "info_hash": target.info_hash})
         err.print(f"interrupted: resume data saved; rerun `m7b fetch {source}` to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    if signed is not None:
+        write_bytes(store.signature_path(result.info_hash), signed)
     doc = result.to_json()
     show(doc, json_out, _print_fetched)
 
@@ -180,6 +196,15 @@ def seed_command(
             help="Serve a status page (/), /status.json and Prometheus /metrics on HOST:PORT (port 0 picks one).",
         ),
     ] = None,
+    require_signature: Annotated[
+        bool,
+        typer.Option(
+            "--require-signature",
+            help="Refuse a release whose OMS signature is missing or does not verify against its manifest's keys "
+            "(or --public-key).",
+        ),
+    ] = False,
+    public_key: PublicKeyOption = None,
 ) -> None:
     """Serve verified releases to the swarm until SIGINT/SIGTERM; refuse any release whose data fails a check."""
     from dataclasses import asdict
@@ -192,7 +217,9 @@ def seed_command(
         listen, no_dht, upload_limit=parse_rate(upload_limit, "--upload-limit"), max_connections=max_peers
     )
     store = Store.from_env()
-    resolved = seed_releases(releases, store, on_note=note)
+    resolved = seed_releases(
+        releases, store, on_note=note, require_signature=require_signature, public_keys=public_key or ()
+    )
     board = StatusBoard()
     server = open_status_server(board, status)  # before the recheck, so a busy port fails at once
     mirror = Mirror(resolved, store, options, trackers=tracker or ())

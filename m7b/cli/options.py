@@ -7,7 +7,8 @@ JSON, so that an error becomes a JSON document on stdout too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -111,6 +112,59 @@ LoopbackOption = Annotated[
     ),
 ]
 
+SignKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--sign-key",
+        metavar="KEY.pem",
+        help="Sign with this EC private key (PEM, as `openssl ecparam -genkey` writes it); an encrypted key's "
+        "passphrase is asked on a terminal, else read from M7B_SIGN_PASSPHRASE.",
+    ),
+]
+PublicKeyOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--public-key",
+        metavar="FILE",
+        help="A PEM public key you trust to sign this (repeatable), besides the keys the manifest names.",
+    ),
+]
+SignatureOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--signature",
+        metavar="FILE",
+        help="The OMS signature to check (default: DIR.sig beside the folder, else the store's copy).",
+    ),
+]
+RequireSignatureOption = Annotated[
+    bool,
+    typer.Option("--require-signature", help="Fail (exit 3) when there is no signature, not just report it."),
+]
+
+
+def signing_key(path: Path) -> Any:
+    """The EC private key at `path`; an encrypted one's passphrase from M7B_SIGN_PASSPHRASE, else asked on a
+    terminal (never from argv)."""
+    import getpass
+    import sys
+
+    from m7b.errors import InvalidInputError
+    from m7b.verify.signature import PASSPHRASE_ENV, load_signing_key, passphrase_from_env
+
+    try:
+        return load_signing_key(path, passphrase_from_env())
+    except InvalidInputError as exc:
+        if not exc.data.get("needs_passphrase"):
+            raise
+        if not sys.stdin.isatty():
+            raise InvalidInputError(
+                f"{path} is encrypted and there is no terminal to ask its passphrase on: set {PASSPHRASE_ENV}",
+                field="sign_key",
+            ) from exc
+        return load_signing_key(path, getpass.getpass(f"passphrase for {path}: "))
+
+
 # library parameter (an error's `field`/`fields` data) -> the flag that sets it
 FLAG_FOR: dict[str, str] = {
     "max_tokens": "--max-tokens",
@@ -126,6 +180,10 @@ FLAG_FOR: dict[str, str] = {
     "torrent": "--torrent",
     "window": "--window",
     "cpu_kernels": "--cpu-kernels",
+    "public_key": "--public-key",
+    "signature": "--signature",
+    "require_signature": "--require-signature",
+    "sign_key": "--sign-key",
 }
 
 

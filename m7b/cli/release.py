@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .options import JsonOption
+from .options import JsonOption, SignKeyOption, signing_key
 from .render import err, progress_bars, show
 
 
@@ -107,9 +107,19 @@ def create(
             "against params.json): only for a publisher who knows why m7b refuses it.",
         ),
     ] = False,
+    sign_key: SignKeyOption = None,
+    publisher_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--publisher-key",
+            metavar="FILE|sha256:HEX",
+            help="Another key the manifest names as the publisher's (repeatable): a PEM file or a fingerprint.",
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Make a deterministic .torrent, print its magnet, and write a manifest with size/sha256/md5 of every file."""
+    """Make a deterministic .torrent, print its magnet, and write a manifest with size/sha256/md5 of every file;
+    with --sign-key also DIR.sig, an OMS signature over exactly the release's files (its key named in the manifest)."""
     import datetime as dt
 
     from m7b.errors import InvalidInputError, MismatchError, UnsafeError
@@ -120,6 +130,8 @@ def create(
         release_date = dt.date.fromisoformat(date) if date else None
     except ValueError as exc:
         raise InvalidInputError(f"--date {date!r}: expected YYYY-MM-DD") from exc
+    key = signing_key(sign_key) if sign_key is not None else None
+    named = [_named_key(text) for text in publisher_key or ()]
     with progress_bars(enabled=not json_out) as progress, _inspection_hint(MismatchError, UnsafeError):
         made = create_release(
             folder,
@@ -134,6 +146,8 @@ def create(
             release_date=release_date,
             progress=progress,
             inspect=not no_inspect,
+            sign_key=key,
+            signing_keys=named,
         )
     from m7b.atomic import make_dirs
 
@@ -143,6 +157,9 @@ def create(
     manifest_path = out_dir / f"{made.meta.name}.toml"
     _write_output(torrent_path, made.torrent, force)
     _write_output(manifest_path, manifest_to_toml(made.manifest).encode(), force)
+    signature_path = out_dir / f"{made.meta.name}.sig" if made.signature is not None else None
+    if signature_path is not None and made.signature is not None:
+        _write_output(signature_path, made.signature, True)  # ECDSA signatures differ each time: always replaced
     doc = {
         "magnet": made.magnet,
         "info_hash_v1": made.meta.info_hash_v1,
@@ -153,6 +170,8 @@ def create(
         "total_size": made.meta.total_size,
         "torrent": str(torrent_path),
         "manifest": str(manifest_path),
+        "signature": str(signature_path) if signature_path else None,
+        "signing_keys": list(made.manifest.signing_keys),
         "warnings": list(HYBRID_CAVEATS.values()) if hybrid else [],
     }
     if hybrid and not json_out:
@@ -161,7 +180,61 @@ def create(
     show(doc, json_out, _print_created)
 
 
+def _named_key(text: str) -> str:
+    """A `--publisher-key`: a fingerprint as given, or the PEM of a public key file."""
+    from m7b.verify.signature import load_public_key, parse_fingerprint, public_pem
+
+    named = parse_fingerprint(text)
+    return f"sha256:{named}" if named else public_pem(load_public_key(Path(text)).key)
+
+
 def _print_created(doc: dict[str, Any]) -> None:
     err.print(f"torrent: {doc['torrent']} ({doc['pieces']} pieces of {doc['piece_length']:,} bytes)")
     err.print(f"manifest: {doc['manifest']}")
+    if doc.get("signature"):
+        err.print(f"signature: {doc['signature']}")
     typer.echo(doc["magnet"])
+
+
+def sign(
+    target: Annotated[
+        str,
+        typer.Argument(metavar="NAME|DIR", help="A release in the store (see `m7b list`) or a release folder."),
+    ],
+    key: Annotated[
+        Path,
+        typer.Option(
+            "--key",
+            metavar="KEY.pem",
+            help="EC private key (PEM); an encrypted key's passphrase is asked on a terminal, else read from "
+            "M7B_SIGN_PASSPHRASE.",
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE", help="Where to write the signature (default: the store's copy, else DIR.sig beside DIR)."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing signature file.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Verify a release and, if it verifies, sign it (OMS): you vouch for exactly the files verify read."""
+    from m7b.errors import StorageError
+    from m7b.verify.release import sign_release
+
+    from .options import note
+
+    private = signing_key(key)
+    with progress_bars(enabled=not json_out) as progress:
+        try:
+            signed = sign_release(target, private, out=out, replace_existing=force, progress=progress, on_note=note)
+        except StorageError as exc:
+            raise StorageError(str(exc).replace("replace_existing (force)", "--force")) from exc
+    show(
+        signed.to_json(),
+        json_out,
+        lambda d: err.print(
+            f"signed {len(d['covered'])} files by sha256:{d['signer']}: {d['signature']}", highlight=False
+        ),
+    )

@@ -6,6 +6,7 @@ import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from m7b.errors import MismatchError
@@ -98,6 +99,10 @@ def run(
     config.validate()
     rt = _load(release, device, dtype)
     load_s = time.perf_counter() - started
+    from m7b.verify.provenance import provenance_line
+
+    if (said := provenance_line(rt.folder)) is not None and not json_out:
+        err.print(f"[cyan]provenance:[/cyan] {escape(said)}", highlight=False)
 
     def on_prepared(prepared: Any) -> None:
         err.print(

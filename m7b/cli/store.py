@@ -33,6 +33,20 @@ def manifest_document(m: Manifest) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if v not in (None, (), [])}
 
 
+def _key_label(text: str) -> str:
+    """A manifest's signing key as its fingerprint (a PEM key's computed; one that does not parse said so)."""
+    from m7b.errors import M7bError
+    from m7b.verify.signature import parse_fingerprint, public_key_from_pem
+
+    named = parse_fingerprint(text)
+    if named is not None:
+        return f"sha256:{named} (by fingerprint)"
+    try:
+        return f"sha256:{public_key_from_pem(text.encode(), 'the manifest').fingerprint} (PEM)"
+    except M7bError as exc:
+        return f"unusable ({exc})"
+
+
 WIDE_LIST = 120  # columns from which `m7b list` shows every column
 
 
@@ -186,6 +200,8 @@ def _print_manifest(m: Manifest, doc: dict[str, Any]) -> None:
     if m.checkpoint:
         c = m.checkpoint
         out.print(f"checkpoint: {c.tensors} tensors, {c.parameters:,} parameters, {c.dtype}", highlight=False)
+    for key in m.signing_keys:
+        out.print(f"signing key: {_key_label(key)}", highlight=False)
     for a in m.archives:
         out.print(
             f"archive: {a.name}" + "".join(f", {k} {getattr(a, k)}" for k in ("md5", "sha256", "url") if getattr(a, k)),

@@ -12,7 +12,17 @@ from m7b.errors import NotFoundError
 from m7b.sizes import format_bytes, format_rate
 from m7b.store import Store
 
-from .options import JsonOption, TargetArg, fail_after_document, note
+from .options import (
+    JsonOption,
+    PublicKeyOption,
+    RequireSignatureOption,
+    SignatureOption,
+    SignKeyOption,
+    TargetArg,
+    fail_after_document,
+    note,
+    signing_key,
+)
 from .render import err, out, progress_bars, report_lock_wait, show
 
 _STYLE = {
@@ -34,15 +44,28 @@ def verify(
     torrent: Annotated[
         Path | None, typer.Option(metavar="FILE", help=".torrent metadata (default: the store's, by info-hash).")
     ] = None,
+    signature: SignatureOption = None,
+    public_key: PublicKeyOption = None,
+    require_signature: RequireSignatureOption = False,
     json_out: JsonOption = False,
 ) -> None:
     """Prove a release is what its magnet and publisher named: torrent pieces, manifest digests, license
-    evidence, and a checkpoint inspected before anything is unpickled. A converted folder is checked against the
-    store's record of converting it, its layout and its source's tensors; one with no record is unvouched (exit 5)."""
+    evidence, and a checkpoint inspected before anything is unpickled; and who signed it (OMS, against the
+    manifest's keys or --public-key). A converted folder is checked against the store's record of converting it
+    (or a signature by a key you trust), its layout and its source's tensors; one with neither is unvouched (exit 5)."""
     from m7b.verify.release import verify as verify_target
 
     with progress_bars(enabled=not json_out) as progress:
-        verification = verify_target(target, manifest=manifest, torrent=torrent, progress=progress, on_note=note)
+        verification = verify_target(
+            target,
+            manifest=manifest,
+            torrent=torrent,
+            signature=signature,
+            public_keys=public_key or (),
+            require_signature=require_signature,
+            progress=progress,
+            on_note=note,
+        )
     show(verification.to_json(), json_out, _print_report)
     _fail_unless_ok(verification.report, json_out)
 
@@ -59,7 +82,8 @@ def _fail_unless_ok(report: Any, json_out: bool) -> None:
     more = f" (and {len(failures) - 1} more finding(s) above)" if len(failures) > 1 else ""
     # findings name the parameters that would fix them ("(torrent)"); the CLI words them as its flags
     message = f"verification failed ({report.verdict}): {worst.message}{more}"
-    fail_after_document(error(message, fields=("manifest", "torrent")), json_out)
+    fields = ("manifest", "torrent", "public_key", "signature", "require_signature")
+    fail_after_document(error(message, fields=fields), json_out)
 
 
 def _print_report(doc: dict[str, Any]) -> None:
@@ -83,6 +107,13 @@ def _print_report(doc: dict[str, Any]) -> None:
             f"{'yes' if doc['bound_to_publisher'] else 'no'}",
             highlight=False,
         )
+    signed = doc.get("signature")
+    if signed:
+        if signed["verdict"] == "signed":
+            said = f"signed by sha256:{signed['signer']} ({len(signed['covered'])} files covered)"
+        else:
+            said = signed["verdict"] + (f" ({signed['signature']})" if signed.get("signature") else "")
+        out.print(f"signature: {said}", highlight=False)
     if doc.get("report_path"):
         out.print(f"report: {doc['report_path']}", highlight=False)
 
@@ -107,16 +138,19 @@ def convert(
     max_shard_size: Annotated[
         str, typer.Option(metavar="SIZE", help="hf only: largest shard, e.g. 5GB or 500MB.")
     ] = "5GB",
+    sign_key: SignKeyOption = None,
     json_out: JsonOption = False,
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="If another command is writing this output, fail at once (exit 8).")
     ] = False,
 ) -> None:
-    """Convert a release to safetensors: streaming, deterministic, atomic, every tensor checked bit for bit."""
+    """Convert a release to safetensors: streaming, deterministic, atomic, every tensor checked bit for bit; with
+    provenance.json (what it came from, every output's sha256), signed (provenance.sig, OMS) with --sign-key."""
     from m7b.verify.convert import plan_convert, run_convert
 
     if target is None:
         raise NotFoundError("name a release (see `m7b list`) or a folder to convert")
+    key = signing_key(sign_key) if sign_key is not None else None
     store = Store.from_env()
     plan = plan_convert(target, to, store, out=out_dir, on_note=note)
     if not plan.verified and not json_out:
@@ -133,6 +167,7 @@ def convert(
             wait=not no_wait,
             on_wait=lambda holder: report_lock_wait(holder, json_out),
             progress=progress,
+            sign_key=key,
         )
     show(conversion.to_json(), json_out, lambda _: _print_conversion(plan.label, conversion.result))
 
@@ -149,6 +184,13 @@ def _print_conversion(label: str, result: Any) -> None:
     out.print(
         f"{result.tensors} tensors ({format_bytes(result.tensor_bytes)}) written and checked bit for bit in "
         f"{result.seconds:.1f} s; hashes in {result.out / 'SHA256SUMS'}",
+        highlight=False,
+    )
+    from m7b.verify.provenance import CONVERTED_SIGNATURE, PROVENANCE_FILE
+
+    signed = result.out / CONVERTED_SIGNATURE
+    out.print(
+        f"provenance: {result.out / PROVENANCE_FILE}" + (f"; signed: {signed}" if signed.is_file() else ""),
         highlight=False,
     )
 
