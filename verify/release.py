@@ -154,10 +154,8 @@ def release_trust(
         named = parse_fingerprint(text)
         if named is not None:
             fingerprints.append(named)
-        else:
-            assert manifest is not None
-            source = manifest.sources.get("signing", "the manifest")
-            keys.append(public_key_from_pem(text.encode(), f"the manifest's [signing] key ({source})"))
+        else:  # where the key came from is the manifest's `sources.signing`, shown by `m7b show`
+            keys.append(public_key_from_pem(text.encode(), "the manifest's [signing] key"))
     keys += _user_keys(public_keys)
     found = signature if signature is not None else find_signature(store, release)
     return Trust(found, tuple(keys), tuple(fingerprints), require)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Protocol, TypeGuard
 
 import typer
+from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from m7b import __version__
@@ -140,7 +141,7 @@ def _is_usage_error(exc: Exception) -> TypeGuard[_UsageError]:
 
 def _fail(state: CliState, message: str, exit_code: int, data: dict[str, Any] | None = None) -> None:
     """Report an error the way the output was asked for, and exit with its code."""
-    err.print(f"[red]error:[/red] {message}", highlight=False)  # the one line for people, always
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)  # the one line for people, always
     if state.json:
         doc = {"event": "error"} if state.stream else {}
         with contextlib.suppress(BrokenPipeError):  # the reader went away: the stderr line and exit code still tell

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from m7b.errors import M7bError
 from m7b.release import Release, resolve_release, skipped_manifests
@@ -204,7 +205,7 @@ def cli_message(exc: M7bError) -> str:
 
 def note(text: str) -> None:
     """A library note (`Release.note`: the text could have meant something else too) on stderr."""
-    err.print(f"[yellow]note:[/yellow] {text}", highlight=False)
+    err.print(f"[yellow]note:[/yellow] {escape(text)}", highlight=False)
 
 
 def warn_skipped_manifests(store: Store) -> list[dict[str, str]]:
@@ -212,7 +213,9 @@ def warn_skipped_manifests(store: Store) -> list[dict[str, str]]:
     a JSON document."""
     skipped = [{"path": str(s.path), "reason": s.reason} for s in skipped_manifests(store)]
     for s in skipped:
-        err.print(f"[yellow]warning:[/yellow] skipped manifest {s['path']}: {s['reason']}", highlight=False)
+        err.print(
+            f"[yellow]warning:[/yellow] skipped manifest {escape(s['path'])}: {escape(s['reason'])}", highlight=False
+        )
     return skipped
 
 
@@ -230,5 +233,5 @@ def fail_after_document(exc: M7bError, json_out: bool) -> None:
     --json that document is the answer, so the error goes to stderr only and stdout stays one document."""
     if not json_out:
         raise exc
-    err.print(f"[red]error:[/red] {cli_message(exc)}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(cli_message(exc))}", highlight=False)
     raise typer.Exit(exc.exit_code)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from m7b.errors import NotFoundError
@@ -87,12 +88,13 @@ def _fail_unless_ok(report: Any, json_out: bool) -> None:
 
 
 def _print_report(doc: dict[str, Any]) -> None:
-    table = Table(title=f"{doc['kind']} {doc['name'] or ''} ({doc['root']})")
+    table = Table(title=escape(f"{doc['kind']} {doc['name'] or ''} ({doc['root']})"))
     for col in ("check", "status", "finding"):
         table.add_column(col, overflow="fold")
     for f in doc["findings"]:
         style = _STYLE.get(f["status"], "")
-        table.add_row(f["check"], f"[{style}]{f['status']}[/{style}]", f["message"])
+        # findings name files, keys and manifest text from outside: shown as written, never read as rich markup
+        table.add_row(escape(f["check"]), f"[{style}]{f['status']}[/{style}]", escape(f["message"]))
     out.print(table)
     rate = f", {format_rate(doc['bytes_read'] / doc['seconds'])}" if doc["seconds"] > 0 else ""
     style = _STYLE.get(doc["verdict"], "")

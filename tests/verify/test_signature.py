@@ -121,6 +121,8 @@ def test_cli_verify_words_each_verdict_with_its_exit_code(cli, signed: Path, tmp
     ok = cli("verify", signed, "--json")
     assert ok.code == 0, ok.stderr
     assert json.loads(ok.stdout)["signature"]["verdict"] == "signed"
+    table = cli("verify", signed, env={"COLUMNS": "400"})
+    assert table.code == 0 and "the manifest's [signing] key" in table.stdout  # outside text is not rich markup
     other = make_key(tmp_path / "other.pem")
     sig = tmp_path / "elsewhere.sig"
     sig.write_bytes(
