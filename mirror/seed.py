@@ -132,6 +132,9 @@ def signed_by(store: Store, release: Release, public_keys: Sequence[Path] = ()) 
     digests = _reported_digests(store, release)
     if digests is None:
         report = verify(release, store, public_keys=public_keys, require_signature=True).report
+        if report.verdict != Status.OK:
+            worst = next(f for f in report.failures() if f.status == report.verdict)
+            raise error_for(report.verdict)(f"{release.name}: not served — it does not verify: {worst.message}")
         digests = {f.path: f.sha256 for f in report.files if f.sha256}
     checked = trust.check(digests)
     if checked.verdict != "signed" or checked.signer is None:

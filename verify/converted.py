@@ -77,7 +77,13 @@ def verify_converted_folder(
             findings.append(signed.finding)
             provenance, more = _provenance(store, signed, record)
             findings += more
-        if record is None and not (signed and signed.verdict == "signed"):
+        # a signature vouches for a folder the store has no record of only when it is valid, by a trusted key, and
+        # carries m7b's provenance that nothing contradicts (a release's own signature over the same files does not)
+        vouched = signed is not None and signed.verdict == "signed" and provenance is not None
+        vouched = vouched and not any(
+            f.check == "provenance" and f.status != Status.OK and f.status != Status.NOTE for f in findings
+        )
+        if record is None and not vouched:
             findings.append(_unvouched(store, root, own))
         elif record is not None:
             findings += _against_record(store, root, record, digests)
@@ -143,6 +149,17 @@ def _provenance(
                 f"in the store (info-hash {source.get('info_hash')}) has {known}: the folder was converted from "
                 "other weights than that release's — do not use it as that release",
                 detail={"expected": known, "found": claimed},
+            )
+        )
+    if not out and known is None:
+        out.append(
+            Finding(
+                "provenance",
+                Status.NOTE,
+                f"says converted from release {source.get('release') or '?'} (checkpoint sha256 {claimed}), signed by "
+                f"sha256:{signed.signer}; not checked: that release is not verified in this store — fetch and verify "
+                "it to check the claim",
+                detail=source,
             )
         )
     if not out:

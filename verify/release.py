@@ -17,6 +17,7 @@ from m7b.manifests.loader import NAME_RE, load_manifest
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.release import NoteCallback, Release, ignore_note, release_for, require_present
 from m7b.store import Store
+from m7b.torrent import load_torrent
 
 from .check import verify_release
 from .converted import CONVERTED_SIGNATURE, verify_converted_folder
@@ -113,17 +114,21 @@ def _user_keys(paths: Sequence[Path]) -> list[PublicKey]:
 
 
 def _source_keys(store: Store, folder: Path) -> list[PublicKey]:
-    """The signing keys of the release a converted folder's provenance names, as the user's own manifest of it
-    states them: a publisher who signs its conversions with its release key is trusted for them too. The claim
-    only picks which keys to try; the signature must still verify with one."""
+    """The signing keys of the release a converted folder's provenance names, as the store's manifest of it states
+    them: a publisher who signs its conversions with its release key is trusted for them too. The folder's claim
+    only picks which keys to try, and only a store release that verified counts (never a folder or manifest beside
+    the current directory, which whoever made the folder may have put there); the signature must still verify
+    with one, and its provenance's checkpoint must be that release's (`verify/converted.py`)."""
     name = provenance_release(folder)
     if name is None or not NAME_RE.match(name):
         return []
     try:
         release = release_for(name, store)
-        return list(release_trust(store, release).keys) if release.manifest else []
     except M7bError:
         return []
+    if not (release.in_store and release.manifest is not None and store.is_verified(release.name)):
+        return []
+    return list(release_trust(store, release).keys)
 
 
 def find_signature(store: Store, release: Release) -> Path | None:
@@ -237,7 +242,8 @@ def sign_release(
             f"{release.name} does not verify ({report.verdict}: {worst.message}); nothing was signed — a signature "
             "vouches only for a release that verifies"
         )
-    digests = {f.path: f.sha256 for f in report.files if f.sha256}
+    named = _release_files(release)
+    digests = {f.path: f.sha256 for f in report.files if f.sha256 and (named is None or f.path in named)}
     name = release.folder.name
     data = sign_files(name, digests, key)
     info_hash = release.info_hash or (release.manifest.torrent.info_hash if release.manifest else None)
@@ -247,6 +253,16 @@ def sign_release(
         raise StorageError(f"{out} exists: pass replace_existing (force) to replace it", field="force")
     write_bytes(out, data)
     return Signing(out, fingerprint(key.public_key()), tuple(sorted(digests)), verification)
+
+
+def _release_files(release: Release) -> set[str] | None:
+    """The files the release is: its torrent's file list (pad files aside), else its manifest's; None when neither
+    says (a folder verified on its own). A file beside them that nothing names is not signed."""
+    if release.torrent is not None:
+        return {f.path for f in load_torrent(release.torrent)[1].files if not f.pad}
+    if release.manifest is not None and release.manifest.files:
+        return {f.path for f in release.manifest.files}
+    return None
 
 
 def signature_to_keep(release: Release, signature: Path | None = None) -> bytes | None:

@@ -459,6 +459,9 @@ def check_files(
     try:
         signed = read_signature(path)
         key = check_envelope(signed, keys)
+    except OSError as exc:  # an unreadable file (permissions, I/O): the signature cannot be checked
+        why = f"{path}: cannot be read ({exc.strerror or exc}); make it readable or pass another (signature)"
+        return SignatureCheck("invalid", Finding("signature", Status.INVALID, why), signature=str(path))
     except (InvalidInputError, MismatchError, UnsafeError, NotFoundError) as exc:
         hint = exc.data.get("signer")
         if isinstance(exc, UnsafeError) and hint in named_by_fingerprint:

@@ -4,6 +4,7 @@ names the torrent release it came from — and catches a changed output and a sw
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -186,3 +187,53 @@ def test_a_conversion_signed_with_the_releases_own_key_needs_no_public_key(
     report = verify(str(copy), store).report
     assert report.verdict == Status.OK, [f.message for f in report.failures()]
     assert "the manifest's [signing] key" in _finding(report, "signature").message
+
+
+@pytest.mark.slow
+def test_a_manifest_beside_the_current_directory_never_vouches_for_a_copy(  # type: ignore[no-untyped-def]
+    signed_output, tiny_release_src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile copy names a release its maker published next to it (`./tiny-test` and `tiny-test.toml` whose
+    [signing] key is the maker's): only a verified store release's manifest may lend its keys, so it stays
+    unvouched in a store that does not hold that release."""
+    from m7b.manifests.writer import manifest_to_toml
+    from m7b.mirror.create import create_release
+
+    _, out, _ = signed_output
+    attacker = make_key(tmp_path / "attacker.pem")
+    here = tmp_path / "cwd"
+    shutil.copytree(tiny_release_src, here / "tiny-test")
+    made = create_release(here / "tiny-test", inspect=False, sign_key=load_signing_key(attacker))
+    (here / "tiny-test.toml").write_text(manifest_to_toml(made.manifest))  # as `m7b release create` leaves them
+    (here / "tiny-test.torrent").write_bytes(made.torrent)
+    copy = Path(shutil.copytree(out, tmp_path / "copied" / "native"))
+    from m7b.verify.signature import sign_files
+
+    digests = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in copy.iterdir() if p.name != CONVERTED_SIGNATURE
+    }
+    (copy / CONVERTED_SIGNATURE).write_bytes(sign_files(copy.name, digests, load_signing_key(attacker)))
+    monkeypatch.chdir(here)
+    report = verify(str(copy), Store(tmp_path / "empty-home")).report
+    assert report.verdict == Status.UNVOUCHED and report.exit_code == 5, [f.message for f in report.findings]
+
+
+@pytest.mark.slow
+def test_a_signature_without_m7b_provenance_does_not_vouch_for_a_converted_folder(  # type: ignore[no-untyped-def]
+    signed_output, tmp_path: Path
+) -> None:
+    """A valid OMS signature by a trusted key over exactly the folder's files, but no conversion provenance (a
+    release signature, or another tool's): it says nothing of where the weights came from, so the copy stays
+    unvouched."""
+    from m7b.verify.signature import sign_files
+
+    store, out, _ = signed_output
+    copy = Path(shutil.copytree(out, tmp_path / "copied" / "native"))
+    other = make_key(tmp_path / "other.pem")
+    digests = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in copy.iterdir() if p.name != CONVERTED_SIGNATURE
+    }
+    (copy / CONVERTED_SIGNATURE).write_bytes(sign_files(copy.name, digests, load_signing_key(other)))
+    report = verify(str(copy), store, public_keys=[other.with_suffix(".pub")]).report
+    assert _finding(report, "signature").message.startswith("signed by sha256:")
+    assert report.verdict == Status.UNVOUCHED and report.exit_code == 5, [f.message for f in report.findings]

@@ -237,3 +237,15 @@ def test_a_key_the_manifest_names_by_fingerprint_needs_its_public_key(
     assert finding.status == Status.MISSING and "by fingerprint only: give its public key" in finding.message
     given = verify(str(tiny_release), Store(m7b_home), public_keys=[key.with_suffix(".pub")]).report
     assert given.verdict == Status.OK and signature_finding(given).status == Status.OK
+
+
+def test_release_sign_never_signs_a_file_the_release_does_not_name(tiny_release: Path, key: Path, m7b_home: Path):
+    """A file dropped beside the release's files is only a note to verify; a mirror's signature must not cover it."""
+    publish(tiny_release, None)
+    (tiny_release / "dropped.py").write_text("print('hi')\n")
+    signing = sign_release(str(tiny_release), load_signing_key(key), Store(m7b_home))
+    assert signing.verification.report.verdict == Status.OK
+    assert "dropped.py" not in signing.covered and set(signing.covered) == {
+        p.name for p in tiny_release.iterdir() if p.name != "dropped.py"
+    }
+    assert "dropped.py" not in read_signature(signing.path).resources
