@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from m7b.atomic import write_text
+from m7b.atomic import write_bytes, write_text
 from m7b.errors import StorageError
 from m7b.manifests.schema import Manifest
 from m7b.owned import own_dir
@@ -174,6 +174,13 @@ class Store:
     def signature_path(self, info_hash: str) -> Path:
         """The release's signature (OMS), kept beside its torrent."""
         return self.torrents_dir / f"{info_hash.lower()}.sig"
+
+    def save_signature(self, info_hash: str, data: bytes) -> Path:
+        """Keep a release's signature beside its torrent (`signature_path`), never through a link in the store."""
+        path = self.signature_path(info_hash)
+        self.ensure_dir(path.parent)
+        write_bytes(path, data)
+        return path
 
     def resume_path(self, info_hash: str) -> Path:
         return self.resume_dir / f"{info_hash.lower()}.fastresume"

@@ -227,7 +227,7 @@ def fetch_release(
         on_wait=on_wait,
     )
     if signed is not None:
-        write_bytes(store.signature_path(result.info_hash), signed)
+        store.save_signature(result.info_hash, signed)
     return result
 
 

@@ -247,11 +247,15 @@ def sign_release(
     name = release.folder.name
     data = sign_files(name, digests, key)
     info_hash = release.info_hash or (release.manifest.torrent.info_hash if release.manifest else None)
+    in_store = out is None and release.in_store and info_hash is not None
     if out is None:
-        out = store.signature_path(info_hash) if release.in_store and info_hash else signature_beside(release.folder)
+        out = store.signature_path(info_hash) if in_store and info_hash else signature_beside(release.folder)
     if out.exists() and not replace_existing:
         raise StorageError(f"{out} exists: pass replace_existing (force) to replace it", field="force")
-    write_bytes(out, data)
+    if in_store and info_hash:
+        store.save_signature(info_hash, data)  # through the store's own folders, never a link
+    else:
+        write_bytes(out, data)
     return Signing(out, fingerprint(key.public_key()), tuple(sorted(digests)), verification)
 
 

@@ -167,11 +167,14 @@ def _on_signals(state: CliState) -> None:
     install their own handlers while they run (they save resume data first) and restore these after."""
 
     def handler(signum: int, frame: object) -> None:
+        if state.interrupted_by is not None:  # already unwinding: let the cleanup finish (SIGKILL still ends it)
+            return
         state.interrupted_by = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # a command started ignoring it (nohup, `cmd &`) still does
+            signal.signal(signum, handler)
 
 
 def _interrupted(state: CliState) -> None:

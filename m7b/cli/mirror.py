@@ -97,7 +97,6 @@ def fetch_command(
 ) -> None:
     """Download a release over BitTorrent, checking its metadata against its manifest before any data; its OMS
     signature (--signature, else a .sig beside the .torrent or manifest) is kept with its torrent in the store."""
-    from m7b.atomic import write_bytes
     from m7b.errors import EXIT_INTERRUPTED
     from m7b.mirror.fetch import FilesInTheWayError, fetch, plan_fetch
     from m7b.verify.release import signature_to_keep
@@ -139,7 +138,7 @@ def fetch_command(
         err.print(f"interrupted: resume data saved; rerun `m7b fetch {source}` to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if signed is not None:
-        write_bytes(store.signature_path(result.info_hash), signed)
+        store.save_signature(result.info_hash, signed)
     doc = result.to_json()
     show(doc, json_out, _print_fetched)
 

@@ -95,6 +95,9 @@ def test_store_folders_below_the_home_must_not_be_links_but_the_home_may_be(tmp_
     (real / "reports").symlink_to(target)
     with pytest.raises(LinkInTheWayError, match="reports"):
         store.save_report("tiny", {"verdict": "ok"})
+    (real / "torrents").symlink_to(target)  # a release's signature is kept beside its torrent: never through a link
+    with pytest.raises(LinkInTheWayError, match="torrents"):
+        store.save_signature("ab" * 20, b"{}")
     assert sorted(p.name for p in target.iterdir()) == ["file"]
 
 
