@@ -61,7 +61,7 @@ def seeder(kind: str, folder: Path, torrent: Path) -> Iterator[tuple[int, int]]:
     if kind == "m7b":
         home = folder.parent / f"seed-home-{os.getpid()}"
         shutil.rmtree(home, ignore_errors=True)
-        args = [*M7B, "seed", str(folder), "--no-dht", "--listen", "127.0.0.1:0", "--json", "--interval", "1"]
+        args = [*M7B, "seed", str(folder), "--loopback", "--listen", "127.0.0.1:0", "--json", "--interval", "1"]
         env = {**os.environ, "M7B_HOME": str(home)}
         ready = lambda d: d.get("releases") and d["releases"][0]["state"] == "seeding"  # noqa: E731
     else:
@@ -87,7 +87,7 @@ def fetch_command(client: str, magnet: str, dest: Path, peer: int | None) -> tup
             magnet,
             "--dest",
             str(dest / "data"),
-            "--no-dht",
+            "--loopback",
             "--listen",
             "127.0.0.1:0",
             "--json",

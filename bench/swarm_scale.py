@@ -158,7 +158,7 @@ def leecher_command(client: str, host: Host, torrent: Path, work: Path) -> list[
         aria2 = ["--seed-time=0", "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false"]
         aria2 += [f"--listen-port={SEED_PORT}", "--file-allocation=none", "--console-log-level=error", "--quiet"]
         return host.cmd("aria2c", "-d", copy, *aria2, str(torrent))
-    fetch = ["--no-dht", "--listen", f"{host.ip}:{SEED_PORT}", "--dest", copy, "--timeout", "300", "--json"]
+    fetch = ["--loopback", "--listen", f"{host.ip}:{SEED_PORT}", "--dest", copy, "--timeout", "300", "--json"]
     return m7b(host, work / host.netns, "fetch", str(torrent), *fetch)
 
 
@@ -194,7 +194,7 @@ def torrent_run(
             work / "seed-home",
             "seed",
             str(release),
-            "--no-dht",
+            "--loopback",
             "--listen",
             f"{ORIGIN_IP}:{SEED_PORT}",
             "--json",

@@ -9,7 +9,9 @@
                                       how a release fetched without a manifest is known by name)
     torrents/<infohash>.torrent       metadata, once resolved
     torrents/<infohash>.sig           the release's OMS signature, kept with its torrent (fetch, `release sign`)
-    resume/<infohash>.fastresume      libtorrent resume data
+    resume/<infohash>.fastresume      libtorrent resume data of the store's copy
+    resume/<infohash>-<key>.fastresume   the same for a copy in another folder (`--dest`; key: of its resolved path)
+    dht/state                         the DHT's routing table and node id, so the next session starts knowing nodes
     converted/<name>/{native,hf}/     safetensors outputs, each with its SHA256SUMS
     converted-records/<key>.json      m7b's own record of each output convert wrote (its files' sha256, its source),
                                       keyed by the output folder's resolved path: what `verify` trusts, not SHA256SUMS
@@ -52,6 +54,14 @@ class ReleaseState(enum.StrEnum):
 def partial_dir_for(folder: Path) -> Path:
     """Where a download into `folder` (in the store or a --dest) lives until every piece has passed its hash."""
     return folder.parent / f".{folder.name}.partial"
+
+
+def folder_key(folder: Path | None) -> str:
+    """What tells apart the resume data of two copies of one torrent: "" for the store's own copy, else "-" and 16
+    hex digits of the sha256 of the folder's resolved path."""
+    if folder is None:
+        return ""
+    return "-" + hashlib.sha256(str(Path(folder).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def incomplete_marker_for(folder: Path) -> Path:
@@ -164,9 +174,10 @@ class Store:
         """Where a download lives until every piece has passed its hash."""
         return partial_dir_for(self.release_dir(name))
 
-    def completion_path(self, info_hash: str) -> Path:
-        """m7b's record of a completed, hash-checked download (files with their sizes and mtimes)."""
-        return self.resume_dir / f"{info_hash.lower()}.complete.json"
+    def completion_path(self, info_hash: str, folder: Path | None = None) -> Path:
+        """m7b's record of a completed, hash-checked download (files with their sizes and mtimes) in `folder`
+        (None: the store's own copy)."""
+        return self.resume_dir / f"{info_hash.lower()}{folder_key(folder)}.complete.json"
 
     def torrent_path(self, info_hash: str) -> Path:
         return self.torrents_dir / f"{info_hash.lower()}.torrent"
@@ -182,8 +193,13 @@ class Store:
         write_bytes(path, data)
         return path
 
-    def resume_path(self, info_hash: str) -> Path:
-        return self.resume_dir / f"{info_hash.lower()}.fastresume"
+    def resume_path(self, info_hash: str, folder: Path | None = None) -> Path:
+        """libtorrent's resume data of the copy in `folder` (None: the store's own copy)."""
+        return self.resume_dir / f"{info_hash.lower()}{folder_key(folder)}.fastresume"
+
+    @property
+    def dht_state_path(self) -> Path:
+        return self.home / "dht" / "state"
 
     def converted_root(self, name: str) -> Path:
         """Every converted output of release `name` (one folder per layout)."""

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,16 @@ from m7b.magnet import Magnet, parse_magnet, parse_peer
 from m7b.manifests.schema import Manifest
 from m7b.owned import own_dir, refuse_link, refuse_links_below, refuse_links_in, remove_own, touch_own
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
-from m7b.release import NoteCallback, Release, ignore_note, release_for
+from m7b.release import NoteCallback, Release, ignore_note, name_for_hash, release_for, slug
 from m7b.space import check_room, room_for
 from m7b.store import Store, incomplete_marker_for, partial_dir_for
 from m7b.torrent import TorrentMeta, load_torrent, meta_from_info
 from m7b.verify.manifest_check import check_published_digests
 from m7b.verify.release import signature_to_keep
 
+from .dht import DhtAnnouncer, load_dht_state, save_dht_state
 from .layout import check_against_manifest, files_not_in_place, renamed_files
-from .resume import load_resume, record_complete, save_resume, still_complete
+from .resume import copy_folder, load_resume, record_complete, save_resume, still_complete
 from .session import SessionOptions, make_session
 from .sources import SourceWatch
 
@@ -225,6 +227,7 @@ def fetch_release(
         repair=repair,
         wait=wait,
         on_wait=on_wait,
+        on_note=on_note,
     )
     if signed is not None:
         store.save_signature(result.info_hash, signed)
@@ -256,8 +259,13 @@ class _Download:
         progress: ProgressCallback,
         *,
         repair: bool,
+        locks: ExitStack | None = None,
+        on_note: NoteCallback = ignore_note,
     ) -> None:
         self.target, self.store, self.final, self.progress = target, store, final, progress
+        self.locks, self.on_note = locks or ExitStack(), on_note
+        self.moving = False  # the storage is being moved to the release's own name (see `take_torrent_name`)
+        self.old_partial: Path | None = None
         self.partial = partial_dir_for(final)
         self.marker = incomplete_marker_for(final)
         self.in_place = final.is_dir() and any(final.iterdir())
@@ -265,7 +273,10 @@ class _Download:
         self.repair = repair or final == store.release_dir(target.name)
         self.save_path = final if self.in_place else self.partial
         self.options = options
+        if options.dht and options.dht_state is None:
+            options = dataclasses.replace(options, dht_state=load_dht_state(store))
         self.session = make_session(options)
+        self.dht = DhtAnnouncer(options.dht)
         self.started = time.monotonic()
         self.sources: SourceWatch | None = None
         self.known_peers: list[str] = []
@@ -281,7 +292,7 @@ class _Download:
         refuse_links_in(self.save_path, "write the download")  # libtorrent opens by name: a link inside would lead out
         if t.torrent is not None:
             self.meta = self._accept(t.torrent)
-        resume = load_resume(self.store, t.info_hash)
+        resume = load_resume(self.store, t.info_hash, self.final)
         if (
             resume is not None
             and self.in_place
@@ -302,6 +313,7 @@ class _Download:
             trackers += t.manifest.torrent.trackers
             seeds += t.manifest.torrent.web_seeds
         atp.trackers = list(dict.fromkeys(trackers))
+        atp.tracker_tiers = list(range(len(atp.trackers)))  # each its own tier: all are announced to at once
         atp.url_seeds = list(dict.fromkeys(seeds))
         atp.save_path = str(self.save_path)
         flags = (atp.flags | lt.torrent_flags.update_subscribe) & ~lt.torrent_flags.auto_managed
@@ -326,6 +338,7 @@ class _Download:
         if t.torrent is None and atp.url_seeds and not self._peer_sources(atp.trackers):
             raise NoMetadataSourceError(t.info_hash, list(atp.url_seeds))
         self.handle = self.session.add_torrent(atp)
+        self.dht.watch(self.handle)
         self.sources = SourceWatch.of(self.handle)
         for peer in self.known_peers:
             self.handle.connect_peer(parse_peer(peer))
@@ -387,10 +400,60 @@ class _Download:
         if existing:
             raise FilesInTheWayError(self.final, existing)
 
+    def named_by_hash(self) -> bool:
+        """A store release known only by its info-hash so far: a bare magnet, no manifest, no record."""
+        t = self.target
+        in_store = self.final == self.store.release_dir(t.name) and not self.in_place
+        return in_store and t.name == slug(t.info_hash) and t.manifest is None
+
+    def take_torrent_name(self, ti: lt.torrent_info) -> None:
+        """A bare magnet's release takes the torrent's name once the metadata arrives (with the info-hash's first 8
+        digits when another release has that name): its lock is taken, and the download, in upload mode, empty,
+        moves to that name's .partial folder before any file is renamed or written."""
+        t = self.target
+        base = slug(ti.name())
+        name = name_for_hash(self.store, t.info_hash, ti.name())
+        if name == t.name:
+            return
+        final = self.store.release_dir(name)
+        partial = partial_dir_for(final)
+        for path, what in ((final, "put the release's files"), (partial, "put the download")):
+            refuse_link(path, what)
+        for path in (self.store.release_lock(name), self.store.release_record_path(name)):
+            refuse_links_below(self.store.home, path)
+        self.locks.enter_context(hold(self.store, self.store.release_lock(name), f"release {name}", wait=False))
+        if final.exists() or partial.exists():
+            raise StorageError(
+                f"the torrent {t.info_hash} names itself {ti.name()!r}, but {final if final.exists() else partial} "
+                f"is already in the store without a record of it: move it away, or fetch with --dest"
+            )
+        clash = f" (a release named {base} with another info-hash is in the store)" if name != base else ""
+        self.on_note(f"the torrent {t.info_hash} names itself {ti.name()!r}: stored as {name}{clash}")
+        old_partial = self.partial
+        own_dir(partial, partial.parent)
+        self.target = dataclasses.replace(t, name=name)
+        self.final, self.partial, self.save_path = final, partial, partial
+        self.marker = incomplete_marker_for(final)
+        self.moving, self.old_partial = True, old_partial
+        self.handle.move_storage(str(partial), lt.move_flags_t.dont_replace)
+
+    def drop_old_partial(self) -> None:
+        """The .partial folder named by the info-hash, left empty by the move (nothing is written in upload mode)."""
+        if self.old_partial is not None:
+            with contextlib.suppress(OSError):
+                self.old_partial.rmdir()
+
     def on_metadata(self) -> None:
         ti = self.handle.torrent_file()
         assert ti is not None  # called on libtorrent's metadata_received_alert: the torrent has its metadata
+        if self.named_by_hash():
+            self.take_torrent_name(ti)
         self.meta = self._accept(ti)
+        if not self.moving:
+            self.rename_files()
+
+    def rename_files(self) -> None:
+        assert self.meta is not None
         renames = renamed_files(self.meta)
         self.pending_renames = set(renames)
         for index, path in renames.items():
@@ -406,11 +469,22 @@ class _Download:
             self.handle.unset_flags(lt.torrent_flags.upload_mode)
 
     def handle_alerts(self) -> None:
+        now = time.monotonic()
         for alert in self.session.pop_alerts():
+            self.dht.on_alert(alert, now)
             if self.sources is not None:
                 self.sources.on_alert(alert)
             if isinstance(alert, lt.metadata_received_alert):
                 self.on_metadata()
+            elif isinstance(alert, lt.storage_moved_alert) and self.moving:
+                self.moving = False
+                self.drop_old_partial()
+                self.rename_files()
+            elif isinstance(alert, lt.storage_moved_failed_alert) and self.moving:
+                raise StorageError(
+                    f"could not move the download to {self.save_path}: {alert.error.message()}; check the folder "
+                    "and rerun"
+                )
             elif isinstance(alert, lt.file_renamed_alert):
                 self.on_renamed(alert.index)
             elif isinstance(alert, lt.file_rename_failed_alert):
@@ -423,7 +497,7 @@ class _Download:
             elif isinstance(alert, lt.cache_flushed_alert):
                 self.flush_pending = False
             elif isinstance(alert, lt.save_resume_data_alert):
-                save_resume(self.store, self.target.info_hash, alert.params)
+                save_resume(self.store, self.target.info_hash, alert.params, self.final)
                 self.resume_pending = False
             elif isinstance(alert, lt.save_resume_data_failed_alert):
                 self.resume_pending = False
@@ -515,6 +589,7 @@ def fetch(
     repair: bool = False,
     wait: bool = True,
     on_wait: LockWaitCallback = lambda holder: None,
+    on_note: NoteCallback = ignore_note,
 ) -> FetchResult:
     """Download `target` into `dest` (default: the store's release folder); every piece is hash-checked.
 
@@ -525,18 +600,23 @@ def fetch(
     folder is the user's: a file of the release already there is refused (FilesInTheWayError, nothing changed)
     unless `repair`, or m7b's own record shows it wrote that copy. One command at a time writes a release (and
     its resume data): a second one waits, reporting the holder through `on_wait`, or without `wait` fails at once.
+    A release known only by its info-hash (a bare magnet) takes the torrent's name once the metadata arrives,
+    said through `on_note` (FetchResult.name is the name it got).
     """
     final = Path(dest) if dest is not None else store.release_dir(target.name)
     _refuse_links(target, store, final)
     if final.exists() and not final.is_dir():
         raise StorageError(f"{final} is a file, not a folder: choose a folder for the release's files")
-    with hold(
-        store,
-        store.release_lock(target.name),
-        f"release {target.name}",
-        wait=wait,
-        on_wait=on_wait,
-        should_stop=should_stop,
+    with (
+        hold(
+            store,
+            store.release_lock(target.name),
+            f"release {target.name}",
+            wait=wait,
+            on_wait=on_wait,
+            should_stop=should_stop,
+        ),
+        ExitStack() as locks,
     ):
         return _fetch_locked(
             target,
@@ -549,6 +629,8 @@ def fetch(
             progress,
             should_stop,
             repair,
+            locks,
+            on_note,
         )
 
 
@@ -561,8 +643,10 @@ def _refuse_links(target: FetchTarget, store: Store, final: Path) -> None:
         (incomplete_marker_for(final), "put its repair marker"),
     ):
         refuse_link(path, what)
-    in_store = [store.torrent_path(target.info_hash), store.resume_path(target.info_hash)]
-    in_store += [store.completion_path(target.info_hash), store.release_lock(target.name)]
+    copy = copy_folder(store, final)
+    in_store = [store.torrent_path(target.info_hash), store.resume_path(target.info_hash, copy)]
+    in_store += [store.completion_path(target.info_hash, copy), store.release_lock(target.name)]
+    in_store += [store.dht_state_path]
     if final == store.release_dir(target.name):
         in_store += [final, store.release_record_path(target.name)]
     for path in in_store:
@@ -580,6 +664,8 @@ def _fetch_locked(
     progress: ProgressCallback,
     should_stop: Callable[[], bool],
     repair: bool,
+    locks: ExitStack,
+    on_note: NoteCallback,
 ) -> FetchResult:
     if final == store.release_dir(target.name):
         store.ensure_dir(final.parent)
@@ -592,8 +678,7 @@ def _fetch_locked(
     if target.torrent is None and stored.is_file():
         # another command may have learnt the metadata while this one waited for the lock
         target = dataclasses.replace(target, torrent=load_torrent(stored)[0])
-    marker = incomplete_marker_for(final)
-    download = _Download(target, store, final, options, progress, repair=repair)
+    download = _Download(target, store, final, options, progress, repair=repair, locks=locks, on_note=on_note)
     created_partial = not download.partial.exists()
     start = time.monotonic()
     try:
@@ -609,6 +694,7 @@ def _fetch_locked(
                 raise KeyboardInterrupt
             download.session.wait_for_alert(200)
             download.handle_alerts()
+            download.dht.tick(time.monotonic())
             status = handle.status()
             phase = _phase(download, status)
             download.event(status, phase)
@@ -622,6 +708,8 @@ def _fetch_locked(
             ):
                 break
             problems = download.sources.problems() if download.sources else []
+            if not options.utp and status.num_peers == 0 and download.known_peers:
+                problems.append("uTP is off in the loopback profile: a peer that accepts only uTP cannot be reached")
             if status.total_wanted_done != last_done or phase == "checking":
                 last_change, last_done = now, status.total_wanted_done
             elif phase == "downloading" and download.only_failed_web_seeds_left(status):
@@ -654,10 +742,14 @@ def _fetch_locked(
         else:
             download.save_resume_now()
             download.session.pause()
+        download.drop_old_partial()
+        save_dht_state(store, download.session)
         raise
     status = handle.status()
     download.save_resume_now(wait=30.0)
     download.session.remove_torrent(handle)
+    save_dht_state(store, download.session)
+    target, final, marker = download.target, download.final, download.marker  # a bare magnet's: its new name
     meta = download.meta
     assert meta is not None
     wrong = files_not_in_place(meta, download.save_path)
@@ -673,10 +765,10 @@ def _fetch_locked(
             final.rmdir()  # an empty folder the user made for us
         _remove_empty_folders(download.partial)
         os.replace(download.partial, final)
-        resume = load_resume(store, target.info_hash)
+        resume = load_resume(store, target.info_hash, final)
         if resume is not None:
             resume.save_path = str(final)
-            save_resume(store, target.info_hash, resume)
+            save_resume(store, target.info_hash, resume, final)
     record_complete(store, meta, final)
     marker.unlink(missing_ok=True)
     progress(ProgressEvent("done", meta.total_size, meta.total_size, item=target.name))

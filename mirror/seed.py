@@ -25,8 +25,9 @@ from m7b.torrent import TorrentMeta, load_torrent, meta_from_info, store_hash
 from m7b.verify.findings import Status, error_for
 from m7b.verify.release import release_trust, verify
 
+from .dht import DhtAnnouncer, load_dht_state, save_dht_state
 from .layout import renamed_files
-from .resume import record_complete, save_resume, still_complete
+from .resume import copy_folder, record_complete, save_resume, still_complete
 from .session import SessionOptions, make_session
 from .sources import SourceWatch, TrackerStatus
 
@@ -184,7 +185,8 @@ def failing_files(release: SeedRelease, handle: lt.torrent_handle) -> list[str]:
 def _earlier_check(store: Store, release: SeedRelease, recorded: bool) -> dict[str, object]:
     """Where a trusted release's last piece-by-piece check comes from, and when it ran (the record's mtime)."""
     if recorded:
-        path, kind = store.completion_path(release.meta.info_hash), "record of a checked download"
+        path = store.completion_path(release.meta.info_hash, copy_folder(store, release.folder))
+        kind = "record of a checked download"
     else:
         path, kind = store.report_path(release.name), "verify report"
     try:
@@ -205,7 +207,10 @@ class Mirror:
         self._locks = ExitStack()  # held until close(): see `seeding`
         self._closed = False
         self._locks.enter_context(seeding(store, self.releases))
+        if options.dht and options.dht_state is None:
+            options = replace(options, dht_state=load_dht_state(store))
         self.session = make_session(options)
+        self.dht = DhtAnnouncer(options.dht)  # a mirror is found by a bare magnet alone, from its first minute
         self.handles: dict[str, lt.torrent_handle] = {}
         self.status: dict[str, ReleaseStatus] = {}
         self.sources: dict[str, SourceWatch] = {}
@@ -221,12 +226,14 @@ class Mirror:
             atp.save_path = str(release.folder)
             atp.renamed_files = renamed_files(release.meta)
             atp.trackers = list(dict.fromkeys([*release.meta.trackers, *trackers]))
+            atp.tracker_tiers = list(range(len(atp.trackers)))  # each its own tier: all are announced to at once
             flags = (atp.flags | lt.torrent_flags.upload_mode) & ~lt.torrent_flags.auto_managed
             flags &= ~lt.torrent_flags.paused
             if trusted:
                 flags |= lt.torrent_flags.seed_mode
             atp.flags = flags
             handle = self.session.add_torrent(atp)
+            self.dht.watch(handle)
             self.handles[release.name] = handle
             self.sources[release.name] = watch = SourceWatch.of(handle)
             self.status[release.name] = ReleaseStatus(
@@ -252,12 +259,15 @@ class Mirror:
 
     def poll(self) -> list[ReleaseStatus]:
         """Handle alerts, refuse releases that failed their check, and return every release's status."""
+        now = time.monotonic()
         for alert in self.session.pop_alerts():
             if isinstance(alert, lt.save_resume_data_alert):
-                save_resume(self.store, store_hash(alert.params.info_hashes), alert.params)
+                self._save_resume(alert.params)
             else:
+                self.dht.on_alert(alert, now)
                 for watch in self.sources.values():
                     watch.on_alert(alert)
+        self.dht.tick(now)
         for release in self.releases:
             current = self.status[release.name]
             if current.state == "refused":
@@ -319,12 +329,18 @@ class Mirror:
             self.session.wait_for_alert(100)
             for alert in self.session.pop_alerts():
                 if isinstance(alert, lt.save_resume_data_alert):
-                    save_resume(self.store, store_hash(alert.params.info_hashes), alert.params)
+                    self._save_resume(alert.params)
                     pending -= 1
                 elif isinstance(alert, lt.save_resume_data_failed_alert):
                     pending -= 1
+        save_dht_state(self.store, self.session)
         self.session.pause()
         self._locks.close()
+
+    def _save_resume(self, params: lt.add_torrent_params) -> None:
+        info_hash = store_hash(params.info_hashes)
+        folder = next((r.folder for r in self.releases if r.meta.info_hash == info_hash), Path(params.save_path))
+        save_resume(self.store, info_hash, params, folder)
 
 
 def serve(

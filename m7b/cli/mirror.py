@@ -18,9 +18,11 @@ from m7b.sizes import format_bytes, format_rate, parse_size
 from m7b.store import Store
 
 from .options import (
+    DhtBootstrapOption,
     JsonLinesOption,
     ListenOption,
     LoopbackOption,
+    NoDhtOption,
     PeerOption,
     PublicKeyOption,
     SignatureOption,
@@ -39,11 +41,49 @@ def parse_rate(text: str | None, option: str) -> int:
     return parse_size(text, option, "bytes per second, e.g. 500K or 20M")
 
 
-def session_options(listen: str | None, no_dht: bool, **changes: object) -> SessionOptions:
-    """--listen and --no-dht as the library's session options (m7b.mirror.session.session_options)."""
+def session_options(
+    listen: str | None,
+    loopback: bool,
+    *,
+    no_dht: bool = False,
+    dht_bootstrap: list[str] | None = None,
+    **changes: object,
+) -> SessionOptions:
+    """--listen, --loopback, --no-dht and --dht-bootstrap as the library's session options
+    (m7b.mirror.session.session_options)."""
+    from m7b.errors import InvalidInputError
     from m7b.mirror.session import session_options as options_for
 
-    return options_for(listen, loopback=no_dht, **changes)
+    if loopback and dht_bootstrap:
+        raise InvalidInputError("--dht-bootstrap joins the DHT, which --loopback turns off: give one of them")
+    if no_dht and dht_bootstrap:
+        raise InvalidInputError("--dht-bootstrap joins the DHT, which --no-dht turns off: give one of them")
+    return options_for(listen, loopback=loopback, dht=not no_dht, dht_bootstrap=dht_bootstrap or (), **changes)
+
+
+def rerun_command(ctx: typer.Context, **replaced: object) -> str:
+    """The command the user ran, as a shell line to paste: `m7b`, the command's name and every parameter given
+    (from the click context, so nothing typed is lost; `replaced` values stand in for what was typed)."""
+    import shlex
+
+    words = ["m7b", ctx.info_name or ""]
+    for param in ctx.command.params:
+        name = param.name
+        if not name:
+            continue
+        value = replaced.get(name, ctx.params.get(name))
+        source = ctx.get_parameter_source(name)
+        if name not in replaced and getattr(source, "name", "DEFAULT") == "DEFAULT":
+            continue
+        values = list(value) if isinstance(value, list | tuple) else [value]
+        if param.param_type_name == "argument":
+            words += [str(v) for v in values]
+        elif getattr(param, "is_flag", False):
+            words += [max(param.opts, key=len)] if value else []
+        else:
+            for v in values:
+                words += [max(param.opts, key=len), str(v)]
+    return shlex.join(words)
 
 
 @contextmanager
@@ -63,6 +103,7 @@ def stop_on_signals() -> Iterator[list[bool]]:
 
 
 def fetch_command(
+    ctx: typer.Context,
     source: Annotated[
         str,
         typer.Argument(
@@ -78,7 +119,9 @@ def fetch_command(
     peer: PeerOption = None,
     timeout: Annotated[float, seconds_option("Give up after this many seconds without metadata or data.")] = 120.0,
     listen: ListenOption = None,
-    no_dht: LoopbackOption = False,
+    loopback: LoopbackOption = False,
+    no_dht: NoDhtOption = False,
+    dht_bootstrap: DhtBootstrapOption = None,
     download_limit: Annotated[str | None, typer.Option(metavar="RATE", help="Max download rate, e.g. 20M.")] = None,
     resume_interval: Annotated[float, seconds_option("Seconds between resume-data saves.")] = 5.0,
     json_out: JsonLinesOption = False,
@@ -101,7 +144,13 @@ def fetch_command(
     from m7b.mirror.fetch import FilesInTheWayError, fetch, plan_fetch
     from m7b.verify.release import signature_to_keep
 
-    options = session_options(listen, no_dht, download_limit=parse_rate(download_limit, "--download-limit"))
+    options = session_options(
+        listen,
+        loopback,
+        no_dht=no_dht,
+        dht_bootstrap=dht_bootstrap,
+        download_limit=parse_rate(download_limit, "--download-limit"),
+    )
     store = Store.from_env()
     plan = plan_fetch(source, store, dest=dest, on_note=note)
     signed = signature_to_keep(plan.release, signature)  # a hostile one is refused before any data
@@ -129,13 +178,16 @@ def fetch_command(
                 repair=repair,
                 wait=not no_wait,
                 on_wait=lambda holder: report_lock_wait(holder, json_out),
+                on_note=note,
             )
     except FilesInTheWayError as exc:
         raise StorageError(f"{exc}: to repair it, rerun with --repair") from exc
     except KeyboardInterrupt:
+        # the whole command again (its --dest made absolute: the resume data is kept per destination folder)
+        again = rerun_command(ctx, **({"dest": dest.resolve()} if dest is not None else {}))
         if json_out:
-            emit_json({"event": "interrupted", "info_hash": target.info_hash})
-        err.print(f"interrupted: resume data saved; rerun `m7b fetch {source}` to continue")
+            emit_json({"event": "interrupted", "info_hash": target.info_hash, "rerun": again})
+        err.print(f"interrupted: resume data saved; rerun `{again}` to continue", highlight=False, markup=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if signed is not None:
         store.save_signature(result.info_hash, signed)
@@ -179,7 +231,9 @@ def seed_command(
         ),
     ],
     listen: ListenOption = None,
-    no_dht: LoopbackOption = False,
+    loopback: LoopbackOption = False,
+    no_dht: NoDhtOption = False,
+    dht_bootstrap: DhtBootstrapOption = None,
     upload_limit: Annotated[str | None, typer.Option(metavar="RATE", help="Max upload rate, e.g. 20M.")] = None,
     max_peers: Annotated[int, typer.Option(min=1, metavar="N", help="Max peer connections (at least 1).")] = 200,
     tracker: Annotated[
@@ -213,7 +267,12 @@ def seed_command(
     from m7b.mirror.status_server import open_status_server
 
     options = session_options(
-        listen, no_dht, upload_limit=parse_rate(upload_limit, "--upload-limit"), max_connections=max_peers
+        listen,
+        loopback,
+        no_dht=no_dht,
+        dht_bootstrap=dht_bootstrap,
+        upload_limit=parse_rate(upload_limit, "--upload-limit"),
+        max_connections=max_peers,
     )
     store = Store.from_env()
     resolved = seed_releases(

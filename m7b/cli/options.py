@@ -109,7 +109,21 @@ ListenOption = Annotated[
 LoopbackOption = Annotated[
     bool,
     typer.Option(
-        "--no-dht", help="No DHT, LSD, UPnP/NAT-PMP or uTP: trackers, web seeds and --peer only (local swarms, tests)."
+        "--loopback",
+        help="The loopback profile, for a swarm on one machine: no DHT, LSD, UPnP/NAT-PMP or uTP, several peers "
+        "per address; trackers, web seeds and --peer only (local swarms, tests).",
+    ),
+]
+NoDhtOption = Annotated[
+    bool, typer.Option("--no-dht", help="No DHT: peers come from trackers, LSD, web seeds and --peer only.")
+]
+DhtBootstrapOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dht-bootstrap",
+        metavar="HOST:PORT",
+        help="Join the DHT through this node (repeatable; default: the mainline routers). Nodes all on private or "
+        "loopback addresses make a private DHT: libtorrent's one-node-per-subnet rules are lifted.",
     ),
 ]
 
@@ -173,6 +187,7 @@ FLAG_FOR: dict[str, str] = {
     "top_p": "--top-p",
     "device": "--device",
     "peers": "--peer",
+    "listen": "--listen",
     "timeout": "--timeout",
     "tokenizer": "--tokenizer",
     "manifest_name": "--name",

@@ -15,7 +15,7 @@ from m7b.magnet import parse_magnet
 from m7b.torrent import parse_torrent
 
 HASH = "208b101a0f51514ecf285885a8b0f6fb1a1e4d7d"
-LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
+LOOPBACK = ("--loopback", "--listen", "127.0.0.1:0")
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 INFO = {b"name": b"tiny", b"piece length": 16384, b"pieces": b"\x01" * 20, b"length": 5}
 

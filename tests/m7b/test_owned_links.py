@@ -90,7 +90,7 @@ REFUSED = {
     "rm: converted/ (leads out of the store)": (["rm", NAME, "--yes"], "converted", "folder"),
     "rm: reports/ (leads out of the store)": (["rm", NAME, "--yes"], "reports", "folder"),
     "seed: locks/releases/NAME.lock": (
-        ["seed", NAME, "--no-dht", "--listen", "127.0.0.1:0"],
+        ["seed", NAME, "--loopback", "--listen", "127.0.0.1:0"],
         f"locks/releases/{NAME}.lock",
         "file",
     ),
@@ -208,7 +208,7 @@ def test_seed_refuses_a_completion_record_that_is_a_link(cli, m7b_home: Path, st
     link = plant(m7b_home / "resume" / f"{stored}.complete.json", victim / "params.json")
     before = digests(victim)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "m7b", "seed", NAME, "--no-dht", "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "m7b", "seed", NAME, "--loopback", "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

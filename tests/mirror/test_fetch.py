@@ -13,7 +13,7 @@ import libtorrent as lt
 import pytest
 from swarm import free_port, local_opentracker, plain_seeder, tree_digests, wait_for
 
-LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
+LOOPBACK = ("--loopback", "--listen", "127.0.0.1:0")
 
 
 def last_json(stdout: str) -> dict:

@@ -10,7 +10,7 @@ import json
 import pytest
 from swarm import plain_seeder, tree_digests
 
-LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
+LOOPBACK = ("--loopback", "--listen", "127.0.0.1:0")
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from swarm import plain_seeder, tree_digests
 
 from m7b.mirror.create import create_release
 
-LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
+LOOPBACK = ("--loopback", "--listen", "127.0.0.1:0")
 
 pytestmark = pytest.mark.slow  # each runs m7b as a user would, in processes of its own (3-8 s each here)
 

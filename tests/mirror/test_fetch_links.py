@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from swarm import plain_seeder, tree_digests
 
-LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0", "--timeout", "20")
+LOOPBACK = ("--loopback", "--listen", "127.0.0.1:0", "--timeout", "20")
 PRECIOUS = b'{"dim": 4096, "note": "my own params, not m7b\'s"}\n'
 
 

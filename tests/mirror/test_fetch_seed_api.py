@@ -17,7 +17,7 @@ from m7b.mirror.seed import open_mirror, seed_releases
 from m7b.mirror.session import SessionOptions, session_options
 from m7b.store import Store
 
-LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
+LOOPBACK = ("--loopback", "--listen", "127.0.0.1:0")
 TIMED = ("path", "seconds", "rate_mib_s")
 
 
@@ -26,10 +26,17 @@ def untimed(doc: dict) -> dict:
 
 
 def test_session_options_are_the_commands_flags() -> None:
-    assert session_options("127.0.0.1:0", loopback=True) == SessionOptions.loopback(listen="127.0.0.1:0")
+    assert session_options("127.0.0.1:0", loopback=True) == SessionOptions.loopback(
+        listen="127.0.0.1:0", strict_listen=True
+    )
     assert session_options(loopback=True).listen == "0.0.0.0:0"
-    assert session_options("0.0.0.0:7000", upload_limit=5) == SessionOptions(listen="0.0.0.0:7000", upload_limit=5)
+    assert session_options("0.0.0.0:7000", upload_limit=5) == SessionOptions(
+        listen="0.0.0.0:7000", upload_limit=5, strict_listen=True
+    )
     assert session_options() == SessionOptions()
+    # --no-dht turns off the DHT only; uTP, LSD and port mapping stay
+    assert session_options(dht=False) == SessionOptions(dht=False)
+    assert session_options(dht_bootstrap=["127.0.0.2:6881", " 127.0.0.2:6881"]).dht_bootstrap == ("127.0.0.2:6881",)
 
 
 def test_plan_fetch_of_a_folder_fetches_it_in_place(m7b_home: Path, publish) -> None:

@@ -13,7 +13,7 @@ from swarm import plain_seeder
 
 from m7b import space
 
-LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
+LOOPBACK = ("--loopback", "--listen", "127.0.0.1:0")
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import pytest
 from swarm import plain_seeder
 from test_seed import running_seed, stop
 
-LOOPBACK = ("--no-dht", "--listen", "127.0.0.1:0")
+LOOPBACK = ("--loopback", "--listen", "127.0.0.1:0")
 NAME = "kept-tiny-release-with-a-name-long-enough-to-be-cut-at-eighty-columns"
 
 
