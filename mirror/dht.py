@@ -3,14 +3,15 @@
 libtorrent announces a torrent to the DHT when it is added, which for a session just started is before the DHT
 knows a single node, and then not again for `dht_announce_interval` (15 minutes): a bare magnet fetched right
 after start-up would wait that long, and a fresh seed would not be found. `DhtAnnouncer` announces again every
-`FAST` seconds until the DHT's bootstrap completes, then at growing intervals until a DHT reply brings peers of
-the torrent (or `SETTLED` seconds pass), then leaves it to libtorrent's normal interval.
+`FAST` seconds until the DHT's routing table holds a node and for `BRISK` seconds after, then every `SLOW` seconds,
+until the torrent has a connected peer (or `SETTLED` seconds pass), then leaves it to libtorrent's interval.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import libtorrent as lt
 
@@ -19,8 +20,10 @@ from m7b.store import Store
 
 from .session import dht_state
 
-FAST = 2.0  # seconds between announces while the DHT has not bootstrapped
-SETTLED = 120.0  # after bootstrap, the growing intervals stop once this long has passed without a reply
+FAST = 2.0  # seconds between announces until the DHT has bootstrapped, and for `BRISK` seconds after
+BRISK = 30.0
+SLOW = 15.0  # then seconds between announces, until `SETTLED` seconds after the bootstrap
+SETTLED = 300.0
 
 
 def load_dht_state(store: Store) -> bytes | None:
@@ -42,38 +45,43 @@ def save_dht_state(store: Store, session: lt.session) -> None:
         write_bytes(store.dht_state_path, state)
 
 
+def routing_table_size(session: lt.session) -> int:
+    """How many nodes the session's DHT routing table holds (0 before the bootstrap answered)."""
+    state = dht_state(session)
+    doc: Any = lt.bdecode(state) if state else None
+    table = doc.get(b"dht state") if isinstance(doc, dict) else None
+    if not isinstance(table, dict):
+        return 0
+    return sum(len(table.get(key) or []) for key in (b"nodes", b"nodes6"))
+
+
 @dataclass
 class DhtAnnouncer:
-    """Re-announce the torrents of one session to the DHT until the DHT answers (see the module's docstring)."""
+    """Re-announce the torrents of one session to the DHT until the DHT answers (see the module's docstring): a
+    torrent stops being re-announced once it has a connected peer (a DHT reply counts itself among the peers, so
+    a reply alone proves nothing)."""
 
+    session: lt.session
     enabled: bool
     handles: list[lt.torrent_handle] = field(default_factory=list)
     bootstrapped_at: float | None = None
-    answered: set[str] = field(default_factory=set)  # info-hashes a DHT reply brought peers for
     _next: float = 0.0
-    _step: float = FAST
     count: int = 0  # announces this object asked for
 
     def watch(self, handle: lt.torrent_handle) -> None:
         self.handles.append(handle)
 
-    def on_alert(self, alert: lt.alert, now: float) -> None:
-        if isinstance(alert, lt.dht_bootstrap_alert) and self.bootstrapped_at is None:
-            self.bootstrapped_at = now
-            self._next, self._step = now, FAST  # the first announce that can reach anyone: now
-        elif isinstance(alert, lt.dht_reply_alert) and alert.num_peers > 0:
-            self.answered.add(str(alert.handle.info_hashes().get_best()))
-
     def tick(self, now: float) -> None:
         """Announce the torrents that still wait for the DHT, when their turn has come."""
         if not self.enabled or now < self._next:
             return
-        if self.bootstrapped_at is not None and now - self.bootstrapped_at > SETTLED:
+        if self.bootstrapped_at is None and routing_table_size(self.session) > 0:
+            self.bootstrapped_at = now  # the first announce that can reach anyone: now
+        since = now - self.bootstrapped_at if self.bootstrapped_at is not None else 0.0
+        if since > SETTLED:
             return
         for handle in self.handles:
-            if handle.is_valid() and str(handle.info_hashes().get_best()) not in self.answered:
+            if handle.is_valid() and handle.status().num_peers == 0:
                 handle.force_dht_announce()
                 self.count += 1
-        if self.bootstrapped_at is not None:
-            self._step = min(self._step * 2, 30.0)
-        self._next = now + self._step
+        self._next = now + (FAST if since <= BRISK else SLOW)

@@ -276,7 +276,7 @@ class _Download:
         if options.dht and options.dht_state is None:
             options = dataclasses.replace(options, dht_state=load_dht_state(store))
         self.session = make_session(options)
-        self.dht = DhtAnnouncer(options.dht)
+        self.dht = DhtAnnouncer(self.session, options.dht)
         self.started = time.monotonic()
         self.sources: SourceWatch | None = None
         self.known_peers: list[str] = []
@@ -469,9 +469,7 @@ class _Download:
             self.handle.unset_flags(lt.torrent_flags.upload_mode)
 
     def handle_alerts(self) -> None:
-        now = time.monotonic()
         for alert in self.session.pop_alerts():
-            self.dht.on_alert(alert, now)
             if self.sources is not None:
                 self.sources.on_alert(alert)
             if isinstance(alert, lt.metadata_received_alert):

@@ -210,7 +210,8 @@ class Mirror:
         if options.dht and options.dht_state is None:
             options = replace(options, dht_state=load_dht_state(store))
         self.session = make_session(options)
-        self.dht = DhtAnnouncer(options.dht)  # a mirror is found by a bare magnet alone, from its first minute
+        # a mirror is found by a bare magnet alone, from its first minute
+        self.dht = DhtAnnouncer(self.session, options.dht)
         self.handles: dict[str, lt.torrent_handle] = {}
         self.status: dict[str, ReleaseStatus] = {}
         self.sources: dict[str, SourceWatch] = {}
@@ -264,7 +265,6 @@ class Mirror:
             if isinstance(alert, lt.save_resume_data_alert):
                 self._save_resume(alert.params)
             else:
-                self.dht.on_alert(alert, now)
                 for watch in self.sources.values():
                     watch.on_alert(alert)
         self.dht.tick(now)
