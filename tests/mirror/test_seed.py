@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from swarm import tree_digests
 
+from m7b.store import Store
+
 LOOPBACK = ("--loopback", "--listen", "127.0.0.1:0")
 
 
@@ -84,7 +86,7 @@ def test_seed_serves_good_releases_and_refuses_an_altered_one(cli, m7b_home, pub
     uploaded = {r["name"]: r["uploaded"] for r in last_status["releases"]}
     assert uploaded["good-rel"] >= good.meta.total_size and uploaded["bad-rel"] == 0
     assert events[-1] == {"event": "stopped"}
-    assert (m7b_home / "resume" / f"{good.meta.info_hash}.fastresume").is_file()
+    assert Store(m7b_home).resume_path(good.meta.info_hash, good_dir).is_file()  # kept per folder served
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 from swarm import free_port, local_opentracker, plain_seeder, silent_tracker, tree_digests, wait_for
@@ -44,7 +45,7 @@ def test_aria2c_downloads_from_an_m7b_seed_through_a_udp_tracker(m7b_home, publi
         assert status["releases"][0]["state"] == "seeding"
         out = tmp_path / "aria2"
         result = subprocess.run(
-            [aria2c(), *aria2_udp(), f"--dht-file-path={tmp_path / 'dht.dat'}", "--seed-time=0", "--bt-stop-timeout=30", f"--dir={out}", str(pub.torrent)],
+            [*aria2_udp(tmp_path / "dht.dat"), "--seed-time=0", "--bt-stop-timeout=30", f"--dir={out}", pub.torrent],
             capture_output=True,
             text=True,
             timeout=60,
@@ -60,7 +61,8 @@ def test_m7b_fetches_from_an_aria2c_seeder_through_a_udp_tracker(cli, m7b_home, 
     peer_port = free_port()
     with local_opentracker(tmp_path / "tracker", [pub.meta.info_hash], port=port):
         seeder = subprocess.Popen(
-            [aria2c(), *aria2_udp(), f"--dht-file-path={tmp_path / 'dht.dat'}", "--seed-ratio=0.0", f"--listen-port={peer_port}", f"--dir={pub.folder.parent}",
+            [*aria2_udp(tmp_path / "dht.dat"), "--seed-ratio=0.0", f"--listen-port={peer_port}",
+             f"--dir={pub.folder.parent}",
              str(pub.torrent)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -75,13 +77,11 @@ def test_m7b_fetches_from_an_aria2c_seeder_through_a_udp_tracker(cli, m7b_home, 
     assert tree_digests(m7b_home / "releases" / done["name"]) == tree_digests(pub.folder)
 
 
-def aria2_udp() -> list[str]:
-    """aria2c's options with UDP trackers on: aria2 speaks UDP to trackers only through its DHT socket (its DHT
-    knows no node here: no entry point, a fresh dht.dat)."""
-    return [o for o in ARIA2 if not o.startswith("--enable-dht=")] + [
-        "--enable-dht=true",
-        f"--dht-listen-port={free_port()}",
-    ]
+def aria2_udp(work: Path) -> list[str]:
+    """aria2c with UDP trackers on: aria2 speaks UDP to trackers only through its DHT socket (its DHT knows no node
+    here: no entry point, a fresh dht.dat in `work`)."""
+    options = [o for o in ARIA2 if not o.startswith("--enable-dht=")]
+    return [aria2c(), *options, "--enable-dht=true", f"--dht-listen-port={free_port()}", f"--dht-file-path={work}"]
 
 
 def _listening(port: int) -> bool:
