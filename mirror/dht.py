@@ -45,14 +45,18 @@ def save_dht_state(store: Store, session: lt.session) -> None:
         write_bytes(store.dht_state_path, state)
 
 
-def routing_table_size(session: lt.session) -> int:
-    """How many nodes the session's DHT routing table holds (0 before the bootstrap answered)."""
-    state = dht_state(session)
+def state_nodes(state: bytes | None) -> int:
+    """How many nodes a saved DHT state (libtorrent's session params, as `dht_state` gives them) holds."""
     doc: Any = lt.bdecode(state) if state else None
     table = doc.get(b"dht state") if isinstance(doc, dict) else None
     if not isinstance(table, dict):
         return 0
     return sum(len(table.get(key) or []) for key in (b"nodes", b"nodes6"))
+
+
+def routing_table_size(session: lt.session) -> int:
+    """How many nodes the session's DHT routing table holds (0 before the bootstrap answered)."""
+    return state_nodes(dht_state(session))
 
 
 @dataclass

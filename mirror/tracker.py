@@ -1,4 +1,5 @@
-"""A real tracker on 127.0.0.1 for local swarms (demos, tests, benchmarks): Debian's opentracker.
+"""Trackers on 127.0.0.1 for local swarms (demos, tests, benchmarks): Debian's opentracker (HTTP and UDP on one
+port), and a dead one that accepts and never answers.
 
 Debian's build serves only whitelisted info-hashes. Run as root it chroots into its folder and drops to
 `nobody`, so the whitelist path is then relative to that folder.
@@ -11,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -58,3 +60,30 @@ def local_opentracker(folder: Path, info_hashes: Sequence[str], port: int = 0) -
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def silent_tracker() -> Iterator[str]:
+    """A tracker that is dead in the worst way: it accepts every connection and never answers. Yields its URL."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/announce"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        server.close()

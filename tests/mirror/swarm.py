@@ -14,17 +14,17 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import libtorrent as lt
 
 from m7b.mirror.layout import renamed_files
+from m7b.mirror.local_dht import PrivateDht, dht_state_nodes, private_dht
 from m7b.mirror.session import SessionOptions, make_session, settings
-from m7b.mirror.tracker import free_port, local_opentracker
+from m7b.mirror.tracker import free_port, local_opentracker, silent_tracker
 from m7b.torrent import load_torrent
 
-__all__ = ["free_port", "local_opentracker"]
+__all__ = ["PrivateDht", "dht_state_nodes", "free_port", "local_opentracker", "private_dht", "silent_tracker"]
 
 
 def tree_digests(folder: Path) -> dict[str, str]:
@@ -96,127 +96,6 @@ def plain_seeder(
 def udp_announce(http_announce: str) -> str:
     """The UDP announce URL of the opentracker whose HTTP announce URL is given (it serves both on one port)."""
     return http_announce.replace("http://", "udp://", 1)
-
-
-@contextlib.contextmanager
-def silent_tracker() -> Iterator[str]:
-    """A tracker that is dead in the worst way: it accepts every connection and never answers. Yields its URL."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                held.append(server.accept()[0])
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}/announce"
-    finally:
-        stop.set()
-        thread.join(5)
-        for conn in held:
-            conn.close()
-        server.close()
-
-
-@dataclass
-class PrivateDht:
-    """libtorrent DHT nodes on their own loopback addresses (127.0.0.2, .3, …), all joined through the first."""
-
-    nodes: list[lt.session]
-    bootstrap: str  # "127.0.0.2:PORT"
-
-    def seed(self, index: int, torrent: Path, folder: Path, *, reaches_out: bool = True) -> lt.torrent_handle:
-        """Node `index` seeds `folder`; returns once another node finds it through the DHT. Without `reaches_out`
-        it connects to no one (as if every leecher were behind a NAT): a leecher must find it."""
-        ti, meta = load_torrent(torrent)
-        if not reaches_out:
-            self.nodes[index].apply_settings({"enable_outgoing_tcp": False, "enable_outgoing_utp": False})
-        atp = lt.add_torrent_params()
-        atp.ti, atp.save_path, atp.renamed_files = ti, str(folder), renamed_files(meta)
-        atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
-        atp.flags |= lt.torrent_flags.upload_mode
-        handle = self.nodes[index].add_torrent(atp)
-        assert wait_for(lambda: handle.status().is_seeding), "the DHT seeder did not check its files"
-        assert self.finds(ti.info_hashes().v1, announce=handle), "no DHT node finds the seeder"
-        return handle
-
-    def wait_for_lookup(self, info_hash: str, timeout: float = 15, after: float = 0.0) -> float | None:
-        """Wait until some node is asked for peers of `info_hash` (a client's DHT lookup has reached the DHT) at
-        `after` (time.monotonic()) or later; the time it was asked, or None."""
-        wanted = lt.sha1_hash(bytes.fromhex(info_hash))
-        for node in self.nodes:
-            node.apply_settings({"alert_mask": int(lt.alert_category.dht)})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for node in self.nodes:
-                for alert in node.pop_alerts():
-                    now = time.monotonic()
-                    if isinstance(alert, lt.dht_get_peers_alert) and alert.info_hash == wanted and now >= after:
-                        return now
-            time.sleep(0.05)
-        return None
-
-    def finds(self, info_hash: lt.sha1_hash, announce: lt.torrent_handle | None = None, timeout: float = 15) -> bool:
-        """Whether the last node, asking the DHT, gets a peer for `info_hash` (re-announcing `announce` meanwhile)."""
-        probe = self.nodes[-1]
-        probe.apply_settings({"alert_mask": int(lt.alert_category.dht_operation)})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if announce is not None:
-                announce.force_dht_announce()
-            probe.dht_get_peers(info_hash)
-            until = time.monotonic() + 1
-            while time.monotonic() < until:
-                probe.wait_for_alert(100)
-                for alert in probe.pop_alerts():
-                    if isinstance(alert, lt.dht_get_peers_reply_alert) and alert.num_peers() > 0:
-                        return True
-        return False
-
-
-def _dht_node(host: str) -> lt.session:
-    """A DHT node on `host` with m7b's settings for a private DHT (the subnet rules lifted), no bootstrap router."""
-    options = SessionOptions(listen=f"{host}:0", lsd=False, port_mapping=False, dht_bootstrap=(f"{host}:1",))
-    return lt.session({**settings(options), "dht_bootstrap_nodes": ""})
-
-
-@contextlib.contextmanager
-def private_dht(count: int = 8) -> Iterator[PrivateDht]:
-    """`count` DHT nodes on 127.0.0.2 … 127.0.0.(count+1), joined through the first one; yields them once every
-    node knows another."""
-    nodes: list[lt.session] = []
-    for i in range(2, count + 2):
-        node = _dht_node(f"127.0.0.{i}")
-        for j, other in enumerate(nodes):  # as ordinary nodes (a bootstrap router is never in a routing table)
-            node.add_dht_node((f"127.0.0.{j + 2}", other.listen_port()))
-        nodes.append(node)
-    bootstrap = f"127.0.0.2:{nodes[0].listen_port()}"
-    try:
-        ready = wait_for(lambda: all(_dht_nodes(n) > 0 for n in nodes), 15, 0.1)
-        assert ready, "the private DHT did not form"
-        yield PrivateDht(nodes, bootstrap)
-    finally:
-        for node in nodes:
-            node.pause()
-
-
-def _dht_nodes(session: lt.session) -> int:
-    """The nodes in a session's DHT routing table (from its saved state)."""
-    return dht_state_nodes(lt.write_session_params_buf(session.session_state(lt.save_state_flags_t.save_dht_state)))
-
-
-def dht_state_nodes(state: bytes) -> int:
-    """How many nodes a saved DHT state (libtorrent's session params) holds."""
-    doc = lt.bdecode(state) or {}
-    table = doc.get(b"dht state", {})
-    return len(table.get(b"nodes", [])) + len(table.get(b"nodes6", []))
 
 
 def has_ipv6_loopback() -> bool:
