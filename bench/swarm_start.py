@@ -120,10 +120,10 @@ def plain_start(magnet: str, pack: dict[str, object], work: Path, late_seed: Cal
             session.pop_alerts()
             st = handle.status()
             now = time.monotonic() - started
-            if peer is None and st.num_peers > 0:
-                peer = now
             if st.total_payload_download > 0:
                 byte = now
+            if peer is None and (st.num_peers > 0 or byte is not None):  # a byte came from a peer
+                peer = now
     session.pause()
     shutil.rmtree(atp.save_path, ignore_errors=True)
     return Start(peer, byte)
