@@ -43,7 +43,7 @@ from m7b.torrent import load_torrent
 
 CAP = 20.0  # seconds a client is given to get its first byte
 
-LOOPBACK = {  # what a plain libtorrent client needs on a loopback swarm (as bench/plain_client.py)
+LOOPBACK: lt.settings_pack = {  # what a plain libtorrent client needs on a loopback swarm (as bench/plain_client.py)
     "listen_interfaces": "127.0.0.1:0",
     "enable_dht": False,
     "enable_lsd": False,
@@ -66,7 +66,7 @@ class Swarm:
     name: str
     magnet: str
     m7b: SessionOptions
-    plain: dict[str, Any]
+    plain: lt.settings_pack
     qbt: QBittorrent | None = None
     info_hash: str = ""
 
@@ -111,7 +111,7 @@ def _lateness(late_seed: Callable[[], None] | None) -> Iterator[None]:
     yield
 
 
-def plain_start(magnet: str, pack: dict[str, Any], work: Path, late_seed: Callable[[], None] | None) -> Start:
+def plain_start(magnet: str, pack: lt.settings_pack, work: Path, late_seed: Callable[[], None] | None) -> Start:
     started = time.monotonic()
     session = lt.session(pack)
     atp = lt.parse_magnet_uri(magnet)
@@ -191,7 +191,7 @@ class QBittorrent:
         self.proc.wait(30)
 
 
-def seeder(torrent: Path, folder: Path, pack: dict[str, Any], trackers: list[str]) -> lt.session:
+def seeder(torrent: Path, folder: Path, pack: lt.settings_pack, trackers: list[str]) -> lt.session:
     ti, meta = load_torrent(torrent)
     session = lt.session(pack)
     atp = lt.add_torrent_params()
@@ -205,7 +205,7 @@ def seeder(torrent: Path, folder: Path, pack: dict[str, Any], trackers: list[str
     return session
 
 
-def dht_client_pack(host: str, bootstrap: str) -> dict[str, Any]:
+def dht_client_pack(host: str, bootstrap: str) -> lt.settings_pack:
     return {
         "listen_interfaces": f"{host}:0",
         "enable_lsd": False,
