@@ -223,8 +223,9 @@ def fmt(value: float | None) -> str:
 
 
 def median(values: list[float | None]) -> float | None:
+    """The median of the runs that got there (None when none did)."""
     got = [v for v in values if v is not None]
-    return statistics.median(got) if len(got) == len(values) else None
+    return statistics.median(got) if got else None
 
 
 def run(swarm: Swarm, work: Path, repeats: int) -> dict[str, dict[str, float | None]]:
@@ -239,11 +240,18 @@ def run(swarm: Swarm, work: Path, repeats: int) -> dict[str, dict[str, float | N
             else:
                 assert swarm.qbt is not None
                 starts.append(swarm.qbt.start(swarm.magnet, swarm.info_hash, None))
-        figures[client] = {"peer": median([s.peer for s in starts]), "byte": median([s.byte for s in starts])}
+        got = sum(s.byte is not None for s in starts)
+        figures[client] = {
+            "peer": median([s.peer for s in starts]),
+            "byte": median([s.byte for s in starts]),
+            "runs_with_a_byte": got,
+            "runs": len(starts),
+        }
         runs = ", ".join(fmt(s.byte).strip() for s in starts)
         print(
             f"{swarm.name:24s} {client:6s} first peer {fmt(figures[client]['peer'])} s   first byte "
-            f"{fmt(figures[client]['byte'])} s   (first byte, each run: {runs})",
+            f"{fmt(figures[client]['byte'])} s   (first byte, each run: {runs})"
+            + (f"  {len(starts) - got} of {len(starts)} runs got no byte in {CAP:g} s" if got < len(starts) else ""),
             flush=True,
         )
     m = figures["m7b"]["byte"]
@@ -280,7 +288,10 @@ def main() -> None:
     bare = f"magnet:?xt=urn:btih:{ih}"
     loopback = SessionOptions.loopback()
     qbt = QBittorrent(work) if shutil.which("qbittorrent-nox") and not opts.no_qbittorrent else None
-    print(f"release {folder.name}: {made.meta.total_size:,} bytes; each figure the median of {opts.repeats} runs")
+    print(
+        f"release {folder.name}: {made.meta.total_size:,} bytes; each figure the median of the {opts.repeats} runs "
+        f"(of those that got a byte within {CAP:g} s)"
+    )
     with (
         local_opentracker(work / "tracker", [ih], port=port),
         silent_tracker() as dead,
