@@ -16,6 +16,7 @@ from typing import Any
 import libtorrent as lt
 
 from m7b.atomic import write_bytes
+from m7b.errors import M7bError
 from m7b.store import Store
 
 from .session import dht_state
@@ -40,7 +41,7 @@ def save_dht_state(store: Store, session: lt.session) -> None:
     state = dht_state(session)
     if not state:
         return
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, M7bError):  # a link or a full disk: the next run bootstraps
         store.ensure_dir(store.dht_state_path.parent)
         write_bytes(store.dht_state_path, state)
 

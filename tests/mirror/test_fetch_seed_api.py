@@ -8,13 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from swarm import plain_seeder, tree_digests, wait_for
 from test_seed import running_seed, stop
 
 from m7b.errors import NotFoundError
 from m7b.mirror.fetch import fetch_release, plan_fetch
 from m7b.mirror.seed import open_mirror, seed_releases
-from m7b.mirror.session import SessionOptions, session_options
+from m7b.mirror.session import SessionOptions, session_options, settings
 from m7b.store import Store
 
 LOOPBACK = ("--loopback", "--listen", "127.0.0.1:0")
@@ -98,3 +100,28 @@ def test_open_mirror_serves_as_seed_does(m7b_home: Path, publish) -> None:
     assert (printed["state"], printed["trusted_record"]) == ("seeding", True)
     for key in ("name", "info_hash", "state", "trusted_record", "size", "last_check", "check_verdict", "failed_files"):
         assert again[key] == printed[key], key
+
+
+@given(st.lists(st.text(max_size=40), max_size=4))
+def test_any_dht_bootstrap_text_is_nodes_or_invalid_input(texts: list[str]) -> None:
+    from m7b.errors import InvalidInputError
+    from m7b.mirror.session import dht_bootstrap_nodes
+
+    try:
+        nodes = dht_bootstrap_nodes(texts)
+    except InvalidInputError:
+        return
+    assert len(nodes) <= len(texts) and all(":" in n for n in nodes)
+    assert SessionOptions(dht_bootstrap=nodes).private_dht in (True, False)  # never raises for nodes that parsed
+
+
+def test_only_private_or_loopback_bootstrap_nodes_lift_the_subnet_rules() -> None:
+    private = ("127.0.0.2:6881", "10.1.2.3:6881", "[::1]:6881", "192.168.0.9:1", "localhost:6881")
+    for node in private:
+        assert SessionOptions(dht_bootstrap=(node,)).private_dht, node
+    for nodes in (("router.bittorrent.com:6881",), ("127.0.0.2:6881", "8.8.8.8:6881"), ()):
+        assert not SessionOptions(dht_bootstrap=nodes).private_dht, nodes
+    pack = settings(SessionOptions(dht_bootstrap=("127.0.0.2:6881",)))
+    assert (pack["dht_restrict_routing_ips"], pack["dht_restrict_search_ips"]) == (False, False)
+    assert settings(SessionOptions())["dht_restrict_routing_ips"] is True
+    assert "router.bittorrent.com:6881" in settings(SessionOptions())["dht_bootstrap_nodes"]
