@@ -8,8 +8,8 @@ same when the seed joins the DHT only after the fetch's first lookup and cannot 
 Both clients run in this process from the moment the library is called (m7b: `fetch_release`; plain: a session
 with libtorrent's defaults, plus what a loopback swarm or a private DHT needs: several peers per address, no uTP on
 loopback, the DHT's bootstrap node and subnet rules); qBittorrent from the Web API call that adds the magnet (its
-own defaults, DHT/LSD/PeX off, on the loopback interface). Target: m7b never slower than the better of the others
-by more than 1 s.
+own defaults, DHT/LSD/PeX off, TCP only as in the loopback profile, on the loopback interface). Target: m7b never
+slower than the better of the others by more than 1 s.
 
     flock /tmp/m7b-bench.lock python bench/swarm_start.py [--repeats 3] [--work bench/out/swarm-start]
 """
@@ -146,7 +146,8 @@ class QBittorrent:
         config.mkdir(parents=True, exist_ok=True)
         (config / "qBittorrent.conf").write_text(
             "[LegalNotice]\nAccepted=true\n\n[BitTorrent]\nSession\\DHTEnabled=false\nSession\\LSDEnabled=false\n"
-            "Session\\PeXEnabled=false\nSession\\Port=0\nSession\\Interface=lo\nSession\\InterfaceName=lo\n\n"
+            "Session\\PeXEnabled=false\nSession\\Port=0\nSession\\Interface=lo\nSession\\InterfaceName=lo\n"
+            "Session\\BTProtocol=TCP\n\n"
             f"[Preferences]\nWebUI\\Port={self.port}\nWebUI\\Address=127.0.0.1\nWebUI\\LocalHostAuth=false\n"
             "WebUI\\CSRFProtection=false\nWebUI\\HostHeaderValidation=false\nConnection\\UPnP=false\n"
         )
