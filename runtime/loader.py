@@ -17,6 +17,7 @@ from .args import ModelArgs
 from .device import default_dtype, resolve_device, resolve_dtype
 from .fused import fuse_projections
 from .model import Transformer
+from .moe import stack_all_experts
 from .tokenizer import Tokenizer
 from .weights import check_shapes, load_state_dict
 
@@ -62,6 +63,7 @@ def build_model(
     model.requires_grad_(False)
     if device.type == "cuda":
         fuse_projections(model)
+        stack_all_experts(list(model.layers))  # the compiled step gathers the chosen experts from stacked weights
     return model.eval()
 
 
@@ -111,8 +113,6 @@ def load_release(
     dt = dtype if isinstance(dtype, torch.dtype) or dtype is None else resolve_dtype(dtype, dev)
     store = store or Store.from_env()
     release = release_for(target, store, on_note)
-    if release.manifest is not None:
-        release.manifest.require_runnable("run")
     folder = runtime_folder(release, store)
     override = None
     if window is not None:

@@ -96,7 +96,9 @@ def run(
         stop_at_eos=not ignore_eos,
         sampling=SamplingConfig(temperature=temperature, top_p=top_p, seed=seed),
     )
-    config.validate()
+    from m7b.manifests.architecture import MAX_SEQ_LEN
+
+    config.validate(MAX_SEQ_LEN)  # the loaded model's own bound (`Architecture.max_positions`) is checked by complete
     rt = _load(release, device, dtype)
     load_s = time.perf_counter() - started
     from m7b.verify.provenance import provenance_line
