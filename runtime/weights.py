@@ -81,6 +81,7 @@ def check_shapes(arch: Architecture, state: dict[str, torch.Tensor], source: Pat
         extra=found.extra,
         wrong_shape=found.wrong_shape,
         expected_tensors=found.expected_tensors,
+        per_layer=found.per_layer,
     )
     if shapes.ok:
         return
