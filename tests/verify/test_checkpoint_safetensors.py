@@ -111,7 +111,7 @@ def test_params_that_disagree_are_refused_before_records_are_built(mixtral_tiny_
     params = json.loads((mixtral_tiny_st_src / "params.json").read_text())
     folder = Path(shutil.copytree(mixtral_tiny_st_src, tmp_path / "r"))
     (folder / "params.json").write_text(json.dumps({**params, "n_layers": 10**6}))
-    with pytest.raises(MismatchError, match="params.json implies 19,000,003 \(3 \+ 19 per layer\)"):
+    with pytest.raises(MismatchError, match=r"params.json implies 19,000,003 \(3 \+ 19 per layer\)"):
         index_safetensors(folder / ST, load_params(folder / "params.json"))
     (folder / "params.json").write_text(json.dumps({**params, "hidden_dim": 96}))
     with pytest.raises(
