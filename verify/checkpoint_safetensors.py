@@ -36,7 +36,16 @@ CHECKPOINT_NAMES = (PTH_CHECKPOINT, SAFETENSORS_CHECKPOINT)
 MAX_HEADER = 100 << 20  # safetensors' own bound on a header (8x22B's 1,739 tensors: ~200 kB)
 MAX_DIMS = 8
 MAX_NAME = 1024
-_BY_CODE = {d.safetensors: d for d in BY_NAME.values()}
+# Every element type the safetensors format names, with its size: the ones a torch checkpoint also names (m7b.dtypes)
+# and those only safetensors has. Which of them a weight may be is the runtime's and check_tensors' rule, not this
+# reader's: here a type only sizes its bytes.
+_BY_CODE: dict[str, tuple[str, int]] = {d.safetensors: (d.name, d.itemsize) for d in BY_NAME.values()} | {
+    "U16": ("uint16", 2),
+    "U32": ("uint32", 4),
+    "U64": ("uint64", 8),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+}
 _ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
 
 
@@ -166,8 +175,8 @@ def _record(path: Path, name: str, entry: Any, base: int) -> TensorRecord:
     ):
         raise MismatchError(f"{where}: data_offsets must be [start, end] of the data area, found {str(offsets)[:80]}")
     start, end = offsets
-    dtype = _BY_CODE[code]
-    nbytes = math.prod(shape) * dtype.itemsize
+    dtype, itemsize = _BY_CODE[code]
+    nbytes = math.prod(shape) * itemsize
     if end - start != nbytes:
         raise MismatchError(
             f"{where}: data_offsets [{start:,}, {end:,}] span {end - start:,} bytes, its {code} shape {shape} "
@@ -177,7 +186,7 @@ def _record(path: Path, name: str, entry: Any, base: int) -> TensorRecord:
     for n in reversed(shape):
         stride.append(step)
         step *= n
-    return TensorRecord(name, dtype.name, dtype.itemsize, tuple(shape), tuple(reversed(stride)), base + start)
+    return TensorRecord(name, dtype, itemsize, tuple(shape), tuple(reversed(stride)), base + start)
 
 
 def _require_tiling(path: Path, records: Mapping[str, TensorRecord], base: int, data_bytes: int) -> None:

@@ -190,7 +190,7 @@ def smoke(
     from m7b.progress import ProgressEvent, ignore_progress
     from m7b.runtime.complete import prepare_step
     from m7b.runtime.fast_decode import resolve_mode
-    from m7b.runtime.smoke import PAST_WINDOW, run_smoke
+    from m7b.runtime.smoke import PAST_WINDOW, run_smoke, smoke_span
 
     rt = _load(release, device, dtype, window)
     if decode.strip().lower() == "auto":
@@ -200,7 +200,7 @@ def smoke(
     store = Store.from_env()
     paths, prepared_len, prepare_s = {}, None, {}
     for mode in modes:
-        prepared = prepare_step(rt.model, mode, rt.model.window + PAST_WINDOW, store, cpu_kernels)
+        prepared = prepare_step(rt.model, mode, smoke_span(rt.model) + PAST_WINDOW, store, cpu_kernels)
         if mode == "eager" and prepared.cpu_kernels == "torch":
             continue  # the eager step on torch's kernels is the reference itself
         name = f"CPU kernels {prepared.cpu_kernels}" if mode == "eager" else mode

@@ -226,3 +226,22 @@ def test_the_position_cap_is_params_max_seq_len(moe_runtime) -> None:
     GenerationConfig(max_tokens=40_000).validate(long.max_positions)
     with pytest.raises(InvalidInputError, match="max_tokens"):
         GenerationConfig(max_tokens=40_000).validate(moe_runtime.args.max_positions)
+
+
+@pytest.mark.slow
+def test_smoke_on_a_mixture_of_experts_adds_routing_and_mixtral_parity(cli_inproc, m7b_home, mixtral_tiny_src) -> None:
+    import json
+
+    result = cli_inproc("smoke", str(mixtral_tiny_src), "--device", "cpu", "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    checks = {c["name"]: c for c in doc["checks"]}
+    for name in (
+        "routing is deterministic",
+        "logits equal transformers' Mixtral",
+        "cache holds every position (full attention)",
+        "rolling cache equals a full recompute past the window",
+        "chunked prefill equals a single pass",
+    ):
+        assert checks[name]["passed"] is True, checks[name]
+    assert "cache memory constant after W tokens" not in checks  # no window: the cache is sized to the run
