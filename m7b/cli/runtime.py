@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -43,10 +44,16 @@ CpuKernelsOption = Annotated[
 ]
 
 
-def _load(release: str, device: str, dtype: str | None, window: int | None = None) -> Runtime:
+def _load(
+    release: str,
+    device: str,
+    dtype: str | None,
+    window: int | None = None,
+    on_size: Callable[[Any], None] | None = None,
+) -> Runtime:
     from m7b.runtime.loader import load_release
 
-    return load_release(release, device=device, dtype=dtype, window=window, on_note=note)
+    return load_release(release, device=device, dtype=dtype, window=window, on_note=note, on_size=on_size)
 
 
 def run(
@@ -99,7 +106,14 @@ def run(
     from m7b.manifests.architecture import MAX_SEQ_LEN
 
     config.validate(MAX_SEQ_LEN)  # the loaded model's own bound (`Architecture.max_positions`) is checked by complete
-    rt = _load(release, device, dtype)
+    sizes: list[Any] = []
+
+    def on_size(plan: Any) -> None:  # before the weights are read: their size, and the speed their active bytes allow
+        sizes.append(plan)
+        if not json_out:
+            err.print(f"[cyan]size:[/cyan] {escape(plan.statement())}", highlight=False)
+
+    rt = _load(release, device, dtype, on_size=on_size)
     load_s = time.perf_counter() - started
     from m7b.verify.provenance import provenance_line
 
@@ -140,6 +154,7 @@ def run(
                 "prompt_token_ids": completion.prompt_token_ids,
                 "token_ids": completion.token_ids,
                 "load_s": round(load_s, 3),
+                "size": sizes[0].to_json() if sizes else None,
                 "first_token_at": round(completion.first_token_at or 0.0, 4),
                 **figures,
                 **completion.prepared.record(),
