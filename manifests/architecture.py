@@ -107,8 +107,9 @@ class Architecture:
         return self.n_heads // self.n_kv_heads
 
     def resolved(self) -> Architecture:
-        """The values a model runs with: an undeclared rope_theta replaced by its default (10000 for v0.1, not the
-        1e6 of later releases). The runtime's `ModelArgs` is this class."""
+        """The values a model runs with: an undeclared rope_theta replaced by mistral-inference's default (10000
+        with a window, as Mistral 7B v0.1; 1e6 without one, as Mixtral 8x7B). The runtime's `ModelArgs` is this
+        class."""
         return replace(self, rope_theta=self.effective_rope_theta)
 
     def with_window(self, window: int) -> Architecture:

@@ -22,13 +22,14 @@ DecodeFn = Callable[[Transformer, torch.Tensor, torch.Tensor], torch.Tensor]
 # --max-tokens would only allocate memory for positions the model was never trained on (10**8 tokens on the tiny
 # preset: over 8 GB before the first token). `Architecture.max_positions` is the one rule.
 MAX_POSITIONS = DEFAULT_MAX_POSITIONS
+PREFILL_CHUNK = 4096  # the default prefill chunk: Mistral 7B's window, and a bound for full attention
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
     max_tokens: int = 256
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    chunk_size: int | None = None  # prefill chunk; None: the window W (larger values are capped at W)
+    chunk_size: int | None = None  # prefill chunk; None: the window W, at most PREFILL_CHUNK (capped at W)
     stop_at_eos: bool = True
 
     def validate(self, max_positions: int = MAX_POSITIONS) -> None:
@@ -128,7 +129,9 @@ def generate(
         model.reset_caches()
     else:
         model.setup_caches(1, max(needed, max_seq_len or 0))
-    chunk = min(config.chunk_size or model.window, model.window)
+    # at most W (a longer chunk could overwrite what its own queries see) and, with full attention, at most
+    # PREFILL_CHUNK: a 30k-token prompt in one pass would build a (n_rep x 30k) x 30k mask
+    chunk = min(config.chunk_size or min(model.window, PREFILL_CHUNK), model.window)
     generator = config.sampling.generator(device)
 
     tokens = torch.tensor([prompt], dtype=torch.long, device=device)

@@ -97,8 +97,8 @@ class MoeFeedForward(nn.Module):
         `run_expert` (SwiGLU on row kernels): only those experts' weights are read."""
         weights, chosen = self.route(gate_logits.reshape(1, -1), x.dtype)
         out: torch.Tensor | None = None
-        for w, e in zip(weights[0].tolist(), chosen[0].tolist(), strict=True):
-            y = run_expert(self.expert(e), x) * torch.tensor(w, dtype=x.dtype)
+        for j, e in enumerate(chosen[0].tolist()):
+            y = run_expert(self.expert(e), x) * weights[0, j]  # a 0-d tensor in x's dtype, as mistral-inference's
             out = y if out is None else out + y
         assert out is not None  # num_experts_per_tok >= 1
         return out

@@ -77,7 +77,10 @@ def run(
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
     chunk_size: Annotated[
-        int | None, typer.Option(metavar="N", help="Prefill chunk in tokens (default and maximum: the sliding window).")
+        int | None,
+        typer.Option(
+            metavar="N", help="Prefill chunk in tokens (default: the window, at most 4096; maximum: the window)."
+        ),
     ] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")] = False,
     decode: DecodeOption = "auto",

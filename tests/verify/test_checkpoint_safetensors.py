@@ -132,7 +132,7 @@ def test_a_folder_shipping_both_or_neither_checkpoint_is_named(mixtral_tiny_st_s
 
 
 @pytest.mark.slow
-def test_verify_convert_and_run_refuse_a_damaged_safetensors_release(
+def test_verify_convert_run_and_release_create_refuse_a_damaged_safetensors_release(
     cli, m7b_home: Path, mixtral_tiny_st_src: Path, tmp_path: Path
 ) -> None:
     folder = Path(shutil.copytree(mixtral_tiny_st_src, tmp_path / "release"))
@@ -153,3 +153,5 @@ def test_verify_convert_and_run_refuse_a_damaged_safetensors_release(
     assert convert.code == 5 and "overlaps" in convert.stderr and not out.exists()
     run = cli("run", folder, "-p", "hi", "--device", "cpu", "--max-tokens", "2")
     assert run.code == 5 and "overlaps" in run.stderr
+    published = cli("release", "create", folder, "--out", tmp_path / "pub")
+    assert published.code == 5 and "overlaps" in published.stderr and not (tmp_path / "pub").exists()
