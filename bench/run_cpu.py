@@ -5,9 +5,10 @@ The model is the issue's: dim 512, 8 layers, 8 heads, 2 kv heads, head_dim 64, h
 window 256 (the `bench-cpu` synthetic preset, random weights), 2 threads, greedy, 256 new tokens.
 Targets: m7b (default dtype) >= 2x transformers' faster dtype; a 7B-shaped release (`--release-7b DIR`, made by
 `m7b release synth DIR --preset mistral-7b`, 14.5 GB) decodes at >= 90% of the memory-bandwidth floor (bytes read
-per token / the read bandwidth measured here).
+per token / the read bandwidth measured here). The mixture-of-experts row (bench/moe_cpu.py, `--no-moe` skips it):
+m7b against transformers' Mixtral on the `mixtral-small` preset, >= 2x, and >= 85% of the active-bytes floor.
 
-    python bench/run_cpu.py [--release DIR] [--release-7b DIR] [--repeats 3] [--json]
+    python bench/run_cpu.py [--release DIR] [--release-7b DIR] [--repeats 3] [--no-moe] [--json]
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds-7b", type=int, default=3, help="m7b run rounds on the --release-7b release")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-moe", action="store_true", help="skip the mixture-of-experts row (bench/moe_cpu.py)")
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
@@ -262,6 +264,10 @@ def main() -> None:
             rounds.append(big)
         best = max(rounds, key=lambda r: r["fraction_of_floor"])
         doc["mistral_7b"] = {**best, "rounds": rounds}
+    if not opts.no_moe:
+        from moe_cpu import print_moe, run_moe
+
+        doc["mixtral_small"] = run_moe(opts.repeats, kernels, lambda: read_bandwidth(row_kernels))
     if opts.json:
         print(json.dumps(doc))
         return
@@ -310,6 +316,8 @@ def main() -> None:
             "tok/s here; measure m7b against it with --release-7b DIR (m7b release synth DIR --preset mistral-7b)"
         )
     print(f"  greedy tokens identical to transformers (float32): {doc['greedy_tokens_identical_float32']}")
+    if "mixtral_small" in doc:
+        print_moe(doc["mixtral_small"], opts.repeats)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Phases (each checked against a time budget; the JSON is saved after each):
 
     python bench/run_gpu.py [--json-out FILE] [--workdir DIR] [--tokenizer FILE] [--skip-hf]
     python bench/run_gpu.py --dry-run     # the same phases on the CPU with the tiny preset: checks the script
+    python bench/run_gpu.py --moe [--dry-run]   # Mixtral 8x7B's shape in device memory (bench/moe_gpu.py)
 """
 
 from __future__ import annotations
@@ -394,7 +395,18 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--dry-run", action="store_true", help="CPU, the tiny preset: exercises the script only")
+    parser.add_argument("--moe", action="store_true", help="the Mixtral 8x7B section instead (bench/moe_gpu.py)")
     opts = parser.parse_args()
+    if opts.moe:
+        from moe_gpu import report_moe, run_moe_gpu
+
+        if not opts.dry_run and not torch.cuda.is_available():
+            sys.exit("no CUDA device: run this on a GPU machine (or pass --dry-run to check the script on the CPU)")
+        moe = run_moe_gpu(opts.dry_run, opts.new_tokens, opts.repeats, opts.workdir / "moe", opts.skip_hf)
+        if opts.json_out:
+            opts.json_out.write_text(json.dumps(moe, indent=1, default=str))
+        print("\n".join(report_moe(moe)))
+        return
 
     if opts.dry_run:
         device, preset = torch.device("cpu"), "tiny"

@@ -32,16 +32,6 @@ class InvalidInputError(M7bError):
     exit_code = 4
 
 
-class UnsupportedArchitectureError(InvalidInputError):
-    """A well-formed release whose architecture m7b's runtime cannot run (a mixture of experts): exit 4, as for any
-    input a command does not accept; nothing in it differs from what its publisher said, so it is no mismatch.
-    `moe` is the declared `MixtureOfExperts` block."""
-
-    def __init__(self, message: str, moe: object = None) -> None:
-        super().__init__(message)
-        self.moe = moe
-
-
 class MismatchError(M7bError):
     """Data that parses but differs from what its magnet, torrent or manifest says."""
 

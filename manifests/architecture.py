@@ -9,11 +9,34 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from m7b.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
+from m7b.errors import InvalidInputError, NotFoundError
 
-# The keys of Mistral 7B v0.1's params.json, in its order; rope_theta is optional (absent means 10000).
-REQUIRED_INT = ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "sliding_window", "vocab_size")
+# The keys of Mistral 7B v0.1's params.json, in its order. Optional: sliding_window (absent: full attention, as in
+# Mixtral), rope_theta (absent: mistral-inference's default, below), max_seq_len, moe.
+REQUIRED_INT = ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "vocab_size")
+OPTIONAL_INT = ("sliding_window", "max_seq_len")
+PARAMS_ORDER = (
+    "dim",
+    "n_layers",
+    "head_dim",
+    "hidden_dim",
+    "n_heads",
+    "n_kv_heads",
+    "norm_eps",
+    "sliding_window",
+    "vocab_size",
+    "rope_theta",
+    "max_seq_len",
+    "moe",
+)
+# mistral-inference's rope_theta when params.json has none: 1e4 with a sliding window (Mistral 7B v0.1), 1e6
+# without one (Mixtral 8x7B).
 DEFAULT_ROPE_THETA = 10000.0
+DEFAULT_ROPE_THETA_FULL = 1_000_000.0
+# The positions a run may address when params.json declares no max_seq_len: Mistral 7B's and Mixtral 8x7B's context
+# (max_position_embeddings of their Hugging Face configs; the 8x7B torrent is named "32kseqlen").
+DEFAULT_MAX_POSITIONS = 32_768
+MAX_SEQ_LEN = 1 << 22  # 4,194,304 positions: far beyond any release (8x22B: 65,536)
 
 # Bounds on what a params.json may declare, far beyond any released model and far below what would overflow or
 # exhaust memory before the weights are compared with them (Mistral 7B: dim 4096, vocab 32000, window 4096).
@@ -24,7 +47,7 @@ MAX_PARAMS_BYTES = 1 << 20  # Mistral 7B's params.json is 200 bytes
 _ASCII_INT = re.compile(r"[0-9]{1,9}")  # [0-9], not \d: str.isdigit() and \d accept '４', '٤' and '²'
 
 
-TENSORS_PER_LAYER = 9
+TENSORS_PER_LAYER = 9  # a dense layer; a mixture of experts: 6 + 1 gate + 3 per expert
 
 
 @dataclass(frozen=True)
@@ -37,15 +60,8 @@ class MixtureOfExperts:
     def describe(self) -> str:
         return f"{self.num_experts} experts, {self.num_experts_per_tok} per token"
 
-    @property
-    def unsupported(self) -> str:
-        """Why m7b's runtime cannot run (or convert) a release with this block."""
-        return f"mixture of experts: {self.describe()}"
-
-
-def carried_moe(exc: UnsupportedArchitectureError) -> MixtureOfExperts | None:
-    """The `moe` block `exc` carries (m7b.errors, a layer below the manifests, types it only as object)."""
-    return exc.moe if isinstance(exc.moe, MixtureOfExperts) else None
+    def to_params(self) -> dict[str, int]:
+        return {"num_experts": self.num_experts, "num_experts_per_tok": self.num_experts_per_tok}
 
 
 @dataclass(frozen=True)
@@ -57,13 +73,33 @@ class Architecture:
     n_heads: int
     n_kv_heads: int
     norm_eps: float
-    sliding_window: int
+    sliding_window: int | None  # None: full attention (no window)
     vocab_size: int
     rope_theta: float | None = None
+    moe: MixtureOfExperts | None = None  # None: a dense feed-forward
+    max_seq_len: int | None = None  # the positions params.json says the model addresses (8x22B: 65,536)
 
     @property
     def effective_rope_theta(self) -> float:
-        return DEFAULT_ROPE_THETA if self.rope_theta is None else self.rope_theta
+        """The declared rope_theta, else mistral-inference's default: 1e4 with a window, 1e6 without one."""
+        if self.rope_theta is not None:
+            return self.rope_theta
+        return DEFAULT_ROPE_THETA if self.sliding_window is not None else DEFAULT_ROPE_THETA_FULL
+
+    @property
+    def max_positions(self) -> int:
+        """The most positions (prompt and generated tokens) one run may address: params.json's max_seq_len, else
+        DEFAULT_MAX_POSITIONS."""
+        return self.max_seq_len or DEFAULT_MAX_POSITIONS
+
+    @property
+    def attention_window(self) -> int:
+        """How many keys (itself included) a query sees: the sliding window, or every position (full attention)."""
+        return self.sliding_window if self.sliding_window is not None else self.max_positions
+
+    @property
+    def full_attention(self) -> bool:
+        return self.sliding_window is None
 
     @property
     def n_rep(self) -> int:
@@ -71,20 +107,24 @@ class Architecture:
         return self.n_heads // self.n_kv_heads
 
     def resolved(self) -> Architecture:
-        """The values a model runs with: an undeclared rope_theta replaced by its default (10000 for v0.1, not the
-        1e6 of later releases). The runtime's `ModelArgs` is this class."""
+        """The values a model runs with: an undeclared rope_theta replaced by mistral-inference's default (10000
+        with a window, as Mistral 7B v0.1; 1e6 without one, as Mixtral 8x7B). The runtime's `ModelArgs` is this
+        class."""
         return replace(self, rope_theta=self.effective_rope_theta)
 
     def with_window(self, window: int) -> Architecture:
         """The same model attending over a smaller window (the smoke battery tests the rolling cache with it): at
-        least MIN_SLIDING_WINDOW and at most the declared sliding_window, which sizes everything a run allocates."""
-        if not MIN_SLIDING_WINDOW <= window <= self.sliding_window:
+        least MIN_SLIDING_WINDOW and at most the declared sliding_window (or, with full attention, the positions the
+        model addresses), which sizes everything a run allocates. The rope_theta stays the one the model runs with."""
+        limit = self.attention_window
+        if not MIN_SLIDING_WINDOW <= window <= limit:
+            what = "params.json's sliding_window" if self.sliding_window is not None else "the positions it addresses"
             raise InvalidInputError(
-                f"window must be between {MIN_SLIDING_WINDOW} and {self.sliding_window} (params.json's "
-                f"sliding_window), found {window}: a smaller window tests the same rolling cache",
+                f"window must be between {MIN_SLIDING_WINDOW} and {limit} ({what}), found {window}: a smaller "
+                "window tests the same rolling cache",
                 field="window",
             )
-        return replace(self, sliding_window=window)
+        return replace(self, sliding_window=window, rope_theta=self.effective_rope_theta)
 
     @classmethod
     def from_architecture(cls, arch: Architecture) -> Architecture:
@@ -97,31 +137,25 @@ class Architecture:
         return load_params(path).resolved()
 
     def to_params(self) -> dict[str, Any]:
-        """The params.json mapping, in the original key order; rope_theta only when declared."""
+        """The params.json mapping, in the original key order; optional fields only when declared."""
         out = asdict(self)
-        if out["rope_theta"] is None:
-            del out["rope_theta"]
-        order = [
-            "dim",
-            "n_layers",
-            "head_dim",
-            "hidden_dim",
-            "n_heads",
-            "n_kv_heads",
-            "norm_eps",
-            "sliding_window",
-            "vocab_size",
-            "rope_theta",
-        ]
-        return {k: out[k] for k in order if k in out}
+        if self.moe is not None:
+            out["moe"] = self.moe.to_params()
+        return {k: out[k] for k in PARAMS_ORDER if out.get(k) is not None}
 
     def to_json(self) -> str:
         return json.dumps(self.to_params())
 
     @property
+    def tensors_per_layer(self) -> int:
+        """9 in a dense layer; 7 + 3 per expert in a mixture of experts (attention, norms, gate, experts)."""
+        return TENSORS_PER_LAYER if self.moe is None else 7 + 3 * self.moe.num_experts
+
+    @property
     def tensor_count(self) -> int:
-        """How many tensors the checkpoint holds: embeddings, 9 per layer, the final norm and the output."""
-        return 3 + TENSORS_PER_LAYER * self.n_layers
+        """How many tensors the checkpoint holds: embeddings, `tensors_per_layer` per layer, the final norm and the
+        output."""
+        return 3 + self.tensors_per_layer * self.n_layers
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every checkpoint key with its shape, in the original checkpoint's order (`tensor_count` entries: compare
@@ -134,23 +168,37 @@ class Architecture:
             shapes[p + "attention.wk.weight"] = (kv, d)
             shapes[p + "attention.wv.weight"] = (kv, d)
             shapes[p + "attention.wo.weight"] = (d, self.n_heads * hd)
-            shapes[p + "feed_forward.w1.weight"] = (self.hidden_dim, d)
-            shapes[p + "feed_forward.w2.weight"] = (d, self.hidden_dim)
-            shapes[p + "feed_forward.w3.weight"] = (self.hidden_dim, d)
+            if self.moe is None:
+                ffns = ["feed_forward."]
+            else:  # mistral-inference's MoE checkpoint keys (moe_one_file_ref.py)
+                shapes[p + "feed_forward.gate.weight"] = (self.moe.num_experts, d)
+                ffns = [f"feed_forward.experts.{e}." for e in range(self.moe.num_experts)]
+            for f in ffns:
+                shapes[p + f + "w1.weight"] = (self.hidden_dim, d)
+                shapes[p + f + "w2.weight"] = (d, self.hidden_dim)
+                shapes[p + f + "w3.weight"] = (self.hidden_dim, d)
             shapes[p + "attention_norm.weight"] = (d,)
             shapes[p + "ffn_norm.weight"] = (d,)
         shapes["norm.weight"] = (d,)
         shapes["output.weight"] = (self.vocab_size, d)
         return shapes
 
-    def parameter_count(self) -> int:
-        """The sum over `tensor_shapes()`, in closed form (no per-layer table)."""
+    def parameter_count(self, experts: int | None = None) -> int:
+        """The sum over `tensor_shapes()`, in closed form (no per-layer table); with `experts`, as if each layer
+        held only that many experts (`active_parameter_count`)."""
         d, hd, kv = self.dim, self.head_dim, self.n_kv_heads * self.head_dim
-        per_layer = 2 * self.n_heads * hd * d + 2 * kv * d + 3 * self.hidden_dim * d + 2 * d
+        n_ffn = 1 if self.moe is None else (self.moe.num_experts if experts is None else experts)
+        gate = 0 if self.moe is None else self.moe.num_experts * d
+        per_layer = 2 * self.n_heads * hd * d + 2 * kv * d + n_ffn * 3 * self.hidden_dim * d + gate + 2 * d
         return 2 * self.vocab_size * d + d + self.n_layers * per_layer
 
+    def active_parameter_count(self) -> int:
+        """The parameters one token reads: every layer's attention, norms and gate, and only the experts it is
+        routed to (all of a dense model; 12.9 billion of Mixtral 8x7B's 46.7)."""
+        return self.parameter_count(None if self.moe is None else self.moe.num_experts_per_tok)
 
-def _int_field(raw: dict[str, Any], key: str, where: str) -> int:
+
+def _int_field(raw: dict[str, Any], key: str, where: str, high: int = MAX_INT_FIELD) -> int:
     value = raw[key]
     if key == "sliding_window" and isinstance(value, str):
         # Some re-uploads carry the window as a string; accept a short string of ASCII digits, nothing else.
@@ -170,9 +218,9 @@ def _int_field(raw: dict[str, Any], key: str, where: str) -> int:
     low = MIN_SLIDING_WINDOW if key == "sliding_window" else 1
     if value < low:
         raise InvalidInputError(f"{where}: '{key}' must be at least {low}, found {value}")
-    if value > MAX_INT_FIELD:
+    if value > high:
         raise InvalidInputError(
-            f"{where}: '{key}' must be at most {MAX_INT_FIELD:,} (far beyond any released model), found {_short(value)}"
+            f"{where}: '{key}' must be at most {high:,} (far beyond any released model), found {_short(value)}"
         )
     return value
 
@@ -227,18 +275,12 @@ def _moe(raw: Any, where: str) -> MixtureOfExperts:
 def architecture_from_mapping(raw: Any, where: str) -> Architecture:
     """Validate a params.json-like mapping; `where` names its origin in error messages.
 
-    InvalidInputError for anything outside the bounds above; UnsupportedArchitectureError (also exit 4, carrying
-    the `moe` block) for a well-formed mixture of experts, which m7b can fetch, verify and seed but not run.
+    InvalidInputError (exit 4) for anything outside the bounds above. A `moe` block (Mixtral) makes each layer's
+    feed-forward a mixture of experts; no `sliding_window` means full attention.
     """
     if not isinstance(raw, dict):
         raise InvalidInputError(f"{where}: expected a JSON object of model parameters, found {type(raw).__name__}")
-    if "moe" in raw:
-        moe = _moe(raw["moe"], where)
-        raise UnsupportedArchitectureError(
-            f"{where}: declares a mixture of experts ({moe.describe()}); m7b's runtime runs dense Mistral models "
-            "only, so this release can be fetched, verified and seeded but not run, smoke-tested or converted",
-            moe,
-        )
+    moe = _moe(raw["moe"], where) if raw.get("moe") is not None else None
     missing = [k for k in (*REQUIRED_INT, "norm_eps") if k not in raw]
     if missing:
         raise InvalidInputError(
@@ -246,11 +288,17 @@ def architecture_from_mapping(raw: Any, where: str) -> Architecture:
             f"{', '.join((*REQUIRED_INT, 'norm_eps'))}"
         )
     ints = {k: _int_field(raw, k, where) for k in REQUIRED_INT}
+    window = _int_field(raw, "sliding_window", where) if raw.get("sliding_window") is not None else None
+    max_seq_len = (
+        _int_field(raw, "max_seq_len", where, high=MAX_SEQ_LEN) if raw.get("max_seq_len") is not None else None
+    )
     norm_eps = _float_field(raw, "norm_eps", where, below=1.0)
     rope_theta = (
         _float_field(raw, "rope_theta", where, below=MAX_ROPE_THETA) if raw.get("rope_theta") is not None else None
     )
-    arch = Architecture(norm_eps=norm_eps, rope_theta=rope_theta, **ints)
+    arch = Architecture(
+        norm_eps=norm_eps, rope_theta=rope_theta, sliding_window=window, moe=moe, max_seq_len=max_seq_len, **ints
+    )
     if arch.n_heads % arch.n_kv_heads:
         raise InvalidInputError(
             f"{where}: n_heads ({arch.n_heads}) must be a multiple of n_kv_heads ({arch.n_kv_heads})"
@@ -282,12 +330,10 @@ def load_params(path: Path) -> Architecture:
 
 
 def runtime_support(path: Path) -> str | None:
-    """Why m7b's runtime cannot run the release whose params.json is `path` (its mixture of experts, or what is
-    wrong with the file), or None when it can: `load_params` as a verdict instead of an error."""
+    """Why m7b's runtime cannot run the release whose params.json is `path` (what is wrong with the file), or None
+    when it can (dense or a mixture of experts): `load_params` as a verdict instead of an error."""
     try:
         load_params(path)
-    except UnsupportedArchitectureError as exc:
-        return exc.moe.unsupported if isinstance(exc.moe, MixtureOfExperts) else str(exc)
     except InvalidInputError as exc:
         return str(exc)
     return None

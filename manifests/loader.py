@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn, overload
 
-from m7b.errors import InvalidInputError, M7bError, NotFoundError, UnsupportedArchitectureError
+from m7b.errors import InvalidInputError, M7bError, NotFoundError
 from m7b.magnet import parse_magnet
 from m7b.paths import length_problem, path_problem
 
-from .architecture import architecture_from_mapping, carried_moe
+from .architecture import architecture_from_mapping
 from .schema import ArchiveFacts, CheckpointFacts, FileFacts, Manifest, TorrentFacts
 
 SCHEMA_VERSION = 1
@@ -193,14 +193,11 @@ def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
         listed.add(path)
         files.append(FileFacts(path=path, size=f.count("size"), sha256=f.hexdigest("sha256"), md5=f.hexdigest("md5")))
 
-    architecture, moe = None, None
+    architecture = None
     if "architecture" in raw:
         if not isinstance(raw["architecture"], dict):
             top.fail("architecture", "expected a table of params.json fields")
-        try:
-            architecture = architecture_from_mapping(raw["architecture"], f"{origin}: field 'architecture'")
-        except UnsupportedArchitectureError as exc:  # a mixture of experts: known, and recorded as not runnable
-            moe = carried_moe(exc)
+        architecture = architecture_from_mapping(raw["architecture"], f"{origin}: field 'architecture'")
 
     checkpoint = None
     if "checkpoint" in raw:
@@ -246,7 +243,6 @@ def parse_manifest(raw: dict[str, Any], origin: str) -> Manifest:
         torrent=torrent,
         files=tuple(files),
         architecture=architecture,
-        moe=moe,
         checkpoint=checkpoint,
         archives=tuple(archives),
         signing_keys=signing_keys,
@@ -265,7 +261,7 @@ def fact_paths(manifest: Manifest) -> list[str]:
     if manifest.torrent != TorrentFacts():
         facts.append("torrent")
     facts += [f"files.{f.path}" for f in manifest.files if (f.size, f.sha256, f.md5) != (None, None, None)]
-    if manifest.architecture is not None or manifest.moe is not None:
+    if manifest.architecture is not None:
         facts.append("architecture")
     if manifest.checkpoint is not None:
         facts.append("checkpoint")

@@ -6,7 +6,6 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from m7b.errors import UnsupportedArchitectureError
 from m7b.magnet import InfoHashes
 
 from .architecture import Architecture, MixtureOfExperts
@@ -60,9 +59,7 @@ class Manifest:
     release_date: dt.date | None = None
     torrent: TorrentFacts = field(default_factory=TorrentFacts)
     files: tuple[FileFacts, ...] = ()
-    architecture: Architecture | None = None
-    # an `[architecture.moe]` table (params.json's `moe` block): a mixture of experts, which the runtime cannot run
-    moe: MixtureOfExperts | None = None
+    architecture: Architecture | None = None  # its `moe` (an `[architecture.moe]` table): a mixture of experts
     checkpoint: CheckpointFacts | None = None
     archives: tuple[ArchiveFacts, ...] = ()
     # the publisher's signing keys: a PEM public key, or `sha256:HEX` (the fingerprint of one)
@@ -72,18 +69,9 @@ class Manifest:
     origin: Path | None = None
 
     @property
-    def unsupported(self) -> str | None:
-        """Why m7b's runtime cannot run (or convert) this release, or None when it can (as far as the manifest says)."""
-        return self.moe.unsupported if self.moe else None
-
-    def require_runnable(self, action: str) -> None:
-        """Raise UnsupportedArchitectureError (exit 4) when the runtime cannot `action` ("run", "convert") it."""
-        if self.moe is not None:
-            raise UnsupportedArchitectureError(
-                f"{self.name} is a mixture of experts ({self.moe.describe()}); m7b's runtime runs dense Mistral "
-                f"models only, so it cannot {action} it. Fetching, verifying and seeding it work as for any release",
-                self.moe,
-            )
+    def moe(self) -> MixtureOfExperts | None:
+        """The mixture of experts the architecture declares (Mixtral), or None (dense, or no architecture stated)."""
+        return self.architecture.moe if self.architecture else None
 
     def file(self, path: str) -> FileFacts | None:
         return next((f for f in self.files if f.path == path), None)

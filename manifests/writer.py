@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 from typing import Any
@@ -62,9 +61,11 @@ def manifest_to_toml(m: Manifest) -> str:
     for f in m.files:
         lines += _table("[[files]]", {"path": f.path, "size": f.size, "sha256": f.sha256, "md5": f.md5})
     if m.architecture is not None:
-        lines += _table("[architecture]", m.architecture.to_params())
-    elif m.moe is not None:
-        lines += _table("[architecture.moe]", dataclasses.asdict(m.moe))
+        params = m.architecture.to_params()
+        moe = params.pop("moe", None)
+        lines += _table("[architecture]", params)
+        if moe is not None:
+            lines += _table("[architecture.moe]", moe)
     if m.checkpoint is not None:
         c = m.checkpoint
         lines += _table("[checkpoint]", {"tensors": c.tensors, "parameters": c.parameters, "dtype": c.dtype})

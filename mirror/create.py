@@ -12,8 +12,8 @@ from pathlib import Path
 import libtorrent as lt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from m7b.errors import InvalidInputError, NotFoundError, UnsupportedArchitectureError
-from m7b.manifests.architecture import Architecture, MixtureOfExperts, carried_moe, load_params
+from m7b.errors import InvalidInputError, NotFoundError
+from m7b.manifests.architecture import Architecture, load_params
 from m7b.manifests.loader import NAME_RE, parse_manifest_text
 from m7b.manifests.schema import FileFacts, Manifest, TorrentFacts
 from m7b.manifests.writer import manifest_to_toml
@@ -121,7 +121,7 @@ def create_release(
             "(pass another manifest_name)",
             field="manifest_name",
         )
-    architecture, moe = _architecture(root, files)
+    architecture = _architecture(root, files)
     if inspect:
         inspect_release_checkpoints(root, architecture)
     sizes = {f: (root / f).stat().st_size for f in files}
@@ -164,7 +164,7 @@ def create_release(
         "torrent": f"made by {tool} from the release folder",
     }
     sources.update({f"files.{f.path}": f"hashed by {tool} from the published file" for f in facts})
-    if architecture is not None or moe is not None:
+    if architecture is not None:
         sources["architecture"] = "params.json in the release folder"
     keys = list(signing_keys)
     if sign_key is not None:
@@ -188,7 +188,6 @@ def create_release(
         ),
         files=tuple(facts),
         architecture=architecture,
-        moe=moe,
         signing_keys=tuple(dict.fromkeys(keys)),
         sources=sources,
     )
@@ -205,11 +204,6 @@ def _check_loadable(manifest: Manifest) -> None:
         raise InvalidInputError(f"{exc}; m7b would not load that manifest, so nothing was made", **exc.data) from exc
 
 
-def _architecture(root: Path, files: Sequence[str]) -> tuple[Architecture | None, MixtureOfExperts | None]:
-    """params.json's architecture, or its mixture-of-experts block (a release m7b publishes but cannot run)."""
-    if "params.json" not in files:
-        return None, None
-    try:
-        return load_params(root / "params.json"), None
-    except UnsupportedArchitectureError as exc:
-        return None, carried_moe(exc)
+def _architecture(root: Path, files: Sequence[str]) -> Architecture | None:
+    """params.json's architecture (dense or a mixture of experts), when the release ships one."""
+    return load_params(root / "params.json") if "params.json" in files else None

@@ -65,11 +65,12 @@ def complete(
     `store` (default `Store.from_env()`) holds the compile and kernel caches.
     """
     config = config or GenerationConfig()
-    config.validate()
+    config.validate(runtime.args.max_positions)
     store = store or Store.from_env()
     mode = resolve_mode(decode, runtime.device)
     ids = runtime.tokenizer.encode(prompt)
-    check_positions(len(ids), config.max_tokens)  # before any cache or compiled step is made for them
+    # before any cache or compiled step is made for them
+    check_positions(len(ids), config.max_tokens, runtime.args.max_positions)
     prepared = prepare_step(runtime.model, mode, len(ids) + config.max_tokens, store, cpu_kernels)
     if on_prepared is not None:
         on_prepared(prepared)

@@ -69,5 +69,6 @@ def fuse_projections(model: Transformer) -> Transformer:
     memory-mapped from a file it makes a private copy, so the loader does it on GPUs only."""
     for layer in model.blocks:
         fuse_attention(layer.attention)
-        fuse_feed_forward(layer.feed_forward)
+        if isinstance(layer.feed_forward, FeedForward):  # experts are stacked by `moe.stack_experts` instead
+            fuse_feed_forward(layer.feed_forward)
     return model

@@ -9,32 +9,37 @@ from dataclasses import dataclass, field
 import torch
 
 from m7b.errors import InvalidInputError
+from m7b.manifests.architecture import DEFAULT_MAX_POSITIONS
 
 from .model import Transformer
 from .sampling import SamplingConfig, sample
 
 DecodeFn = Callable[[Transformer, torch.Tensor, torch.Tensor], torch.Tensor]
 
-# The most positions (prompt plus generated tokens) one generation may address: Mistral 7B's context as its
-# Hugging Face config declares it (max_position_embeddings). The rotary table and caches are sized from
-# prompt + max_tokens, so a larger --max-tokens would only allocate memory for positions the model was never
-# trained on (10**8 tokens on the tiny preset: over 8 GB before the first token).
-MAX_POSITIONS = 32_768
+# The most positions (prompt plus generated tokens) one generation may address, unless params.json declares its
+# max_seq_len (Mixtral 8x22B: 65,536): Mistral 7B's context as its Hugging Face config declares it
+# (max_position_embeddings). The rotary table and caches are sized from prompt + max_tokens, so a larger
+# --max-tokens would only allocate memory for positions the model was never trained on (10**8 tokens on the tiny
+# preset: over 8 GB before the first token). `Architecture.max_positions` is the one rule.
+MAX_POSITIONS = DEFAULT_MAX_POSITIONS
+PREFILL_CHUNK = 4096  # the default prefill chunk: Mistral 7B's window, and a bound for full attention
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
     max_tokens: int = 256
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    chunk_size: int | None = None  # prefill chunk; None: the window W (larger values are capped at W)
+    chunk_size: int | None = None  # prefill chunk; None: the window W, at most PREFILL_CHUNK (capped at W)
     stop_at_eos: bool = True
 
-    def validate(self) -> None:
+    def validate(self, max_positions: int = MAX_POSITIONS) -> None:
+        """The values, with max_tokens against the positions the model addresses (`Architecture.max_positions`;
+        before a model is known, MAX_SEQ_LEN bounds any)."""
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise InvalidInputError(f"max_tokens must be at least 1, found {self.max_tokens}", field="max_tokens")
-        if self.max_tokens > MAX_POSITIONS:
+        if self.max_tokens > max_positions:
             raise InvalidInputError(
-                f"max_tokens must be at most {MAX_POSITIONS:,} (the positions the model can address, prompt "
+                f"max_tokens must be at most {max_positions:,} (the positions the model can address, prompt "
                 f"included), found {self.max_tokens:,}; ask for fewer tokens",
                 field="max_tokens",
             )
@@ -43,15 +48,16 @@ class GenerationConfig:
         self.sampling.validate()
 
 
-def check_positions(prompt_tokens: int, max_tokens: int) -> None:
+def check_positions(prompt_tokens: int, max_tokens: int, max_positions: int = MAX_POSITIONS) -> None:
     """InvalidInputError (exit 4) when a prompt of `prompt_tokens` plus `max_tokens` needs more positions than the
-    model addresses (MAX_POSITIONS): call it before sizing anything from prompt + max_tokens."""
+    model addresses (`max_positions`, its `Architecture.max_positions`): call it before sizing anything from
+    prompt + max_tokens."""
     needed = prompt_tokens + max_tokens
-    if needed > MAX_POSITIONS:
+    if needed > max_positions:
         raise InvalidInputError(
             f"max_tokens {max_tokens:,} after a prompt of {prompt_tokens:,} tokens needs {needed:,} positions; "
-            f"the model addresses at most {MAX_POSITIONS:,}: ask for at most "
-            f"{max(MAX_POSITIONS - prompt_tokens, 0):,} tokens or shorten the prompt",
+            f"the model addresses at most {max_positions:,}: ask for at most "
+            f"{max(max_positions - prompt_tokens, 0):,} tokens or shorten the prompt",
             field="max_tokens",
         )
 
@@ -112,17 +118,20 @@ def generate(
     `on_token` sees each id as soon as it is sampled. The caches are (re)allocated for the prompt plus
     max_tokens unless they already cover `max_seq_len` (keep them across calls when `decode_fn` is compiled).
     """
-    config.validate()
+    limit = model.args.max_positions
+    config.validate(limit)
     if not prompt:
         raise InvalidInputError("the prompt has no tokens; give a prompt with some text")
     device = model.output.weight.device
     needed = len(prompt) + config.max_tokens
-    check_positions(len(prompt), config.max_tokens)
+    check_positions(len(prompt), config.max_tokens, limit)
     if model.capacity and model.max_seq_len >= max(needed, max_seq_len or 0):
         model.reset_caches()
     else:
         model.setup_caches(1, max(needed, max_seq_len or 0))
-    chunk = min(config.chunk_size or model.window, model.window)
+    # at most W (a longer chunk could overwrite what its own queries see) and, with full attention, at most
+    # PREFILL_CHUNK: a 30k-token prompt in one pass would build a (n_rep x 30k) x 30k mask
+    chunk = min(config.chunk_size or min(model.window, PREFILL_CHUNK), model.window)
     generator = config.sampling.generator(device)
 
     tokens = torch.tensor([prompt], dtype=torch.long, device=device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from .args import ModelArgs
 from .device import default_dtype, resolve_device, resolve_dtype
 from .fused import fuse_projections
 from .model import Transformer
+from .moe import stack_all_experts
+from .size_plan import SizePlan, plan_size
 from .tokenizer import Tokenizer
-from .weights import check_shapes, load_state_dict
+from .weights import check_shapes, find_weights, load_state_dict
 
 
 @dataclass
@@ -62,6 +65,7 @@ def build_model(
     model.requires_grad_(False)
     if device.type == "cuda":
         fuse_projections(model)
+        stack_all_experts(list(model.layers))  # the compiled step gathers the chosen experts from stacked weights
     return model.eval()
 
 
@@ -98,6 +102,7 @@ def load_release(
     dtype: str | torch.dtype | None = None,
     window: int | None = None,
     on_note: NoteCallback = ignore_note,
+    on_size: Callable[[SizePlan], None] | None = None,
 ) -> Runtime:
     """What a user typed (a release name, a folder, a magnet, a .torrent or a manifest .toml; or a resolved
     Release) loaded as `m7b run` and `m7b smoke` load it: a ready model and tokenizer.
@@ -106,14 +111,16 @@ def load_release(
     `default_dtype`. The folder that runs is `m7b.release.runtime_folder`'s: a store release's converted native
     folder when there is one, else the release's own. `window` runs the model with a smaller attention window than
     params.json's (the smoke battery's checks at a small W). `store` defaults to `Store.from_env()` (M7B_HOME).
+    `on_size` sees, before any weight is read, the weights' size against the machine's memory and the decode speed
+    their active bytes allow (`size_plan.plan_size`); loading goes on whatever it says.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) or dtype is None else resolve_dtype(dtype, dev)
     store = store or Store.from_env()
     release = release_for(target, store, on_note)
-    if release.manifest is not None:
-        release.manifest.require_runnable("run")
     folder = runtime_folder(release, store)
+    if on_size is not None:
+        on_size(plan_size(load_params(folder / "params.json"), find_weights(folder), dev, dt))
     override = None
     if window is not None:
         override = ModelArgs.from_params_file(folder / "params.json").with_window(window)

@@ -3,7 +3,9 @@ loads with no renaming.
 
 Attention is grouped-query (n_kv_heads < n_heads) through `scaled_dot_product_attention`, restricted to a sliding
 window: the query at position i sees the keys at positions i-W+1 … i (W keys including itself). Keys and values
-live in a rolling buffer (`RollingKVCache`) of capacity min(W, max context) per layer.
+live in a rolling buffer (`RollingKVCache`) of capacity min(W, max context) per layer. Without a window (Mixtral)
+W is every position the model addresses, so the cache is sized to the run. A `moe` architecture's feed-forward is
+a mixture of experts (`moe.py`).
 
 This is the plain model. The fast paths attach from their own modules: the stacked projections (`fused.py`,
 `fuse_projections`), the decode step on m7b's CPU row kernels (`row_kernels.py`), the compiled and CUDA-graph
@@ -23,6 +25,7 @@ from m7b.errors import InvalidInputError
 from .args import ModelArgs
 from .attention import band_mask, grouped_attention, grouped_mask
 from .cache import RollingKVCache
+from .moe import MoeFeedForward
 
 
 class RMSNorm(nn.Module):
@@ -138,7 +141,9 @@ class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.attention = Attention(args)
-        self.feed_forward = FeedForward(args)
+        self.feed_forward: FeedForward | MoeFeedForward = (
+            FeedForward(args) if args.moe is None else MoeFeedForward(args, lambda: FeedForward(args))
+        )
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
@@ -169,7 +174,8 @@ class Transformer(nn.Module):
 
     @property
     def window(self) -> int:
-        return self.args.sliding_window
+        """The keys a query sees: the sliding window, or every addressable position (full attention)."""
+        return self.args.attention_window
 
     @property
     def capacity(self) -> int:

@@ -14,6 +14,7 @@ import torch
 
 from .generate import DecodeFn, decode_one_token
 from .model import Attention, FeedForward, RMSNorm, Transformer, TransformerBlock
+from .moe import Expert, MoeFeedForward
 
 # The order of a block's weights in `RowKernels.block_step` (the C ABI of m7b_block_step_bf16), as state-dict
 # names inside a TransformerBlock.
@@ -98,7 +99,13 @@ def attention_on_rows(
     return kernels(y.view(*x.shape[:-1], a.n_heads * a.head_dim), a.wo.weight)
 
 
-def feed_forward_on_rows(kernels: RowKernels, feed_forward: FeedForward, x: torch.Tensor) -> torch.Tensor:
+def feed_forward_on_rows(
+    kernels: RowKernels, feed_forward: FeedForward | MoeFeedForward | Expert, x: torch.Tensor
+) -> torch.Tensor:
+    """SwiGLU on the kernels; a mixture of experts routes the row and reads only the chosen experts' weights."""
+    if isinstance(feed_forward, MoeFeedForward):
+        logits = kernels(x, feed_forward.gate.weight)
+        return feed_forward.on_rows(x, logits, lambda expert, row: feed_forward_on_rows(kernels, expert, row))
     f = feed_forward
     gate, up = kernels.stack(x, (f.w1.weight, f.w3.weight)).split([f.w1.weight.shape[0], f.w3.weight.shape[0]], -1)
     return kernels(kernels.swiglu(gate, up), f.w2.weight)
@@ -115,6 +122,8 @@ def block_in_one_call(
     """The block on one decode row `x`, in place, as one `block_step` call; False, with nothing changed, when the
     kernels do not take these inputs (then call `block_on_rows`)."""
     if block.attention.kv_cache is None or block.attention_norm.eps != block.ffn_norm.eps:  # the call takes one eps
+        return False
+    if isinstance(block.feed_forward, MoeFeedForward):  # the block call's feed-forward is dense
         return False
     return kernels.block_step(
         x,

@@ -5,6 +5,10 @@ window with the rolling cache equals a full recompute under the band mask; the c
 and, given fast decode paths (the compiled step, a CUDA graph), their teacher-forced logits against the eager step
 and against transformers (when installed) past the window. The GPU-only paths (the CUDA-graph step) are skipped
 entries, with the reason, on other devices. The decode tokens/s is a reported figure, not a check.
+
+Without a window (Mixtral's full attention) the checks run over `smoke_span` positions instead of W, the cache is
+checked to hold every position of the run, and a mixture of experts adds routing determinism and logit parity
+with transformers' MixtralForCausalLM on the same weights.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 # A fast decode path (other kernels, fused and reordered sums) or another implementation, against the eager step.
 PATH_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 2e-2, torch.float16: 1e-2}
 PAST_WINDOW = 64  # teacher-forced positions past the window the path check covers
+FULL_ATTENTION_SPAN = 64  # positions standing for W in the checks of a model without a window (W: 32,768)
+
+
+def smoke_span(model: Transformer) -> int:
+    """The W of the checks: the model's window, or FULL_ATTENTION_SPAN positions when it attends to everything."""
+    return model.window if model.args.sliding_window is not None else min(model.window, FULL_ATTENTION_SPAN)
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,7 @@ def check_finite(model: Transformer, tokenizer: Tokenizer) -> SmokeCheck:
 
 
 def check_chunked_prefill(model: Transformer, dtype: torch.dtype, seed: int) -> SmokeCheck:
-    w = model.window
+    w = smoke_span(model)
     n = 2 * w + 3
     ids = synthetic_ids(n, model.args.vocab_size, seed, model.output.weight.device)
     single = _all_logits(model, ids, n)
@@ -142,7 +152,7 @@ def check_chunked_prefill(model: Transformer, dtype: torch.dtype, seed: int) -> 
 
 
 def check_rolling_cache(model: Transformer, dtype: torch.dtype, seed: int) -> tuple[SmokeCheck, float]:
-    w = model.window
+    w = smoke_span(model)
     past = min(w // 4, 32)
     prompt_len = max(1, w - past)
     steps = past + min(w // 2, 32) + 1
@@ -184,6 +194,8 @@ def check_rolling_cache(model: Transformer, dtype: torch.dtype, seed: int) -> tu
 
 
 def check_cache_memory(model: Transformer, seed: int) -> SmokeCheck:
+    if model.args.sliding_window is None:
+        return check_full_cache(model, seed)
     w = model.window
     ids = synthetic_ids(4 * w, model.args.vocab_size, seed, model.output.weight.device)
     model.setup_caches(1, 4 * w + 1)
@@ -244,7 +256,7 @@ def check_decode_paths(
     """Each fast decode path, and transformers when installed, against the eager step: teacher-forced logits over
     the last few positions before the window and PAST_WINDOW positions after it. `max_seq_len`: the cache size the
     paths were prepared for (their static shapes)."""
-    w = model.window
+    w = smoke_span(model)
     prompt_len = max(1, w - 8)
     total = w + PAST_WINDOW
     ids = synthetic_ids(total, model.args.vocab_size, seed, model.output.weight.device)
@@ -272,7 +284,7 @@ def check_decode_paths(
             SmokeCheck(
                 "eager decode step equals transformers",
                 rel <= tol,
-                f"{where}, vs MistralForCausalLM (sdpa) in one pass: max |diff| {diff:.2e} ({rel:.1e} of the "
+                f"{where}, vs {_twin_name(model)} (sdpa) in one pass: max |diff| {diff:.2e} ({rel:.1e} of the "
                 f"largest logit, tolerance {tol:.0e})",
                 rel,
             )
@@ -321,6 +333,11 @@ def run_smoke(
         steps.insert(
             0, ("decode paths", lambda: check_decode_paths(model, decode_paths, dtype, seed, paths_max_seq_len))
         )
+    if model.args.moe is not None:
+        steps += [
+            ("routing", lambda: check_routing_determinism(model, seed)),
+            ("transformers", lambda: check_moe_parity(model, dtype, seed)),
+        ]
 
     def _rolling() -> SmokeCheck:
         nonlocal rate
@@ -337,3 +354,87 @@ def run_smoke(
         "decode tokens/s", rate, "tok/s", "greedy, batch 1, the eager step over the rolling-cache check's decode steps"
     )
     return SmokeReport(window=model.window, checks=checks, decode_tok_s=rate, figures=[figure])
+
+
+def _twin_name(model: Transformer) -> str:
+    return "MistralForCausalLM" if model.args.moe is None else "MixtralForCausalLM"
+
+
+def check_full_cache(model: Transformer, seed: int) -> SmokeCheck:
+    """Full attention: the cache holds every position of the run (sized to it), in the same buffers throughout."""
+    w = smoke_span(model)
+    n = 4 * w
+    ids = synthetic_ids(n, model.args.vocab_size, seed, model.output.weight.device)
+    model.setup_caches(1, n)
+    caches = [layer.attention.kv_cache for layer in model.blocks]
+    pointers = [c.k_cache.data_ptr() for c in caches if c is not None]
+    with torch.inference_mode():
+        prefill(model, ids, 0, w)
+    a = model.args
+    expected = a.n_layers * 2 * a.n_kv_heads * n * a.head_dim * model.output.weight.element_size()
+    kept = int((model.slot_pos >= 0).sum().item())
+    same = pointers == [c.k_cache.data_ptr() for c in caches if c is not None] and len(pointers) == len(caches)
+    ok = model.capacity == n and kept == n and model.cache_nbytes() == expected and same
+    return SmokeCheck(
+        "cache holds every position (full attention)",
+        ok,
+        f"{n} positions in a cache of {model.capacity} slots ({kept} filled, {model.cache_nbytes():,} bytes, "
+        f"expected {expected:,})" + ("" if same else "; the buffers were reallocated"),
+    )
+
+
+def check_routing_determinism(model: Transformer, seed: int) -> SmokeCheck:
+    """The same tokens route to the same experts with bitwise-equal logits, run twice, in one pass and in chunks."""
+    from .moe import MoeFeedForward
+
+    w = smoke_span(model)
+    ids = synthetic_ids(2 * w, model.args.vocab_size, seed, model.output.weight.device)
+    chosen: list[torch.Tensor] = []
+
+    def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        assert isinstance(module, MoeFeedForward)
+        flat = inputs[0].reshape(-1, inputs[0].shape[-1])
+        chosen.append(torch.topk(module.gate(flat), module.num_experts_per_tok, dim=-1).indices.cpu())
+
+    ffns = [layer.feed_forward for layer in model.blocks if isinstance(layer.feed_forward, MoeFeedForward)]
+    hooks = [ffn.register_forward_hook(record) for ffn in ffns]
+    try:
+        first = _all_logits(model, ids, 2 * w)
+        first_routes = [c.clone() for c in chosen]
+        chosen.clear()
+        second = _all_logits(model, ids, 2 * w)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    same_routes = len(first_routes) == len(chosen) and all(
+        torch.equal(a, b) for a, b in zip(first_routes, chosen, strict=True)
+    )
+    same = same_routes and torch.equal(first, second)
+    used = len({int(e) for c in first_routes for e in c.flatten()})
+    return SmokeCheck(
+        "routing is deterministic",
+        same,
+        f"{2 * w} tokens through {len(ffns)} layers twice ({model.args.moe.describe() if model.args.moe else ''}, "
+        f"{used} experts chosen somewhere): " + ("the same experts, bitwise-equal logits" if same else "differ"),
+    )
+
+
+def check_moe_parity(model: Transformer, dtype: torch.dtype, seed: int) -> SmokeCheck:
+    """The model's logits against transformers' MixtralForCausalLM on the same weights, one pass over 2 spans."""
+    w = smoke_span(model)
+    ids = synthetic_ids(2 * w, model.args.vocab_size, seed, model.output.weight.device)
+    ours = _all_logits(model, ids, w).float()
+    reference = transformers_logits(model, ids, 0)
+    tol = PATH_TOLERANCE.get(dtype, 2e-2)
+    if reference is None:
+        return SmokeCheck(
+            "logits equal transformers' Mixtral", False, "transformers is not installed", skipped="no transformers"
+        )
+    diff, rel = _max_diff(ours, reference)
+    return SmokeCheck(
+        "logits equal transformers' Mixtral",
+        rel <= tol,
+        f"{2 * w} positions in chunks of {w} vs MixtralForCausalLM (sdpa) in one pass: max |diff| {diff:.2e} "
+        f"({rel:.1e} of the largest logit, tolerance {tol:.0e})",
+        rel,
+    )

@@ -1,5 +1,7 @@
-"""Reading a release's weights: the native safetensors (memory-mapped) or the original `consolidated.00.pth`
-through verify's safe loader (its pickle is checked against an allowlist before anything is unpickled).
+"""Reading a release's weights: `consolidated.safetensors` (a converted native folder's, or the release's own as
+Mixtral 8x22B ships it; its header read strictly by verify first, then memory-mapped) or the original
+`consolidated.00.pth` through verify's safe loader (its pickle is checked against an allowlist before anything is
+unpickled).
 
 The one place in the runtime that opens weights.
 """
@@ -52,6 +54,9 @@ def _read_state_dict(release_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
     if path.name == SAFETENSORS_NAME:
         from safetensors import SafetensorError, safe_open
 
+        from m7b.verify.checkpoint_safetensors import index_safetensors
+
+        index_safetensors(path)  # offsets inside the file, no overlap or gap, known dtypes: MismatchError if not
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 return {key: f.get_tensor(key) for key in f.keys()}, path  # noqa: SIM118 (safe_open has no iter)
@@ -76,6 +81,7 @@ def check_shapes(arch: Architecture, state: dict[str, torch.Tensor], source: Pat
         extra=found.extra,
         wrong_shape=found.wrong_shape,
         expected_tensors=found.expected_tensors,
+        per_layer=found.per_layer,
     )
     if shapes.ok:
         return

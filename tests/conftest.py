@@ -66,3 +66,22 @@ def tiny_release_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_release(tiny_release_src: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny release, free to change."""
     return Path(shutil.copytree(tiny_release_src, tmp_path / "release" / tiny_release_src.name))
+
+
+@pytest.fixture(scope="session")
+def mixtral_tiny_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny mixture-of-experts release (4 experts, 2 per token, full attention) shipping consolidated.00.pth."""
+    return synthesize(tmp_path_factory.mktemp("synth") / "mixtral-tiny", "mixtral-tiny", seed=0).path
+
+
+@pytest.fixture(scope="session")
+def mixtral_tiny_st_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same release shipping consolidated.safetensors (as Mixtral 8x22B does): the same tensors."""
+    folder = tmp_path_factory.mktemp("synth") / "mixtral-tiny-st"
+    return synthesize(folder, "mixtral-tiny", seed=0, checkpoint_format="safetensors").path
+
+
+@pytest.fixture
+def mixtral_tiny(mixtral_tiny_src: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny mixture-of-experts release, free to change."""
+    return Path(shutil.copytree(mixtral_tiny_src, tmp_path / "release" / mixtral_tiny_src.name))

@@ -9,9 +9,9 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from m7b.errors import M7bError, MismatchError, NotFoundError, UnsupportedArchitectureError
+from m7b.errors import M7bError, MismatchError, NotFoundError
 from m7b.magnet import parse_magnet
-from m7b.manifests.architecture import Architecture, carried_moe, load_params
+from m7b.manifests.architecture import Architecture, load_params
 from m7b.manifests.schema import Manifest
 from m7b.progress import ProgressCallback, ignore_progress
 from m7b.torrent import TorrentMeta, load_torrent
@@ -19,6 +19,7 @@ from m7b.torrent import TorrentMeta, load_torrent
 from .checkpoint import check_tensors, inspect_checkpoint
 from .checkpoint_index import index_checkpoint
 from .checkpoint_load import load_checkpoint
+from .checkpoint_safetensors import SAFETENSORS_CHECKPOINT, index_safetensors
 from .digest import FileDigestLane, FileRead, Lane, ReadItem, read_stream
 from .findings import Finding, Status, status_for, verdict
 from .license import APACHE_SPDX, Evidence, find_evidence
@@ -352,35 +353,32 @@ def _license_findings(manifest: Manifest | None, evidence: list) -> list[Finding
 
 
 def inspect_release_checkpoints(root: Path, arch: Architecture | None) -> None:
-    """The publisher's gate: every top-level .pth passes the same inspection as verify (pickle allowlist, each tensor
-    owning exactly its bytes) and, with an architecture, its keys and shapes; UnsafeError / MismatchError if not."""
-    for path in sorted(p for p in Path(root).glob("*.pth") if p.is_file()):
-        records = index_checkpoint(path)
+    """The publisher's gate: every top-level .pth and a consolidated.safetensors pass the same inspection as verify
+    (pickle allowlist or strict header, each tensor owning exactly its bytes) and, with an architecture, its keys
+    and shapes; UnsafeError / MismatchError if not."""
+    for path in _checkpoints(Path(root)):
+        records = index_checkpoint(path) if path.suffix == ".pth" else index_safetensors(path)
         if arch is not None:
             result = check_tensors(records, arch)
             if not result.ok:
                 raise MismatchError(f"{path}: " + "; ".join(result.problems()))
 
 
+def _checkpoints(root: Path) -> list[Path]:
+    """The checkpoints a release folder ships: every top-level .pth, and its consolidated.safetensors."""
+    found = sorted(p for p in root.glob("*.pth") if p.is_file())
+    return found + ([root / SAFETENSORS_CHECKPOINT] if (root / SAFETENSORS_CHECKPOINT).is_file() else [])
+
+
 def _checkpoint_findings(root: Path, manifest: Manifest | None) -> tuple[list[Finding], dict[str, Any] | None]:
-    """params.json and every top-level .pth: the pickle walked against the allowlist, then keys/shapes/dtypes."""
+    """params.json and every checkpoint the release ships: a .pth's pickle walked against the allowlist, a
+    safetensors header read strictly (`checkpoint_safetensors`), then keys/shapes/dtypes against params.json."""
     findings: list[Finding] = []
     arch: Architecture | None = None
     params = root / "params.json"
     if params.is_file():
         try:
             arch = load_params(params)
-        except UnsupportedArchitectureError as exc:  # verify proves the files; running them is another matter
-            moe = carried_moe(exc)
-            findings.append(
-                Finding(
-                    "params",
-                    Status.NOTE,
-                    f"params.json declares a mixture of experts ({moe.describe() if moe else exc}): m7b cannot run or "
-                    "convert it, and does not check the checkpoint's keys and shapes against it",
-                    "params.json",
-                )
-            )
         except M7bError as exc:
             findings.append(Finding("params", status_for(exc), str(exc), "params.json"))
     if arch and manifest and manifest.architecture and arch != manifest.architecture:
@@ -400,27 +398,34 @@ def _checkpoint_findings(root: Path, manifest: Manifest | None) -> tuple[list[Fi
         )
     arch = arch or (manifest.architecture if manifest else None)
     doc: dict[str, Any] | None = None
-    for rel in sorted(p.name for p in root.glob("*.pth") if p.is_file()):
-        path = root / rel
+    for path in _checkpoints(root):
+        rel = path.name
+        state: Any
         try:
-            inspection = inspect_checkpoint(path)
-            state = load_checkpoint(path)
+            if path.suffix == ".pth":
+                inspection = inspect_checkpoint(path)
+                state = load_checkpoint(path)
+                doc = {
+                    "path": rel,
+                    "archive": inspection.archive,
+                    "pickle_bytes": inspection.pickle_bytes,
+                    "globals": sorted({g.name for g in inspection.globals}),
+                    "tensors": len(state),
+                }
+                said = "pickle holds only allowed globals"
+            else:  # the header's count, keys and shapes are checked before anything is read from what it declares
+                state = index_safetensors(path, arch)
+                doc = {"path": rel, "format": "safetensors", "tensors": len(state)}
+                said = "safetensors header read strictly (offsets inside the file, no overlap or gap)"
         except M7bError as exc:
             findings.append(Finding("checkpoint", status_for(exc), str(exc), rel))
             continue
-        doc = {
-            "path": rel,
-            "archive": inspection.archive,
-            "pickle_bytes": inspection.pickle_bytes,
-            "globals": sorted({g.name for g in inspection.globals}),
-            "tensors": len(state),
-        }
         if arch is None:
             findings.append(
                 Finding(
                     "checkpoint",
                     Status.NOTE,
-                    f"{rel}: pickle holds only allowed globals; no params.json to check its keys and shapes against",
+                    f"{rel}: {said}; no params.json to check its keys and shapes against",
                     rel,
                 )
             )
@@ -432,7 +437,7 @@ def _checkpoint_findings(root: Path, manifest: Manifest | None) -> tuple[list[Fi
                 Finding(
                     "checkpoint",
                     Status.OK,
-                    f"{rel}: pickle holds only allowed globals; "
+                    f"{rel}: {said}; "
                     f"{result.tensors} tensors, {result.parameters:,} parameters, {result.dtype}, "
                     "keys and shapes as params.json implies",
                     rel,

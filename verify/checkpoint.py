@@ -190,6 +190,7 @@ class TensorCheck:
     dtype: str | None = None
     facts: list[str] = field(default_factory=list)  # disagreements with the manifest's checkpoint facts
     expected_tensors: int | None = None  # set when the count alone disagrees (nothing per-key was compared)
+    per_layer: int = 9  # the tensors params.json implies per layer (9 dense; 7 + 3 per expert)
 
     @property
     def ok(self) -> bool:
@@ -202,7 +203,7 @@ class TensorCheck:
         if self.expected_tensors is not None:
             out.append(
                 f"the checkpoint holds {self.tensors} tensors, params.json implies {self.expected_tensors:,} "
-                "(3 + 9 per layer): params.json does not describe this checkpoint"
+                f"(3 + {self.per_layer} per layer): params.json does not describe this checkpoint"
             )
         if self.missing:
             out.append(f"missing key(s) {_few(self.missing)}")
@@ -227,7 +228,7 @@ def check_tensors(state: Mapping[str, Any], arch: Architecture, facts: Checkpoin
     at the cost of the checkpoint, never of what params.json declares."""
     result = TensorCheck(tensors=len(state), parameters=sum(int(t.numel()) for t in state.values()))
     if arch.tensor_count != len(state):
-        result.expected_tensors = arch.tensor_count
+        result.expected_tensors, result.per_layer = arch.tensor_count, arch.tensors_per_layer
         return result
     expected = arch.tensor_shapes()
     result.missing = [k for k in expected if k not in state]

@@ -32,7 +32,8 @@ from m7b.store import CONVERTED_RECORD, Store, unchanged_since
 
 from . import hf_layout, hf_tokenizer
 from .checkpoint import check_tensors
-from .checkpoint_index import MappedFile, TensorRecord, index_checkpoint, mapped, tensor_bytes
+from .checkpoint_index import MappedFile, TensorRecord, mapped, tensor_bytes
+from .checkpoint_safetensors import index_release_checkpoint, release_checkpoint
 from .license import APACHE_SPDX, canonical_text
 from .provenance import Source, write_provenance
 from .safetensors_out import FileRange, TensorOut, write_safetensors
@@ -87,16 +88,17 @@ def convert_release(
     if layout not in LAYOUTS:
         raise InvalidInputError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     src, out = Path(src), Path(out)
-    checkpoint, tokenizer = src / CHECKPOINT, src / "tokenizer.model"
-    for needed in (checkpoint, tokenizer):
-        if not needed.is_file():
-            raise NotFoundError(
-                f"{needed} not found: a release folder holds {CHECKPOINT}, params.json and "
-                "tokenizer.model — fetch it first"
-            )
+    tokenizer = src / "tokenizer.model"
+    checkpoint = release_checkpoint(src)  # consolidated.00.pth or consolidated.safetensors: what the release ships
+    if not tokenizer.is_file():
+        raise NotFoundError(
+            f"{tokenizer} not found: a release folder holds {checkpoint.name}, params.json and "
+            "tokenizer.model — fetch it first"
+        )
     arch = load_params(src / "params.json")
     load_sentencepiece(tokenizer)  # an empty, truncated or garbage tokenizer.model: InvalidInputError, nothing written
-    state = index_checkpoint(checkpoint)  # the pickle walked against the allowlist first; no torch involved
+    # a .pth's pickle walked against the allowlist first, a safetensors header read strictly; no torch involved
+    state = index_release_checkpoint(checkpoint, arch)
     check = check_tensors(state, arch)
     if not check.ok:
         raise MismatchError(
@@ -129,7 +131,7 @@ def convert_release(
                 NATIVE_FILE: {
                     "license": APACHE_SPDX,
                     "source_sha256": source_sha256,
-                    "source": CHECKPOINT,
+                    "source": checkpoint.name,
                     "format": "pt",
                 }
             }
@@ -154,7 +156,8 @@ def convert_release(
                 _write_text(tmp / "tokenizer.json", hf_tokenizer.build(tokenizer).json, digests)
             except hf_tokenizer.TokenizerConversionError as exc:
                 notes.append(str(exc))
-            _write_text(tmp / "README.md", hf_layout.model_card(name or src.name, source_sha256, arch), digests)
+            card = hf_layout.model_card(name or src.name, source_sha256, arch, checkpoint.name)
+            _write_text(tmp / "README.md", card, digests)
         _copy(tokenizer, tmp / "tokenizer.model", digests)
         (tmp / "LICENSE").write_bytes(canonical_text())
         digests["LICENSE"] = hashlib.sha256(canonical_text()).hexdigest()
@@ -239,12 +242,9 @@ def plan_convert(
     on_note: NoteCallback = ignore_note,
 ) -> ConvertPlan:
     """What `target` (a release name, a folder, a magnet, a .torrent, a manifest .toml, or a resolved Release)
-    converts to `layout`, and where: `out`, else `default_out`. Refuses a release its manifest says is not runnable,
-    and one not on disk."""
+    converts to `layout`, and where: `out`, else `default_out`. Refuses a release not on disk."""
     store = store or Store.from_env()
     release = release_for(target, store, on_note)
-    if release.manifest is not None:
-        release.manifest.require_runnable("convert")
     release = require_present(release)
     name = release.name if release.in_store else None
     return ConvertPlan(
@@ -281,7 +281,7 @@ def run_convert(
             plan.out,
             plan.layout,
             name=plan.label,
-            source_sha256=known_sha256(store, name, release.folder / CHECKPOINT),
+            source_sha256=known_sha256(store, name, _shipped_checkpoint(release.folder)),
             max_shard_size=max_shard_size,
             progress=progress,
         )
@@ -291,6 +291,14 @@ def run_convert(
         source = Source(name, info_hash, result.source_sha256, "ok" if plan.verified else None)
         write_provenance(result.out, plan.label, result.files, source, plan.layout, sign_key)
     return Conversion(plan.label, plan.verified, result)
+
+
+def _shipped_checkpoint(folder: Path) -> Path:
+    """The release's checkpoint for the sha256 lookup; convert_release itself refuses a folder without one."""
+    try:
+        return release_checkpoint(folder)
+    except (NotFoundError, MismatchError):
+        return folder / CHECKPOINT
 
 
 def converted_record(label: str, release: str | None, result: ConvertResult) -> dict[str, object]:

@@ -29,8 +29,9 @@ from m7b.progress import ProgressCallback, ignore_progress
 from m7b.store import CONVERTED_RECORD, LAYOUTS, Store
 
 from . import hf_layout
-from .checkpoint_index import index_checkpoint, mapped
-from .convert import CHECKPOINT, NATIVE_FILE, _ReadBack
+from .checkpoint_index import mapped
+from .checkpoint_safetensors import CHECKPOINT_NAMES, index_release_checkpoint, release_checkpoint
+from .convert import NATIVE_FILE, _ReadBack
 from .findings import Finding, Status, status_for, verdict
 from .provenance import CONVERTED_SIGNATURE, NOT_IN_SUMS, signed_source
 from .report import VerifyReport
@@ -203,7 +204,7 @@ def _verified_checkpoint(store: Store, name: str) -> str | None:
         return None
     files = report.get("files") if isinstance(report, dict) else None
     for entry in files if isinstance(files, list) else []:
-        if isinstance(entry, dict) and entry.get("path") == CHECKPOINT:
+        if isinstance(entry, dict) and entry.get("path") in CHECKPOINT_NAMES:
             value = entry.get("sha256")
             return value if isinstance(value, str) else None
     return None
@@ -331,7 +332,12 @@ def _architecture(root: Path, layout: str) -> tuple[Architecture, str | None]:
         "vocab_size": "vocab_size",
         "rope_theta": "rope_theta",
     }
-    params = {ours: doc[theirs] for ours, theirs in keys.items() if theirs in doc}
+    params: dict[str, Any] = {ours: doc[theirs] for ours, theirs in keys.items() if theirs in doc}
+    if "num_local_experts" in doc or "num_experts_per_tok" in doc:  # MixtralForCausalLM
+        params["moe"] = {
+            "num_experts": doc.get("num_local_experts"),
+            "num_experts_per_tok": doc.get("num_experts_per_tok"),
+        }
     dtype = doc.get("torch_dtype", doc.get("dtype"))
     return architecture_from_mapping(params, str(root / "config.json")), dtype if isinstance(dtype, str) else None
 
@@ -509,9 +515,10 @@ def _against_source(store: Store, root: Path, layout: str, placed: dict[str, Pla
             ]
         src = store.release_dir(name)
         arch = load_params(src / "params.json")
-        state = index_checkpoint(src / CHECKPOINT)
+        checkpoint = release_checkpoint(src)
+        state = index_release_checkpoint(checkpoint)
         wrong: list[Finding] = []
-        with mapped(src / CHECKPOINT) as source, _ReadBack(source.view, state, arch, layout) as same:
+        with mapped(checkpoint) as source, _ReadBack(source.view, state, arch, layout) as same:
             for key, where in placed.items():
                 if key not in state:
                     wrong.append(Finding("source", Status.MISMATCH, f"{key}: not in the source's checkpoint"))
@@ -524,10 +531,10 @@ def _against_source(store: Store, root: Path, layout: str, placed: dict[str, Pla
                             "source",
                             Status.MISMATCH,
                             f"{where.file}: tensor {where.name} differs from {key} in {name}'s verified "
-                            f"{CHECKPOINT} — convert again",
+                            f"{checkpoint.name} — convert again",
                             where.file,
                         )
                     )
     return wrong or [
-        Finding("source", Status.OK, f"{len(placed)} tensors bit for bit as in {name}'s verified {CHECKPOINT}")
+        Finding("source", Status.OK, f"{len(placed)} tensors bit for bit as in {name}'s verified {checkpoint.name}")
     ]

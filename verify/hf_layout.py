@@ -1,5 +1,7 @@
 """The Hugging Face layout of a Mistral checkpoint: key names, the rotary permutation of wq/wk, config.json,
-tokenizer files and the model card (written with huggingface_hub)."""
+tokenizer files and the model card (written with huggingface_hub). A mixture of experts is `MixtralForCausalLM`'s
+layout: `model.layers.N.block_sparse_moe.gate.weight` and `…block_sparse_moe.experts.E.w1/w2/w3.weight` (the names
+transformers' own converter reads from the hub's Mixtral checkpoints)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ class Rows(Protocol):
 
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+_EXPERT = re.compile(r"^feed_forward\.(gate\.weight|experts\.\d+\.w[123]\.weight)$")
 _LAYER_KEYS = {
     "attention.wq.weight": "self_attn.q_proj.weight",
     "attention.wk.weight": "self_attn.k_proj.weight",
@@ -44,6 +47,8 @@ def hf_key(key: str) -> str:
     if key in _TOP_KEYS:
         return _TOP_KEYS[key]
     m = _LAYER.match(key)
+    if m and (e := _EXPERT.match(m.group(2))):
+        return f"model.layers.{m.group(1)}.block_sparse_moe.{e.group(1)}"
     if not m or m.group(2) not in _LAYER_KEYS:
         raise KeyError(f"no Hugging Face name for checkpoint key {key!r}")
     return f"model.layers.{m.group(1)}.{_LAYER_KEYS[m.group(2)]}"
@@ -70,10 +75,19 @@ def unpermute(w: Rows, heads: int) -> Rows:
 
 
 def config(arch: Architecture, dtype: str = "bfloat16") -> dict[str, Any]:
-    """config.json for transformers' MistralForCausalLM."""
-    return {
-        "architectures": ["MistralForCausalLM"],
-        "model_type": "mistral",
+    """config.json for transformers' MistralForCausalLM, or MixtralForCausalLM for a mixture of experts."""
+    experts: dict[str, Any] = {}
+    if arch.moe is not None:
+        experts = {
+            "num_local_experts": arch.moe.num_experts,
+            "num_experts_per_tok": arch.moe.num_experts_per_tok,
+            "output_router_logits": False,
+            "router_aux_loss_coef": 0.02,
+            "router_jitter_noise": 0.0,
+        }
+    return experts | {
+        "architectures": ["MistralForCausalLM" if arch.moe is None else "MixtralForCausalLM"],
+        "model_type": "mistral" if arch.moe is None else "mixtral",
         "attention_dropout": 0.0,
         "bos_token_id": 1,
         "eos_token_id": 2,
@@ -82,13 +96,13 @@ def config(arch: Architecture, dtype: str = "bfloat16") -> dict[str, Any]:
         "hidden_size": arch.dim,
         "initializer_range": 0.02,
         "intermediate_size": arch.hidden_dim,
-        "max_position_embeddings": 32768,
+        "max_position_embeddings": arch.max_positions,
         "num_attention_heads": arch.n_heads,
         "num_hidden_layers": arch.n_layers,
         "num_key_value_heads": arch.n_kv_heads,
         "rms_norm_eps": arch.norm_eps,
-        "rope_theta": arch.effective_rope_theta,  # 10000 when params.json has none (v0.1)
-        "sliding_window": arch.sliding_window,
+        "rope_theta": arch.effective_rope_theta,  # none in params.json: 10000 with a window (v0.1), else 1e6
+        "sliding_window": arch.sliding_window,  # null: full attention
         "tie_word_embeddings": False,
         "dtype": dtype,
         "torch_dtype": dtype,
@@ -125,20 +139,25 @@ def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
-def model_card(name: str, source_sha256: str | None, arch: Architecture) -> str:
+def model_card(name: str, source_sha256: str | None, arch: Architecture, source: str = "consolidated.00.pth") -> str:
     """README.md whose metadata says `license: apache-2.0`, built with huggingface_hub's ModelCard."""
     from huggingface_hub import ModelCard, ModelCardData
 
     data = ModelCardData(
-        license="apache-2.0", library_name="transformers", pipeline_tag="text-generation", tags=["mistral", "m7b"]
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["mistral", "m7b"] if arch.moe is None else ["mixtral", "moe", "m7b"],
     )
+    window = f"sliding window {arch.sliding_window}" if arch.sliding_window is not None else "full attention"
+    experts = f", a mixture of experts ({arch.moe.describe()})" if arch.moe else ""
     body = (
         f"# {name}\n\n"
-        f"Converted by m7b from the torrent release's `consolidated.00.pth` "
+        f"Converted by m7b from the torrent release's `{source}` "
         f"({'sha256 ' + source_sha256 if source_sha256 else 'sha256 not recorded'}) to the Hugging Face layout: "
-        "renamed keys, wq/wk rows permuted for the rotary layout of `MistralForCausalLM`, bfloat16 tensors "
-        f"unchanged bit for bit. {arch.n_layers} layers, dim {arch.dim}, {arch.n_heads} heads "
-        f"({arch.n_kv_heads} key/value heads), sliding window {arch.sliding_window}, rope_theta "
+        "renamed keys, wq/wk rows permuted for the rotary layout of "
+        f"`{config(arch)['architectures'][0]}`, tensors unchanged bit for bit. {arch.n_layers} layers, dim "
+        f"{arch.dim}, {arch.n_heads} heads ({arch.n_kv_heads} key/value heads){experts}, {window}, rope_theta "
         f"{arch.effective_rope_theta:g}.\n\nLicense: Apache-2.0 (see LICENSE). `SHA256SUMS` lists every file.\n"
     )
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")

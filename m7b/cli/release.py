@@ -16,7 +16,12 @@ from .render import err, progress_bars, show
 def synth(
     out: Annotated[Path, typer.Argument(metavar="DIR", help="Folder to create (must not exist, or be empty).")],
     preset: Annotated[
-        str, typer.Option(metavar="PRESET", help="Size preset: tiny, small, bench-cpu, bench-2g, mistral-7b.")
+        str,
+        typer.Option(
+            metavar="PRESET",
+            help="Size preset: tiny, small, bench-cpu, bench-2g, mistral-7b; mixture of experts: mixtral-tiny, "
+            "mixtral-small, mixtral-8x7b.",
+        ),
     ] = "tiny",
     seed: Annotated[int, typer.Option(metavar="N", help="Random seed; the same seed gives byte-identical files.")] = 0,
     tokenizer: Annotated[
@@ -25,13 +30,21 @@ def synth(
             metavar="FILE", help="tokenizer.model to ship (default: the real one from the mistral-common package)."
         ),
     ] = None,
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            metavar="pth|safetensors",
+            help="The checkpoint it ships: consolidated.00.pth (Mistral 7B, Mixtral 8x7B) or "
+            "consolidated.safetensors (Mixtral 8x22B and later).",
+        ),
+    ] = "pth",
     json_out: JsonOption = False,
 ) -> None:
-    """Write a synthetic release laid out exactly like Mistral 7B v0.1 (random bf16 weights, real tokenizer)."""
+    """Write a synthetic release laid out exactly like Mistral's torrents (random bf16 weights, real tokenizer)."""
     from m7b.synth import synthesize
 
     with progress_bars(enabled=not json_out) as progress:
-        made = synthesize(out, preset, seed, tokenizer=tokenizer, progress=progress)
+        made = synthesize(out, preset, seed, tokenizer=tokenizer, checkpoint_format=checkpoint, progress=progress)
     doc = {
         "path": str(made.path),
         "preset": made.preset,

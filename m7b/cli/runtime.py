@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -43,10 +44,16 @@ CpuKernelsOption = Annotated[
 ]
 
 
-def _load(release: str, device: str, dtype: str | None, window: int | None = None) -> Runtime:
+def _load(
+    release: str,
+    device: str,
+    dtype: str | None,
+    window: int | None = None,
+    on_size: Callable[[Any], None] | None = None,
+) -> Runtime:
     from m7b.runtime.loader import load_release
 
-    return load_release(release, device=device, dtype=dtype, window=window, on_note=note)
+    return load_release(release, device=device, dtype=dtype, window=window, on_note=note, on_size=on_size)
 
 
 def run(
@@ -70,7 +77,10 @@ def run(
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
     chunk_size: Annotated[
-        int | None, typer.Option(metavar="N", help="Prefill chunk in tokens (default and maximum: the sliding window).")
+        int | None,
+        typer.Option(
+            metavar="N", help="Prefill chunk in tokens (default: the window, at most 4096; maximum: the window)."
+        ),
     ] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")] = False,
     decode: DecodeOption = "auto",
@@ -96,8 +106,17 @@ def run(
         stop_at_eos=not ignore_eos,
         sampling=SamplingConfig(temperature=temperature, top_p=top_p, seed=seed),
     )
-    config.validate()
-    rt = _load(release, device, dtype)
+    from m7b.manifests.architecture import MAX_SEQ_LEN
+
+    config.validate(MAX_SEQ_LEN)  # the loaded model's own bound (`Architecture.max_positions`) is checked by complete
+    sizes: list[Any] = []
+
+    def on_size(plan: Any) -> None:  # before the weights are read: their size, and the speed their active bytes allow
+        sizes.append(plan)
+        if not json_out:
+            err.print(f"[cyan]size:[/cyan] {escape(plan.statement())}", highlight=False)
+
+    rt = _load(release, device, dtype, on_size=on_size)
     load_s = time.perf_counter() - started
     from m7b.verify.provenance import provenance_line
 
@@ -138,6 +157,7 @@ def run(
                 "prompt_token_ids": completion.prompt_token_ids,
                 "token_ids": completion.token_ids,
                 "load_s": round(load_s, 3),
+                "size": sizes[0].to_json() if sizes else None,
                 "first_token_at": round(completion.first_token_at or 0.0, 4),
                 **figures,
                 **completion.prepared.record(),
@@ -188,7 +208,7 @@ def smoke(
     from m7b.progress import ProgressEvent, ignore_progress
     from m7b.runtime.complete import prepare_step
     from m7b.runtime.fast_decode import resolve_mode
-    from m7b.runtime.smoke import PAST_WINDOW, run_smoke
+    from m7b.runtime.smoke import PAST_WINDOW, run_smoke, smoke_span
 
     rt = _load(release, device, dtype, window)
     if decode.strip().lower() == "auto":
@@ -198,7 +218,7 @@ def smoke(
     store = Store.from_env()
     paths, prepared_len, prepare_s = {}, None, {}
     for mode in modes:
-        prepared = prepare_step(rt.model, mode, rt.model.window + PAST_WINDOW, store, cpu_kernels)
+        prepared = prepare_step(rt.model, mode, smoke_span(rt.model) + PAST_WINDOW, store, cpu_kernels)
         if mode == "eager" and prepared.cpu_kernels == "torch":
             continue  # the eager step on torch's kernels is the reference itself
         name = f"CPU kernels {prepared.cpu_kernels}" if mode == "eager" else mode

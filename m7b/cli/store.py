@@ -123,7 +123,7 @@ def show_release(
         return
     doc = manifest_document(m)
     doc["state"] = str(store.state(m))
-    doc["runtime"] = _runtime_document(m.unsupported)
+    doc["runtime"] = _runtime_document(None)  # every architecture a manifest can state runs (dense or experts)
     show(doc, json_out, lambda d: _print_manifest(m, d))
 
 
@@ -169,9 +169,7 @@ def _print_manifest(m: Manifest, doc: dict[str, Any]) -> None:
         highlight=False,  # rich's highlighter backtracks on one long word: quadratic (a 64 KB title took 55 s)
     )
     out.print(f"state in store: {doc['state']}", highlight=False)
-    out.print(
-        "runtime: " + ("supported" if m.unsupported is None else f"not supported ({m.unsupported})"), highlight=False
-    )
+    out.print("runtime: supported" + (f" (mixture of experts, {m.moe.describe()})" if m.moe else ""), highlight=False)
     t = m.torrent
     for label, value in (
         ("torrent name", t.name),

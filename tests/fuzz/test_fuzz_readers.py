@@ -67,7 +67,7 @@ field_values = (
 params_docs = st.fixed_dictionaries(
     {k: st.integers(1, 64) | st.integers(1, 64) | field_values for k in REQUIRED_INT}
     | {"norm_eps": st.just(1e-5) | field_values},
-    optional={k: field_values for k in ("rope_theta", "moe")},
+    optional={k: field_values for k in ("rope_theta", "moe", "sliding_window", "max_seq_len")},
 )
 
 

@@ -73,13 +73,18 @@ def test_show_a_folder_without_a_manifest_omits_absent_facts_and_says_it_runs(cl
     assert None not in doc.values() and Path(doc["path"]) == tiny_release.resolve()
 
 
-def test_show_a_mixture_of_experts_folder_says_the_runtime_cannot_run_it(cli, m7b_home, tiny_release) -> None:
-    params = json.loads((tiny_release / "params.json").read_text())
-    moe = {**params, "moe": {"num_experts": 4, "num_experts_per_tok": 2}}
-    (tiny_release / "params.json").write_text(json.dumps(moe))
-    human = cli("show", tiny_release)
+def test_show_a_mixture_of_experts_folder_says_the_runtime_runs_it(cli, m7b_home, mixtral_tiny) -> None:
+    human = cli("show", mixtral_tiny)
     assert human.code == 0, human.stderr
-    assert "runtime: not supported (mixture of experts: 4 experts, 2 per token)" in human.stdout
-    assert "None" not in human.stdout
-    doc = json.loads(cli("show", tiny_release, "--json").stdout)
-    assert doc["runtime"] == {"supported": False, "reason": "mixture of experts: 4 experts, 2 per token"}
+    assert "runtime: supported" in human.stdout and "None" not in human.stdout
+    doc = json.loads(cli("show", mixtral_tiny, "--json").stdout)
+    assert doc["runtime"] == {"supported": True}
+
+
+@pytest.mark.parametrize("name", ["mixtral-8x7b-32kseqlen", "mixtral-8x22b"])
+def test_show_the_mixtral_releases_says_the_runtime_supports_them(cli, m7b_home, name) -> None:
+    human = cli("show", name)
+    assert human.code == 0, human.stderr
+    assert "runtime: supported (mixture of experts, 8 experts, 2 per token)" in human.stdout
+    doc = json.loads(cli("show", name, "--json").stdout)
+    assert doc["runtime"] == {"supported": True}

@@ -37,7 +37,39 @@ def test_bundled_manifests_hold_the_published_facts_with_sources() -> None:
     mixtral = find_manifest("mixtral-8x7b-32kseqlen")
     assert mixtral.torrent.info_hash_v1 == "5546272da9065eddeb6fcd7ffddeef5b75be79a7"
     assert mixtral.file("consolidated.00.pth").md5 == "1faa9bc9b20fcfe81fcd4eb7166a79e6"
-    assert mixtral.architecture is None and not mixtral.torrent.files_complete
+    assert mixtral.file("tokenizer.model").md5 == "37974873eb68a7ab30c4912fc36264ae"
+    assert not mixtral.torrent.files_complete
+    a = mixtral.architecture
+    assert a is not None and a.moe is not None and (a.moe.num_experts, a.moe.num_experts_per_tok) == (8, 2)
+    assert (a.dim, a.n_layers, a.head_dim, a.hidden_dim, a.n_heads, a.n_kv_heads, a.vocab_size) == (
+        4096,
+        32,
+        128,
+        14336,
+        32,
+        8,
+        32000,
+    )
+    assert a.norm_eps == 1e-05 and a.sliding_window is None and a.rope_theta is None and a.max_seq_len is None
+    assert a.effective_rope_theta == 1e6 and a.max_positions == 32_768
+    big = find_manifest("mixtral-8x22b")
+    assert big.torrent.info_hash_v1 == "9238b09245d0d8cd915be09927769d5f7584c1c9"
+    assert big.file("consolidated.safetensors") is not None and big.file("consolidated.00.pth") is None
+    b = big.architecture
+    assert b is not None and b.moe is not None and (b.moe.num_experts, b.moe.num_experts_per_tok) == (8, 2)
+    assert (b.dim, b.n_layers, b.head_dim, b.hidden_dim, b.n_heads, b.n_kv_heads, b.vocab_size) == (
+        6144,
+        56,
+        128,
+        16384,
+        48,
+        8,
+        32000,
+    )
+    assert b.rope_theta == 1e6 and b.max_seq_len == 65_536 and b.sliding_window is None and b.norm_eps == 1e-05
+    for name in ("mixtral-8x7b-32kseqlen", "mixtral-8x22b"):
+        sources = find_manifest(name).sources
+        assert "moe_one_file_ref.py" in sources["architecture"] and "moe.py" in sources["architecture"]
     for manifest in known_manifests().values():
         assert manifest.sources["release"] and manifest.sources["torrent"]
 

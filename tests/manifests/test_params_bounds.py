@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from real_params import REAL
 
-from m7b.errors import InvalidInputError, UnsupportedArchitectureError
+from m7b.errors import InvalidInputError
 from m7b.manifests.architecture import MAX_INT_FIELD, MAX_PARAMS_BYTES, load_params
 
 
@@ -73,20 +73,29 @@ def test_largest_allowed_value_is_accepted(tmp_path: Path) -> None:
     assert arch.sliding_window == MAX_INT_FIELD
 
 
-def test_mixture_of_experts_is_refused_as_unsupported(tmp_path: Path) -> None:
+def test_mixtral_params_read_as_a_mixture_of_experts_with_full_attention(tmp_path: Path) -> None:
     mixtral = {k: v for k, v in REAL.items() if k != "sliding_window"}
     mixtral["moe"] = {"num_experts_per_tok": 2, "num_experts": 8}
-    with pytest.raises(UnsupportedArchitectureError) as info:
-        load_params(write(tmp_path, json.dumps(mixtral)))
-    assert "mixture of experts" in str(info.value) and info.value.exit_code == 4
-    assert info.value.moe is not None and info.value.moe.num_experts == 8
+    arch = load_params(write(tmp_path, json.dumps(mixtral)))
+    assert arch.moe is not None and (arch.moe.num_experts, arch.moe.num_experts_per_tok) == (8, 2)
+    assert arch.sliding_window is None and arch.full_attention and arch.attention_window == 32_768
+    assert arch.effective_rope_theta == 1e6  # mistral-inference's default without a window
+    assert arch.tensor_count == 3 + 32 * (7 + 3 * 8)
+    assert round(arch.parameter_count() / 1e9, 1) == 46.7 and round(arch.active_parameter_count() / 1e9, 1) == 12.9
+    assert load_params(write(tmp_path, json.dumps(REAL))).effective_rope_theta == 10000.0  # 7B keeps 1e4
+    assert load_params(write(tmp_path, json.dumps({**mixtral, "max_seq_len": 65536}))).max_positions == 65536
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1 << 40, "65536", 1.5, True])
+def test_a_bad_max_seq_len_is_invalid_input(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(InvalidInputError, match="max_seq_len"):
+        load_params(write(tmp_path, json.dumps({**REAL, "max_seq_len": bad})))
 
 
 @pytest.mark.parametrize("moe", [[], {"num_experts": 8}, {"num_experts": 2, "num_experts_per_tok": 3}, "yes"])
 def test_a_malformed_moe_block_is_invalid_input(tmp_path: Path, moe: object) -> None:
-    with pytest.raises(InvalidInputError, match="moe") as info:
+    with pytest.raises(InvalidInputError, match="moe"):
         load_params(write(tmp_path, json.dumps({**REAL, "moe": moe})))
-    assert not isinstance(info.value, UnsupportedArchitectureError)
 
 
 @pytest.mark.slow

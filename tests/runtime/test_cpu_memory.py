@@ -64,3 +64,20 @@ def test_default_cpu_run_keeps_the_weights_out_of_private_memory(tiny_release_sr
     wide, record = peak_private_run(large.path, "--dtype", "float32")
     assert record["dtype"] == "float32"
     assert wide - base > large.checkpoint_bytes
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("checkpoint", ["pth", "safetensors"])
+def test_a_mixture_of_experts_runs_from_the_mapped_checkpoint_in_either_format(
+    mixtral_tiny_src, tmp_path, checkpoint
+) -> None:
+    large = synthesize(tmp_path / "mixtral-small", "mixtral-small", seed=0, checkpoint_format=checkpoint)
+    small_bytes = (mixtral_tiny_src / "consolidated.00.pth").stat().st_size
+    base, _ = peak_private_run(mixtral_tiny_src)
+    peak, record = peak_private_run(large.path)
+    assert record["dtype"] == "bfloat16" and record["size"]["fits"] is True
+    growth = peak - base
+    assert growth <= 0.25 * (large.checkpoint_bytes - small_bytes), (
+        f"private memory grew by {growth / 1e6:.1f} MB for {large.checkpoint_bytes / 1e6:.1f} MB of weights"
+    )

@@ -10,15 +10,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from m7b.errors import InvalidInputError
+from m7b.manifests.architecture import MAX_SEQ_LEN
 from m7b.runtime.generate import MAX_POSITIONS, GenerationConfig, generate
 from m7b.runtime.sampling import SamplingConfig, sample
 
 
-@pytest.mark.parametrize("max_tokens", [MAX_POSITIONS + 1, 10**7, 10**8, 10**12])
-def test_max_tokens_beyond_what_the_model_addresses_is_refused_before_loading(cli_inproc, tiny_release_src, max_tokens):
+@pytest.mark.parametrize("max_tokens", [MAX_POSITIONS + 1, 10**6, 10**7, 10**8, 10**12])
+def test_max_tokens_beyond_what_the_model_addresses_is_refused_before_any_cache(
+    cli_inproc, tiny_release_src, max_tokens
+):
+    """Beyond any model's bound (MAX_SEQ_LEN) before loading; beyond this model's (params.json's max_seq_len, else
+    32,768) once its params are read, before a cache or step is made."""
     result = cli_inproc("run", str(tiny_release_src), "--prompt", "Hello", "--max-tokens", str(max_tokens))
     assert result.code == 4, result.stderr
-    assert f"--max-tokens must be at most {MAX_POSITIONS:,}" in result.stderr
+    bound = MAX_POSITIONS if max_tokens <= MAX_SEQ_LEN else MAX_SEQ_LEN
+    assert f"--max-tokens must be at most {bound:,}" in result.stderr
     assert f"found {max_tokens:,}" in result.stderr and "internal error" not in result.stderr
 
 

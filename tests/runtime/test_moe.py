@@ -1,0 +1,247 @@
+"""The mixture of experts (Mixtral) against transformers' MixtralForCausalLM on the same weights, its routing rule,
+the three ways it runs (eager loop, stacked-and-gathered, CPU row kernels), and full attention's cache."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from m7b.errors import InvalidInputError
+from m7b.runtime.generate import GenerationConfig, generate
+from m7b.runtime.hf_twin import hf_model
+from m7b.runtime.loader import Runtime, load_runtime
+from m7b.runtime.model import Transformer
+from m7b.runtime.moe import MoeFeedForward, stack_all_experts
+from m7b.runtime.weights import load_state_dict
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def moe_runtime(mixtral_tiny_src: Path) -> Runtime:
+    return load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="module")
+def moe_state(mixtral_tiny_src: Path) -> dict[str, torch.Tensor]:
+    return load_state_dict(mixtral_tiny_src)[0]
+
+
+@pytest.fixture(scope="module")
+def hf_moe(moe_runtime: Runtime, moe_state: dict[str, torch.Tensor]):
+    return hf_model(moe_state, moe_runtime.args, torch.float32)
+
+
+def _ids(n: int, seed: int = 0) -> torch.Tensor:
+    ids = torch.randint(3, 32000, (1, n), generator=torch.Generator().manual_seed(seed))
+    ids[0, 0] = 1
+    return ids
+
+
+def _logits(model: Transformer, ids: torch.Tensor, chunk: int, capacity: int | None = None) -> torch.Tensor:
+    n = ids.shape[1]
+    model.setup_caches(1, n, capacity)
+    with torch.inference_mode():
+        return torch.cat(
+            [model(ids[:, b : b + chunk], torch.arange(b, min(b + chunk, n)))[0] for b in range(0, n, chunk)]
+        )
+
+
+def test_the_release_is_a_mixture_of_experts_with_full_attention(moe_runtime: Runtime) -> None:
+    args = moe_runtime.args
+    assert args.moe is not None and (args.moe.num_experts, args.moe.num_experts_per_tok) == (4, 2)
+    assert args.sliding_window is None and args.rope_theta == 1e6
+    ffn = moe_runtime.model.blocks[0].feed_forward
+    assert isinstance(ffn, MoeFeedForward)
+    # module names are the checkpoint's keys: load_state_dict needed no mapping
+    keys = set(moe_runtime.model.state_dict())
+    assert "layers.0.feed_forward.gate.weight" in keys and "layers.1.feed_forward.experts.3.w2.weight" in keys
+
+
+@pytest.mark.parametrize("chunk", [80, 16, 7])
+def test_float32_logits_match_transformers_mixtral(moe_runtime, hf_moe, chunk) -> None:
+    ids = _ids(80)
+    with torch.inference_mode():
+        ref = hf_moe(ids).logits[0]
+    ours = _logits(moe_runtime.model, ids, chunk)
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().max().item() <= TOL
+
+
+def test_bfloat16_logits_within_2_percent_of_the_largest(mixtral_tiny_src, moe_state) -> None:
+    rt = load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.bfloat16)
+    hf = hf_model(moe_state, rt.args, torch.bfloat16)
+    ids = _ids(64, seed=3)
+    with torch.inference_mode():
+        ref = hf(ids).logits[0].float()
+    ours = _logits(rt.model, ids, 64).float()
+    assert (ours - ref).abs().max().item() <= 0.02 * ref.abs().max().item()
+
+
+def test_greedy_decode_matches_transformers_generate(moe_runtime, hf_moe) -> None:
+    prompt = _ids(20, seed=1)
+    result = generate(moe_runtime.model, prompt[0].tolist(), GenerationConfig(max_tokens=24, stop_at_eos=False))
+    with torch.inference_mode():
+        theirs = hf_moe.generate(prompt, max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=0)
+    assert result.tokens == theirs[0, 20:].tolist()
+    # full attention: the cache holds every position of the run, not a window
+    assert moe_runtime.model.capacity == moe_runtime.model.max_seq_len >= 20 + 24
+
+
+def test_routing_is_mistral_inferences_rule_and_runs_only_the_chosen_experts(moe_runtime) -> None:
+    ffn = moe_runtime.model.blocks[0].feed_forward
+    assert isinstance(ffn, MoeFeedForward)
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(0))
+    logits = ffn.gate(x)
+    top, chosen = torch.topk(logits, 2, dim=-1)
+    weights = F.softmax(top.float(), dim=-1)
+    # transformers' order (softmax over all, top-k, renormalise) picks the same experts with the same weights
+    probs = F.softmax(logits.float(), dim=-1)
+    hf_top, hf_chosen = torch.topk(probs, 2, dim=-1)
+    assert torch.equal(hf_chosen, chosen)
+    assert torch.allclose(hf_top / hf_top.sum(-1, keepdim=True), weights, atol=1e-6)
+    want = torch.stack([sum(weights[t, j] * ffn.expert(int(chosen[t, j]))(x[t]) for j in range(2)) for t in range(5)])
+    called: list[int] = []
+    hooks = [
+        ffn.experts[e].register_forward_hook(lambda m, i, o, e=e: called.append(e)) for e in range(ffn.num_experts)
+    ]
+    try:
+        with torch.inference_mode():
+            got = ffn(x.view(1, 5, 64))[0]
+    finally:
+        for h in hooks:
+            h.remove()
+    assert torch.allclose(got, want, atol=1e-5)
+    assert set(called) == set(chosen.flatten().tolist())  # an expert no row chose never ran
+
+
+def test_routing_is_deterministic(moe_runtime) -> None:
+    ids = _ids(40, seed=7)
+    first = _logits(moe_runtime.model, ids, 40)
+    again = _logits(moe_runtime.model, ids, 40)
+    assert torch.equal(first, again)
+
+
+def test_stacked_experts_gathered_by_index_equal_the_loop(mixtral_tiny_src) -> None:
+    """gpt-fast's compiled-step form (weights stacked at load, the chosen experts gathered), run eagerly on the CPU."""
+    rt = load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.float32)
+    ids = _ids(24, seed=2)
+    ref = _logits(rt.model, ids, 1)  # decode steps through the loop
+    keys = set(rt.model.state_dict())
+    stack_all_experts(list(rt.model.layers))
+    ffn = rt.model.blocks[0].feed_forward
+    assert isinstance(ffn, MoeFeedForward) and ffn.stacked and ffn.w13.shape == (4, 256, 64)
+    # the experts' weights are views of the stacked ones: no second copy, same keys
+    assert ffn.expert(2).w3.weight.data_ptr() == ffn.w13[2, 128:].data_ptr()
+    assert set(rt.model.state_dict()) == keys
+    assert (_logits(rt.model, ids, 1) - ref).abs().max().item() <= 1e-5
+
+
+@pytest.mark.slow
+def test_the_compiled_decode_step_runs_a_mixture_of_experts_on_the_cpu(mixtral_tiny_src, tmp_path) -> None:
+    from m7b.runtime.fast_decode import prepare_decode
+
+    rt = load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.float32)
+    prompt = _ids(12, seed=4)[0].tolist()
+    config = GenerationConfig(max_tokens=8, stop_at_eos=False)
+    eager = generate(rt.model, prompt, config).tokens
+    stack_all_experts(list(rt.model.layers))
+    prepared = prepare_decode(rt.model, "compile", len(prompt) + 8, tmp_path / "compile", "torch")
+    compiled = generate(rt.model, prompt, config, decode_fn=prepared.fn, max_seq_len=prepared.max_seq_len).tokens
+    assert prepared.mode == "compile" and compiled == eager
+
+
+def test_cpu_kernels_read_only_the_chosen_experts(mixtral_tiny_src) -> None:
+    from m7b.runtime.cpu_kernels_build import choose_kernels
+    from m7b.runtime.row_kernels import row_kernel_step
+
+    rt = load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.bfloat16)
+    choice = choose_kernels("auto", rt.model.output.weight, None)
+    if choice.kernels is None:
+        pytest.skip(f"m7b's CPU kernels do not run here: {choice.note}")
+    kernels = choice.kernels
+    read: set[int] = set()
+    matvec, stack = kernels.__call__, kernels.stack
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(kernels, name)
+
+        def __call__(self, x, weight):
+            read.add(weight.data_ptr())
+            return matvec(x, weight)
+
+        def stack(self, x, weights):
+            read.update(w.data_ptr() for w in weights)
+            return stack(x, weights)
+
+    step = row_kernel_step(Recording())  # type: ignore[arg-type]
+    model = rt.model
+    ids = _ids(10, seed=5)
+    model.setup_caches(1, 11)
+    with torch.inference_mode():
+        model(ids, torch.arange(10))
+        logits = step(model, torch.tensor([[42]]), torch.tensor([10]))
+    model.setup_caches(1, 11)
+    with torch.inference_mode():
+        model(ids, torch.arange(10))
+        eager = model(torch.tensor([[42]]), torch.tensor([10]))[:, -1]
+    assert (logits.float() - eager.float()).abs().max().item() <= 0.02 * eager.float().abs().max().item()
+    experts = {
+        (i, e): block.feed_forward.expert(e).w1.weight.data_ptr()
+        for i, block in enumerate(model.blocks)
+        if isinstance(block.feed_forward, MoeFeedForward)
+        for e in range(4)
+    }
+    per_layer = {i: sum(ptr in read for (j, _), ptr in experts.items() if j == i) for i in range(len(model.blocks))}
+    assert per_layer == {0: 2, 1: 2}  # 2 of 4 experts' weights read in each layer
+
+
+def test_a_smaller_window_gives_a_rolling_cache_equal_to_full_recompute(mixtral_tiny_src) -> None:
+    """The smoke battery's window override on a model without one: the rolling cache (capacity W) and the full
+    cache under the same band mask give the same logits."""
+    args = load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.float32).args.with_window(8)
+    assert args.rope_theta == 1e6  # the model's own rope_theta, not the windowed default
+    rt = load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.float32, args_override=args)
+    ids = _ids(40, seed=6)
+    rolling = _logits(rt.model, ids, 1)
+    assert rt.model.capacity == 8
+    full = _logits(rt.model, ids, 40, capacity=40)
+    assert (rolling - full).abs().max().item() <= 1e-5
+    with pytest.raises(InvalidInputError, match="window"):
+        rt.args.with_window(1)
+
+
+def test_the_position_cap_is_params_max_seq_len(moe_runtime) -> None:
+    from m7b.runtime.generate import check_positions
+
+    long = replace(moe_runtime.args, max_seq_len=65_536)
+    check_positions(1000, 60_000, long.max_positions)  # 8x22B addresses 65,536
+    with pytest.raises(InvalidInputError, match="at most 32,768"):
+        check_positions(1000, 60_000, moe_runtime.args.max_positions)
+    GenerationConfig(max_tokens=40_000).validate(long.max_positions)
+    with pytest.raises(InvalidInputError, match="max_tokens"):
+        GenerationConfig(max_tokens=40_000).validate(moe_runtime.args.max_positions)
+
+
+@pytest.mark.slow
+def test_smoke_on_a_mixture_of_experts_adds_routing_and_mixtral_parity(cli_inproc, m7b_home, mixtral_tiny_src) -> None:
+    import json
+
+    result = cli_inproc("smoke", str(mixtral_tiny_src), "--device", "cpu", "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    checks = {c["name"]: c for c in doc["checks"]}
+    for name in (
+        "routing is deterministic",
+        "logits equal transformers' Mixtral",
+        "cache holds every position (full attention)",
+        "rolling cache equals a full recompute past the window",
+        "chunked prefill equals a single pass",
+    ):
+        assert checks[name]["passed"] is True, checks[name]
+    assert "cache memory constant after W tokens" not in checks  # no window: the cache is sized to the run
