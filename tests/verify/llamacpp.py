@@ -68,5 +68,16 @@ def bindings(tools: Path):
     if str(tools / "python") not in sys.path:
         sys.path.insert(0, str(tools / "python"))
     import llama_cpp
+    import llama_cpp.llama_cpp as low
 
+    if not getattr(low, "_m7b_no_repack", False):
+        defaults = low.llama_model_default_params
+
+        def no_repack():  # type: ignore[no-untyped-def]
+            params = defaults()
+            params.use_extra_bufts = False  # the CPU repack of q8_0/q4_0 crashes on AMX hosts (llama-bench too)
+            return params
+
+        low.llama_model_default_params = no_repack
+        low._m7b_no_repack = True
     return llama_cpp

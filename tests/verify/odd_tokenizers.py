@@ -9,14 +9,16 @@ from pathlib import Path
 # piece id -> text: each odd in its own way, all in the normal piece range of the real tokenizer
 ODD_PIECES: dict[int, str] = {
     1000: "\x01\x02\x7f",  # control characters
-    1001: "a\x00b",  # a NUL inside
+    1001: "\x1b[31mred\x1b[0m",  # terminal escapes
     1002: "\t\r\n",  # whitespace a reader may strip
     1003: "🦙" * 200,  # 800 bytes of 4-byte characters
-    1004: "x" * 20000,  # a very long piece
-    1005: "<0x0A>",  # a normal piece that looks like a byte piece
-    1006: "\u2581\u2581\u2581",  # sentencepiece's visible space, thrice
-    1007: "<s>",  # a normal piece that looks like a control token
+    1004: "x" * 5000,  # a very long piece (sentencepiece refuses 20,000)
+    1005: "<0xZZ>",  # a normal piece that looks like a byte piece
+    1006: "\u2581" * 40,  # sentencepiece's visible space, 40 times
+    1007: "<s><unk>",  # a normal piece that looks like control tokens
 }
+# pieces sentencepiece itself refuses to load: convert says so, naming the file, and writes nothing
+REFUSED_PIECES: dict[str, str] = {"empty": "", "NUL": "a\x00b", "20,000 characters": "x" * 20000, "duplicate": "<s>"}
 
 
 def edited(

@@ -11,7 +11,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from odd_tokenizers import edited
+from odd_tokenizers import REFUSED_PIECES, edited
 
 from m7b.errors import InvalidInputError
 from m7b.manifests.architecture import load_params
@@ -195,3 +195,14 @@ def test_a_tokenizer_with_more_pieces_than_the_model_has_rows_is_refused(tiny_re
     with pytest.raises(InvalidInputError, match="32,001 pieces"):
         convert_release(tiny_release, tmp_path / "out", "gguf-bf16")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("piece", list(REFUSED_PIECES), ids=list(REFUSED_PIECES))
+def test_a_piece_sentencepiece_refuses_is_a_clear_error_with_nothing_written(
+    tiny_release: Path, tmp_path: Path, piece: str
+) -> None:
+    edited(tiny_release / "tokenizer.model", pieces={1004: REFUSED_PIECES[piece]})
+    with pytest.raises(InvalidInputError, match="tokenizer.model") as info:
+        convert_release(tiny_release, tmp_path / "out", "gguf-q4_0")
+    assert "restore the release's tokenizer.model" in str(info.value)
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [tmp_path / "release"]
