@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,7 +198,8 @@ def write_gguf(
             t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=gguf.GGMLQuantizationType[t.kind.name]
         )
     total = sum(t.nbytes for t in plan)
-    digest = hashlib.sha256()
+    hasher = _Hasher()
+    digest = hasher
     done = 0
     back = -1  # a second descriptor, for reading back what was written
     try:
@@ -217,7 +220,7 @@ def write_gguf(
                 fh.write(data)
                 digest.update(data)
                 fh.flush()
-                if os.pread(back, data.nbytes, position) != data:
+                if not _equal(os.pread(back, data.nbytes, position), data):
                     raise MismatchError(
                         f"{path.name}: tensor {t.name} read back differs from what was written; the disk returned "
                         "other bytes — check the disk and convert again"
@@ -232,10 +235,11 @@ def write_gguf(
         writer.close()
         if back >= 0:
             os.close(back)
+        sha256 = hasher.close()
     types: dict[str, int] = {}
     for t in plan:
         types[t.kind.name] = types.get(t.kind.name, 0) + 1
-    return GGUFWritten(path.name, digest.hexdigest(), len(plan), total, dict(sorted(types.items())))
+    return GGUFWritten(path.name, sha256, len(plan), total, dict(sorted(types.items())))
 
 
 def _plan(key: str, record: TensorRecord, file_type: str) -> _Planned:
@@ -255,6 +259,41 @@ def _encoded_chunks(t: _Planned, view: memoryview) -> Iterator[np.ndarray]:
     step = max(1, CHUNK_ELEMENTS // t.shape[-1])
     for start in range(0, rows.shape[0], step):
         yield gguf_quant.encode(rows[start : start + step], t.kind)
+
+
+class _Hasher:
+    """sha256 of what is written, in a second thread (the other core), as safetensors_out hashes: `update` hands it
+    a buffer (at most two in flight), `close` waits and gives the digest (or raises what the thread met)."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.inbox: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=2)
+        self.failure: list[BaseException] = []
+        self.worker = threading.Thread(target=self._run, daemon=True, name="m7b-sha256-gguf")
+        self.worker.start()
+
+    def _run(self) -> None:
+        while (item := self.inbox.get()) is not None:
+            try:
+                self.digest.update(item)
+            except BaseException as exc:  # raised by close()
+                self.failure.append(exc)
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.inbox.put(data)
+
+    def close(self) -> str:
+        self.inbox.put(None)
+        self.worker.join()
+        if self.failure:
+            raise self.failure[0]
+        return self.digest.hexdigest()
+
+
+def _equal(a: bytes, b: memoryview) -> bool:
+    """Bytes read back against those written, 64 bits at a time (a memoryview compares byte by byte)."""
+    word = np.uint64 if len(a) % 8 == 0 else np.uint8
+    return len(a) == b.nbytes and bool(np.array_equal(np.frombuffer(a, word), np.frombuffer(b, word)))
 
 
 def _pad(fh: Any, position: int, align: int, digest: Any) -> int:

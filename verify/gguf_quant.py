@@ -153,27 +153,32 @@ def _nearest_int(v: NDArray[np.float32]) -> NDArray[np.int32]:
 
 
 def _make_qx_quants(x: NDArray[np.float32], nmax: int) -> tuple[NDArray[np.float32], NDArray[np.int32]]:
-    """make_qx_quants(n=16, nmax, x, L, rmse_type=1, NULL) on every row of `x` at once: the scale and levels."""
-    n = x.shape[1]
+    """make_qx_quants(n=16, nmax, x, L, rmse_type=1, NULL) on every row of `x` at once: the scale and levels.
+
+    Worked column-major (one contiguous array per position in the row), so the in-order sums stream through memory."""
     f = np.float32
-    absx = np.abs(x)
-    idx = absx.argmax(axis=1)
-    amax = absx[np.arange(x.shape[0]), idx]
-    mx = x[np.arange(x.shape[0]), idx]
+    rows = x.shape[0]
+    xt = np.ascontiguousarray(x.T)  # (n, rows)
+    n = xt.shape[0]
+    absx = np.abs(xt)
+    idx = absx.argmax(axis=0)
+    amax = absx[idx, np.arange(rows)]
+    mx = xt[idx, np.arange(rows)]
     zero = amax < GROUP_MAX_EPS
     safe = np.where(zero, f(1), mx).astype(f)
-    w = (x * x).astype(f)
+    wx = (xt * xt) * xt  # w*x[i] with w = x[i]*x[i], as the C loop computes it
+    w = xt * xt
 
     def levels(iscale: NDArray[np.float32]) -> NDArray[np.int32]:
-        return np.clip(_nearest_int((iscale[:, None] * x).astype(f)), -nmax, nmax - 1)
+        return np.clip(_nearest_int(iscale[None, :] * xt), -nmax, nmax - 1)
 
     def sums(lv: NDArray[np.int32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         lf = lv.astype(f)
-        sumlx = np.zeros(x.shape[0], f)
-        suml2 = np.zeros(x.shape[0], f)
+        sumlx = np.zeros(rows, f)
+        suml2 = np.zeros(rows, f)
         for i in range(n):  # in order, as the C loop accumulates
-            sumlx = (sumlx + (w[:, i] * x[:, i]) * lf[:, i]).astype(f)
-            suml2 = (suml2 + (w[:, i] * lf[:, i]) * lf[:, i]).astype(f)
+            sumlx += wx[i] * lf[i]
+            suml2 += (w[i] * lf[i]) * lf[i]
         return sumlx, suml2
 
     iscale = (f(-nmax) / safe).astype(f)
@@ -190,13 +195,13 @@ def _make_qx_quants(x: NDArray[np.float32], nmax: int) -> tuple[NDArray[np.float
         sumlx, suml2 = sums(cand)
         better = (suml2 > 0) & ((sumlx * sumlx).astype(f) > (best * suml2).astype(f))
         if better.any():
-            lv = np.where(better[:, None], cand, lv)
+            lv = np.where(better[None, :], cand, lv)
             with np.errstate(divide="ignore", invalid="ignore"):
                 scale = np.where(better, sumlx / suml2, scale).astype(f)
             best = np.where(better, scale * sumlx, best).astype(f)
     scale = np.where(zero, f(0), scale).astype(f)
-    lv = np.where(zero[:, None], -nmax, lv)  # all-zero: L = 0, i.e. level -nmax
-    return scale, lv + nmax
+    lv = np.where(zero[None, :], -nmax, lv)  # all-zero: L = 0, i.e. level -nmax
+    return scale, np.ascontiguousarray((lv + nmax).T)
 
 
 def quantize_q6_k(x: NDArray[np.float32]) -> NDArray[np.uint8]:
