@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from m7b import __version__
-from m7b.errors import MismatchError
+from m7b.errors import MismatchError, UnsupportedArchitectureError
 from m7b.manifests.architecture import Architecture
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.store import GGUF_LAYOUTS
@@ -245,7 +245,13 @@ def write_gguf(
 def _plan(key: str, record: TensorRecord, file_type: str) -> _Planned:
     if record.dtype not in _SOURCE_DTYPES:
         raise MismatchError(f"{key} is {record.dtype}; GGUF conversion reads bfloat16, float16 or float32 checkpoints")
-    name = gguf_name(key)
+    try:
+        name = gguf_name(key)
+    except KeyError as exc:
+        raise UnsupportedArchitectureError(
+            f"{key}: GGUF conversion writes dense Mistral checkpoints; this tensor has no GGUF name yet — "
+            "convert to native or hf instead"
+        ) from exc
     return _Planned(key, name, record.shape, choose_type(name, record.shape, file_type), record)
 
 

@@ -206,3 +206,18 @@ def test_a_piece_sentencepiece_refuses_is_a_clear_error_with_nothing_written(
         convert_release(tiny_release, tmp_path / "out", "gguf-q4_0")
     assert "restore the release's tokenizer.model" in str(info.value)
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [tmp_path / "release"]
+
+
+def test_a_tensor_gguf_has_no_name_for_is_refused_clearly() -> None:
+    """Until the expert table lands, a Mixtral expert is refused by name, never a KeyError."""
+    from m7b.errors import UnsupportedArchitectureError
+    from m7b.verify.checkpoint_index import TensorRecord
+    from m7b.verify.gguf_out import _plan
+
+    key = "layers.0.feed_forward.experts.0.w1.weight"
+    record = TensorRecord(key, "bfloat16", 2, (128, 64), (64, 1), 0)
+    with pytest.raises(UnsupportedArchitectureError, match="experts.0.w1"):
+        _plan(key, record, "bf16")
+    bad = TensorRecord("layers.0.attention.wq.weight", "int8", 1, (64, 64), (64, 1), 0)
+    with pytest.raises(Exception, match="bfloat16, float16 or float32"):
+        _plan(bad.key, bad, "q8_0")
