@@ -40,7 +40,9 @@ from m7b.owned import own_dir
 from m7b.paths import check_path_length, path_problem, safe_name
 
 CONVERTED_RECORD = "SHA256SUMS"
-LAYOUTS = ("native", "hf")
+# `m7b convert --to gguf --type T` writes converted/NAME/gguf-T (verify/gguf_out.py)
+GGUF_LAYOUTS = ("gguf-bf16", "gguf-f16", "gguf-q8_0", "gguf-q4_0")
+LAYOUTS = ("native", "hf", *GGUF_LAYOUTS)
 
 
 class ReleaseState(enum.StrEnum):

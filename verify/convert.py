@@ -28,19 +28,20 @@ from m7b.locks import LockWaitCallback, hold
 from m7b.manifests.architecture import Architecture, load_params
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.release import NoteCallback, Release, ignore_note, release_for, require_present
-from m7b.store import CONVERTED_RECORD, Store, unchanged_since
+from m7b.store import CONVERTED_RECORD, GGUF_LAYOUTS, Store, unchanged_since
 
-from . import hf_layout, hf_tokenizer
+from . import gguf_out, hf_layout, hf_tokenizer
 from .checkpoint import check_tensors
 from .checkpoint_index import MappedFile, TensorRecord, mapped, tensor_bytes
 from .checkpoint_safetensors import index_release_checkpoint, release_checkpoint
+from .gguf_tokenizer import gguf_vocab
 from .license import APACHE_SPDX, canonical_text
 from .provenance import Source, write_provenance
 from .safetensors_out import FileRange, TensorOut, write_safetensors
 from .sums import format_sums
 from .tokenizer_model import load_sentencepiece
 
-LAYOUTS = ("native", "hf")
+LAYOUTS = ("native", "hf", *GGUF_LAYOUTS)  # gguf-bf16, -f16, -q8_0, -q4_0: verify/gguf_out.py
 CHECKPOINT = "consolidated.00.pth"
 NATIVE_FILE = "consolidated.safetensors"
 HF_PATTERN = "model{suffix}.safetensors"
@@ -58,6 +59,7 @@ class ConvertResult:
     source_sha256: str
     seconds: float
     notes: tuple[str, ...] = ()  # what was left out and why (e.g. a tokenizer.json that failed its check)
+    gguf: dict[str, object] | None = None  # a GGUF output: its file, type, tensor types, what llama.cpp cannot express
 
 
 def file_sha256(path: Path, block: int = 256 << 10) -> str:
@@ -79,10 +81,13 @@ def convert_release(
     source_sha256: str | None = None,
     max_shard_size: int | str = HF_MAX_SHARD,
     progress: ProgressCallback = ignore_progress,
+    info_hash: str | None = None,
+    verdict: str | None = None,
 ) -> ConvertResult:
     """Convert the release folder `src` into the new folder `out` (which must not exist, or be empty).
 
-    `source_sha256` is the checkpoint's sha256 when a verification report already holds it (else it is computed).
+    `source_sha256` is the checkpoint's sha256 when a verification report already holds it (else it is computed);
+    `info_hash` and `verdict` (the torrent's, the verify report's) go into a GGUF file's metadata.
     """
     started = time.monotonic()
     if layout not in LAYOUTS:
@@ -97,6 +102,7 @@ def convert_release(
         )
     arch = load_params(src / "params.json")
     load_sentencepiece(tokenizer)  # an empty, truncated or garbage tokenizer.model: InvalidInputError, nothing written
+    vocab = gguf_vocab(tokenizer, arch.vocab_size) if layout in GGUF_LAYOUTS else None
     # a .pth's pickle walked against the allowlist first, a safetensors header read strictly; no torch involved
     state = index_release_checkpoint(checkpoint, arch)
     check = check_tensors(state, arch)
@@ -120,12 +126,24 @@ def convert_release(
 
     digests: dict[str, str] = {}
     notes: list[str] = []
+    gguf_doc: dict[str, object] | None = None
     with (
         mapped(checkpoint) as source,
         atomic_dir(out) as tmp,
         _ReadBack(source.view, state, arch, layout) as check_tensor,
     ):
-        if layout == "native":
+        if vocab is not None:  # GGUF: one file, streamed and read back by gguf_out itself
+            plan: dict[str, list[TensorOut]] = {}
+            metadata: dict[str, dict[str, str]] = {}
+            proof = gguf_out.Proof(name or src.name, info_hash, source_sha256, verdict)
+            gguf_files, gguf_written = gguf_out.write_folder(
+                tmp, name or src.name, layout, arch, state, source.view, vocab, proof, _write_text, progress
+            )
+            digests.update(gguf_files)
+            total = gguf_written.tensor_bytes
+            notes.append(gguf_out.context_note(arch))
+            gguf_doc = gguf_out.summary(gguf_written, layout, arch)
+        elif layout == "native":
             plan = {NATIVE_FILE: [_native_tensor(state[k], source) for k in keys]}
             metadata = {
                 NATIVE_FILE: {
@@ -158,7 +176,8 @@ def convert_release(
                 notes.append(str(exc))
             card = hf_layout.model_card(name or src.name, source_sha256, arch, checkpoint.name)
             _write_text(tmp / "README.md", card, digests)
-        _copy(tokenizer, tmp / "tokenizer.model", digests)
+        if vocab is None:  # a GGUF file carries its vocabulary
+            _copy(tokenizer, tmp / "tokenizer.model", digests)
         (tmp / "LICENSE").write_bytes(canonical_text())
         digests["LICENSE"] = hashlib.sha256(canonical_text()).hexdigest()
         for filename, tensors in plan.items():
@@ -173,6 +192,7 @@ def convert_release(
         source_sha256,
         time.monotonic() - started,
         tuple(notes),
+        gguf_doc,
     )
 
 
@@ -207,7 +227,7 @@ class Conversion:
             "seconds": round(r.seconds, 3),
             "files": r.files,
             "notes": list(r.notes),
-        }
+        } | ({"gguf": r.gguf} if r.gguf is not None else {})
 
 
 def default_out(store: Store, release: Release, layout: str) -> Path:
@@ -276,6 +296,8 @@ def run_convert(
     with hold(store, lock, f"converted output {plan.label}/{plan.layout}", wait=wait, on_wait=on_wait):
         if plan.out.is_relative_to(store.home):
             store.ensure_dir(plan.out.parent)  # no symlink below the store's home (m7b.owned)
+        info_hash = release.info_hash or (release.manifest.torrent.info_hash if release.manifest else None)
+        verdict = "ok" if plan.verified else None
         result = convert_release(
             release.folder,
             plan.out,
@@ -284,11 +306,12 @@ def run_convert(
             source_sha256=known_sha256(store, name, _shipped_checkpoint(release.folder)),
             max_shard_size=max_shard_size,
             progress=progress,
+            info_hash=info_hash,
+            verdict=verdict,
         )
         store.save_converted_record(result.out, converted_record(plan.label, name, result))
         # the provenance (and, with `sign_key`, its OMS signature) travels with the folder (verify/provenance.py)
-        info_hash = release.info_hash or (release.manifest.torrent.info_hash if release.manifest else None)
-        source = Source(name, info_hash, result.source_sha256, "ok" if plan.verified else None)
+        source = Source(name, info_hash, result.source_sha256, verdict)
         write_provenance(result.out, plan.label, result.files, source, plan.layout, sign_key)
     return Conversion(plan.label, plan.verified, result)
 

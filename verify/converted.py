@@ -26,9 +26,9 @@ from m7b.locks import hold
 from m7b.manifests.architecture import Architecture, architecture_from_mapping, load_params
 from m7b.paths import path_problem
 from m7b.progress import ProgressCallback, ignore_progress
-from m7b.store import CONVERTED_RECORD, LAYOUTS, Store
+from m7b.store import CONVERTED_RECORD, GGUF_LAYOUTS, LAYOUTS, Store
 
-from . import hf_layout
+from . import gguf_out, hf_layout
 from .checkpoint_index import mapped
 from .checkpoint_safetensors import CHECKPOINT_NAMES, index_release_checkpoint, release_checkpoint
 from .convert import NATIVE_FILE, _ReadBack
@@ -301,7 +301,7 @@ def _guess_layout(root: Path) -> str | None:
         return "native"
     if (root / "config.json").is_file():
         return "hf"
-    return None
+    return gguf_out.guess_layout(root)
 
 
 def _read_json(path: Path) -> Any:
@@ -377,6 +377,8 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...],
 def check_layout(root: Path, layout: object) -> tuple[dict[str, Placed] | None, list[Finding]]:
     """The tensors the layout and the folder's parameters imply, each where the index says, with its shape and one
     dtype: the tensors by their checkpoint key (None when the layout could not be checked), and the findings."""
+    if layout in GGUF_LAYOUTS:
+        return None, gguf_out.check_gguf_folder(root, str(layout))
     if layout not in LAYOUTS:
         return None, [
             Finding(

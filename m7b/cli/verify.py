@@ -125,9 +125,19 @@ def convert(
     to: Annotated[
         str,
         typer.Option(
-            "--to", metavar="native|hf", help="native (consolidated.safetensors) or hf (Hugging Face layout)."
+            "--to",
+            metavar="native|hf|gguf",
+            help="native (consolidated.safetensors), hf (Hugging Face layout) or gguf (llama.cpp, Ollama).",
         ),
     ] = "native",
+    gguf_type: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            metavar="bf16|f16|q8_0|q4_0",
+            help="gguf only: the tensors' type (default bf16, the release's own; q8_0, q4_0 as llama-quantize).",
+        ),
+    ] = None,
     out_dir: Annotated[
         Path | None,
         typer.Option(
@@ -154,7 +164,7 @@ def convert(
         raise NotFoundError("name a release (see `m7b list`) or a folder to convert")
     key = signing_key(sign_key) if sign_key is not None else None
     store = Store.from_env()
-    plan = plan_convert(target, to, store, out=out_dir, on_note=note)
+    plan = plan_convert(target, _layout(to, gguf_type), store, out=out_dir, on_note=note)
     if not plan.verified and not json_out:
         err.print(
             f"[yellow]note:[/yellow] {plan.label} has no passing verification report; run `m7b verify` to bind it "
@@ -183,11 +193,18 @@ def _print_conversion(label: str, result: Any) -> None:
     out.print(table)
     for left_out in result.notes:
         err.print(f"[yellow]note:[/yellow] {left_out}", highlight=False)
+    checked = "written and read back" if result.gguf else "written and checked bit for bit"
     out.print(
-        f"{result.tensors} tensors ({format_bytes(result.tensor_bytes)}) written and checked bit for bit in "
+        f"{result.tensors} tensors ({format_bytes(result.tensor_bytes)}) {checked} in "
         f"{result.seconds:.1f} s; hashes in {result.out / 'SHA256SUMS'}",
         highlight=False,
     )
+    if result.gguf:
+        types = ", ".join(f"{n} {t}" for t, n in result.gguf["tensor_types"].items())
+        out.print(
+            f"gguf: {result.gguf['file']} ({types}); Ollama: `ollama create {label} -f {result.out / 'Modelfile'}`",
+            highlight=False,
+        )
     from m7b.verify.provenance import CONVERTED_SIGNATURE, PROVENANCE_FILE
 
     signed = result.out / CONVERTED_SIGNATURE
@@ -195,6 +212,24 @@ def _print_conversion(label: str, result: Any) -> None:
         f"provenance: {result.out / PROVENANCE_FILE}" + (f"; signed: {signed}" if signed.is_file() else ""),
         highlight=False,
     )
+
+
+def _layout(to: str, gguf_type: str | None) -> str:
+    """--to and --type as the library's layout name (gguf-bf16, gguf-q8_0, ...)."""
+    from m7b.errors import InvalidInputError
+    from m7b.store import GGUF_LAYOUTS, LAYOUTS
+
+    if to == "gguf":
+        layout = f"gguf-{(gguf_type or 'bf16').lower()}"
+        if layout not in GGUF_LAYOUTS:
+            types = ", ".join(lay.removeprefix("gguf-") for lay in GGUF_LAYOUTS)
+            raise InvalidInputError(f"--type {gguf_type!r}: expected one of {types}", field="gguf_type")
+        return layout
+    if gguf_type is not None:
+        raise InvalidInputError(f"--type is for --to gguf; --to {to} writes the release's own dtype", field="gguf_type")
+    if to not in LAYOUTS or to in GGUF_LAYOUTS:
+        raise InvalidInputError(f"--to {to!r}: expected native, hf or gguf", field="to")
+    return to
 
 
 def _shard_size(text: str) -> int:
