@@ -55,7 +55,7 @@ def check_scheme(name: str) -> str:
     key = name.strip().lower()
     if key not in SCHEMES:
         raise InvalidInputError(
-            f"unknown weights {name!r} (weights): expected {' or '.join(SCHEMES)}, or leave --weights out for the "
+            f"unknown weights {name!r} (weights): expected {' or '.join(SCHEMES)}, or leave weights out for the "
             "release's own precision",
             field="weights",
         )
