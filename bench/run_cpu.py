@@ -7,7 +7,10 @@ Targets: m7b (default dtype) >= 2x transformers' faster dtype; a 7B-shaped relea
 `m7b release synth DIR --preset mistral-7b`, 14.5 GB) decodes at >= 90% of the memory-bandwidth floor (bytes read
 per token / the read bandwidth measured here).
 
-    python bench/run_cpu.py [--release DIR] [--release-7b DIR] [--repeats 3] [--json]
+    python bench/run_cpu.py [--release DIR] [--release-7b DIR [--llamacpp DIR]] [--repeats 3] [--json]
+
+With --llamacpp (scripts/build-llamacpp's folder), the 7B-shaped release also runs side by side with llama.cpp:
+m7b bf16/int8/int4 beside llama-bench bf16/q8_0/q4_0 (bench/quant_cpu.py).
 """
 
 from __future__ import annotations
@@ -198,6 +201,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds-7b", type=int, default=3, help="m7b run rounds on the --release-7b release")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--llamacpp", type=Path, help="with --release-7b: llama.cpp side by side (bench/quant_cpu.py)")
+    parser.add_argument("--quant-rounds", type=int, default=2, help="rounds of the side by side with llama.cpp")
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
@@ -262,6 +267,19 @@ def main() -> None:
             rounds.append(big)
         best = max(rounds, key=lambda r: r["fraction_of_floor"])
         doc["mistral_7b"] = {**best, "rounds": rounds}
+    if opts.release_7b and opts.llamacpp:  # m7b bf16/int8/int4 beside llama.cpp bf16/q8_0/q4_0
+        from quant_cpu import side_by_side
+
+        doc["vs_llamacpp"] = side_by_side(
+            opts.release_7b,
+            opts.llamacpp,
+            Path(tempfile.gettempdir()) / "m7b-bench-quant",
+            opts.threads,
+            opts.quant_rounds,
+            64,
+            lambda: read_bandwidth(row_kernels),
+            lambda m: print(m, file=sys.stderr, flush=True),
+        )
     if opts.json:
         print(json.dumps(doc))
         return
@@ -310,6 +328,10 @@ def main() -> None:
             "tok/s here; measure m7b against it with --release-7b DIR (m7b release synth DIR --preset mistral-7b)"
         )
     print(f"  greedy tokens identical to transformers (float32): {doc['greedy_tokens_identical_float32']}")
+    if "vs_llamacpp" in doc:
+        from quant_cpu import report
+
+        print("\n".join(report(doc["vs_llamacpp"])))
 
 
 if __name__ == "__main__":
