@@ -116,10 +116,11 @@ def side_by_side(
     contenders: list[tuple[str, str, Callable[[], dict], list[Path]]] = []
     weights_files = sorted(release.glob("consolidated.*"))
     for ours, theirs in PAIRS:
-        quant = sorted((home / "cache" / "quantized").glob(f"{ours}-*/weights.safetensors")) if ours != "bf16" else []
-        contenders.append(
-            ("m7b", ours, lambda o=ours: m7b_round(release, home, o, threads, tokens), weights_files + quant)
-        )
+        # what the run reads per token: the release's weights, or the quantized file (its few kept tensors, the
+        # output projection and the norms, come from the release's file during the prefill)
+        quant = sorted((home / "cache" / "quantized").glob(f"{ours}-*/weights.safetensors"))
+        files = weights_files if ours == "bf16" else quant
+        contenders.append(("m7b", ours, lambda o=ours: m7b_round(release, home, o, threads, tokens), files))
         contenders.append(
             ("llama.cpp", theirs, lambda t=theirs: llamacpp_round(ggufs[t], llamacpp, threads, tokens), [ggufs[theirs]])
         )
