@@ -159,9 +159,18 @@ static float qrow_dot_scalar(int scheme, const uint8_t *w, const void *s, long r
 }
 
 #ifdef M7B_QUANT_AVX2
+/* 8 int32 lanes of unsigned u . signed s (lane j: bytes 4j..4j+3): one AVX-VNNI instruction where the CPU has it,
+   else maddubs + madd (no saturation: |u| * |s| <= 127 * 127 per pair here). */
+static inline __m256i dot_u8s8(__m256i u, __m256i s) {
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
 static inline __m256 block_dot(__m256i w, __m256i x) {
-    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+    return _mm256_cvtepi32_ps(dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)));
 }
 
 static inline float lanes_hsum(__m256 a) {
@@ -200,7 +209,7 @@ static void qrows_dot_4(int scheme, const uint8_t *const *w, const void *const *
         p[r] = w[r] + row[r] * (K / 2);
         sc[r] = (const uint16_t *)s[r] + row[r] * blocks;
     }
-    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const __m256i low = _mm256_set1_epi8(0x0f);
     for (long bb = 0; bb < blocks; bb += 8) {
         const long end = bb + 8 < blocks ? bb + 8 : blocks;
         float d[4][8];
@@ -218,7 +227,7 @@ static void qrows_dot_4(int scheme, const uint8_t *const *w, const void *const *
             for (int r = 0; r < 4; r++) {
                 const __m128i t = _mm_loadu_si128((const __m128i *)(p[r] + b * (QBLOCK / 2)));
                 const __m256i v = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), low);
-                const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(v, x), ones), bias);
+                const __m256i dot = _mm256_sub_epi32(dot_u8s8(v, x), bias);
                 acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&d[r][b - bb])));
             }
         }

@@ -156,7 +156,7 @@ def quantize_runtime(
     apply_quantized(runtime.model, found.weights)
     if device.type != "cpu":
         runtime.model.to(device)
-        for module in quantized_linears(runtime.model):
-            module.pack_for_device(runtime.dtype)
+    for module in quantized_linears(runtime.model):
+        module.prepare_for(runtime.dtype)
     runtime.device, runtime.quantized = device, found
     return runtime

@@ -37,6 +37,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("scales", weight.scales, persistent=False)
         self.int4pack: torch.Tensor | None = None  # torch's packed int4 layout and scales, on CUDA only
         self.scales_and_zeros: torch.Tensor | None = None
+        self.act_scales: torch.Tensor | None = None  # int8's scales in the activations' dtype (`prepare_for`)
 
     @property
     def weight_q(self) -> QuantizedWeight:
@@ -52,17 +53,23 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.scheme == "int8":
-            return F.linear(x, self.q.to(x.dtype)) * self.scales.to(x.dtype)
+            # scales already in x's dtype: inductor's weight-only int8 lowering takes a buffer, not a cast of one
+            act = self.act_scales if self.act_scales is not None and self.act_scales.dtype == x.dtype else None
+            return F.linear(x, self.q.to(x.dtype)) * (act if act is not None else self.scales.to(x.dtype))
         if self.int4pack is not None and self.scales_and_zeros is not None and x.is_cuda:
             flat = x.reshape(-1, self.in_features)
             y = torch.ops.aten._weight_int4pack_mm(flat, self.int4pack, GROUP, self.scales_and_zeros)
             return y.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, dequantize(self.weight_q, x.dtype))
 
-    def pack_for_device(self, dtype: torch.dtype) -> None:
-        """On CUDA, int4 in torch's packed layout for `_weight_int4pack_mm` (gpt-fast's
-        `WeightOnlyInt4Linear`): the values in [0, 15], the scales beside zero offsets of 0."""
-        if self.scheme != "int4" or self.q.device.type != "cuda":
+    def prepare_for(self, dtype: torch.dtype) -> None:
+        """Ready the torch forward for activations in `dtype` on the weights' device: int8's scales in that dtype;
+        on CUDA, int4 in torch's packed layout for `_weight_int4pack_mm` (gpt-fast's `WeightOnlyInt4Linear`): the
+        values in [0, 15], the scales beside zero offsets of 0."""
+        if self.scheme == "int8":
+            self.act_scales = self.scales.to(dtype)
+            return
+        if self.q.device.type != "cuda":
             return
         values, scales_and_zeros = int4_pack_for_torch(self.weight_q)
         packed = ((values[:, ::2] << 4) | values[:, 1::2]).to(torch.uint8)

@@ -402,3 +402,25 @@ def test_native_folder_and_checkpoint_share_nothing_but_give_the_same_quantized_
     a = json.loads(cli_inproc("run", str(tiny_release_src), *args).stdout)
     b = json.loads(cli_inproc("run", str(copy), *args).stdout)
     assert a["token_ids"] == b["token_ids"] and a["source_sha256"] == b["source_sha256"]
+
+
+@pytest.mark.slow  # a CPU compile: 10 s or more
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_the_compiled_step_on_quantized_weights_equals_the_eager_one(tiny_release_src, tmp_path, scheme: str) -> None:
+    """What CUDA runs (`--weights` through the compiled step), compiled here on the CPU as one graph."""
+    import torch._dynamo
+
+    from m7b.runtime.smoke import synthetic_ids, teacher_forced_logits
+
+    rt = _quantized(tiny_release_src, scheme, tmp_path / "home")
+    torch._dynamo.reset()
+    try:
+        prepared = prepare_decode(rt.model, "compile", 40, tmp_path / "compile", "auto")
+        ids = synthetic_ids(40, rt.args.vocab_size, 2, torch.device("cpu"))
+        compiled = teacher_forced_logits(rt.model, ids, 8, prepared.fn)
+    finally:
+        torch._dynamo.reset()
+    from m7b.runtime.generate import decode_one_token
+
+    eager = teacher_forced_logits(rt.model, ids, 8, decode_one_token)
+    assert (compiled - eager).abs().max().item() <= 0.02 * eager.abs().max().item()
