@@ -255,6 +255,8 @@ def prepare_decode(
             from .quant_decode import quant_kernel_step
 
             quant_choice = choose_quant_kernels(cpu_kernels, quantized[0].weight_q, kernel_root)
+            for module in quantized:  # a short prefill's int4 products on them too
+                module.row_kernels = quant_choice.kernels
             fn = quant_kernel_step(quant_choice.kernels) if quant_choice.kernels else decode_one_token
             choice: KernelChoice | QuantKernelChoice = quant_choice
         else:

@@ -34,7 +34,8 @@ from m7b.store import Store, unchanged_since
 from .quantize import QuantizedWeight, quantize, quantized_shapes
 from .quantized_linear import kept_linears, linear_names
 
-FORMAT = 1  # the layout of weights.safetensors and the schemes' arithmetic: a change makes a new key
+FORMAT = 2  # the layout of weights.safetensors and the schemes' arithmetic: a change makes a new key
+ALIGN = 64  # every tensor starts at a multiple of 64 bytes in the file (torch's int8 matmul loads aligned vectors)
 FILE_NAME = "weights.safetensors"
 READY_NAME = "READY.json"
 SOURCES_DIR = "sources"  # sha256 records of weights files no verify report covers, by resolved path
@@ -171,9 +172,11 @@ def _state(doc: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _header(scheme: str, names: list[str], shapes: dict[str, tuple[int, ...]]) -> tuple[bytes, list[tuple[str, int]]]:
-    """The safetensors header for the quantized tensors, and (tensor name, bytes) in file order."""
+    """The safetensors header for the quantized tensors (each at a multiple of ALIGN bytes from the file's start),
+    and (tensor name, padding bytes before it) in file order."""
     entries: dict[str, object] = {"__metadata__": {"format": "m7b-quantized", "scheme": scheme, "m7b": __version__}}
     order: list[tuple[str, int]] = []
+    placed: list[tuple[str, list[int], torch.dtype, int]] = []
     offset = 0
     for name in names:
         q_shape, s_shape = quantized_shapes(scheme, (shapes[name][0], shapes[name][1]))
@@ -183,12 +186,22 @@ def _header(scheme: str, names: list[str], shapes: dict[str, tuple[int, ...]]) -
             n = dtype.itemsize
             for dim in shape:
                 n *= dim
-            place = {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
-            entries[f"{name}.{suffix}"] = place
-            order.append((f"{name}.{suffix}", n))
-            offset += n
+            placed.append((f"{name}.{suffix}", list(shape), dtype, n))
+    # the header's length depends on the offsets and the offsets on it: place with a generous header first
+    base = 8 + ALIGN * (1 + len(json.dumps(entries)) // ALIGN) + 96 * len(placed)
+    base += -base % ALIGN
+    for i, (key, shape, dtype, n) in enumerate(placed):
+        pad = -(base + offset) % ALIGN
+        if pad:  # a filler tensor: safetensors indexes every byte of its buffer, no holes
+            entries[f"__pad.{i}"] = {"dtype": "U8", "shape": [pad], "data_offsets": [offset, offset + pad]}
+        offset += pad
+        entries[key] = {"dtype": _DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + n]}
+        order.append((key, pad))
+        offset += n
     raw = json.dumps(entries, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
+    if len(raw) > base - 8:
+        raise AssertionError(f"the quantized weights' header ({len(raw)} bytes) outgrew its room ({base - 8})")
+    raw += b" " * (base - 8 - len(raw))
     return struct.pack("<Q", len(raw)) + raw, order
 
 
@@ -196,7 +209,8 @@ def _build(model: nn.Module, scheme: str, names: list[str], folder: Path, key: d
     """Quantize each linear in turn and stream it into the file (one matrix in memory at a time), hashing as it
     is written; READY.json last."""
     shapes = {n: tuple(model.get_parameter(f"{n}.weight").shape) for n in names}
-    header, _ = _header(scheme, names, shapes)
+    header, order = _header(scheme, names, shapes)
+    pads = iter(pad for _, pad in order)
     digest = hashlib.sha256(header)
     path = folder / FILE_NAME
     (folder / READY_NAME).unlink(missing_ok=True)  # the old record goes first: a half-replaced pair is never READY
@@ -205,7 +219,7 @@ def _build(model: nn.Module, scheme: str, names: list[str], folder: Path, key: d
         for name in names:
             weight = quantize(scheme, model.get_parameter(f"{name}.weight"))
             for tensor in (weight.q, weight.scales):
-                data = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+                data = bytes(next(pads)) + tensor.contiguous().view(torch.uint8).numpy().tobytes()
                 digest.update(data)
                 fh.write(data)
     stat = path.stat()
