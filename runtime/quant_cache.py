@@ -174,10 +174,9 @@ def _state(doc: dict[str, Any], name: str) -> dict[str, Any]:
 def _header(scheme: str, names: list[str], shapes: dict[str, tuple[int, ...]]) -> tuple[bytes, list[tuple[str, int]]]:
     """The safetensors header for the quantized tensors (each at a multiple of ALIGN bytes from the file's start),
     and (tensor name, padding bytes before it) in file order."""
-    entries: dict[str, object] = {"__metadata__": {"format": "m7b-quantized", "scheme": scheme, "m7b": __version__}}
+    metadata = {"format": "m7b-quantized", "scheme": scheme, "m7b": __version__}
     order: list[tuple[str, int]] = []
     placed: list[tuple[str, list[int], torch.dtype, int]] = []
-    offset = 0
     for name in names:
         q_shape, s_shape = quantized_shapes(scheme, (shapes[name][0], shapes[name][1]))
         q_dtype = torch.int8 if scheme == "int8" else torch.uint8
@@ -187,20 +186,25 @@ def _header(scheme: str, names: list[str], shapes: dict[str, tuple[int, ...]]) -
             for dim in shape:
                 n *= dim
             placed.append((f"{name}.{suffix}", list(shape), dtype, n))
-    # the header's length depends on the offsets and the offsets on it: place with a generous header first
-    base = 8 + ALIGN * (1 + len(json.dumps(entries)) // ALIGN) + 96 * len(placed)
-    base += -base % ALIGN
-    for i, (key, shape, dtype, n) in enumerate(placed):
-        pad = -(base + offset) % ALIGN
-        if pad:  # a filler tensor: safetensors indexes every byte of its buffer, no holes
-            entries[f"__pad.{i}"] = {"dtype": "U8", "shape": [pad], "data_offsets": [offset, offset + pad]}
-        offset += pad
-        entries[key] = {"dtype": _DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + n]}
-        order.append((key, pad))
-        offset += n
-    raw = json.dumps(entries, separators=(",", ":")).encode()
-    if len(raw) > base - 8:
-        raise AssertionError(f"the quantized weights' header ({len(raw)} bytes) outgrew its room ({base - 8})")
+    # the header's length depends on the offsets and the offsets on it: place, and grow the room until it fits
+    room = 256 + 128 * len(placed)
+    while True:
+        base = 8 + room + (-(8 + room) % ALIGN)
+        entries: dict[str, object] = {"__metadata__": metadata}
+        order.clear()
+        offset = 0
+        for i, (key, shape, dtype, n) in enumerate(placed):
+            pad = -(base + offset) % ALIGN
+            if pad:  # a filler tensor: safetensors indexes every byte of its buffer, no holes
+                entries[f"__pad.{i}"] = {"dtype": "U8", "shape": [pad], "data_offsets": [offset, offset + pad]}
+            offset += pad
+            entries[key] = {"dtype": _DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + n]}
+            order.append((key, pad))
+            offset += n
+        raw = json.dumps(entries, separators=(",", ":")).encode()
+        if len(raw) <= base - 8:
+            break
+        room = len(raw) + 1024
     raw += b" " * (base - 8 - len(raw))
     return struct.pack("<Q", len(raw)) + raw, order
 
