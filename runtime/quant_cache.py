@@ -193,12 +193,12 @@ def _header(scheme: str, names: list[str], shapes: dict[str, tuple[int, ...]]) -
         entries: dict[str, object] = {"__metadata__": metadata}
         order.clear()
         offset = 0
-        for i, (key, shape, dtype, n) in enumerate(placed):
+        for i, (key, dims, dtype, n) in enumerate(placed):
             pad = -(base + offset) % ALIGN
             if pad:  # a filler tensor: safetensors indexes every byte of its buffer, no holes
                 entries[f"__pad.{i}"] = {"dtype": "U8", "shape": [pad], "data_offsets": [offset, offset + pad]}
             offset += pad
-            entries[key] = {"dtype": _DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + n]}
+            entries[key] = {"dtype": _DTYPES[dtype], "shape": dims, "data_offsets": [offset, offset + n]}
             order.append((key, pad))
             offset += n
         raw = json.dumps(entries, separators=(",", ":")).encode()
