@@ -8,7 +8,10 @@ Targets: m7b (default dtype) >= 2x transformers' faster dtype; a 7B-shaped relea
 per token / the read bandwidth measured here). The mixture-of-experts row (bench/moe_cpu.py, `--no-moe` skips it):
 m7b against transformers' Mixtral on the `mixtral-small` preset, >= 2x, and >= 85% of the active-bytes floor.
 
-    python bench/run_cpu.py [--release DIR] [--release-7b DIR] [--repeats 3] [--no-moe] [--json]
+    python bench/run_cpu.py [--release DIR] [--release-7b DIR [--llamacpp DIR]] [--repeats 3] [--no-moe] [--json]
+
+With --llamacpp (scripts/build-llamacpp's folder), the 7B-shaped release also runs side by side with llama.cpp:
+m7b bf16/int8/int4 beside llama-bench bf16/q8_0/q4_0 (bench/quant_cpu.py).
 """
 
 from __future__ import annotations
@@ -200,6 +203,8 @@ def main() -> None:
     parser.add_argument("--rounds-7b", type=int, default=3, help="m7b run rounds on the --release-7b release")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-moe", action="store_true", help="skip the mixture-of-experts row (bench/moe_cpu.py)")
+    parser.add_argument("--llamacpp", type=Path, help="with --release-7b: llama.cpp side by side (bench/quant_cpu.py)")
+    parser.add_argument("--quant-rounds", type=int, default=2, help="rounds of the side by side with llama.cpp")
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
@@ -268,6 +273,19 @@ def main() -> None:
         from moe_cpu import print_moe, run_moe
 
         doc["mixtral_small"] = run_moe(opts.repeats, kernels, lambda: read_bandwidth(row_kernels))
+    if opts.release_7b and opts.llamacpp:  # m7b bf16/int8/int4 beside llama.cpp bf16/q8_0/q4_0
+        from quant_cpu import side_by_side
+
+        doc["vs_llamacpp"] = side_by_side(
+            opts.release_7b,
+            opts.llamacpp,
+            Path(tempfile.gettempdir()) / "m7b-bench-quant",
+            opts.threads,
+            opts.quant_rounds,
+            64,
+            lambda: read_bandwidth(row_kernels),
+            lambda m: print(m, file=sys.stderr, flush=True),
+        )
     if opts.json:
         print(json.dumps(doc))
         return
@@ -318,6 +336,10 @@ def main() -> None:
     print(f"  greedy tokens identical to transformers (float32): {doc['greedy_tokens_identical_float32']}")
     if "mixtral_small" in doc:
         print_moe(doc["mixtral_small"], opts.repeats)
+    if "vs_llamacpp" in doc:
+        from quant_cpu import report
+
+        print("\n".join(report(doc["vs_llamacpp"])))
 
 
 if __name__ == "__main__":

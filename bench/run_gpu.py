@@ -11,7 +11,8 @@ Phases (each checked against a time budget; the JSON is saved after each):
    host private memory (RssAnon, sampled) and peak GPU memory;
 4. in process: the same release loaded once; decode with the compiled step, a captured CUDA graph (GPU-only:
    a skipped entry, with the reason, in a dry run) and eager (256 tokens, best of 3), TTFT of a 4,096-token prompt;
-5. transformers' MistralForCausalLM on the same tensors: `generate` as is, and with `cache_implementation="static"`
+5. the compiled step on int8 weights (`--weights int8`, quantized once into the store): target >= 1.4x bf16's;
+6. transformers' MistralForCausalLM on the same tensors: `generate` as is, and with `cache_implementation="static"`
    (its automatic compile).
 
     python bench/run_gpu.py [--json-out FILE] [--workdir DIR] [--tokenizer FILE] [--skip-hf]
@@ -51,6 +52,7 @@ TARGETS = {
     "vs_transformers": 1.5,  # best path over transformers' fastest
     "first_token_s": 8.0,  # command start to first token, second run, files in the page cache
     "host_private_gb": 2.0,  # peak RssAnon of `m7b run` while loading to the GPU
+    "int8_vs_bf16": 1.4,  # the compiled step on int8 weights over the same step on bf16 (gpt-fast: 1.48x on an A100)
 }
 # Modules the device lacks: the runtime's import path must not need them.
 BLOCKED = ("libtorrent", "mistral_common")
@@ -215,6 +217,22 @@ def in_process(rt: Runtime, new_tokens: int, modes: list[str], home: Path, repea
     return out
 
 
+def quantized_in_process(release: Path, device: torch.device, home: Path, new_tokens: int, repeats: int) -> dict:
+    """The compiled step on int8 weights (`m7b run --weights int8`: quantized on the host once, kept in the store
+    under `home`, moved to the device): decode tok/s beside the bf16 compiled step's."""
+    from m7b.runtime.loader import quantize_runtime
+    from m7b.runtime.quantized_linear import step_bytes
+    from m7b.store import Store
+
+    start = time.perf_counter()
+    rt = quantize_runtime(load_runtime(release, torch.device("cpu")), "int8", Store(home), release.name, device)
+    quantize_s = time.perf_counter() - start
+    figures = in_process(rt, new_tokens, ["compile"], home, repeats).get("compile", {})
+    assert rt.quantized is not None
+    made = {"quantize_s": quantize_s, "quant_cache": rt.quantized.cache, "bytes_per_token": step_bytes(rt.model)}
+    return {**figures, **made}
+
+
 def long_prompt_ttft(rt: Runtime, length: int) -> dict:
     model, device = rt.model, rt.device
     ids = torch.randint(3, model.args.vocab_size, (1, length), generator=torch.Generator().manual_seed(1))
@@ -371,6 +389,21 @@ def report(doc: dict) -> list[str]:
             f"    best m7b / fastest transformers {best / fastest:.2f}x: target >= {TARGETS['vs_transformers']}x: "
             f"{verdict(best / fastest, TARGETS['vs_transformers'])}"
         )
+    int8 = doc.get("int8_compile", {})
+    bf16 = doc.get("in_process", {}).get("compile", {})
+    if "decode_tok_s" in int8:
+        ratio = int8["decode_tok_s"] / bf16["decode_tok_s"] if "decode_tok_s" in bf16 else None
+        lines.append(
+            f"  in-process compile, int8 weights {int8['decode_tok_s']:7.1f} tok/s "
+            f"({int8['bytes_per_token'] / 1e9:.2f} GB per token; quantized in {int8['quantize_s']:.1f} s, "
+            f"cache {int8['quant_cache']})"
+        )
+        lines.append(
+            f"    int8 / bf16 compiled step {ratio or float('nan'):.2f}x: target >= {TARGETS['int8_vs_bf16']}x: "
+            f"{verdict(ratio, TARGETS['int8_vs_bf16'])}"
+        )
+    elif int8:
+        lines.append(f"  in-process compile, int8 weights: {int8.get('error', 'not measured')}")
     if "long_prompt" in doc:
         t = doc["long_prompt"]
         lines.append(
@@ -417,6 +450,7 @@ def main() -> None:
             sys.exit("no CUDA device: run this on a GPU machine (or pass --dry-run to check the script on the CPU)")
         device, preset = torch.device("cuda"), "mistral-7b"
         modes, user_decode, bw_bytes = ["compile", "graph", "eager"], "auto", 1 << 31
+    budget = BUDGET_S if not opts.dry_run else float("inf")  # a dry run checks every phase, however long the CPU takes
     tokenizer = opts.tokenizer or bundled_tokenizer()
     arch = PRESETS[preset]
     workdir = opts.workdir / preset
@@ -443,7 +477,7 @@ def main() -> None:
     embed = arch.vocab_size * arch.dim * 2
     doc["user_runs"] = []
     for _ in range(2):
-        if time.perf_counter() - T0 > BUDGET_S:
+        if time.perf_counter() - T0 > budget:
             break
         try:
             doc["user_runs"].append(user_run(release, home, device.type, opts.new_tokens, user_decode))
@@ -464,12 +498,22 @@ def main() -> None:
     doc["bytes_per_token"] = weight_bytes - embed + arch.dim * 2 + kv
     doc["peak_gpu_bytes"] = peak_gpu(device)
     save()
-    if time.perf_counter() - T0 < BUDGET_S:
+    if time.perf_counter() - T0 < budget:
         doc["long_prompt"] = long_prompt_ttft(rt, opts.ttft_prompt)
         save()
     torch._dynamo.reset()
-    if not opts.skip_hf and time.perf_counter() - T0 < BUDGET_S:
-        doc["transformers"] = transformers_paths(rt, opts.new_tokens, max(1, opts.repeats - 1), BUDGET_S)
+    if time.perf_counter() - T0 < budget:
+        del rt
+        try:
+            doc["int8_compile"] = quantized_in_process(release, device, home, opts.new_tokens, opts.repeats)
+            log(f"in-process compile int8: {doc['int8_compile'].get('decode_tok_s', 0):.1f} tok/s")
+        except Exception as exc:  # noqa: BLE001 — keep the other figures
+            doc["int8_compile"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        save()
+        torch._dynamo.reset()
+        rt = load_runtime(release, device, torch.bfloat16)
+    if not opts.skip_hf and time.perf_counter() - T0 < budget:
+        doc["transformers"] = transformers_paths(rt, opts.new_tokens, max(1, opts.repeats - 1), budget)
     doc["wall_s"] = round(time.perf_counter() - T0, 1)
     save()
     print("\n".join(report(doc)))

@@ -15,6 +15,7 @@
     converted/<name>/{native,hf}/     safetensors outputs, each with its SHA256SUMS
     converted-records/<key>.json      m7b's own record of each output convert wrote (its files' sha256, its source),
                                       keyed by the output folder's resolved path: what `verify` trusts, not SHA256SUMS
+    cache/{compile,kernels,quantized}/  compiled decode steps, m7b's CPU kernels, quantized weights (`run --weights`)
     reports/<name>.json               the last verification report
     manifests/*.toml                  manifests of the user's own releases
     locks/releases/<name>.lock        held (flock) by the command writing a release; holds its pid and command
@@ -152,6 +153,11 @@ class Store:
     def compile_cache_dir(self) -> Path:
         """Compiled decode steps, one folder per model shape, dtype, device, torch version and cache size."""
         return self.home / "cache" / "compile"
+
+    @property
+    def quant_cache_dir(self) -> Path:
+        """Quantized weights (`m7b run --weights`), one folder per release, scheme and source sha256."""
+        return self.home / "cache" / "quantized"
 
     @property
     def kernel_cache_dir(self) -> Path:

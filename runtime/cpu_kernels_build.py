@@ -96,23 +96,30 @@ def _compiler_identity(compiler: list[str]) -> str:
         return " ".join(compiler)
 
 
-def build_key(compiler: list[str]) -> str:
-    """What a built library depends on: the source, the compiler and its version, the flags, the machine."""
-    digest = hashlib.sha256(SOURCE.read_bytes())
-    for part in (" ".join(compiler), _compiler_identity(compiler), " ".join(FLAGS), platform.machine()):
+def build_key(compiler: list[str], sources: tuple[Path, ...] = (SOURCE,), flags: tuple[str, ...] = FLAGS) -> str:
+    """What a built library depends on: the sources, the compiler and its version, the flags, the machine."""
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in sources))
+    for part in (" ".join(compiler), _compiler_identity(compiler), " ".join(flags), platform.machine()):
         digest.update(b"\0" + part.encode())
     return digest.hexdigest()[:16]
 
 
-def build_library(compiler: list[str], folder: Path) -> Path:
-    """Compile the kernels into `folder` (written under a temporary name, then renamed: never half a library)."""
+def build_library(
+    compiler: list[str],
+    folder: Path,
+    source: Path = SOURCE,
+    name: str = LIBRARY_NAME,
+    flags: tuple[str, ...] = FLAGS,
+) -> Path:
+    """Compile the kernels (`source` into library `name`; the quantized kernels pass theirs) into `folder` (written
+    under a temporary name, then renamed: never half a library)."""
     own_dir(folder, folder.parent)  # a symlink there: LinkInTheWayError, exit 6
-    target = folder / LIBRARY_NAME
+    target = folder / name
     if target.is_file():
         return target
-    partial = folder / f".{LIBRARY_NAME}.{os.getpid()}.{threading.get_ident()}"
+    partial = folder / f".{name}.{os.getpid()}.{threading.get_ident()}"
     remove_own(partial)  # m7b's own temporary name: whatever is there (a link) goes, never what it leads to
-    command = [*compiler, *FLAGS, str(SOURCE), "-o", str(partial), *LIBS]
+    command = [*compiler, *flags, f"-I{source.parent}", str(source), "-o", str(partial), *LIBS]
     try:
         # its own process group, so that a compiler past the timeout goes with every process it started
         proc = subprocess.Popen(
@@ -134,8 +141,8 @@ def build_library(compiler: list[str], folder: Path) -> Path:
         partial.unlink(missing_ok=True)
         tail = (stderr or stdout).strip().splitlines()[-3:]
         raise KernelBuildError(
-            f"{compiler[0]} exited {proc.returncode} building {SOURCE.name}: {' / '.join(tail)}; the compiler needs "
-            "-mavx2 -mfma -fopenmp (gcc or clang with libgomp)"
+            f"{compiler[0]} exited {proc.returncode} building {source.name}: {' / '.join(tail)}; the compiler needs "
+            f"{' '.join(f for f in flags if f.startswith('-m') or f == '-fopenmp')} (gcc or clang with libgomp)"
         )
     partial.replace(target)
     return target

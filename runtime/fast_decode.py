@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,10 +29,14 @@ from m7b.atomic import write_text
 from m7b.errors import InvalidInputError, StorageError
 from m7b.owned import own_dir
 
-from .cpu_kernels_build import KERNEL_CHOICES, TORCH_NAME, choose_kernels
+from .cpu_kernels_build import KERNEL_CHOICES, TORCH_NAME, KernelChoice, choose_kernels
 from .generate import DecodeFn, decode_one_token
 from .model import Transformer
+from .quantized_linear import quantized_linears
 from .row_kernels import row_kernel_step
+
+if TYPE_CHECKING:
+    from .cpu_kernels_quant import QuantKernelChoice
 
 DECODE_MODES = ("auto", "eager", "compile", "graph")
 GPU_ONLY_MODES = ("graph",)  # a captured CUDA graph: refused on the CPU, named GPU-only in smoke and bench
@@ -94,7 +99,9 @@ def compile_key(model: Transformer, device: torch.device, mode: str) -> dict[str
     """What a compiled step depends on: the model's shape, dtype, device kind, torch version, mode."""
     weight = model.output.weight
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {
+    quantized = quantized_linears(model)
+    key: dict[str, object] = {"weights": quantized[0].scheme} if quantized else {}  # absent: the release's own
+    return key | {
         "args": asdict(model.args),
         "dtype": str(weight.dtype).removeprefix("torch."),
         "device": name,
@@ -242,8 +249,19 @@ def prepare_decode(
     start = time.perf_counter()
     if mode == "eager":
         model.setup_caches(1, needed)
-        choice = choose_kernels(cpu_kernels, model.output.weight, kernel_root)
-        fn = row_kernel_step(choice.kernels) if choice.kernels else decode_one_token
+        quantized = quantized_linears(model)
+        if quantized:  # a model with quantized linears: m7b's quantized kernels (quant_decode.py)
+            from .cpu_kernels_quant import choose_quant_kernels
+            from .quant_decode import quant_kernel_step
+
+            quant_choice = choose_quant_kernels(cpu_kernels, quantized[0].weight_q, kernel_root)
+            for module in quantized:  # a short prefill's int4 products on them too
+                module.row_kernels = quant_choice.kernels
+            fn = quant_kernel_step(quant_choice.kernels) if quant_choice.kernels else decode_one_token
+            choice: KernelChoice | QuantKernelChoice = quant_choice
+        else:
+            choice = choose_kernels(cpu_kernels, model.output.weight, kernel_root)
+            fn = row_kernel_step(choice.kernels) if choice.kernels else decode_one_token
         return PreparedDecode(
             "eager",
             fn,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,9 @@ from .size_plan import SizePlan, plan_size
 from .tokenizer import Tokenizer
 from .weights import check_shapes, find_weights, load_state_dict
 
+if TYPE_CHECKING:
+    from .quant_cache import QuantizedSet
+
 
 @dataclass
 class Runtime:
@@ -33,6 +37,7 @@ class Runtime:
     dtype: torch.dtype
     weights_path: Path
     release: Release | None = None  # what `load_release` resolved (None from `load_runtime` on a bare folder)
+    quantized: QuantizedSet | None = None  # the quantized linears (`--weights`), None: the release's own precision
 
     @property
     def folder(self) -> Path:
@@ -101,6 +106,7 @@ def load_release(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype | None = None,
     window: int | None = None,
+    weights: str | None = None,
     on_note: NoteCallback = ignore_note,
     on_size: Callable[[SizePlan], None] | None = None,
 ) -> Runtime:
@@ -110,7 +116,9 @@ def load_release(
     `device`: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N; `dtype`: float32 or bfloat16, None for
     `default_dtype`. The folder that runs is `m7b.release.runtime_folder`'s: a store release's converted native
     folder when there is one, else the release's own. `window` runs the model with a smaller attention window than
-    params.json's (the smoke battery's checks at a small W). `store` defaults to `Store.from_env()` (M7B_HOME).
+    params.json's (the smoke battery's checks at a small W). `weights`: None for the release's own precision, or
+    a quantization scheme (int8, int4: `quantize.py`), its weights made once from the release's and kept in the
+    store (`quant_cache.py`). `store` defaults to `Store.from_env()` (M7B_HOME).
     `on_size` sees, before any weight is read, the weights' size against the machine's memory and the decode speed
     their active bytes allow (`size_plan.plan_size`); loading goes on whatever it says.
     """
@@ -124,6 +132,38 @@ def load_release(
     override = None
     if window is not None:
         override = ModelArgs.from_params_file(folder / "params.json").with_window(window)
-    runtime = load_runtime(folder, dev, dt, args_override=override)
+    if weights is None:
+        runtime = load_runtime(folder, dev, dt, args_override=override)
+        runtime.release = release
+        return runtime
+    from .quantize import check_scheme
+
+    scheme = check_scheme(weights)
+    # built on the CPU (the checkpoint's pages mapped, no copy), quantized there, then moved
+    cpu_dtype = dt if dt is not None or dev.type == "cpu" else torch.bfloat16
+    runtime = load_runtime(folder, torch.device("cpu"), cpu_dtype, override)
     runtime.release = release
+    return quantize_runtime(runtime, scheme, store, release.name, dev, on_note)
+
+
+def quantize_runtime(
+    runtime: Runtime, scheme: str, store: Store, name: str, device: torch.device, on_note: NoteCallback = ignore_note
+) -> Runtime:
+    """`runtime` (on the CPU) with its linears in `scheme` from the store's cache (made there once), then moved to
+    `device`."""
+    from m7b.owned import refuse_links_below
+
+    from .quant_cache import quantized_weights
+    from .quantized_linear import apply_quantized, quantized_linears
+
+    root = refuse_links_below(store.home, store.quant_cache_dir)  # made on first use, never through a link
+    found = quantized_weights(runtime.model, scheme, runtime.weights_path, name, store, root)
+    if found.note:
+        on_note(found.note)
+    apply_quantized(runtime.model, found.weights)
+    if device.type != "cpu":
+        runtime.model.to(device)
+    for module in quantized_linears(runtime.model):
+        module.prepare_for(runtime.dtype)
+    runtime.device, runtime.quantized = device, found
     return runtime

@@ -196,6 +196,7 @@ FLAG_FOR: dict[str, str] = {
     "torrent": "--torrent",
     "window": "--window",
     "cpu_kernels": "--cpu-kernels",
+    "weights": "--weights",
     "public_key": "--public-key",
     "signature": "--signature",
     "require_signature": "--require-signature",

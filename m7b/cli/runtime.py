@@ -44,16 +44,47 @@ CpuKernelsOption = Annotated[
 ]
 
 
+WeightsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        metavar="int8|int4",
+        help="Run on weight-only quantized weights: int8 (per output channel) or int4 (groups of 32, as llama.cpp's "
+        "Q4_0); made once from the release's own weights and kept in M7B_HOME/cache/quantized. Without it, the "
+        "release's own precision.",
+    ),
+]
+
+
 def _load(
     release: str,
     device: str,
     dtype: str | None,
     window: int | None = None,
+    weights: str | None = None,
     on_size: Callable[[Any], None] | None = None,
 ) -> Runtime:
     from m7b.runtime.loader import load_release
 
-    return load_release(release, device=device, dtype=dtype, window=window, on_note=note, on_size=on_size)
+    return load_release(
+        release, device=device, dtype=dtype, window=window, weights=weights, on_note=note, on_size=on_size
+    )
+
+
+def _weights_line(rt: Runtime) -> str:
+    """What a quantized run says first: the scheme, the bytes a token reads, where the weights came from."""
+    from m7b.runtime.quantized_linear import step_bytes
+    from m7b.sizes import format_bytes
+
+    q = rt.quantized
+    if q is None:
+        return ""
+    made = {"hit": "from the cache", "built": "quantized now, cached", "rebuilt": "rebuilt", "memory": "in memory"}
+    return (
+        f"weights {q.scheme} (weight-only, not the release's own precision): {len(q.weights)} linears, "
+        f"{len(q.kept)} kept in {str(rt.dtype).removeprefix('torch.')}; {format_bytes(step_bytes(rt.model))} read "
+        f"per token; {made.get(q.cache, q.cache)} in {q.seconds:.2f} s"
+    )
 
 
 def run(
@@ -86,6 +117,7 @@ def run(
     decode: DecodeOption = "auto",
     compile_decode: Annotated[bool, typer.Option("--compile", help="Same as --decode compile.")] = False,
     cpu_kernels: CpuKernelsOption = "auto",
+    weights: WeightsOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Complete a prompt: the text streams to stdout; preparation time, TTFT, prefill and decode tok/s go to
@@ -116,8 +148,10 @@ def run(
         if not json_out:
             err.print(f"[cyan]size:[/cyan] {escape(plan.statement())}", highlight=False)
 
-    rt = _load(release, device, dtype, on_size=on_size)
+    rt = _load(release, device, dtype, weights=weights, on_size=on_size)
     load_s = time.perf_counter() - started
+    if rt.quantized is not None and not json_out:
+        err.print(f"[yellow]{escape(_weights_line(rt))}[/yellow]", highlight=False)
     from m7b.verify.provenance import provenance_line
 
     if (said := provenance_line(rt.folder)) is not None and not json_out:
@@ -161,6 +195,7 @@ def run(
                 "first_token_at": round(completion.first_token_at or 0.0, 4),
                 **figures,
                 **completion.prepared.record(),
+                **_weights_record(rt),
                 "peak_device_bytes": torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda" else None,
             }
         )
@@ -171,9 +206,19 @@ def run(
         f"time to first token {result.ttft_s * 1000:.1f} ms · prefill {result.prefill_tok_s:.1f} tok/s "
         f"({figures['prompt_tokens']} tokens) · decode {result.decode_tok_s:.1f} tok/s "
         f"({figures['generated_tokens']} tokens, stopped at {result.stop_reason}) · {rt.device} "
-        f"{str(rt.dtype).removeprefix('torch.')}",
+        f"{str(rt.dtype).removeprefix('torch.')}" + (f" · weights {rt.quantized.scheme}" if rt.quantized else ""),
         highlight=False,
     )
+
+
+def _weights_record(rt: Runtime) -> dict[str, object]:
+    """--json's weights fields: the scheme (None: the release's own precision) and the bytes a token reads."""
+    from m7b.runtime.quantized_linear import step_bytes
+
+    record: dict[str, object] = {"weights": None, "weight_bytes_per_token": step_bytes(rt.model)}
+    if rt.quantized is not None:
+        record |= rt.quantized.record()
+    return record
 
 
 def smoke(
@@ -201,6 +246,7 @@ def smoke(
         ),
     ] = "auto",
     cpu_kernels: CpuKernelsOption = "auto",
+    weights: WeightsOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """The smoke-generation battery: a pass/fail table (GPU-only checks skipped, with the reason, elsewhere) and the
@@ -210,7 +256,9 @@ def smoke(
     from m7b.runtime.fast_decode import resolve_mode
     from m7b.runtime.smoke import PAST_WINDOW, run_smoke, smoke_span
 
-    rt = _load(release, device, dtype, window)
+    rt = _load(release, device, dtype, window, weights)
+    if rt.quantized is not None:
+        err.print(escape(_weights_line(rt)), highlight=False)
     if decode.strip().lower() == "auto":
         modes = ["compile", "graph"] if rt.device.type == "cuda" else ["eager"]
     else:
@@ -224,6 +272,9 @@ def smoke(
         name = f"CPU kernels {prepared.cpu_kernels}" if mode == "eager" else mode
         paths[name], prepared_len, prepare_s[name] = prepared.fn, prepared.max_seq_len, round(prepared.prepare_s, 3)
         err.print(f"decode step {name} prepared in {prepared.prepare_s:.2f} s", highlight=False)
+    quantized_paths = {}
+    if rt.quantized is not None:  # the fast paths are checked against the release's own precision instead
+        quantized_paths, paths = paths, {}
     if json_out or not err.is_terminal:
         report = run_smoke(
             rt.model, rt.tokenizer, rt.dtype, seed, ignore_progress, decode_paths=paths, paths_max_seq_len=prepared_len
@@ -237,6 +288,13 @@ def smoke(
             report = run_smoke(
                 rt.model, rt.tokenizer, rt.dtype, seed, on_check, decode_paths=paths, paths_max_seq_len=prepared_len
             )
+    if rt.quantized is not None:
+        from m7b.runtime.loader import load_runtime
+        from m7b.runtime.quant_smoke import quantized_checks
+
+        reference = load_runtime(rt.folder, rt.device, rt.dtype, args_override=rt.args)
+        report.checks[:0] = quantized_checks(rt.model, reference.model, rt.quantized.scheme, seed, quantized_paths)
+        del reference
     checks = [
         {
             "name": c.name,
@@ -254,6 +312,7 @@ def smoke(
         "device": str(rt.device),
         "dtype": str(rt.dtype).removeprefix("torch."),
         "window": report.window,
+        **({"weights": rt.quantized.scheme} if rt.quantized is not None else {"weights": None}),
         "passed": report.passed,
         "decode_tok_s": round(report.decode_tok_s, 2),
         "prepare_s": prepare_s,
@@ -268,7 +327,8 @@ def smoke(
 
 
 def _print_smoke(doc: dict[str, Any]) -> None:
-    table = Table(title=f"smoke: {doc['path']} ({doc['device']}, {doc['dtype']}, W={doc['window']})")
+    weights = f", weights {doc['weights']}" if doc.get("weights") else ""
+    table = Table(title=f"smoke: {doc['path']} ({doc['device']}, {doc['dtype']}{weights}, W={doc['window']})")
     for col in ("check", "result", "detail"):
         table.add_column(col)
     for c in doc["checks"]:
