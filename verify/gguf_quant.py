@@ -118,21 +118,28 @@ def _fp16_bits(d: NDArray[np.float32]) -> NDArray[np.uint8]:
     return d.astype(np.float16).view(np.uint8).reshape(-1, 2)
 
 
+_JUST_BELOW_HALF = np.nextafter(np.float32(0.5), np.float32(0))
+
+
 def quantize_q8_0(x: NDArray[np.float32]) -> NDArray[np.uint8]:
     """quantize_row_q8_0_ref: d = amax/127 (fp16), q = roundf(x * (1/d)) (half away from zero)."""
-    amax = np.abs(x).max(axis=1)
+    amax = np.abs(x).max(axis=1)  # fabsf: a block of -0.0 has amax +0.0
     d = (amax / np.float32(127)).astype(np.float32)
     with np.errstate(divide="ignore"):
         inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
     scaled = x * inv[:, None]
-    whole = np.trunc(scaled)  # C's roundf: half away from zero (exact: x - trunc(x) loses nothing in float32)
-    q = (whole + np.sign(scaled) * (np.abs(scaled - whole) >= np.float32(0.5))).astype(np.int8)
+    # C's roundf for |v| <= 127.5: trunc(v + copysign(nextafter(0.5, 0), v)) in float32 is exact (a fraction below
+    # one half never reaches the next integer, exactly one half always does: round-half-even breaks the one tie)
+    scaled += np.copysign(_JUST_BELOW_HALF, scaled)
+    q = np.trunc(scaled).astype(np.int8)
     return np.concatenate([_fp16_bits(d), q.view(np.uint8)], axis=1).reshape(-1)
 
 
 def _signed_max(x: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Per row, the first element of largest magnitude, with its sign (the loops' `if (amax < fabsf(v))`)."""
-    return x[np.arange(x.shape[0]), np.abs(x).argmax(axis=1)]
+    """Per row, the first element of largest magnitude, with its sign (the loops' `if (amax < fabsf(v))`); +0.0 for
+    a row of zeros, whatever their signs (the loop never replaces its initial `max = 0.0f`)."""
+    picked = x[np.arange(x.shape[0]), np.abs(x).argmax(axis=1)]
+    return np.where(picked == 0, np.float32(0), picked).astype(np.float32)
 
 
 def quantize_q4_0(x: NDArray[np.float32]) -> NDArray[np.uint8]:

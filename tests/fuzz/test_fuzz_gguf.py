@@ -28,7 +28,8 @@ from odd_tokenizers import edited  # noqa: E402
 # bf16 bit patterns of zero and of normal values from 2^-117 to 2^17: a block's scale stays a normal fp16-range float
 # (below, ggml's own reference divides by a subnormal scale: undefined behaviour in C, garbage in every reference)
 finite_bf16 = st.one_of(
-    st.sampled_from([0x0000, 0x8000]),
+    st.just(0x0000),  # not -0.0: for a block of zeros signed so, gguf-py's q4_0 scale is +0 where ggml's is -0
+    # (tests/verify/test_gguf_llamacpp.py checks that case against llama-quantize itself)
     st.builds(lambda sign, exp, mant: sign << 15 | exp << 7 | mant, st.integers(0, 1), st.integers(10, 0x90),
               st.integers(0, 0x7F)),
 )  # fmt: skip

@@ -94,6 +94,7 @@ def _edge_values(shape: tuple[int, ...], seed: int) -> np.ndarray:
         flat[b] = np.arange(-8, 8).repeat(2)
         flat[b, 5] = -8.0
     flat[2::7] = 0.0  # all zero
+    flat[2::14] = -0.0  # all negative zero: amax is +0 (fabsf), d's fp16 bits 0x0000
     flat[3::7, 1:] = 0.0  # a single non-zero
     flat[4::7] = np.where(np.arange(32) % 2, 1.0, -1.0)  # equal magnitudes: the first one picks the sign
     flat[5::7] = rng.standard_normal((len(flat[5::7]), 32)) * 1e-39  # bf16 subnormals
