@@ -32,6 +32,12 @@ class InvalidInputError(M7bError):
     exit_code = 4
 
 
+class UnsupportedArchitectureError(InvalidInputError):
+    """A well-formed release that a command cannot yet carry to the output asked for (a GGUF of a mixture of
+    experts): exit 4, as for any input a command does not accept; nothing in it differs from what its publisher
+    said, so it is no mismatch."""
+
+
 class MismatchError(M7bError):
     """Data that parses but differs from what its magnet, torrent or manifest says."""
 

@@ -139,6 +139,13 @@ def load_release(
     from .quantize import check_scheme
 
     scheme = check_scheme(weights)
+    if load_params(folder / "params.json").moe is not None:
+        from m7b.errors import UnsupportedArchitectureError
+
+        raise UnsupportedArchitectureError(
+            f"--weights {scheme}: weight-only quantization covers dense releases; {release.name} is a mixture of "
+            "experts — run it without --weights (its own precision)"
+        )
     # built on the CPU (the checkpoint's pages mapped, no copy), quantized there, then moved
     cpu_dtype = dt if dt is not None or dev.type == "cpu" else torch.bfloat16
     runtime = load_runtime(folder, torch.device("cpu"), cpu_dtype, override)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .cpu_kernels_quant import QuantRowKernels
 from .generate import DecodeFn, decode_one_token
-from .model import Transformer, TransformerBlock
+from .model import FeedForward, Transformer, TransformerBlock
 from .row_kernels import BLOCK_WEIGHTS, decode_position
 
 
@@ -29,6 +29,7 @@ def quant_block_on_rows(
 ) -> torch.Tensor:
     """`block(x, ...)` for one decode row, the products on the kernels."""
     a, f = block.attention, block.feed_forward
+    assert isinstance(f, FeedForward), "quantized weights are for dense releases (loader.load_release refuses a MoE)"
     if (
         block.attention.kv_cache is not None
         and block.attention_norm.eps == block.ffn_norm.eps

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -424,3 +425,16 @@ def test_the_compiled_step_on_quantized_weights_equals_the_eager_one(tiny_releas
 
     eager = teacher_forced_logits(rt.model, ids, 8, decode_one_token)
     assert (compiled - eager).abs().max().item() <= 0.02 * eager.abs().max().item()
+
+
+def test_a_mixture_of_experts_with_weights_is_refused_before_loading(
+    mixtral_tiny: Path, m7b_home: Path, cli: Any
+) -> None:
+    from m7b.errors import UnsupportedArchitectureError
+
+    with pytest.raises(UnsupportedArchitectureError, match="mixture of experts"):
+        load_release(str(mixtral_tiny), device="cpu", weights="int8")
+    assert not (Store.from_env().quant_cache_dir).exists() or not any(Store.from_env().quant_cache_dir.iterdir())
+    result = cli("run", str(mixtral_tiny), "--prompt", "hi", "--weights", "int4", "--max-tokens", "2")
+    assert result.code == 4, result.stderr
+    assert "run it without --weights" in result.stderr
