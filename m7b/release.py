@@ -137,8 +137,7 @@ def release_names(store: Store) -> dict[str, Manifest | None]:
 
 def name_for_hash(store: Store, info_hash: str, display_name: str) -> str:
     """The store name for a torrent: its manifest's, the store's record's, else a slug of its display name (with
-    the info-hash's first 8 digits when that slug is another release's name, or a folder in the store no record
-    names)."""
+    the info-hash's first 8 digits when that slug is another release's name)."""
     manifest = manifest_for_hash(info_hash, store)
     if manifest is not None:
         return manifest.name
@@ -148,18 +147,11 @@ def name_for_hash(store: Store, info_hash: str, display_name: str) -> str:
             return name
     name = slug(display_name)
     taken = known_manifests(store.manifests_dir)
-    if (
-        (name in recorded and recorded[name] != info_hash.lower())
-        or (name in taken and info_hash not in taken[name].torrent.hashes)
-        or (name not in recorded and name not in taken and name != slug(info_hash) and _store_holds(store, name))
+    if (name in recorded and recorded[name] != info_hash.lower()) or (
+        name in taken and info_hash not in taken[name].torrent.hashes
     ):
         name = f"{name}-{info_hash.lower()[:8]}"
     return name
-
-
-def _store_holds(store: Store, name: str) -> bool:
-    """A release folder of that name is in the store, though no record says whose it is."""
-    return store.release_dir(name).exists()
 
 
 def _store_release(store: Store, name: str, manifest: Manifest | None, info_hash: str | None) -> Release:

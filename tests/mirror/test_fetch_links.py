@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from swarm import plain_seeder, tree_digests
 
+from m7b.store import Store
+
 LOOPBACK = ("--loopback", "--listen", "127.0.0.1:0", "--timeout", "20")
 PRECIOUS = b'{"dim": 4096, "note": "my own params, not m7b\'s"}\n'
 
@@ -57,8 +59,14 @@ WHERE: dict[str, tuple[str, Callable[[Path, Path, str, str], Path], bool | None]
         lambda home, dest, name, ih: home / "torrents" / f"{ih}.torrent",
         None,
     ),
-    "resume/IH.fastresume": ("magnet", lambda home, dest, name, ih: home / "resume" / f"{ih}.fastresume", False),
-    "resume/IH.complete.json": ("magnet", lambda home, dest, name, ih: home / "resume" / f"{ih}.complete.json", False),
+    # resume data and the completion record of the --dest copy (Store.resume_path: keyed by the folder)
+    "resume/IH-KEY.fastresume": ("magnet", lambda home, dest, name, ih: Store(home).resume_path(ih, dest), False),
+    "resume/IH-KEY.complete.json": (
+        "magnet",
+        lambda home, dest, name, ih: Store(home).completion_path(ih, dest),
+        False,
+    ),
+    "resume/IH.fastresume (store)": ("store", lambda home, dest, name, ih: home / "resume" / f"{ih}.fastresume", False),
     "resume/ (the folder)": ("magnet", lambda home, dest, name, ih: home / "resume", True),
     "releases/.NAME.json (store)": ("store", lambda home, dest, name, ih: home / "releases" / f".{name}.json", False),
     "releases/ (the folder, store)": ("store", lambda home, dest, name, ih: home / "releases", True),
