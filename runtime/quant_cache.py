@@ -30,6 +30,7 @@ from m7b.atomic import atomic_file, write_text
 from m7b.errors import StorageError
 from m7b.owned import own_dir, refuse_link
 from m7b.store import Store, unchanged_since
+from m7b.verify.convert import file_sha256
 
 from .quantize import QuantizedWeight, quantize, quantized_shapes
 from .quantized_linear import kept_linears, linear_names
@@ -67,15 +68,6 @@ class QuantizedSet:
             "quant_s": round(self.seconds, 3),
             "source_sha256": self.source_sha256,
         }
-
-
-def file_sha256(path: Path, block: int = 256 << 10) -> str:
-    digest = hashlib.sha256()
-    buffer = memoryview(bytearray(block))
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buffer):
-            digest.update(buffer[:n])
-    return digest.hexdigest()
 
 
 def source_sha256(store: Store, release_name: str | None, weights: Path, root: Path | None) -> tuple[str, str]:
