@@ -47,12 +47,16 @@ def save_dht_state(store: Store, session: lt.session) -> None:
 
 
 def state_nodes(state: bytes | None) -> int:
-    """How many nodes a saved DHT state (libtorrent's session params, as `dht_state` gives them) holds."""
-    doc: Any = lt.bdecode(state) if state else None
+    """How many nodes a saved DHT state (libtorrent's session params, as `dht_state` gives them) holds: 0 for bytes
+    that are no such state (damaged, truncated, another file's)."""
+    try:
+        doc: Any = lt.bdecode(state) if state else None
+    except RuntimeError:  # not bencoding, or nested past libtorrent's depth limit
+        return 0
     table = doc.get(b"dht state") if isinstance(doc, dict) else None
     if not isinstance(table, dict):
         return 0
-    return sum(len(table.get(key) or []) for key in (b"nodes", b"nodes6"))
+    return sum(len(nodes) for key in (b"nodes", b"nodes6") if isinstance(nodes := table.get(key), list))
 
 
 def routing_table_size(session: lt.session) -> int:

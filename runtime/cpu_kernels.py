@@ -69,6 +69,10 @@ class BF16RowKernels:
             library.m7b_block_step_bf16,
             [_P, _P, _P, _F, *[_P] * 7, _L, _L, _L, _L, _L, _P, _P, _P, _L, _P, _L, _P, _P, _I],
         )
+        self._moe_block = _bind(
+            library.m7b_moe_block_step_bf16,
+            [_P, _P, _P, _F, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _L, _P, _L, _P, _P, _P, _I],
+        )
         self._buffers: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # block step work, scratch
         self._scratch: dict[int, torch.Tensor] = {}  # K floats per input width: the widened vector
 
@@ -166,34 +170,14 @@ class BF16RowKernels:
         """A whole TransformerBlock on one decode row `x` (updated in place): `norms` (attention_norm, ffn_norm),
         `weights` in `row_kernels.BLOCK_WEIGHTS` order (wq, wk, wv, wo, w1, w3, w2: the C function's). False, with
         nothing touched, when the kernel does not take these inputs (the caller then runs the module)."""
-        n_heads, n_kv_heads, head_dim = position.heads
-        dim = x.shape[-1]
-        if len(weights) != 7 or not _is_row(x, dim):
+        if len(weights) != 7:
             return False
-        wq, wk, wv, wo, w1, w3, w2 = weights
-        hidden = w1.shape[0]
-        q_size, kv_size = n_heads * head_dim, n_kv_heads * head_dim
-        shapes = ((q_size, dim), (kv_size, dim), (kv_size, dim), (dim, q_size), (hidden, dim), (hidden, dim))
-        if not (
-            all(w.shape == shape and _is_matrix(w, shape[1]) for w, shape in zip(weights, shapes, strict=False))
-            and w2.shape == (dim, hidden)
-            and _is_matrix(w2, hidden)
-            and len(norms) == 2
-            and all(n.shape == (dim,) and _is_plain(n) for n in norms)
-        ):
-            return False
-        checked = _attention_inputs(position)
+        checked = self._block_inputs(x, norms, weights[:4], (weights[4:],), position)
         if checked is None:
             return False
-        pairs, slot, capacity = checked
-        key = (dim, hidden, n_heads, n_kv_heads, head_dim, capacity)
-        buffers = self._buffers.get(key)
-        if buffers is None:
-            work = torch.empty(2 * dim + q_size + 2 * kv_size + q_size + 3 * hidden, dtype=torch.bfloat16)
-            scratch_size = max(dim, hidden, q_size, n_heads * (2 * head_dim + capacity) + capacity + 2)
-            scratch = torch.empty(scratch_size, dtype=torch.float32)
-            buffers = self._buffers[key] = (work, scratch)
-        work, scratch = buffers
+        pairs, slot, capacity, (work, scratch) = checked
+        dim, hidden = x.shape[-1], weights[4].shape[0]
+        n_heads, n_kv_heads, head_dim = position.heads
         self._block(
             x.data_ptr(),
             norms[0].data_ptr(),
@@ -216,6 +200,101 @@ class BF16RowKernels:
             _threads(),
         )
         return True
+
+    def moe_block_step(
+        self,
+        x: torch.Tensor,
+        norms: tuple[torch.Tensor, torch.Tensor],
+        eps: float,
+        attention: tuple[torch.Tensor, ...],
+        gate: torch.Tensor,
+        experts: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...],
+        per_token: int,
+        position: DecodePosition,
+    ) -> list[int] | None:
+        """A whole Mixtral block on one decode row `x` (updated in place), routed as `moe.MoeFeedForward.on_rows`:
+        `attention` (wq, wk, wv, wo), the `gate` (n_experts, dim), each expert's (w1, w3, w2). Returns the experts
+        it ran (largest gate logit first), or None, with nothing touched, when the kernel does not take these inputs."""
+        dim = x.shape[-1]
+        if not (len(attention) == 4 and experts and 0 < per_token <= len(experts)):
+            return None
+        if not (gate.shape == (len(experts), dim) and _is_matrix(gate, dim)):
+            return None
+        checked = self._block_inputs(x, norms, attention, experts, position)
+        if checked is None:
+            return None
+        pairs, slot, capacity, (work, scratch) = checked
+        hidden = experts[0][0].shape[0]
+        n_heads, n_kv_heads, head_dim = position.heads
+        chosen = (ctypes.c_long * per_token)()
+        pointers = [(ctypes.c_void_p * len(experts))(*(e[i].data_ptr() for e in experts)) for i in range(3)]
+        self._moe_block(
+            x.data_ptr(),
+            norms[0].data_ptr(),
+            norms[1].data_ptr(),
+            eps,
+            (ctypes.c_void_p * 4)(*(w.data_ptr() for w in attention)),
+            gate.data_ptr(),
+            *pointers,
+            len(experts),
+            per_token,
+            dim,
+            hidden,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            pairs.data_ptr(),
+            position.k_cache.data_ptr(),
+            position.v_cache.data_ptr(),
+            slot,
+            position.mask.data_ptr(),
+            capacity,
+            work.data_ptr(),
+            scratch.data_ptr(),
+            chosen,
+            _threads(),
+        )
+        return list(chosen)
+
+    def _block_inputs(
+        self,
+        x: torch.Tensor,
+        norms: tuple[torch.Tensor, torch.Tensor],
+        attention: tuple[torch.Tensor, ...],
+        feed_forwards: tuple[tuple[torch.Tensor, ...], ...],
+        position: DecodePosition,
+    ) -> tuple[torch.Tensor, int, int, tuple[torch.Tensor, torch.Tensor]] | None:
+        """(cos/sin pairs, slot, capacity, (work, scratch)) when a block call takes these inputs: one bf16 row,
+        both norms, wq/wk/wv/wo and each (w1, w3, w2) of the shapes the C code walks, the attention's inputs."""
+        n_heads, n_kv_heads, head_dim = position.heads
+        dim = x.shape[-1]
+        if not (_is_row(x, dim) and len(norms) == 2 and all(n.shape == (dim,) and _is_plain(n) for n in norms)):
+            return None
+        if not feed_forwards or any(len(f) != 3 for f in feed_forwards):
+            return None
+        hidden = feed_forwards[0][0].shape[0]
+        q_size, kv_size = n_heads * head_dim, n_kv_heads * head_dim
+        shapes = [(q_size, dim), (kv_size, dim), (kv_size, dim), (dim, q_size)]
+        matrices = list(attention)
+        for f in feed_forwards:
+            shapes += [(hidden, dim), (hidden, dim), (dim, hidden)]
+            matrices += f
+        if not all(w.shape == shape and _is_matrix(w, shape[1]) for w, shape in zip(matrices, shapes, strict=True)):
+            return None
+        checked = _attention_inputs(position)
+        if checked is None:
+            return None
+        pairs, slot, capacity = checked
+        experts = len(feed_forwards)
+        key = (dim, hidden, n_heads, n_kv_heads, head_dim, capacity, experts)
+        buffers = self._buffers.get(key)
+        if buffers is None:
+            # the dense block's rows, then (a mixture of experts) the gate's logits and the experts' sum
+            work = torch.empty(2 * dim + q_size + 2 * kv_size + q_size + 3 * hidden + experts + dim, dtype=torch.bfloat16)
+            scratch_size = max(dim, hidden, q_size, n_heads * (2 * head_dim + capacity) + capacity + 2)
+            scratch = torch.empty(scratch_size, dtype=torch.float32)
+            buffers = self._buffers[key] = (work, scratch)
+        return pairs, slot, capacity, buffers
 
 
 def _attention_inputs(position: DecodePosition) -> tuple[torch.Tensor, int, int] | None:

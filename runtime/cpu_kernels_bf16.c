@@ -307,6 +307,38 @@ void m7b_attention_step_bf16(const uint16_t *qkv, const float *freqs, uint16_t *
     }
 }
 
+/* The attention half of a block for one decode position, in place on the residual row `x`:
+   x += wo . attention(rotary(stack(wq, wk, wv) . rms_norm(x))). `work` as m7b_block_step_bf16's (its first
+   dim * 2 + (n_heads + 2 * n_kv) * head_dim + n_heads * head_dim elements); `scratch` as its. */
+static void attention_half(uint16_t *x, const uint16_t *attention_norm, float eps, const uint16_t *wq,
+                           const uint16_t *wk, const uint16_t *wv, const uint16_t *wo, long dim, long n_heads,
+                           long n_kv, long head_dim, const float *freqs, uint16_t *k_cache, uint16_t *v_cache,
+                           long slot, const uint8_t *mask, long capacity, uint16_t *work, float *scratch,
+                           int threads) {
+    const long q_size = n_heads * head_dim, qkv_size = (n_heads + 2 * n_kv) * head_dim;
+    uint16_t *normed = work, *qkv = normed + dim, *heads = qkv + qkv_size, *proj = heads + q_size;
+    m7b_rms_norm_bf16(x, attention_norm, dim, eps, normed);
+    const stack_t qkv_stack = {{wq, wk, wv}, {q_size, n_kv * head_dim, n_kv * head_dim}, 3, dim};
+    stack_matvec(&qkv_stack, normed, qkv, scratch, threads);
+    m7b_attention_step_bf16(qkv, freqs, k_cache, v_cache, slot, mask, n_heads, n_kv, capacity, head_dim,
+                            (float)(1.0 / sqrt((double)head_dim)), heads, scratch, threads);
+    const stack_t wo_stack = {{wo}, {dim}, 1, q_size};
+    stack_matvec(&wo_stack, heads, proj, scratch, threads);
+    for (long d = 0; d < dim; d++) x[d] = float_to_bf16(bf16_to_float(x[d]) + bf16_to_float(proj[d]));
+}
+
+/* out (dim) = w2 . swiglu(stack(w1, w3) . normed): one SwiGLU feed-forward (a dense layer's, or one expert's).
+   gate_up: 2 * hidden, mixed: hidden bf16 elements of work. */
+static void swiglu_feed_forward(const uint16_t *normed, const uint16_t *w1, const uint16_t *w3, const uint16_t *w2,
+                                long dim, long hidden, uint16_t *gate_up, uint16_t *mixed, uint16_t *out,
+                                float *scratch, int threads) {
+    const stack_t up_stack = {{w1, w3}, {hidden, hidden}, 2, dim};
+    stack_matvec(&up_stack, normed, gate_up, scratch, threads);
+    m7b_swiglu_bf16(gate_up, gate_up + hidden, hidden, mixed);
+    const stack_t down_stack = {{w2}, {dim}, 1, hidden};
+    stack_matvec(&down_stack, mixed, out, scratch, threads);
+}
+
 /* One transformer block for one decode position, in place on the residual row `x` (dim), exactly the model's
    TransformerBlock: x += wo . attention(rotary(stack(wq, wk, wv) . rms_norm(x))); x += w2 . swiglu(stack(w1, w3) .
    rms_norm(x)), each step rounded to bf16 where torch rounds it (attention's probabilities apart, see above). `work`: bf16 rows for the intermediate results,
@@ -319,21 +351,63 @@ void m7b_block_step_bf16(uint16_t *x, const uint16_t *attention_norm, const uint
                          uint16_t *v_cache, long slot, const uint8_t *mask, long capacity, uint16_t *work,
                          float *scratch, int threads) {
     const long q_size = n_heads * head_dim, qkv_size = (n_heads + 2 * n_kv) * head_dim;
-    uint16_t *normed = work, *qkv = normed + dim, *heads = qkv + qkv_size, *proj = heads + q_size;
+    uint16_t *normed = work, *proj = normed + dim + qkv_size + q_size;
     uint16_t *gate_up = proj + dim, *mixed = gate_up + 2 * hidden;
-    m7b_rms_norm_bf16(x, attention_norm, dim, eps, normed);
-    const stack_t qkv_stack = {{wq, wk, wv}, {q_size, n_kv * head_dim, n_kv * head_dim}, 3, dim};
-    stack_matvec(&qkv_stack, normed, qkv, scratch, threads);
-    m7b_attention_step_bf16(qkv, freqs, k_cache, v_cache, slot, mask, n_heads, n_kv, capacity, head_dim,
-                            (float)(1.0 / sqrt((double)head_dim)), heads, scratch, threads);
-    const stack_t wo_stack = {{wo}, {dim}, 1, q_size};
-    stack_matvec(&wo_stack, heads, proj, scratch, threads);
-    for (long d = 0; d < dim; d++) x[d] = float_to_bf16(bf16_to_float(x[d]) + bf16_to_float(proj[d]));
+    attention_half(x, attention_norm, eps, wq, wk, wv, wo, dim, n_heads, n_kv, head_dim, freqs, k_cache, v_cache,
+                   slot, mask, capacity, work, scratch, threads);
     m7b_rms_norm_bf16(x, ffn_norm, dim, eps, normed);
-    const stack_t up_stack = {{w1, w3}, {hidden, hidden}, 2, dim};
-    stack_matvec(&up_stack, normed, gate_up, scratch, threads);
-    m7b_swiglu_bf16(gate_up, gate_up + hidden, hidden, mixed);
-    const stack_t down_stack = {{w2}, {dim}, 1, hidden};
-    stack_matvec(&down_stack, mixed, proj, scratch, threads);
+    swiglu_feed_forward(normed, w1, w3, w2, dim, hidden, gate_up, mixed, proj, scratch, threads);
     for (long d = 0; d < dim; d++) x[d] = float_to_bf16(bf16_to_float(x[d]) + bf16_to_float(proj[d]));
+}
+
+/* The top `k` of n gate logits, largest first (a tie goes to the lower expert index), into chosen (k indices). */
+static void top_experts(const uint16_t *logits, long n, long k, long *chosen) {
+    for (long j = 0; j < k; j++) {
+        long best = -1;
+        for (long e = 0; e < n; e++) {
+            int taken = 0;
+            for (long i = 0; i < j; i++) taken |= chosen[i] == e;
+            if (!taken && (best < 0 || bf16_to_float(logits[e]) > bf16_to_float(logits[best]))) best = e;
+        }
+        chosen[j] = best;
+    }
+}
+
+/* A Mixtral block for one decode position, in place on `x`, exactly runtime/moe.py's routing of one row: the
+   attention half as m7b_block_step_bf16's; then gate logits (n_experts, bf16) = gate . rms_norm(x); the top k;
+   their weights = bf16(softmax over the k logits in float32); out = the sum, in order, of bf16(expert_j(normed) *
+   weight_j) (each sum rounded to bf16); x += out. Only the chosen experts' weights are read. w1s, w3s, w2s: each
+   expert's matrices (n_experts pointers each); chosen: the k experts it took (for the caller's record). `work` as
+   m7b_block_step_bf16's plus n_experts + dim elements; `scratch` as its (and at least k floats). */
+void m7b_moe_block_step_bf16(uint16_t *x, const uint16_t *attention_norm, const uint16_t *ffn_norm, float eps,
+                             const uint16_t *const *attention, const uint16_t *gate, const uint16_t *const *w1s,
+                             const uint16_t *const *w3s, const uint16_t *const *w2s, long n_experts, long k,
+                             long dim, long hidden, long n_heads, long n_kv, long head_dim, const float *freqs,
+                             uint16_t *k_cache, uint16_t *v_cache, long slot, const uint8_t *mask, long capacity,
+                             uint16_t *work, float *scratch, long *chosen, int threads) {
+    const long q_size = n_heads * head_dim, qkv_size = (n_heads + 2 * n_kv) * head_dim;
+    uint16_t *normed = work, *proj = normed + dim + qkv_size + q_size;
+    uint16_t *gate_up = proj + dim, *mixed = gate_up + 2 * hidden, *logits = mixed + hidden, *out = logits + n_experts;
+    attention_half(x, attention_norm, eps, attention[0], attention[1], attention[2], attention[3], dim, n_heads, n_kv,
+                   head_dim, freqs, k_cache, v_cache, slot, mask, capacity, work, scratch, threads);
+    m7b_rms_norm_bf16(x, ffn_norm, dim, eps, normed);
+    const stack_t gate_stack = {{gate}, {n_experts}, 1, dim};
+    stack_matvec(&gate_stack, normed, logits, scratch, threads);
+    top_experts(logits, n_experts, k, chosen);
+    float weights[k > 0 ? k : 1], total = 0.0f;
+    const float top = bf16_to_float(logits[chosen[0]]);
+    for (long j = 0; j < k; j++) {
+        weights[j] = expf(bf16_to_float(logits[chosen[j]]) - top);
+        total += weights[j];
+    }
+    for (long j = 0; j < k; j++) {
+        const float w = bf16_to_float(float_to_bf16(weights[j] / total));
+        const long e = chosen[j];
+        swiglu_feed_forward(normed, w1s[e], w3s[e], w2s[e], dim, hidden, gate_up, mixed, proj, scratch, threads);
+        for (long d = 0; d < dim; d++) {
+            const float y = bf16_to_float(float_to_bf16(bf16_to_float(proj[d]) * w));
+            out[d] = j == 0 ? float_to_bf16(y) : float_to_bf16(bf16_to_float(out[d]) + y);
+        }
+    }
+    for (long d = 0; d < dim; d++) x[d] = float_to_bf16(bf16_to_float(x[d]) + bf16_to_float(out[d]));
 }

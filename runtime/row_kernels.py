@@ -58,6 +58,17 @@ class RowKernels(Protocol):
         weights: tuple[torch.Tensor, ...],
         position: DecodePosition,
     ) -> bool: ...
+    def moe_block_step(
+        self,
+        x: torch.Tensor,
+        norms: tuple[torch.Tensor, torch.Tensor],
+        eps: float,
+        attention: tuple[torch.Tensor, ...],
+        gate: torch.Tensor,
+        experts: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...],
+        per_token: int,
+        position: DecodePosition,
+    ) -> list[int] | None: ...
 
 
 def block_weights(block: TransformerBlock) -> tuple[torch.Tensor, ...]:
@@ -123,15 +134,20 @@ def block_in_one_call(
     kernels do not take these inputs (then call `block_on_rows`)."""
     if block.attention.kv_cache is None or block.attention_norm.eps != block.ffn_norm.eps:  # the call takes one eps
         return False
-    if isinstance(block.feed_forward, MoeFeedForward):  # the block call's feed-forward is dense
-        return False
-    return kernels.block_step(
-        x,
-        (block.attention_norm.weight, block.ffn_norm.weight),
-        block.attention_norm.eps,
-        block_weights(block),
-        decode_position(block.attention, freqs, slots, mask),
-    )
+    norms = (block.attention_norm.weight, block.ffn_norm.weight)
+    position = decode_position(block.attention, freqs, slots, mask)
+    f = block.feed_forward
+    if isinstance(f, MoeFeedForward):  # the gate, top-k, softmax and the chosen experts inside the same call
+        a = block.attention
+        attention = (a.wq.weight, a.wk.weight, a.wv.weight, a.wo.weight)
+        experts = tuple(
+            (f.expert(e).w1.weight, f.expert(e).w3.weight, f.expert(e).w2.weight) for e in range(f.num_experts)
+        )
+        chosen = kernels.moe_block_step(
+            x, norms, block.attention_norm.eps, attention, f.gate.weight, experts, f.num_experts_per_tok, position
+        )
+        return chosen is not None
+    return kernels.block_step(x, norms, block.attention_norm.eps, block_weights(block), position)
 
 
 def block_on_rows(

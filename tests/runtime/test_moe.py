@@ -155,50 +155,125 @@ def test_the_compiled_decode_step_runs_a_mixture_of_experts_on_the_cpu(mixtral_t
     assert prepared.mode == "compile" and compiled == eager
 
 
-def test_cpu_kernels_read_only_the_chosen_experts(mixtral_tiny_src) -> None:
+def _bf16_kernels(rt: Runtime):
     from m7b.runtime.cpu_kernels_build import choose_kernels
-    from m7b.runtime.row_kernels import row_kernel_step
 
-    rt = load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.bfloat16)
     choice = choose_kernels("auto", rt.model.output.weight, None)
     if choice.kernels is None:
         pytest.skip(f"m7b's CPU kernels do not run here: {choice.note}")
-    kernels = choice.kernels
-    read: set[int] = set()
-    matvec, stack = kernels.__call__, kernels.stack
+    return choice.kernels
 
-    class Recording:
+
+def _decode_logits(model: Transformer, step, ids: torch.Tensor) -> torch.Tensor:
+    """The logits of one decode step (`step`) after a prefill of `ids`, on fresh caches."""
+    n = ids.shape[1]
+    model.setup_caches(1, n + 1)
+    with torch.inference_mode():
+        model(ids, torch.arange(n))
+        return step(model, torch.tensor([[42]]), torch.tensor([n]))
+
+
+def test_the_moe_block_in_one_kernel_call_equals_the_per_operation_path(mixtral_tiny_src) -> None:
+    """The Mixtral block as one C call (attention, gate, top-k, softmax, the chosen experts) gives the bits the
+    per-operation row-kernel path gives (the routing in torch), and both agree with the eager model."""
+    from m7b.runtime.row_kernels import row_kernel_step
+
+    rt = load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.bfloat16)
+    kernels = _bf16_kernels(rt)
+    calls: list[list[int]] = []
+
+    class OneCall:
         def __getattr__(self, name):
             return getattr(kernels, name)
 
         def __call__(self, x, weight):
-            read.add(weight.data_ptr())
-            return matvec(x, weight)
+            return kernels(x, weight)
 
-        def stack(self, x, weights):
-            read.update(w.data_ptr() for w in weights)
-            return stack(x, weights)
+        def moe_block_step(self, *args):
+            chosen = kernels.moe_block_step(*args)
+            calls.append(chosen)
+            return chosen
 
-    step = row_kernel_step(Recording())  # type: ignore[arg-type]
-    model = rt.model
+    class PerOperation(OneCall):
+        def moe_block_step(self, *args):
+            return None
+
     ids = _ids(10, seed=5)
-    model.setup_caches(1, 11)
+    one_call = _decode_logits(rt.model, row_kernel_step(OneCall()), ids)  # type: ignore[arg-type]
+    per_operation = _decode_logits(rt.model, row_kernel_step(PerOperation()), ids)  # type: ignore[arg-type]
+    eager = _decode_logits(rt.model, lambda m, t, p: m(t, p)[:, -1], ids)
+    assert len(calls) == len(rt.model.blocks) and all(c is not None and len(c) == 2 for c in calls)
+    assert torch.equal(one_call, per_operation)
+    assert (one_call.float() - eager.float()).abs().max().item() <= 0.02 * eager.float().abs().max().item()
+
+
+def test_the_moe_block_call_reads_only_the_chosen_experts(mixtral_tiny_src) -> None:
+    """Experts the gate did not choose are never read: filled with NaN they change nothing; the experts the call
+    reports are torch's top-k of the same gate logits."""
+    from m7b.runtime.row_kernels import attention_on_rows, decode_position, rms_norm_on_rows
+
+    rt = load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.bfloat16)
+    kernels = _bf16_kernels(rt)
+    model = rt.model
+    block = model.blocks[0]
+    f, a = block.feed_forward, block.attention
+    assert isinstance(f, MoeFeedForward)
+    x = model.tok_embeddings(torch.tensor([[42]])).clone()
+    norms = (block.attention_norm.weight, block.ffn_norm.weight)
+    attention = (a.wq.weight, a.wk.weight, a.wv.weight, a.wo.weight)
+    experts = tuple((f.expert(e).w1.weight, f.expert(e).w3.weight, f.expert(e).w2.weight) for e in range(4))
+
+    def run(experts):
+        model.setup_caches(1, 4)
+        freqs, mask, slots = model.positions(torch.tensor([0]))
+        row = x.clone()
+        position = decode_position(a, freqs, slots, mask)
+        chosen = kernels.moe_block_step(row, norms, 1e-5, attention, f.gate.weight, experts, 2, position)
+        return row, chosen
+
     with torch.inference_mode():
-        model(ids, torch.arange(10))
-        logits = step(model, torch.tensor([[42]]), torch.tensor([10]))
-    model.setup_caches(1, 11)
-    with torch.inference_mode():
-        model(ids, torch.arange(10))
-        eager = model(torch.tensor([[42]]), torch.tensor([10]))[:, -1]
-    assert (logits.float() - eager.float()).abs().max().item() <= 0.02 * eager.float().abs().max().item()
-    experts = {
-        (i, e): block.feed_forward.expert(e).w1.weight.data_ptr()
-        for i, block in enumerate(model.blocks)
-        if isinstance(block.feed_forward, MoeFeedForward)
-        for e in range(4)
+        row, chosen = run(experts)
+        model.setup_caches(1, 4)
+        freqs, mask, slots = model.positions(torch.tensor([0]))
+        h = x + attention_on_rows(kernels, a, rms_norm_on_rows(kernels, block.attention_norm, x), freqs, mask, slots)
+        _, want = torch.topk(kernels(rms_norm_on_rows(kernels, block.ffn_norm, h), f.gate.weight), 2, dim=-1)
+    assert chosen == want.reshape(-1).tolist()
+    poisoned = tuple(e if i in chosen else tuple(torch.full_like(w, float("nan")) for w in e) for i, e in enumerate(experts))
+    again, chosen_again = run(poisoned)
+    assert chosen_again == chosen and torch.equal(again, row) and not again.isnan().any()
+
+
+def test_the_moe_block_call_declines_what_it_cannot_take_and_touches_nothing(mixtral_tiny_src) -> None:
+    from m7b.runtime.row_kernels import decode_position
+
+    rt = load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.bfloat16)
+    kernels = _bf16_kernels(rt)
+    model = rt.model
+    block = model.blocks[0]
+    f, a = block.feed_forward, block.attention
+    model.setup_caches(1, 4)
+    freqs, mask, slots = model.positions(torch.tensor([0]))
+    position = decode_position(a, freqs, slots, mask)
+    x = model.tok_embeddings(torch.tensor([[42]])).clone()
+    norms = (block.attention_norm.weight, block.ffn_norm.weight)
+    attention = (a.wq.weight, a.wk.weight, a.wv.weight, a.wo.weight)
+    experts = tuple((f.expert(e).w1.weight, f.expert(e).w3.weight, f.expert(e).w2.weight) for e in range(4))
+    w1, w3, w2 = experts[1]
+    cases = {
+        "no expert per token": (attention, f.gate.weight, experts, 0),
+        "more per token than experts": (attention, f.gate.weight, experts, 5),
+        "a gate row short": (attention, f.gate.weight[:3], experts, 2),
+        "three attention weights": (attention[:3], f.gate.weight, experts, 2),
+        "an expert's w2 transposed": (attention, f.gate.weight, (experts[0], (w1, w3, w2.t()), *experts[2:]), 2),
+        "an expert in float32": (attention, f.gate.weight, (experts[0], (w1.float(), w3, w2), *experts[2:]), 2),
+        "an expert of another width": (attention, f.gate.weight, (experts[0], (w1[:-1], w3, w2), *experts[2:]), 2),
+        "no experts": (attention, f.gate.weight[:0], (), 2),
     }
-    per_layer = {i: sum(ptr in read for (j, _), ptr in experts.items() if j == i) for i in range(len(model.blocks))}
-    assert per_layer == {0: 2, 1: 2}  # 2 of 4 experts' weights read in each layer
+    for what, (att, gate, exps, k) in cases.items():
+        row, caches = x.clone(), (position.k_cache.clone(), position.v_cache.clone())
+        assert kernels.moe_block_step(row, norms, 1e-5, att, gate, exps, k, position) is None, what
+        assert torch.equal(row, x) and torch.equal(position.k_cache, caches[0]), what
+        assert torch.equal(position.v_cache, caches[1]), what
 
 
 def test_a_smaller_window_gives_a_rolling_cache_equal_to_full_recompute(mixtral_tiny_src) -> None:
