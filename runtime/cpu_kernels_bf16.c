@@ -45,6 +45,10 @@ static inline float hsum(__m256 s) {
     return _mm_cvtss_f32(h);
 }
 
+/* How far ahead (bytes) each row's stream is prefetched: the hardware prefetcher alone leaves a few % of the
+   bandwidth unused with four streams per core (bench/README.md). */
+#define PREFETCH_BYTES 1024
+
 /* sum_k row_r[k] * x[k] for R rows (R = 4 or 1) at `rows`: blocks of 16 from `xs`, the tail from `x`. */
 #define ROWS_DOT(R)                                                                                              \
     static inline void rows_dot_##R(const uint16_t *const *rows, const float *xs, const uint16_t *x, long K,     \
@@ -55,6 +59,8 @@ static inline float hsum(__m256 s) {
         const long blocks = K - K % 16;                                                                          \
         for (long k = 0; k < blocks; k += 16) {                                                                  \
             const __m256 xe = _mm256_loadu_ps(xs + k), xo = _mm256_loadu_ps(xs + k + 8);                         \
+            if ((k & 31) == 0)                                                                                   \
+                for (int r = 0; r < R; r++) _mm_prefetch((const char *)(rows[r] + k) + PREFETCH_BYTES, _MM_HINT_T0); \
             for (int r = 0; r < R; r++) {                                                                        \
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(rows[r] + k));                            \
                 even[r] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), xe, even[r]);           \

@@ -7,9 +7,15 @@
            each stored + 8, as llama.cpp's Q4_0), s (N x K/32 float16: the group's scale, its largest-magnitude
            element / -8).
    The activation row (bf16) is quantized once per call to int8 in blocks of 32 (llama.cpp's q8_0: d = max|x| / 127,
-   q = rint(x / d)), so each product is an integer dot product of 32 weights with 32 activations (AVX2: the sign
-   trick, maddubs, madd: 8 int32 lanes, lane j the sum of elements 4j..4j+3), turned into float and scaled once per
-   block (int8: by the activation block's d, the row's scale at the end; int4: by d_weight * d_activation).
+   q = rint(x / d)), so each product is an integer dot product of 32 weights with 32 activations, turned into float
+   and scaled once per block (int8: by the activation block's d, the row's scale at the end; int4: by d_weight *
+   d_activation). The integer lanes:
+     int8: 8 int32 lanes per block (the sign trick, maddubs + madd or AVX-VNNI's dpbusd), lane j the sum of
+           elements 4j..4j+3;
+     int4: 4 int32 lanes per block, lane j the sum of elements 4j..4j+3 and 16+4j..16+4j+3 (the low and the high
+           nibbles of bytes 4j..4j+3), added into the float lanes 0-3 for an even block and 4-7 for an odd one: two
+           blocks' 32 bytes of nibbles are one 256-bit load, against the activations laid out to match once per
+           call (`pair_activations`), so a pair of blocks costs about what one cost before.
 
    Every float operation is a separate multiply or add, in a fixed order (lane by lane over the blocks, then the
    lanes summed as `hsum` does: (l0+l4 + l1+l5) + (l2+l6 + l3+l7)), and the file is compiled with
@@ -128,30 +134,30 @@ static inline void qrow_at(const qstack_t *st, long n, const uint8_t **w, const 
 
 static inline float lanes_sum(const float *l) { return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])); }
 
-/* One row's product, portable C: the AVX2 path's lanes and order exactly. */
+/* One row's product, portable C: the AVX2 path's lanes and order exactly (the activations as given, not paired). */
 static float qrow_dot_scalar(int scheme, const uint8_t *w, const void *s, long row, const int8_t *xq, const float *xd,
                              long K) {
     const long blocks = K / QBLOCK;
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (long b = 0; b < blocks; b++) {
-        int8_t wb[QBLOCK];
-        float d;
-        if (scheme == SCHEME_INT8) {
-            memcpy(wb, w + row * K + b * QBLOCK, QBLOCK);
-            d = xd[b];
-        } else {
-            const uint8_t *p = w + row * (K / 2) + b * (QBLOCK / 2);
-            for (int j = 0; j < QBLOCK / 2; j++) {
-                wb[j] = (int8_t)((p[j] & 0x0f) - 8);
-                wb[j + QBLOCK / 2] = (int8_t)((p[j] >> 4) - 8);
-            }
-            d = half_to_float(((const uint16_t *)s)[row * blocks + b]) * xd[b];
-        }
         const int8_t *xb = xq + b * QBLOCK;
-        for (int l = 0; l < 8; l++) {
+        if (scheme == SCHEME_INT8) {
+            const int8_t *wb = (const int8_t *)w + row * K + b * QBLOCK;
+            for (int l = 0; l < 8; l++) {
+                int32_t dot = 0;
+                for (int j = 0; j < 4; j++) dot += (int32_t)wb[4 * l + j] * (int32_t)xb[4 * l + j];
+                acc[l] = acc[l] + (float)dot * xd[b];
+            }
+            continue;
+        }
+        const uint8_t *p = w + row * (K / 2) + b * (QBLOCK / 2);
+        const float d = half_to_float(((const uint16_t *)s)[row * blocks + b]) * xd[b];
+        const int base = 4 * (int)(b % 2);
+        for (int l = 0; l < 4; l++) {
             int32_t dot = 0;
-            for (int j = 0; j < 4; j++) dot += (int32_t)wb[4 * l + j] * (int32_t)xb[4 * l + j];
-            acc[l] = acc[l] + (float)dot * d;
+            for (int j = 4 * l; j < 4 * l + 4; j++)
+                dot += ((int32_t)(p[j] & 0x0f) - 8) * (int32_t)xb[j] + ((int32_t)(p[j] >> 4) - 8) * (int32_t)xb[j + 16];
+            acc[base + l] = acc[base + l] + (float)dot * d;
         }
     }
     const float total = lanes_sum(acc);
@@ -166,6 +172,17 @@ static inline __m256i dot_u8s8(__m256i u, __m256i s) {
     return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
 #else
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+/* lo . x_lo + hi . x_hi in 8 int32 lanes, lo and hi nibbles (0..15): with AVX-VNNI two accumulating dpbusd,
+   else two maddubs added in 16 bits (each pair sum at most 2 * 15 * 127, so the sum of two fits) and one madd. */
+static inline __m256i dot2_u8s8(__m256i lo, __m256i x_lo, __m256i hi, __m256i x_hi) {
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, x_lo), hi, x_hi);
+#else
+    const __m256i sums = _mm256_add_epi16(_mm256_maddubs_epi16(lo, x_lo), _mm256_maddubs_epi16(hi, x_hi));
+    return _mm256_madd_epi16(sums, _mm256_set1_epi16(1));
 #endif
 }
 
@@ -191,6 +208,8 @@ static void qrows_dot_4(int scheme, const uint8_t *const *w, const void *const *
         for (long b = 0; b < blocks; b++) {
             const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * QBLOCK));
             const __m256 d = _mm256_set1_ps(xd[b]);
+            if ((b & 1) == 0)
+                for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(p[r] + b * QBLOCK + PREFETCH_BYTES), _MM_HINT_T0);
             for (int r = 0; r < 4; r++) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(p[r] + b * QBLOCK));
                 acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(block_dot(v, x), d));
@@ -199,12 +218,14 @@ static void qrows_dot_4(int scheme, const uint8_t *const *w, const void *const *
         for (int r = 0; r < 4; r++) out[r] = lanes_hsum(acc[r]) * ((const float *)s[r])[row[r]];
         return;
     }
-    /* int4: the nibbles as they are (0..15, unsigned: maddubs' first operand, no sign trick), less 8 x the
-       activation's lane sums (`xs`, the same for every row): the same integers as (q - 8) . x. The scales of 8
-       blocks are widened at once (one per row), then broadcast per block. */
+    /* int4, two blocks a step: their 32 bytes of nibbles in one load, the low nibbles against the activations' x_lo
+       (elements 0-15 of both blocks) and the high ones against x_hi (16-31), both as they are (0..15, unsigned:
+       dpbusd's first operand, no sign trick), less the activations' lane sums times 8 (`bias`, the same for every
+       row): the same integers as (q - 8) . x. The scales of 8 blocks are widened at once per row, each pair's two
+       broadcast by one permute. A last, unpaired block takes the 128-bit form of the same steps on lanes 0-3. */
     const uint8_t *p[4];
     const uint16_t *sc[4];
-    const int32_t *xs = (const int32_t *)(xd + blocks);
+    const int32_t *bias = (const int32_t *)(xd + blocks);
     for (int r = 0; r < 4; r++) {
         p[r] = w[r] + row[r] * (K / 2);
         sc[r] = (const uint16_t *)s[r] + row[r] * blocks;
@@ -212,23 +233,49 @@ static void qrows_dot_4(int scheme, const uint8_t *const *w, const void *const *
     const __m256i low = _mm256_set1_epi8(0x0f);
     for (long bb = 0; bb < blocks; bb += 8) {
         const long end = bb + 8 < blocks ? bb + 8 : blocks;
-        float d[4][8];
+        __m256 d[4];
         for (int r = 0; r < 4; r++) {
             if (end - bb == 8) {
                 const __m256 ws = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc[r] + bb)));
-                _mm256_storeu_ps(d[r], _mm256_mul_ps(ws, _mm256_loadu_ps(xd + bb)));
+                d[r] = _mm256_mul_ps(ws, _mm256_loadu_ps(xd + bb));
             } else {
-                for (long b = bb; b < end; b++) d[r][b - bb] = half_to_float(sc[r][b]) * xd[b];
+                float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                for (long b = bb; b < end; b++) part[b - bb] = half_to_float(sc[r][b]) * xd[b];
+                d[r] = _mm256_loadu_ps(part);
             }
         }
-        for (long b = bb; b < end; b++) {
-            const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * QBLOCK));
-            const __m256i bias = _mm256_loadu_si256((const __m256i *)(xs + b * 8));
+        long b = bb;
+        for (; b + 2 <= end; b += 2) {
+            const __m256i pick = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+            const __m256i shift = _mm256_set1_epi32((int)(b - bb));
+            const __m256i x_lo = _mm256_loadu_si256((const __m256i *)(xq + b * QBLOCK));
+            const __m256i x_hi = _mm256_loadu_si256((const __m256i *)(xq + b * QBLOCK + QBLOCK));
+            const __m256i offset = _mm256_loadu_si256((const __m256i *)(bias + b * 4));
+            if ((b & 3) == 0)
+                for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(p[r] + b * (QBLOCK / 2) + PREFETCH_BYTES), _MM_HINT_T0);
             for (int r = 0; r < 4; r++) {
-                const __m128i t = _mm_loadu_si128((const __m128i *)(p[r] + b * (QBLOCK / 2)));
-                const __m256i v = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), low);
-                const __m256i dot = _mm256_sub_epi32(dot_u8s8(v, x), bias);
-                acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&d[r][b - bb])));
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(p[r] + b * (QBLOCK / 2)));
+                const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                const __m256i dot = _mm256_sub_epi32(dot2_u8s8(lo, x_lo, hi, x_hi), offset);
+                const __m256 scale = _mm256_permutevar8x32_ps(d[r], _mm256_add_epi32(pick, shift));
+                acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_cvtepi32_ps(dot), scale));
+            }
+        }
+        if (b < end) { /* the last block of an odd count: lanes 0-3 */
+            const __m128i x_lo = _mm_loadu_si128((const __m128i *)(xq + b * QBLOCK));
+            const __m128i x_hi = _mm_loadu_si128((const __m128i *)(xq + b * QBLOCK + QBLOCK / 2));
+            const __m128i offset = _mm_loadu_si128((const __m128i *)(bias + b * 4));
+            const __m128i low4 = _mm_set1_epi8(0x0f);
+            for (int r = 0; r < 4; r++) {
+                const __m128i v = _mm_loadu_si128((const __m128i *)(p[r] + b * (QBLOCK / 2)));
+                const __m128i lo = _mm_and_si128(v, low4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);
+                const __m128i sums = _mm_add_epi16(_mm_maddubs_epi16(lo, x_lo), _mm_maddubs_epi16(hi, x_hi));
+                const __m128i dot = _mm_sub_epi32(_mm_madd_epi16(sums, _mm_set1_epi16(1)), offset);
+                float dl[8];
+                _mm256_storeu_ps(dl, d[r]);
+                const __m128 part = _mm_mul_ps(_mm_cvtepi32_ps(dot), _mm_set1_ps(dl[b - bb]));
+                const __m128 lanes = _mm_add_ps(_mm256_castps256_ps128(acc[r]), part);
+                acc[r] = _mm256_insertf128_ps(acc[r], lanes, 0);
             }
         }
     }
@@ -258,8 +305,18 @@ static void qstack_matvec_quantized(const qstack_t *st, const int8_t *xq, const 
             qrows_dot_4(st->scheme, w, s, row, xq, xd, st->K, r);
             for (int j = 0; j < 4; j++) y[n[j]] = float_to_bf16(r[j]);
         }
-        m = begin + 4 * quarter;
-#endif
+        /* the last rows (fewer than four) one at a time through the same code, the row given four times */
+        for (m = begin + 4 * quarter; m < end; m++) {
+            const uint8_t *w[4];
+            const void *s[4];
+            long row[4];
+            qrow_at(st, m, &w[0], &s[0], &row[0]);
+            for (int j = 1; j < 4; j++) w[j] = w[0], s[j] = s[0], row[j] = row[0];
+            float r[4];
+            qrows_dot_4(st->scheme, w, s, row, xq, xd, st->K, r);
+            y[m] = float_to_bf16(r[0]);
+        }
+#else
         for (; m < end; m++) {
             const uint8_t *w;
             const void *s;
@@ -267,18 +324,39 @@ static void qstack_matvec_quantized(const qstack_t *st, const int8_t *xq, const 
             qrow_at(st, m, &w, &s, &row);
             y[m] = float_to_bf16(qrow_dot_scalar(st->scheme, w, s, row, xq, xd, st->K));
         }
+#endif
     }
 }
 
-/* 8 x each lane's sum of the quantized activations (K/4 int32 after the K/32 scales in xd): int4's offset. */
-static void lane_sums(const int8_t *xq, long K, int32_t *xs) {
-    for (long l = 0; l < K / 4; l++)
-        xs[l] = 8 * ((int32_t)xq[4 * l] + (int32_t)xq[4 * l + 1] + (int32_t)xq[4 * l + 2] + (int32_t)xq[4 * l + 3]);
+/* int4's activations, in place: each pair of blocks (A, B) laid out as x_lo = A[0:16] B[0:16], then x_hi =
+   A[16:32] B[16:32] (a last unpaired block as it is: its x_lo, then its x_hi); and `bias` (K/8 int32 after the K/32
+   scales in xd): for block b, 8 x the sums of elements 4j..4j+3 and 16+4j..16+4j+3, j = 0..3 (the lane sums the
+   nibbles' +8 adds). */
+static void pair_activations(int8_t *xq, long K, int32_t *bias) {
+    const long blocks = K / QBLOCK;
+    for (long b = 0; b < blocks; b++)
+        for (int j = 0; j < 4; j++) {
+            int32_t sum = 0;
+            for (int i = 4 * j; i < 4 * j + 4; i++) sum += (int32_t)xq[b * QBLOCK + i] + (int32_t)xq[b * QBLOCK + 16 + i];
+            bias[4 * b + j] = 8 * sum;
+        }
+    for (long b = 0; b + 2 <= blocks; b += 2) {
+        int8_t pair[2 * QBLOCK];
+        memcpy(pair, xq + b * QBLOCK, sizeof pair);
+        for (int i = 0; i < 16; i++) {
+            xq[b * QBLOCK + i] = pair[i];
+            xq[b * QBLOCK + 16 + i] = pair[QBLOCK + i];
+            xq[b * QBLOCK + 32 + i] = pair[16 + i];
+            xq[b * QBLOCK + 48 + i] = pair[QBLOCK + 16 + i];
+        }
+    }
 }
 
 static void qstack_matvec(const qstack_t *st, const uint16_t *x, uint16_t *y, int8_t *xq, float *xd, int threads) {
     m7b_quantize_row_q8(x, st->K, xq, xd);
-    if (st->scheme == SCHEME_INT4) lane_sums(xq, st->K, (int32_t *)(xd + st->K / QBLOCK));
+#ifdef M7B_QUANT_AVX2
+    if (st->scheme == SCHEME_INT4) pair_activations(xq, st->K, (int32_t *)(xd + st->K / QBLOCK));
+#endif
     qstack_matvec_quantized(st, xq, xd, y, threads);
 }
 

@@ -195,7 +195,7 @@ def self_test(kernels: QuantRowKernels) -> None:
     """Each scheme's product bit for bit against `quantize.reference_matvec`, on shapes with row tails, a stack."""
     generator = torch.Generator().manual_seed(0)
     for scheme in SCHEME_CODES:
-        for rows, width in ((5, 32), (67, 96), (130, 512)):
+        for rows, width in ((5, 32), (67, 96), (130, 512), (9, 352)):
             weight = torch.randn(rows, width, generator=generator).to(torch.bfloat16)
             other = torch.randn(rows + 3, width, generator=generator).to(torch.bfloat16)
             x = torch.randn(1, 1, width, generator=generator).to(torch.bfloat16)

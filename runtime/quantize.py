@@ -158,19 +158,25 @@ def reference_quantize_row(x_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def reference_matvec(w: QuantizedWeight, x_bits: np.ndarray) -> np.ndarray:
     """`m7b_matvec_quant` in numpy: the bf16 bits (N,) of W . x for the bf16 row `x_bits` (K,), computed with the
-    kernel's operations in the kernel's order (8 integer lanes per block of 32, lane j = elements 4j..4j+3; each
-    lane's float sum over the blocks; the lanes summed as (l0+l4 + l1+l5) + (l2+l6 + l3+l7))."""
+    kernel's operations in the kernel's order: integer lanes per block of 32 (int8: 8, lane j = elements 4j..4j+3;
+    int4: 4, lane j = elements 4j..4j+3 and 16+4j..16+4j+3, into float lanes 0-3 for an even block, 4-7 for an odd
+    one), each float lane's sum over the blocks in order, the lanes summed as (l0+l4 + l1+l5) + (l2+l6 + l3+l7)."""
     xq, xd = reference_quantize_row(x_bits)
     n, blocks = w.out_features, w.in_features // GROUP
     values = w.q.numpy().astype(np.int32) if w.scheme == "int8" else unpack_int4(w.q).numpy().astype(np.int32)
-    lanes = (values.reshape(n, blocks, 8, 4) * xq.astype(np.int32).reshape(1, blocks, 8, 4)).sum(axis=3)
-    if w.scheme == "int8":
-        d = np.broadcast_to(xd[None, :], (n, blocks))
-    else:
-        d = (w.scales.numpy().astype(np.float32) * xd[None, :]).astype(np.float32)
+    products = values.reshape(n, blocks, GROUP) * xq.astype(np.int32).reshape(1, blocks, GROUP)
     acc = np.zeros((n, 8), dtype=np.float32)
-    for b in range(blocks):
-        acc = (acc + (lanes[:, b].astype(np.float32) * d[:, b : b + 1]).astype(np.float32)).astype(np.float32)
+    if w.scheme == "int8":
+        lanes = products.reshape(n, blocks, 8, 4).sum(axis=3)
+        for b in range(blocks):
+            acc = (acc + (lanes[:, b].astype(np.float32) * xd[b]).astype(np.float32)).astype(np.float32)
+    else:
+        halves = products.reshape(n, blocks, 2, 4, 4).sum(axis=(2, 4))  # lane j: 4j..4j+3 and 16+4j..16+4j+3
+        d = (w.scales.numpy().astype(np.float32) * xd[None, :]).astype(np.float32)
+        for b in range(blocks):
+            part = (halves[:, b].astype(np.float32) * d[:, b : b + 1]).astype(np.float32)
+            base = 4 * (b % 2)
+            acc[:, base : base + 4] = (acc[:, base : base + 4] + part).astype(np.float32)
     total = ((acc[:, 0] + acc[:, 4]) + (acc[:, 1] + acc[:, 5])) + ((acc[:, 2] + acc[:, 6]) + (acc[:, 3] + acc[:, 7]))
     if w.scheme == "int8":
         total = (total * w.scales.numpy().astype(np.float32)).astype(np.float32)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from m7b.errors import InvalidInputError, UnsafeError
 from m7b.runtime.cpu_kernels_build import build_library, cpu_supports_kernel, find_compiler
 from m7b.runtime.cpu_kernels_quant import (
+    AVX2_FLAGS,
     LIBRARY_NAME,
     PORTABLE_FLAGS,
     SOURCE,
@@ -68,6 +69,16 @@ def portable_kernels(tmp_path_factory: pytest.TempPathFactory) -> QuantRowKernel
         pytest.skip("m7b's quantized kernels need a C compiler")
     folder = tmp_path_factory.mktemp("qportable")
     return _checked(build_library(compiler, folder, SOURCE, LIBRARY_NAME, PORTABLE_FLAGS))
+
+
+@pytest.fixture(scope="session")
+def avx2_kernels(tmp_path_factory: pytest.TempPathFactory) -> QuantRowKernels | None:
+    """The AVX2 build without AVX-VNNI (maddubs + madd for the integer dot products), where the CPU has AVX2."""
+    compiler = find_compiler()
+    if compiler is None or not cpu_supports_kernel()[0]:
+        return None
+    folder = tmp_path_factory.mktemp("qavx2")
+    return _checked(build_library(compiler, folder, SOURCE, LIBRARY_NAME, AVX2_FLAGS))
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:
@@ -137,15 +148,16 @@ def test_unknown_scheme_and_unquantizable_shapes_are_clear_errors() -> None:
     scale=st.sampled_from([1e-3, 1.0, 1e3]),
 )
 def test_kernel_equals_the_numpy_reference_bit_for_bit(
-    quant_kernels, portable_kernels, scheme: str, rows: int, groups: int, seed: int, scale: float
+    quant_kernels, portable_kernels, avx2_kernels, scheme: str, rows: int, groups: int, seed: int, scale: float
 ) -> None:
     width = groups * GROUP
     first = QuantizedLinear(quantize(scheme, _bf16((rows, width), seed, scale)))
     second = QuantizedLinear(quantize(scheme, _bf16((rows + 3, width), seed + 1)))
     x = _bf16((1, 1, width), seed + 2, scale)
     want = np.concatenate([reference_matvec(m.weight_q, _bits(x)) for m in (first, second)])
-    for kernels in (quant_kernels, portable_kernels):
-        assert np.array_equal(_bits(kernels.stack(x, (first, second))), want), kernels.name
+    for kernels in (quant_kernels, portable_kernels, avx2_kernels):
+        if kernels is not None:
+            assert np.array_equal(_bits(kernels.stack(x, (first, second))), want), kernels.path
 
 
 @needs_compiler
