@@ -14,7 +14,9 @@ Three ways to run the same routing:
   the chosen experts' matrices gathered by index, with no data-dependent shapes: what torch.compile and CUDA graphs
   capture. Used for a few rows (decode) once the experts are stacked;
 - `on_rows`: one decode row whose experts run on row kernels (m7b's CPU kernels, `row_kernels.py`): only the chosen
-  experts' weights are read, so a token costs the *active* bytes, not the whole checkpoint.
+  experts' weights are read, so a token costs the *active* bytes, not the whole checkpoint. (m7b's C kernels also
+  take the whole block, this routing included, in one call: `cpu_kernels.BF16RowKernels.moe_block_step`, the same
+  bits; this is the path when they decline.)
 
 The experts are built by the caller (`model.FeedForward`), so this module never imports the model.
 """

@@ -1,5 +1,6 @@
 """The decode step on row kernels: the plain model's decode step, with the single-row work (products, RMSNorm,
-SwiGLU, rotary + cache write + attention, or a whole block in one call) handed to kernels such as m7b's compiled
+SwiGLU, rotary + cache write + attention, or a whole block in one call, a mixture-of-experts block with its
+routing included) handed to kernels such as m7b's compiled
 CPU kernels (`cpu_kernels.BF16RowKernels`). The model knows nothing of them: this module drives its modules.
 
 What the kernels do not take falls back to the model's own torch code, module by module.
