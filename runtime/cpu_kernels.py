@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 KERNEL_NAME = "m7b-bf16-avx2"
 MAX_STACK = 4  # matrices one stacked product takes (the C side's limit)
 MAX_HEAD_DIM = 1024  # the attention kernel keeps one head's output on the stack
+MAX_VERDICTS = 512  # blocks whose weights' check is kept (a model's layers; more only when weights move)
 
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 
@@ -75,6 +76,7 @@ class BF16RowKernels:
             [_P, _P, _P, _F, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _L, _P, _L, _P, _P, _P, _I],
         )
         self._buffers: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # block step work, scratch
+        self._verdicts: dict[tuple[object, ...], tuple[int, tuple[torch.Tensor, ...]]] = {}  # `_checked_weights`
         self._scratch: dict[int, torch.Tensor] = {}  # K floats per input width: the widened vector
 
     def _scratch_for(self, width: int) -> torch.Tensor:
@@ -271,31 +273,56 @@ class BF16RowKernels:
         dim = x.shape[-1]
         if not (_is_row(x, dim) and len(norms) == 2 and all(n.shape == (dim,) and _is_plain(n) for n in norms)):
             return None
-        if not feed_forwards or any(len(f) != 3 for f in feed_forwards):
-            return None
-        hidden = feed_forwards[0][0].shape[0]
-        q_size, kv_size = n_heads * head_dim, n_kv_heads * head_dim
-        shapes = [(q_size, dim), (kv_size, dim), (kv_size, dim), (dim, q_size)]
-        matrices = list(attention)
-        for f in feed_forwards:
-            shapes += [(hidden, dim), (hidden, dim), (dim, hidden)]
-            matrices += f
-        if not all(w.shape == shape and _is_matrix(w, shape[1]) for w, shape in zip(matrices, shapes, strict=True)):
+        hidden = self._checked_weights(dim, position.heads, attention, feed_forwards)
+        if hidden is None:
             return None
         checked = _attention_inputs(position)
         if checked is None:
             return None
         pairs, slot, capacity = checked
         experts = len(feed_forwards)
+        q_size, kv_size = n_heads * head_dim, n_kv_heads * head_dim
         key = (dim, hidden, n_heads, n_kv_heads, head_dim, capacity, experts)
         buffers = self._buffers.get(key)
         if buffers is None:
             # the dense block's rows, then (a mixture of experts) the gate's logits and the experts' sum
-            work = torch.empty(2 * dim + q_size + 2 * kv_size + q_size + 3 * hidden + experts + dim, dtype=torch.bfloat16)
+            rows = 2 * dim + q_size + 2 * kv_size + q_size + 3 * hidden + experts + dim
+            work = torch.empty(rows, dtype=torch.bfloat16)
             scratch_size = max(dim, hidden, q_size, n_heads * (2 * head_dim + capacity) + capacity + 2)
             scratch = torch.empty(scratch_size, dtype=torch.float32)
             buffers = self._buffers[key] = (work, scratch)
         return pairs, slot, capacity, buffers
+
+    def _checked_weights(
+        self,
+        dim: int,
+        heads: tuple[int, int, int],
+        attention: tuple[torch.Tensor, ...],
+        feed_forwards: tuple[tuple[torch.Tensor, ...], ...],
+    ) -> int | None:
+        """The feed-forwards' hidden size when wq/wk/wv/wo and each (w1, w3, w2) have the shapes the C code walks
+        (bf16, CPU, contiguous), else None. A block's weights pass once: the verdict is kept under each tensor's
+        identity and data pointer (the tensors kept alive with it, so neither is reused by another tensor), and a
+        weight moved or replaced is checked again. A decode step of a small model spends more on these checks than
+        on its products otherwise."""
+        matrices = (*attention, *(w for f in feed_forwards for w in f))
+        key = (dim, heads, *((id(w), w.data_ptr()) for w in matrices))
+        known = self._verdicts.get(key)
+        if known is not None:
+            return known[0]
+        n_heads, n_kv_heads, head_dim = heads
+        if len(attention) != 4 or not feed_forwards or any(len(f) != 3 for f in feed_forwards):
+            return None
+        hidden = feed_forwards[0][0].shape[0] if feed_forwards[0][0].dim() == 2 else 0
+        q_size, kv_size = n_heads * head_dim, n_kv_heads * head_dim
+        shapes = [(q_size, dim), (kv_size, dim), (kv_size, dim), (dim, q_size)]
+        shapes += [(hidden, dim), (hidden, dim), (dim, hidden)] * len(feed_forwards)
+        if not all(w.shape == shape and _is_matrix(w, shape[1]) for w, shape in zip(matrices, shapes, strict=True)):
+            return None
+        if len(self._verdicts) >= MAX_VERDICTS:
+            self._verdicts.clear()
+        self._verdicts[key] = (hidden, matrices)
+        return hidden
 
 
 def _attention_inputs(position: DecodePosition) -> tuple[torch.Tensor, int, int] | None:

@@ -36,6 +36,9 @@ from .args import ModelArgs
 # anyway; for a long prefill chunk it would be k copies of the experts per token, so more rows take the loop.
 GATHER_MAX_ROWS = 4
 
+ExpertWeights = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # an expert's w1, w3, w2
+RowWeights = tuple[torch.Tensor, tuple[ExpertWeights, ...]]  # the gate's weight, every expert's
+
 
 class Expert(Protocol):
     """A SwiGLU expert as the checkpoint names it (`model.FeedForward`)."""
@@ -61,6 +64,22 @@ class MoeFeedForward(nn.Module):
         self.gate = nn.Linear(args.dim, self.num_experts, bias=False)
         self.experts = nn.ModuleList(expert() for _ in range(self.num_experts))
         self.stacked = False
+        self._row_weights: RowWeights | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: module.forget_row_weights())
+
+    def row_weights(self) -> RowWeights:
+        """The gate's weight and each expert's (w1, w3, w2), as a one-call block kernel takes them; kept between
+        decode steps (looking them up through the modules costs more than a small layer's products) and dropped
+        when the weights are replaced (`load_state_dict`, `stack_experts`)."""
+        if self._row_weights is None:
+            experts = tuple(
+                (ex.w1.weight, ex.w3.weight, ex.w2.weight) for ex in map(self.expert, range(self.num_experts))
+            )
+            self._row_weights = (self.gate.weight, experts)
+        return self._row_weights
+
+    def forget_row_weights(self) -> None:
+        self._row_weights = None
 
     def expert(self, e: int) -> Expert:
         return cast(Expert, self.experts[e])
@@ -123,6 +142,7 @@ def stack_experts(module: MoeFeedForward) -> None:
     module.register_buffer("w13", w13, persistent=False)
     module.register_buffer("w2s", w2, persistent=False)
     module.stacked = True
+    module.forget_row_weights()
 
 
 def stack_all_experts(layers: list[nn.Module]) -> None:

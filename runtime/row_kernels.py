@@ -141,11 +141,9 @@ def block_in_one_call(
     if isinstance(f, MoeFeedForward):  # the gate, top-k, softmax and the chosen experts inside the same call
         a = block.attention
         attention = (a.wq.weight, a.wk.weight, a.wv.weight, a.wo.weight)
-        experts = tuple(
-            (f.expert(e).w1.weight, f.expert(e).w3.weight, f.expert(e).w2.weight) for e in range(f.num_experts)
-        )
+        gate, experts = f.row_weights()
         chosen = kernels.moe_block_step(
-            x, norms, block.attention_norm.eps, attention, f.gate.weight, experts, f.num_experts_per_tok, position
+            x, norms, block.attention_norm.eps, attention, gate, experts, f.num_experts_per_tok, position
         )
         return chosen is not None
     return kernels.block_step(x, norms, block.attention_norm.eps, block_weights(block), position)

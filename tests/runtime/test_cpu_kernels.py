@@ -361,6 +361,8 @@ def test_attention_and_block_decline_what_they_cannot_take_and_touch_nothing(ker
     cases = {
         "six weights": (x, norms, weights[:6], position),
         "w2 transposed": (x, norms, (*weights[:6], weights[6].t().contiguous()), position),
+        # the same memory as the weight that passed a moment ago, read with other strides: checked again
+        "wq's memory strided": (x, norms, (weights[0].as_strided(weights[0].shape, (1, 2)), *weights[1:]), position),
         "strided norm": (x, (strided_norm, norms[1]), weights, position),
         "norm elsewhere": (x, (norms[0].to("meta"), norms[1]), weights, position),
         "slot past the cache": (x, norms, weights, replace(position, slots=torch.tensor([8]))),

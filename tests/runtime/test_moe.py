@@ -238,7 +238,9 @@ def test_the_moe_block_call_reads_only_the_chosen_experts(mixtral_tiny_src) -> N
         h = x + attention_on_rows(kernels, a, rms_norm_on_rows(kernels, block.attention_norm, x), freqs, mask, slots)
         _, want = torch.topk(kernels(rms_norm_on_rows(kernels, block.ffn_norm, h), f.gate.weight), 2, dim=-1)
     assert chosen == want.reshape(-1).tolist()
-    poisoned = tuple(e if i in chosen else tuple(torch.full_like(w, float("nan")) for w in e) for i, e in enumerate(experts))
+    poisoned = tuple(
+        e if i in chosen else tuple(torch.full_like(w, float("nan")) for w in e) for i, e in enumerate(experts)
+    )
     again, chosen_again = run(poisoned)
     assert chosen_again == chosen and torch.equal(again, row) and not again.isnan().any()
 
@@ -320,3 +322,32 @@ def test_smoke_on_a_mixture_of_experts_adds_routing_and_mixtral_parity(cli_inpro
     ):
         assert checks[name]["passed"] is True, checks[name]
     assert "cache memory constant after W tokens" not in checks  # no window: the cache is sized to the run
+
+
+def test_the_weights_handed_to_the_block_kernel_follow_a_reload_and_stacking(mixtral_tiny_src, moe_state) -> None:
+    """The gate and experts `row_weights` keeps between steps are the modules' current ones after the weights are
+    replaced (load_state_dict with assign, as the loader does; stack_experts): a kernel never reads a dropped tensor."""
+    from m7b.runtime.moe import stack_experts
+
+    rt = load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.float32)
+    f = rt.model.blocks[0].feed_forward
+    assert isinstance(f, MoeFeedForward)
+
+    def current():
+        return [f.gate.weight] + [
+            w
+            for e in range(f.num_experts)
+            for w in (f.expert(e).w1.weight, f.expert(e).w3.weight, f.expert(e).w2.weight)
+        ]
+
+    def kept():
+        gate, experts = f.row_weights()
+        return [gate] + [w for e in experts for w in e]
+
+    assert all(a is b for a, b in zip(kept(), current(), strict=True))
+    fresh = {k: v.float().clone() for k, v in moe_state.items()}
+    rt.model.load_state_dict(fresh, strict=True, assign=True)
+    assert all(a is b for a, b in zip(kept(), current(), strict=True))
+    assert kept()[0].data_ptr() == fresh["layers.0.feed_forward.gate.weight"].data_ptr()
+    stack_experts(f)
+    assert all(a is b for a, b in zip(kept(), current(), strict=True))
