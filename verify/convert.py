@@ -135,7 +135,7 @@ def convert_release(
         if vocab is not None:  # GGUF: one file, streamed and read back by gguf_out itself
             plan: dict[str, list[TensorOut]] = {}
             metadata: dict[str, dict[str, str]] = {}
-            proof = gguf_out.Proof(name or src.name, info_hash, source_sha256, verdict)
+            proof = gguf_out.Proof(name or src.name, info_hash, source_sha256, verdict, checkpoint.name)
             gguf_files, gguf_written = gguf_out.write_folder(
                 tmp, name or src.name, layout, arch, state, source.view, vocab, proof, _write_text, progress
             )

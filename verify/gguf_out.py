@@ -25,7 +25,7 @@ import numpy as np
 
 from m7b import __version__
 from m7b.errors import MismatchError, UnsupportedArchitectureError
-from m7b.manifests.architecture import Architecture
+from m7b.manifests.architecture import Architecture, MixtureOfExperts
 from m7b.progress import ProgressCallback, ProgressEvent, ignore_progress
 from m7b.store import GGUF_LAYOUTS
 
@@ -34,17 +34,21 @@ from .checkpoint_index import TensorRecord, tensor_bytes
 from .findings import Finding, Status
 from .gguf_quant import FILE_TYPES, GGMLType, choose_type
 from .gguf_tokenizer import GGUFVocab
+from .hf_layout import model_tags
 from .license import APACHE_SPDX, canonical_text
 
 ARCH = "llama"  # llama.cpp runs Mistral 7B as llama (convert_hf_to_gguf.py: MistralForCausalLM -> llama)
 LAYOUT_PREFIX = "gguf-"
-CONTEXT_LENGTH = 32768  # max_position_embeddings of m7b's hf config.json, what the converter writes
+NO_WINDOW_CONTEXT = (
+    4096  # the Modelfile's num_ctx and the card's -c for a model without a window (raise as memory allows)
+)
 CHUNK_ELEMENTS = 1 << 22  # rows are encoded, written and read back this many elements at a time (16 MiB float32)
 MODELFILE = "Modelfile"
 _SOURCE_DTYPES = {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}
 
-# Checkpoint key -> GGUF name (gguf-py's MODEL_TENSOR names for llama). Layer keys by their suffix; a Mixtral
-# expert table (feed_forward.experts.E.wN -> blk.N.ffn_{gate,down,up}_exps, stacked) belongs here when it lands.
+# Checkpoint key -> GGUF name (gguf-py's MODEL_TENSOR names for llama). Layer keys by their suffix; a Mixtral's
+# experts (feed_forward.experts.E.wN) are stacked into one (E, rows, cols) tensor per layer and matrix, as
+# convert_hf_to_gguf.py stacks them.
 _TOP = {
     "tok_embeddings.weight": "token_embd.weight",
     "norm.weight": "output_norm.weight",
@@ -58,19 +62,40 @@ _LAYER = {
     "feed_forward.w1.weight": "ffn_gate.weight",
     "feed_forward.w2.weight": "ffn_down.weight",
     "feed_forward.w3.weight": "ffn_up.weight",
+    "feed_forward.gate.weight": "ffn_gate_inp.weight",
     "attention_norm.weight": "attn_norm.weight",
     "ffn_norm.weight": "ffn_norm.weight",
 }
+_EXPERTS = {"w1": "ffn_gate_exps.weight", "w2": "ffn_down_exps.weight", "w3": "ffn_up_exps.weight"}
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
+_EXPERT_KEY = re.compile(r"^layers\.(\d+)\.feed_forward\.experts\.(\d+)\.(w[123])\.weight$")
 
 
 def gguf_name(key: str) -> str:
+    """The GGUF tensor a checkpoint key goes into (an expert's matrix: its layer's stacked tensor)."""
     if key in _TOP:
         return _TOP[key]
+    expert = _EXPERT_KEY.match(key)
+    if expert:
+        return f"blk.{expert.group(1)}.{_EXPERTS[expert.group(3)]}"
     m = _LAYER_KEY.match(key)
     if not m or m.group(2) not in _LAYER:
         raise KeyError(f"no GGUF name for checkpoint key {key!r}")
     return f"blk.{m.group(1)}.{_LAYER[m.group(2)]}"
+
+
+def gguf_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
+    """Every GGUF tensor of the architecture with its (numpy-order) shape, in the checkpoint's key order; a stacked
+    expert tensor is (num_experts, rows, cols)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, shape in arch.tensor_shapes().items():
+        name = gguf_name(key)
+        if _EXPERT_KEY.match(key):
+            count = shapes[name][0] + 1 if name in shapes else 1
+            shapes[name] = (count, *shape)
+        else:
+            shapes[name] = shape
+    return shapes
 
 
 def file_type_of(layout: str) -> str:
@@ -86,11 +111,21 @@ def gguf_filename(label: str, file_type: str) -> str:
 def context_note(arch: Architecture) -> str:
     """What llama.cpp cannot express of the release, said by convert, the card, the metadata and the Modelfile."""
     w = arch.sliding_window
+    if w is None:
+        return (
+            f"llama.cpp attends to the whole context, as the release does (up to {arch.max_positions:,} tokens); the "
+            f"Modelfile's num_ctx and the card's `-c` say {NO_WINDOW_CONTEXT:,}: raise them as memory allows"
+        )
     return (
         f"llama.cpp attends to the whole context, where the release attends through a {w:,}-token sliding window: "
         f"up to {w:,} tokens of context (the Modelfile's num_ctx, `llama-cli -c {w}`) the two are the same, "
         "beyond that llama.cpp's output differs from the release's"
     )
+
+
+def run_context(arch: Architecture) -> int:
+    """The context the Modelfile and the card run with: the window, else NO_WINDOW_CONTEXT (capped by the model's)."""
+    return arch.sliding_window or min(NO_WINDOW_CONTEXT, arch.max_positions)
 
 
 @dataclass(frozen=True)
@@ -101,15 +136,15 @@ class Proof:
     info_hash: str | None
     checkpoint_sha256: str
     verdict: str | None
+    checkpoint_file: str = "consolidated.00.pth"  # the release's checkpoint file, as it ships
 
 
 @dataclass(frozen=True)
 class _Planned:
-    key: str
     name: str
     shape: tuple[int, ...]
     kind: GGMLType
-    record: TensorRecord
+    records: tuple[TensorRecord, ...]  # one, or a layer's experts in order (stacked)
 
     @property
     def nbytes(self) -> int:
@@ -125,25 +160,48 @@ class GGUFWritten:
     types: dict[str, int]  # GGUF type -> how many tensors have it
 
 
+def size_label(arch: Architecture) -> str:
+    """gguf-py's size label as the converter computes it from the tensors: "7.2B", or for a mixture of experts
+    "<experts>x<shared + one expert's parameters>" ("8x7.2B")."""
+    import gguf
+
+    shared = per_expert = 0
+    for name, shape in gguf_shapes(arch).items():
+        size = int(np.prod(shape))
+        if "_exps." in name:
+            per_expert += size // shape[0]
+        else:
+            shared += size
+    experts = arch.moe.num_experts if arch.moe else 0
+    return str(gguf.size_label(shared + per_expert * experts, shared, per_expert, experts))
+
+
 def metadata(arch: Architecture, vocab: GGUFVocab, file_type: str, proof: Proof) -> list[tuple[str, Any, str]]:
     """(key, value, gguf value type) in the order the converter writes them, then m7b's proof under `m7b.*`."""
     import gguf
 
-    params = arch.parameter_count()
     kv: list[tuple[str, Any, str]] = [
         ("general.type", "model", "str"),
         ("general.name", proof.name, "str"),
-        ("general.size_label", gguf.size_label(params, 0, 0, 0), "str"),
+        ("general.size_label", size_label(arch), "str"),
         ("general.license", APACHE_SPDX.lower(), "str"),
-        ("general.tags", ["mistral", "m7b", "text-generation"], "arr"),
+        ("general.tags", [*model_tags(arch), "text-generation"], "arr"),  # the hf card's, as the converter reads it
         (f"{ARCH}.block_count", arch.n_layers, "u32"),
-        (f"{ARCH}.context_length", CONTEXT_LENGTH, "u32"),
+        (f"{ARCH}.context_length", arch.max_positions, "u32"),  # max_position_embeddings of m7b's hf config.json
         (f"{ARCH}.embedding_length", arch.dim, "u32"),
         (f"{ARCH}.feed_forward_length", arch.hidden_dim, "u32"),
         (f"{ARCH}.attention.head_count", arch.n_heads, "u32"),
         (f"{ARCH}.attention.head_count_kv", arch.n_kv_heads, "u32"),
         (f"{ARCH}.rope.freq_base", arch.effective_rope_theta, "f32"),
         (f"{ARCH}.attention.layer_norm_rms_epsilon", arch.norm_eps, "f32"),
+        *(
+            [
+                (f"{ARCH}.expert_count", arch.moe.num_experts, "u32"),
+                (f"{ARCH}.expert_used_count", arch.moe.num_experts_per_tok, "u32"),
+            ]
+            if arch.moe
+            else []
+        ),
         (f"{ARCH}.attention.key_length", arch.head_dim, "u32"),
         (f"{ARCH}.attention.value_length", arch.head_dim, "u32"),
         ("general.file_type", FILE_TYPES[file_type][0], "u32"),
@@ -164,10 +222,10 @@ def metadata(arch: Architecture, vocab: GGUFVocab, file_type: str, proof: Proof)
         # the proof: which torrent, which checkpoint, checked by which m7b
         ("m7b.version", __version__, "str"),
         ("m7b.release", proof.name, "str"),
-        ("m7b.checkpoint.file", "consolidated.00.pth", "str"),
+        ("m7b.checkpoint.file", proof.checkpoint_file, "str"),
         ("m7b.checkpoint.sha256", proof.checkpoint_sha256, "str"),
         ("m7b.verify_verdict", proof.verdict or "not verified", "str"),
-        ("m7b.sliding_window", arch.sliding_window, "u32"),
+        *([("m7b.sliding_window", arch.sliding_window, "u32")] if arch.sliding_window is not None else []),
         ("m7b.note", context_note(arch), "str"),
     ]
     if proof.info_hash:
@@ -189,7 +247,7 @@ def write_gguf(
     """Write the GGUF file `path` (a new file in a temporary folder) from the mapped checkpoint `view`."""
     import gguf
 
-    plan = [_plan(key, state[key], file_type) for key in arch.tensor_shapes()]
+    plan = plan_tensors(arch, state, file_type)
     writer = gguf.GGUFWriter(path, ARCH)
     for key, value, kind in metadata(arch, vocab, file_type, proof):
         _add(writer, key, value, kind)
@@ -242,29 +300,42 @@ def write_gguf(
     return GGUFWritten(path.name, sha256, len(plan), total, dict(sorted(types.items())))
 
 
-def _plan(key: str, record: TensorRecord, file_type: str) -> _Planned:
-    if record.dtype not in _SOURCE_DTYPES:
-        raise MismatchError(f"{key} is {record.dtype}; GGUF conversion reads bfloat16, float16 or float32 checkpoints")
-    try:
-        name = gguf_name(key)
-    except KeyError as exc:
-        raise UnsupportedArchitectureError(
-            f"{key}: GGUF conversion writes dense Mistral checkpoints; this tensor has no GGUF name yet — "
-            "convert to native or hf instead"
-        ) from exc
-    return _Planned(key, name, record.shape, choose_type(name, record.shape, file_type), record)
+def plan_tensors(arch: Architecture, state: dict[str, TensorRecord], file_type: str) -> list[_Planned]:
+    """The GGUF tensors in the order written, each with its type and the checkpoint records it is made of."""
+    experts = arch.moe.num_experts if arch.moe else 0
+    groups: dict[str, list[TensorRecord]] = {}
+    for key in arch.tensor_shapes():
+        record = state[key]
+        if record.dtype not in _SOURCE_DTYPES:
+            raise MismatchError(
+                f"{key} is {record.dtype}; GGUF conversion reads bfloat16, float16 or float32 checkpoints"
+            )
+        try:
+            name = gguf_name(key)
+        except KeyError as exc:
+            raise UnsupportedArchitectureError(
+                f"{key}: this tensor has no GGUF name (llama.cpp's llama architecture: dense Mistral or Mixtral); "
+                "convert to native or hf instead"
+            ) from exc
+        groups.setdefault(name, []).append(record)
+    shapes = gguf_shapes(arch)
+    return [
+        _Planned(name, shapes[name], choose_type(name, shapes[name], file_type, experts), tuple(records))
+        for name, records in groups.items()
+    ]
 
 
 def _encoded_chunks(t: _Planned, view: memoryview) -> Iterator[np.ndarray]:
-    """The tensor's GGUF bytes, a few rows at a time (each chunk's rows are whole blocks)."""
-    raw = tensor_bytes(view, t.record)
-    values = np.frombuffer(raw, dtype=_SOURCE_DTYPES[t.record.dtype])
-    if not values.size:
-        return
-    rows = values.reshape(-1, t.shape[-1])
+    """The tensor's GGUF bytes, a few rows at a time (each chunk's rows are whole blocks; a stacked tensor is its
+    experts' rows one expert after the other)."""
     step = max(1, CHUNK_ELEMENTS // t.shape[-1])
-    for start in range(0, rows.shape[0], step):
-        yield gguf_quant.encode(rows[start : start + step], t.kind)
+    for record in t.records:
+        values = np.frombuffer(tensor_bytes(view, record), dtype=_SOURCE_DTYPES[record.dtype])
+        if not values.size:
+            continue
+        rows = values.reshape(-1, t.shape[-1])
+        for start in range(0, rows.shape[0], step):
+            yield gguf_quant.encode(rows[start : start + step], t.kind)
 
 
 class _Hasher:
@@ -339,7 +410,7 @@ def modelfile(gguf_file: str, arch: Architecture) -> str:
         f"# {context_note(arch)}.\n"
         f"FROM ./{gguf_file}\n"
         'TEMPLATE """{{ .Prompt }}"""\n'
-        f"PARAMETER num_ctx {arch.sliding_window}\n"
+        f"PARAMETER num_ctx {run_context(arch)}\n"
         f'LICENSE """{license_text}"""\n'
     )
 
@@ -353,13 +424,13 @@ def model_card(name: str, written: GGUFWritten, file_type: str, proof: Proof, ar
     types = ", ".join(f"{n} {k}" for k, n in written.types.items())
     body = (
         f"# {name} ({file_type.upper()} GGUF)\n\n"
-        f"Converted by m7b {__version__} from the torrent release's `consolidated.00.pth` (sha256 "
+        f"Converted by m7b {__version__} from the torrent release's `{proof.checkpoint_file}` (sha256 "
         f"{proof.checkpoint_sha256}, {source}, verify verdict: {proof.verdict or 'not verified'}) to "
         f"`{written.filename}` for llama.cpp and Ollama: the llama architecture as llama.cpp's "
         f"`convert_hf_to_gguf.py` writes it, {written.tensors} tensors ({types}). "
         f"The GGUF metadata carries the same proof under `m7b.*`.\n\n"
         f"Note: {context_note(arch)}.\n\n"
-        f'- llama.cpp: `llama-cli -m {written.filename} -c {arch.sliding_window} -p "..."`\n'
+        f'- llama.cpp: `llama-cli -m {written.filename} -c {run_context(arch)} -p "..."`\n'
         f"- Ollama: `ollama create {name} -f Modelfile`, then `ollama run {name}`\n\n"
         "License: Apache-2.0 (see LICENSE). `SHA256SUMS` lists every file; `provenance.json` says what it came from.\n"
     )
@@ -425,7 +496,7 @@ def check_header(path: Path, arch: Architecture, vocab: GGUFVocab, file_type: st
                     f"{path.name}: read back, metadata {key} differs from what was written — check the disk and "
                     "convert again"
                 )
-        planned = {gguf_name(k): s for k, s in arch.tensor_shapes().items()}
+        planned = gguf_shapes(arch)
         found = {t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
         if found != planned:
             raise MismatchError(
@@ -458,6 +529,8 @@ def check_gguf_folder(root: Path, layout: str) -> list[Finding]:
     try:
         reader = gguf.GGUFReader(path)
         fields = {k: reader.fields[k].contents() for k in reader.fields if not k.startswith("tokenizer.ggml.")}
+        experts, window = fields.get(f"{ARCH}.expert_count"), fields.get("m7b.sliding_window")
+        moe = MixtureOfExperts(int(experts), int(fields[f"{ARCH}.expert_used_count"])) if experts else None
         arch = Architecture(
             dim=int(fields[f"{ARCH}.embedding_length"]),
             n_layers=int(fields[f"{ARCH}.block_count"]),
@@ -466,10 +539,12 @@ def check_gguf_folder(root: Path, layout: str) -> list[Finding]:
             n_heads=int(fields[f"{ARCH}.attention.head_count"]),
             n_kv_heads=int(fields[f"{ARCH}.attention.head_count_kv"]),
             norm_eps=float(fields[f"{ARCH}.attention.layer_norm_rms_epsilon"]),
-            sliding_window=int(fields.get("m7b.sliding_window", 0)),
+            sliding_window=int(window) if window is not None else None,
             vocab_size=int(fields[f"{ARCH}.vocab_size"]),
+            moe=moe,
         )
-        if not 0 < arch.n_layers * 9 + 3 <= len(reader.tensors) + 3 * 9:  # never plan more than the file holds
+        per_layer = 10 if moe else 9  # (a Mixtral layer: the gate and three stacked expert tensors)
+        if not 0 < arch.n_layers * per_layer + 3 <= len(reader.tensors) + 3 * per_layer:  # no more than it holds
             raise ValueError(f"block_count {arch.n_layers} for {len(reader.tensors)} tensors")
         found = {
             t.name: (tuple(int(n) for n in reversed(t.shape.tolist())), t.tensor_type.name) for t in reader.tensors
@@ -489,8 +564,8 @@ def check_gguf_folder(root: Path, layout: str) -> list[Finding]:
                 "layout", Status.MISMATCH, f"{path.name}: not a {ARCH} {file_type} GGUF file — convert again", path.name
             )
         ]
-    shapes = {gguf_name(k): s for k, s in arch.tensor_shapes().items()}
-    planned = {n: (s, choose_type(n, s, file_type).name) for n, s in shapes.items()}
+    experts = arch.moe.num_experts if arch.moe else 0
+    planned = {n: (s, choose_type(n, s, file_type, experts).name) for n, s in gguf_shapes(arch).items()}
     if found != planned:
         wrong = sorted(set(found.items()) ^ set(planned.items()))[:3]
         return [

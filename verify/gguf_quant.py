@@ -48,15 +48,17 @@ FILE_TYPES = {"bf16": (32, BF16), "f16": (1, F16), "q8_0": (7, Q8_0), "q4_0": (2
 QUANTIZED = ("q8_0", "q4_0")
 
 
-def choose_type(name: str, shape: tuple[int, ...], file_type: str) -> GGMLType:
-    """The type llama.cpp gives tensor `name` (GGUF name, numpy shape) in a file of `file_type`.
+def choose_type(name: str, shape: tuple[int, ...], file_type: str, experts: int = 0) -> GGMLType:
+    """The type llama.cpp gives tensor `name` (GGUF name, numpy shape) in a file of `file_type`, for a model of
+    `experts` experts per layer (0: dense).
 
-    bf16/f16 as `convert_hf_to_gguf.py` does: 1-D tensors and norms f32, the rest the file's type. q8_0/q4_0 as
-    `llama-quantize` does from the bf16 file: 1-D and norms stay f32; output.weight in a q4_0 file is q6_K (q8_0
-    when its rows are not a multiple of 256 long); a weight whose rows are not a multiple of 32 long falls back to
-    f16; everything else is the file's type.
+    bf16/f16 as `convert_hf_to_gguf.py` does: 1-D tensors, norms and a Mixtral's router (`ffn_gate_inp`) f32, the
+    rest the file's type. q8_0/q4_0 as `llama-quantize` does from the bf16 file: 1-D, norms and the router stay f32;
+    output.weight in a q4_0 file is q6_K (q8_0 when its rows are not a multiple of 256 long); in a model of exactly 8
+    experts (Mixtral), attn_k and attn_v are q8_0 ("trades just ~128MB", llama-quant.cpp); a weight whose rows are
+    not a multiple of 32 long falls back to f16; everything else is the file's type.
     """
-    if len(shape) < 2 or name.endswith("_norm.weight"):
+    if len(shape) < 2 or name.endswith(("_norm.weight", "ffn_gate_inp.weight")):
         return F32
     target = FILE_TYPES[file_type][1]
     if file_type not in QUANTIZED:
@@ -66,6 +68,8 @@ def choose_type(name: str, shape: tuple[int, ...], file_type: str) -> GGMLType:
         target = Q8_0 if ncols % target.block else Q6_K
         if ncols % target.block:  # tensor_type_fallback: q6_K -> q8_0
             target = Q8_0
+    if experts == 8 and name.endswith(("attn_k.weight", "attn_v.weight")):
+        target = Q8_0
     if ncols % target.block:
         return F16  # tensor_type_fallback: no 32-element block type fits ("unusual shape")
     return target

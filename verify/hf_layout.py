@@ -139,6 +139,12 @@ def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
+def model_tags(arch: Architecture) -> list[str]:
+    """The tags m7b's model cards carry (the hf card's metadata; the GGUF's general.tags, as llama.cpp's converter
+    copies them from that card)."""
+    return ["mistral", "m7b"] if arch.moe is None else ["mixtral", "moe", "m7b"]
+
+
 def model_card(name: str, source_sha256: str | None, arch: Architecture, source: str = "consolidated.00.pth") -> str:
     """README.md whose metadata says `license: apache-2.0`, built with huggingface_hub's ModelCard."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -147,7 +153,7 @@ def model_card(name: str, source_sha256: str | None, arch: Architecture, source:
         license="apache-2.0",
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=["mistral", "m7b"] if arch.moe is None else ["mixtral", "moe", "m7b"],
+        tags=model_tags(arch),
     )
     window = f"sliding window {arch.sliding_window}" if arch.sliding_window is not None else "full attention"
     experts = f", a mixture of experts ({arch.moe.describe()})" if arch.moe else ""

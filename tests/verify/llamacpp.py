@@ -81,3 +81,29 @@ def bindings(tools: Path):
         low.llama_model_default_params = no_repack
         low._m7b_no_repack = True
     return llama_cpp
+
+
+def kv(path: Path) -> dict[str, object]:
+    """A GGUF file's metadata (its own GGUF.* fields aside): key -> (value types, value)."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    return {k: (tuple(f.types), f.contents()) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    """A GGUF file's tensors: name -> (type, shape, bytes)."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(path)
+    return {
+        t.name: (t.tensor_type.name, tuple(int(n) for n in t.shape), np.asarray(t.data).tobytes())
+        for t in reader.tensors
+    }
+
+
+def llama(tools: Path, path: Path, n_ctx: int):
+    """llama.cpp's model on a GGUF file, every position's logits kept, 2 threads."""
+    llama_cpp = bindings(tools)
+    return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=2, logits_all=True, verbose=False, seed=0)

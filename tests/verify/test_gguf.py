@@ -208,16 +208,24 @@ def test_a_piece_sentencepiece_refuses_is_a_clear_error_with_nothing_written(
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [tmp_path / "release"]
 
 
-def test_a_tensor_gguf_has_no_name_for_is_refused_clearly() -> None:
-    """Until the expert table lands, a Mixtral expert is refused by name, never a KeyError."""
+def test_a_tensor_gguf_has_no_name_for_is_refused_clearly(monkeypatch) -> None:
+    """A checkpoint key outside llama.cpp's llama tables (dense Mistral, Mixtral) is refused by name, never a
+    KeyError; a dtype GGUF conversion does not read is refused before anything is written."""
     from m7b.errors import UnsupportedArchitectureError
+    from m7b.manifests.architecture import Architecture
+    from m7b.synth import PRESETS
     from m7b.verify.checkpoint_index import TensorRecord
-    from m7b.verify.gguf_out import _plan
+    from m7b.verify.gguf_out import plan_tensors
 
-    key = "layers.0.feed_forward.experts.0.w1.weight"
-    record = TensorRecord(key, "bfloat16", 2, (128, 64), (64, 1), 0)
-    with pytest.raises(UnsupportedArchitectureError, match="experts.0.w1"):
-        _plan(key, record, "bf16")
-    bad = TensorRecord("layers.0.attention.wq.weight", "int8", 1, (64, 64), (64, 1), 0)
+    arch = PRESETS["mixtral-tiny"]
+    state = {k: TensorRecord(k, "bfloat16", 2, s, (1,) * len(s), 0) for k, s in arch.tensor_shapes().items()}
+    assert len(plan_tensors(arch, state, "bf16")) == 3 + 2 * 10  # per layer: 4 attention, gate, 3 stacked, 2 norms
+    odd = "layers.0.feed_forward.shared_expert.w1.weight"
+    monkeypatch.setattr(Architecture, "tensor_shapes", lambda self: {odd: (128, 64)})  # a key the tables lack
+    with pytest.raises(UnsupportedArchitectureError, match="shared_expert"):
+        plan_tensors(arch, {odd: TensorRecord(odd, "bfloat16", 2, (128, 64), (64, 1), 0)}, "bf16")
+    monkeypatch.undo()
+    key = "layers.0.attention.wq.weight"
+    bad = {**state, key: TensorRecord(key, "int8", 1, (64, 64), (64, 1), 0)}
     with pytest.raises(Exception, match="bfloat16, float16 or float32"):
-        _plan(bad.key, bad, "q8_0")
+        plan_tensors(arch, bad, "q8_0")

@@ -12,7 +12,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from llamacpp import bindings, convert_hf, quantize, require_tools
+from llamacpp import bindings, convert_hf, kv, llama, quantize, require_tools, tensors
 from odd_tokenizers import ODD_PIECES, edited
 
 from m7b.verify import gguf_quant
@@ -38,19 +38,6 @@ def outputs(small_release_src: Path, tmp_path_factory: pytest.TempPathFactory) -
         folder = convert_release(small_release_src, base / t, f"gguf-{t}", name="small", info_hash="ab" * 20).out
         out[t] = folder / f"small-{t.upper()}.gguf"
     return out
-
-
-def kv(path: Path) -> dict[str, object]:
-    reader = gguf.GGUFReader(path)
-    return {k: (tuple(f.types), f.contents()) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
-
-
-def tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
-    reader = gguf.GGUFReader(path)
-    return {
-        t.name: (t.tensor_type.name, tuple(int(n) for n in t.shape), np.asarray(t.data).tobytes())
-        for t in reader.tensors
-    }
 
 
 @pytest.mark.parametrize("outtype", ["bf16", "f16"])
@@ -123,11 +110,6 @@ def test_every_rounding_edge_matches_llama_quantize(tools, outputs, tmp_path, fi
         assert gguf_quant.encode(bits, kind).tobytes() == data, f"{name} ({kind.name})"
 
 
-def _llama(tools: Path, path: Path, n_ctx: int):
-    llama_cpp = bindings(tools)
-    return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=2, logits_all=True, verbose=False, seed=0)
-
-
 def test_llama_cpp_runs_m7bs_gguf_with_m7bs_logits(tools, outputs, small_release_src) -> None:
     """Teacher-forced logits within 2% of the largest, and 32 greedy tokens the same (where m7b's top two are not
     a near-tie), inside the release's window (llama.cpp attends to the whole context, m7b through the window)."""
@@ -143,7 +125,7 @@ def test_llama_cpp_runs_m7bs_gguf_with_m7bs_logits(tools, outputs, small_release
     model.setup_caches(1, len(seq))
     with torch.inference_mode():
         ours = model(torch.tensor([seq]), torch.arange(len(seq)))[0].numpy()
-    llm = _llama(tools, outputs["bf16"], 64)
+    llm = llama(tools, outputs["bf16"], 64)
     llm.eval(seq)
     theirs = np.asarray(llm.scores[: len(seq)])
     scale = np.abs(ours).max(axis=1)
@@ -183,7 +165,7 @@ def test_llama_cpp_runs_the_quantized_files_as_their_blocks_say(tools, outputs, 
     runtime.model.setup_caches(1, len(seq))
     with torch.inference_mode():
         ours = runtime.model(torch.tensor([seq]), torch.arange(len(seq)))[0].numpy()
-    llm = _llama(tools, outputs[file_type], 32)
+    llm = llama(tools, outputs[file_type], 32)
     llm.eval(seq)
     theirs = np.asarray(llm.scores[: len(seq)])
     assert np.all(np.abs(theirs - ours).max(axis=1) <= 0.02 * np.abs(ours).max(axis=1))
