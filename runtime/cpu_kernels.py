@@ -192,12 +192,7 @@ class BF16RowKernels:
             n_heads,
             n_kv_heads,
             head_dim,
-            pairs.data_ptr(),
-            position.k_cache.data_ptr(),
-            position.v_cache.data_ptr(),
-            slot,
-            position.mask.data_ptr(),
-            capacity,
+            *position_args(position, pairs, slot, capacity),
             work.data_ptr(),
             scratch.data_ptr(),
             _threads(),
@@ -246,12 +241,7 @@ class BF16RowKernels:
             n_heads,
             n_kv_heads,
             head_dim,
-            pairs.data_ptr(),
-            position.k_cache.data_ptr(),
-            position.v_cache.data_ptr(),
-            slot,
-            position.mask.data_ptr(),
-            capacity,
+            *position_args(position, pairs, slot, capacity),
             work.data_ptr(),
             scratch.data_ptr(),
             chosen,
@@ -349,6 +339,12 @@ def _attention_inputs(position: DecodePosition) -> tuple[torch.Tensor, int, int]
         return None
     slot = int(slots.reshape(()).item())
     return (pairs, slot, capacity) if 0 <= slot < capacity else None
+
+
+def position_args(position: DecodePosition, pairs: torch.Tensor, slot: int, capacity: int) -> tuple[int, ...]:
+    """The block calls' arguments for the position (C order): rotations, k and v caches, slot, mask, capacity."""
+    k, v, mask = position.k_cache.data_ptr(), position.v_cache.data_ptr(), position.mask.data_ptr()
+    return (pairs.data_ptr(), k, v, slot, mask, capacity)
 
 
 def attention_scale(head_dim: int) -> float:

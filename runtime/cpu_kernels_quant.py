@@ -24,7 +24,7 @@ import torch
 
 from m7b.errors import InvalidInputError
 
-from .cpu_kernels import BF16RowKernels, _attention_inputs, _bind, _is_plain, _is_row, _threads
+from .cpu_kernels import BF16RowKernels, _attention_inputs, _bind, _is_plain, _is_row, _threads, position_args
 from .cpu_kernels_build import (
     KERNEL_CHOICES,
     TORCH_NAME,
@@ -176,12 +176,7 @@ class QuantRowKernels:
             n_heads,
             n_kv_heads,
             head_dim,
-            pairs.data_ptr(),
-            position.k_cache.data_ptr(),
-            position.v_cache.data_ptr(),
-            slot,
-            position.mask.data_ptr(),
-            capacity,
+            *position_args(position, pairs, slot, capacity),
             work.data_ptr(),
             scratch.data_ptr(),
             xq.data_ptr(),

@@ -261,6 +261,7 @@ void m7b_rms_norm_bf16(void) {}
 void m7b_swiglu_bf16(void) {}
 void m7b_attention_step_bf16(void) {}
 void m7b_block_step_bf16(void) {}
+void m7b_moe_block_step_bf16(void) {}
 """
 
 

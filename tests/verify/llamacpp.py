@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,62 @@ def llama(tools: Path, path: Path, n_ctx: int):
     """llama.cpp's model on a GGUF file, every position's logits kept, 2 threads."""
     llama_cpp = bindings(tools)
     return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=2, logits_all=True, verbose=False, seed=0)
+
+
+PROOF_KEYS = ("general.name", "general.source.url")  # m7b names the release; the converter names the folder
+
+
+def assert_converters_file(ours: Path, ref: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    """Every tensor of m7b's file (type, shape, bytes) and every metadata key but the proof equal to those of the
+    reference file `ref` llama.cpp's converter wrote; the reference's tensors."""
+    mine, theirs = tensors(ours), tensors(ref)
+    assert sorted(mine) == sorted(theirs)
+    for name in theirs:
+        assert mine[name] == theirs[name], name  # type, shape and every byte
+    ours_kv, converter = kv(ours), kv(ref)
+    for key in set(ours_kv) | set(converter):
+        if key not in PROOF_KEYS and not key.startswith("m7b."):
+            assert ours_kv.get(key) == converter.get(key), key  # the vocabulary, the hyperparameters, the flags
+    return theirs
+
+
+def assert_quantizers_file(ours: Path, ref: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    """Every block of m7b's quantized file equal to llama-quantize's (`ref`), the metadata (proof included) kept."""
+    mine, theirs = tensors(ours), tensors(ref)
+    assert sorted(mine) == sorted(theirs)
+    for name in theirs:
+        assert mine[name] == theirs[name], name
+    assert kv(ours) == kv(ref)  # llama-quantize keeps the metadata, proof included
+    return theirs
+
+
+def assert_llama_cpp_logits(
+    tools: Path, path: Path, release: Path, seed: int, n_ctx: int
+) -> tuple[list[int], list[int], Any]:
+    """llama.cpp on the GGUF `path` against m7b's float32 model of `release`: teacher-forced logits within 2% of the
+    largest over a 16-token prompt and m7b's 32 greedy tokens, and llama.cpp's argmax m7b's token wherever m7b's top
+    two are not a near-tie (at least 16 such positions). Returns (prompt, greedy tokens, clear-positions mask)."""
+    import numpy as np
+    import torch
+
+    from m7b.runtime.generate import GenerationConfig, generate
+    from m7b.runtime.loader import load_runtime
+
+    model = load_runtime(release, torch.device("cpu"), torch.float32).model
+    prompt = [1] + torch.randint(3, 32000, (15,), generator=torch.Generator().manual_seed(seed)).tolist()
+    greedy = generate(model, prompt, GenerationConfig(max_tokens=32, stop_at_eos=False)).tokens
+    seq = prompt + greedy[:-1]
+    model.setup_caches(1, len(seq))
+    with torch.inference_mode():
+        ours = model(torch.tensor([seq]), torch.arange(len(seq)))[0].numpy()
+    llm = llama(tools, path, n_ctx)
+    llm.eval(seq)
+    theirs = np.asarray(llm.scores[: len(seq)])
+    scale = np.abs(ours).max(axis=1)
+    assert np.all(np.abs(theirs - ours).max(axis=1) <= 0.02 * scale)
+    top2 = np.sort(ours, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 0.04 * scale
+    steps = range(len(prompt) - 1, len(seq))  # the positions whose argmax is the next greedy token
+    agree = [int(theirs[p].argmax()) == greedy[i] for i, p in enumerate(steps) if clear[p]]
+    assert len(agree) >= 16 and all(agree)
+    return prompt, greedy, clear

@@ -12,7 +12,18 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from llamacpp import bindings, convert_hf, kv, llama, quantize, require_tools, tensors
+from llamacpp import (
+    assert_converters_file,
+    assert_llama_cpp_logits,
+    assert_quantizers_file,
+    bindings,
+    convert_hf,
+    kv,
+    llama,
+    quantize,
+    require_tools,
+    tensors,
+)
 from odd_tokenizers import ODD_PIECES, edited
 
 from m7b.verify import gguf_quant
@@ -20,8 +31,6 @@ from m7b.verify.convert import convert_release
 from m7b.verify.gguf_quant import choose_type
 
 pytestmark = pytest.mark.slow
-
-PROOF_KEYS = ("general.name", "general.source.url")  # m7b names the release; the converter names the folder
 
 
 @pytest.fixture(scope="module")
@@ -42,27 +51,15 @@ def outputs(small_release_src: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.mark.parametrize("outtype", ["bf16", "f16"])
 def test_each_tensor_equals_llama_cpps_converter_from_m7bs_hf_layout(tools, outputs, tmp_path, outtype) -> None:
-    ref = convert_hf(tools, outputs["hf"], tmp_path / "ref.gguf", outtype)
-    ours, theirs = tensors(outputs[outtype]), tensors(ref)
-    assert sorted(ours) == sorted(theirs)
-    for name in theirs:
-        assert ours[name] == theirs[name], name  # type, shape and every byte
-    mine, converter = kv(outputs[outtype]), kv(ref)
-    extra = {k for k in mine if k.startswith("m7b.")}
-    for key in set(mine) | set(converter):
-        if key not in PROOF_KEYS and key not in extra:
-            assert mine.get(key) == converter.get(key), key  # the vocabulary, the hyperparameters, the flags
+    assert_converters_file(outputs[outtype], convert_hf(tools, outputs["hf"], tmp_path / "ref.gguf", outtype))
+    extra = {k for k in kv(outputs[outtype]) if k.startswith("m7b.")}
     assert extra >= {"m7b.checkpoint.sha256", "m7b.torrent.info_hash", "m7b.version", "m7b.release"}
 
 
 @pytest.mark.parametrize("file_type", ["q8_0", "q4_0"])
 def test_each_block_equals_llama_quantizes_from_m7bs_bf16(tools, outputs, tmp_path, file_type) -> None:
     ref = quantize(tools, outputs["bf16"], tmp_path / "ref.gguf", file_type)
-    ours, theirs = tensors(outputs[file_type]), tensors(ref)
-    assert sorted(ours) == sorted(theirs)
-    for name in theirs:
-        assert ours[name] == theirs[name], name
-    assert kv(outputs[file_type]) == kv(ref)  # llama-quantize keeps the metadata, proof included
+    theirs = assert_quantizers_file(outputs[file_type], ref)
     if file_type == "q4_0":
         assert theirs["output.weight"][0] == "Q6_K"
 
@@ -112,30 +109,10 @@ def test_every_rounding_edge_matches_llama_quantize(tools, outputs, tmp_path, fi
 
 def test_llama_cpp_runs_m7bs_gguf_with_m7bs_logits(tools, outputs, small_release_src) -> None:
     """Teacher-forced logits within 2% of the largest, and 32 greedy tokens the same (where m7b's top two are not
-    a near-tie), inside the release's window (llama.cpp attends to the whole context, m7b through the window)."""
-    from m7b.runtime.generate import GenerationConfig, generate
-    from m7b.runtime.loader import load_runtime
-
-    runtime = load_runtime(small_release_src, torch.device("cpu"), torch.float32)
-    model = runtime.model
-    assert runtime.args.sliding_window == 64
-    prompt = [1] + torch.randint(3, 32000, (15,), generator=torch.Generator().manual_seed(5)).tolist()
-    greedy = generate(model, prompt, GenerationConfig(max_tokens=32, stop_at_eos=False)).tokens
-    seq = prompt + greedy[:-1]  # 47 tokens, inside the 64-token window
-    model.setup_caches(1, len(seq))
-    with torch.inference_mode():
-        ours = model(torch.tensor([seq]), torch.arange(len(seq)))[0].numpy()
+    a near-tie), inside the release's window (llama.cpp attends to the whole context, m7b through the window: 47
+    tokens inside its 64)."""
+    prompt, greedy, clear = assert_llama_cpp_logits(tools, outputs["bf16"], small_release_src, seed=5, n_ctx=64)
     llm = llama(tools, outputs["bf16"], 64)
-    llm.eval(seq)
-    theirs = np.asarray(llm.scores[: len(seq)])
-    scale = np.abs(ours).max(axis=1)
-    assert np.all(np.abs(theirs - ours).max(axis=1) <= 0.02 * scale)
-    top2 = np.sort(ours, axis=1)[:, -2:]
-    clear = (top2[:, 1] - top2[:, 0]) > 0.04 * scale
-    steps = range(len(prompt) - 1, len(seq))  # the positions whose argmax is the next greedy token
-    agree = [int(theirs[p].argmax()) == greedy[i] for i, p in enumerate(steps) if clear[p]]
-    assert len(agree) >= 16 and all(agree)
-    llm.reset()
     tokens: list[int] = []
     llm.eval(prompt)
     for _ in range(32):
