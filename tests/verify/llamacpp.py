@@ -32,6 +32,20 @@ def require_tools() -> Path:
     pytest.skip(message)
 
 
+GGUF_TYPES = ("bf16", "f16", "q8_0", "q4_0")
+
+
+def m7b_outputs(src: Path, base: Path, name: str, info_hash: str) -> dict[str, Path]:
+    """`src` through m7b's convert: its hf folder (`hf`, the converter's input) and a GGUF file per type."""
+    from m7b.verify.convert import convert_release
+
+    out = {"hf": convert_release(src, base / "hf", "hf").out}
+    for t in GGUF_TYPES:
+        folder = convert_release(src, base / t, f"gguf-{t}", name=name, info_hash=info_hash).out
+        out[t] = folder / f"{name}-{t.upper()}.gguf"
+    return out
+
+
 def convert_hf(tools: Path, hf_folder: Path, out: Path, outtype: str) -> Path:
     """llama.cpp's own converter on a Hugging Face folder."""
     proc = subprocess.run(

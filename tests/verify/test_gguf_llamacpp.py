@@ -20,6 +20,7 @@ from llamacpp import (
     convert_hf,
     kv,
     llama,
+    m7b_outputs,
     quantize,
     require_tools,
     tensors,
@@ -41,12 +42,7 @@ def tools() -> Path:
 @pytest.fixture(scope="module")
 def outputs(small_release_src: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The small release (dim 256: its output layer takes q6_K in a q4_0 file) in m7b's hf and four GGUF layouts."""
-    base = tmp_path_factory.mktemp("gguf-ref")
-    out = {"hf": convert_release(small_release_src, base / "hf", "hf").out}
-    for t in ("bf16", "f16", "q8_0", "q4_0"):
-        folder = convert_release(small_release_src, base / t, f"gguf-{t}", name="small", info_hash="ab" * 20).out
-        out[t] = folder / f"small-{t.upper()}.gguf"
-    return out
+    return m7b_outputs(small_release_src, tmp_path_factory.mktemp("gguf-ref"), "small", "ab" * 20)
 
 
 @pytest.mark.parametrize("outtype", ["bf16", "f16"])

@@ -14,6 +14,7 @@ from llamacpp import (
     assert_quantizers_file,
     convert_hf,
     kv,
+    m7b_outputs,
     quantize,
     require_tools,
 )
@@ -32,12 +33,7 @@ def tools() -> Path:
 @pytest.fixture(scope="module")
 def moe_outputs(mixtral_tiny_src: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """mixtral-tiny (4 experts, 2 per token, no window) in m7b's hf and four GGUF layouts."""
-    base = tmp_path_factory.mktemp("gguf-moe")
-    out = {"hf": convert_release(mixtral_tiny_src, base / "hf", "hf").out}
-    for t in ("bf16", "f16", "q8_0", "q4_0"):
-        folder = convert_release(mixtral_tiny_src, base / t, f"gguf-{t}", name="mt", info_hash="cd" * 20).out
-        out[t] = folder / f"mt-{t.upper()}.gguf"
-    return out
+    return m7b_outputs(mixtral_tiny_src, tmp_path_factory.mktemp("gguf-moe"), "mt", "cd" * 20)
 
 
 @pytest.mark.parametrize("outtype", ["bf16", "f16"])
