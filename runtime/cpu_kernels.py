@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ctypes
 import math
+from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,19 @@ MAX_HEAD_DIM = 1024  # the attention kernel keeps one head's output on the stack
 MAX_VERDICTS = 512  # blocks whose weights' check is kept (a model's layers; more only when weights move)
 
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
+_data_ptr = torch.Tensor.data_ptr
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """A block's weights that passed `_checked_weights`, as the C calls take them: the feed-forwards' hidden size,
+    the matrices (kept alive, so no other tensor takes their identities), their data pointers when checked, and the
+    pointer arrays of a Mixtral block call (attention's four, then every expert's w1s, w3s, w2s)."""
+
+    hidden: int
+    matrices: tuple[torch.Tensor, ...]
+    pointers: tuple[int, ...]
+    arrays: tuple[ctypes.Array[ctypes.c_void_p], ...]
 
 
 def _is_plain(t: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> bool:
@@ -76,7 +91,7 @@ class BF16RowKernels:
             [_P, _P, _P, _F, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _L, _P, _L, _P, _P, _P, _I],
         )
         self._buffers: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # block step work, scratch
-        self._verdicts: dict[tuple[object, ...], tuple[int, tuple[torch.Tensor, ...]]] = {}  # `_checked_weights`
+        self._verdicts: dict[tuple[object, ...], _Verdict] = {}  # `_checked_weights`
         self._scratch: dict[int, torch.Tensor] = {}  # K floats per input width: the widened vector
 
     def _scratch_for(self, width: int) -> torch.Tensor:
@@ -178,17 +193,16 @@ class BF16RowKernels:
         checked = self._block_inputs(x, norms, weights[:4], (weights[4:],), position)
         if checked is None:
             return False
-        pairs, slot, capacity, (work, scratch) = checked
-        dim, hidden = x.shape[-1], weights[4].shape[0]
+        pairs, slot, capacity, verdict, (work, scratch) = checked
         n_heads, n_kv_heads, head_dim = position.heads
         self._block(
             x.data_ptr(),
             norms[0].data_ptr(),
             norms[1].data_ptr(),
             eps,
-            *(w.data_ptr() for w in weights),
-            dim,
-            hidden,
+            *verdict.pointers,
+            x.shape[-1],
+            verdict.hidden,
             n_heads,
             n_kv_heads,
             head_dim,
@@ -221,23 +235,24 @@ class BF16RowKernels:
         checked = self._block_inputs(x, norms, attention, experts, position)
         if checked is None:
             return None
-        pairs, slot, capacity, (work, scratch) = checked
-        hidden = experts[0][0].shape[0]
+        pairs, slot, capacity, verdict, (work, scratch) = checked
         n_heads, n_kv_heads, head_dim = position.heads
         chosen = (ctypes.c_long * per_token)()
-        pointers = [(ctypes.c_void_p * len(experts))(*(e[i].data_ptr() for e in experts)) for i in range(3)]
+        attention_array, w1s, w3s, w2s = verdict.arrays
         self._moe_block(
             x.data_ptr(),
             norms[0].data_ptr(),
             norms[1].data_ptr(),
             eps,
-            (ctypes.c_void_p * 4)(*(w.data_ptr() for w in attention)),
+            attention_array,
             gate.data_ptr(),
-            *pointers,
+            w1s,
+            w3s,
+            w2s,
             len(experts),
             per_token,
             dim,
-            hidden,
+            verdict.hidden,
             n_heads,
             n_kv_heads,
             head_dim,
@@ -256,16 +271,18 @@ class BF16RowKernels:
         attention: tuple[torch.Tensor, ...],
         feed_forwards: tuple[tuple[torch.Tensor, ...], ...],
         position: DecodePosition,
-    ) -> tuple[torch.Tensor, int, int, tuple[torch.Tensor, torch.Tensor]] | None:
-        """(cos/sin pairs, slot, capacity, (work, scratch)) when a block call takes these inputs: one bf16 row,
-        both norms, wq/wk/wv/wo and each (w1, w3, w2) of the shapes the C code walks, the attention's inputs."""
+    ) -> tuple[torch.Tensor, int, int, _Verdict, tuple[torch.Tensor, torch.Tensor]] | None:
+        """(cos/sin pairs, slot, capacity, the weights' verdict, (work, scratch)) when a block call takes these
+        inputs: one bf16 row, both norms, wq/wk/wv/wo and each (w1, w3, w2) of the shapes the C code walks, the
+        attention's inputs."""
         n_heads, n_kv_heads, head_dim = position.heads
         dim = x.shape[-1]
         if not (_is_row(x, dim) and len(norms) == 2 and all(n.shape == (dim,) and _is_plain(n) for n in norms)):
             return None
-        hidden = self._checked_weights(dim, position.heads, attention, feed_forwards)
-        if hidden is None:
+        verdict = self._checked_weights(dim, position.heads, attention, feed_forwards)
+        if verdict is None:
             return None
+        hidden = verdict.hidden
         checked = _attention_inputs(position)
         if checked is None:
             return None
@@ -281,7 +298,7 @@ class BF16RowKernels:
             scratch_size = max(dim, hidden, q_size, n_heads * (2 * head_dim + capacity) + capacity + 2)
             scratch = torch.empty(scratch_size, dtype=torch.float32)
             buffers = self._buffers[key] = (work, scratch)
-        return pairs, slot, capacity, buffers
+        return pairs, slot, capacity, verdict, buffers
 
     def _checked_weights(
         self,
@@ -289,17 +306,18 @@ class BF16RowKernels:
         heads: tuple[int, int, int],
         attention: tuple[torch.Tensor, ...],
         feed_forwards: tuple[tuple[torch.Tensor, ...], ...],
-    ) -> int | None:
-        """The feed-forwards' hidden size when wq/wk/wv/wo and each (w1, w3, w2) have the shapes the C code walks
-        (bf16, CPU, contiguous), else None. A block's weights pass once: the verdict is kept under each tensor's
-        identity and data pointer (the tensors kept alive with it, so neither is reused by another tensor), and a
-        weight moved or replaced is checked again. A decode step of a small model spends more on these checks than
-        on its products otherwise."""
-        matrices = (*attention, *(w for f in feed_forwards for w in f))
-        key = (dim, heads, *((id(w), w.data_ptr()) for w in matrices))
+    ) -> _Verdict | None:
+        """The verdict (`_Verdict`) when wq/wk/wv/wo and each (w1, w3, w2) have the shapes the C code walks (bf16,
+        CPU, contiguous), else None. A block's weights pass once: the verdict is kept under the tensors' identities
+        (the tensors kept alive with it, so none is reused by another tensor) and holds for as long as their data
+        pointers are the ones checked; a weight moved or replaced is checked again. A decode step of a small model
+        spends more on these checks than on its products otherwise."""
+        matrices = (*attention, *chain.from_iterable(feed_forwards))
+        key = (dim, heads, len(attention), *map(len, feed_forwards), *map(id, matrices))
+        pointers = tuple(map(_data_ptr, matrices))
         known = self._verdicts.get(key)
-        if known is not None:
-            return known[0]
+        if known is not None and known.pointers == pointers:
+            return known
         n_heads, n_kv_heads, head_dim = heads
         if len(attention) != 4 or not feed_forwards or any(len(f) != 3 for f in feed_forwards):
             return None
@@ -309,10 +327,12 @@ class BF16RowKernels:
         shapes += [(hidden, dim), (hidden, dim), (dim, hidden)] * len(feed_forwards)
         if not all(w.shape == shape and _is_matrix(w, shape[1]) for w, shape in zip(matrices, shapes, strict=True)):
             return None
+        experts = ctypes.c_void_p * len(feed_forwards)
+        arrays = ((ctypes.c_void_p * 4)(*pointers[:4]), *(experts(*pointers[4 + i :: 3]) for i in range(3)))
         if len(self._verdicts) >= MAX_VERDICTS:
             self._verdicts.clear()
-        self._verdicts[key] = (hidden, matrices)
-        return hidden
+        verdict = self._verdicts[key] = _Verdict(hidden, matrices, pointers, arrays)
+        return verdict
 
 
 def _attention_inputs(position: DecodePosition) -> tuple[torch.Tensor, int, int] | None:

@@ -133,20 +133,20 @@ def block_in_one_call(
 ) -> bool:
     """The block on one decode row `x`, in place, as one `block_step` call; False, with nothing changed, when the
     kernels do not take these inputs (then call `block_on_rows`)."""
-    if block.attention.kv_cache is None or block.attention_norm.eps != block.ffn_norm.eps:  # the call takes one eps
+    a, attention_norm, ffn_norm = block.attention, block.attention_norm, block.ffn_norm
+    if a.kv_cache is None or attention_norm.eps != ffn_norm.eps:  # the call takes one eps
         return False
-    norms = (block.attention_norm.weight, block.ffn_norm.weight)
-    position = decode_position(block.attention, freqs, slots, mask)
+    norms = (attention_norm.weight, ffn_norm.weight)
+    position = decode_position(a, freqs, slots, mask)
     f = block.feed_forward
     if isinstance(f, MoeFeedForward):  # the gate, top-k, softmax and the chosen experts inside the same call
-        a = block.attention
         attention = (a.wq.weight, a.wk.weight, a.wv.weight, a.wo.weight)
         gate, experts = f.row_weights()
         chosen = kernels.moe_block_step(
-            x, norms, block.attention_norm.eps, attention, gate, experts, f.num_experts_per_tok, position
+            x, norms, attention_norm.eps, attention, gate, experts, f.num_experts_per_tok, position
         )
         return chosen is not None
-    return kernels.block_step(x, norms, block.attention_norm.eps, block_weights(block), position)
+    return kernels.block_step(x, norms, attention_norm.eps, block_weights(block), position)
 
 
 def block_on_rows(

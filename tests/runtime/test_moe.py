@@ -245,6 +245,42 @@ def test_the_moe_block_call_reads_only_the_chosen_experts(mixtral_tiny_src) -> N
     assert chosen_again == chosen and torch.equal(again, row) and not again.isnan().any()
 
 
+def test_the_moe_block_call_reads_a_moved_expert_from_where_it_is_now(mixtral_tiny_src) -> None:
+    """The block call keeps its check of a block's weights (and their pointer arrays) between steps; a weight whose
+    memory is replaced in place (`param.data = ...`: the same tensor, other memory) is read from its new memory, as a
+    call with fresh tensors of the same values reads it, never from the memory the check saw."""
+    from m7b.runtime.row_kernels import decode_position
+
+    rt = load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.bfloat16)
+    kernels = _bf16_kernels(rt)
+    model = rt.model
+    block = model.blocks[0]
+    f, a = block.feed_forward, block.attention
+    x = model.tok_embeddings(torch.tensor([[42]])).clone()
+    norms = (block.attention_norm.weight, block.ffn_norm.weight)
+
+    def run(attention, experts):
+        model.setup_caches(1, 4)
+        freqs, mask, slots = model.positions(torch.tensor([0]))
+        row = x.clone()
+        chosen = kernels.moe_block_step(
+            row, norms, 1e-5, attention, f.gate.weight, experts, 2, decode_position(a, freqs, slots, mask)
+        )
+        return row, chosen
+
+    with torch.inference_mode():
+        gate, experts = f.row_weights()
+        attention = (a.wq.weight, a.wk.weight, a.wv.weight, a.wo.weight)
+        before, chosen = run(attention, experts)
+        assert chosen is not None and torch.equal(run(attention, experts)[0], before)  # the kept check, same result
+        for w in (a.wo.weight, *(w for e in chosen for w in experts[e])):
+            w.data = (w.data.float() * -1.5).to(torch.bfloat16)  # other memory, other values
+        moved, chosen_moved = run(attention, experts)
+        fresh = tuple(w.clone() for w in attention), tuple(tuple(w.clone() for w in e) for e in experts)
+        want, chosen_fresh = run(*fresh)
+    assert chosen_moved == chosen_fresh and torch.equal(moved, want) and not torch.equal(moved, before)
+
+
 def test_the_moe_block_call_declines_what_it_cannot_take_and_touches_nothing(mixtral_tiny_src) -> None:
     from m7b.runtime.row_kernels import decode_position
 

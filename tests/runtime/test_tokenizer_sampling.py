@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from m7b.errors import InvalidInputError
 from m7b.runtime.generate import GenerationConfig, generate
@@ -47,6 +49,23 @@ def test_stream_flushes_an_unfinished_character_as_replacement(tiny_runtime) -> 
 def test_greedy_is_argmax() -> None:
     logits = torch.tensor([0.1, 3.0, -1.0, 2.9])
     assert sample(logits, SamplingConfig(), None).item() == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.sampled_from([0.0, -0.0, 1.0])),
+        min_size=1,
+        max_size=64,
+    ),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+)
+def test_greedy_picks_what_torch_argmax_picks(values: list[float], dtype: torch.dtype) -> None:
+    """The first largest logit, ties and NaN (counted as the largest) included, in every logits dtype."""
+    logits = torch.tensor(values).to(dtype)
+    got = sample(logits, SamplingConfig(), None)
+    want = torch.argmax(logits.float(), dim=-1, keepdim=True)
+    assert got.dtype == torch.long and got.shape == (1,) and got.item() == want.item()
 
 
 def test_top_p_keeps_the_nucleus() -> None:
