@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -80,12 +80,15 @@ def atomic_file(path: Path, mode: OpenBinaryModeWriting = "wb") -> Iterator[Bina
     """
     path = refuse_link(Path(path))
     check_path_length(path, "the output file")
+    tmp_path = path.parent / f".{path.name}.{_random_part()}.tmp"
+    ours = True  # whether what is at tmp_path is this call's (until its creation says otherwise)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:  # a read-only or missing folder: nothing was made
-        raise storage_error(exc, path) from exc
-    tmp_path = Path(tmp)
-    try:
+        # made inside the `try`: an interrupt the moment it exists (Ctrl-C, SIGTERM) still removes it
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            ours = False
+            raise
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -93,11 +96,13 @@ def atomic_file(path: Path, mode: OpenBinaryModeWriting = "wb") -> Iterator[Bina
         os.chmod(tmp_path, default_mode(is_dir=False))
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
-    except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only or missing folder, a full disk: nothing is left under either name
+        if ours:
+            tmp_path.unlink(missing_ok=True)
         raise storage_error(exc, path) from exc
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        if ours:
+            tmp_path.unlink(missing_ok=True)
         raise
 
 
@@ -113,7 +118,7 @@ def write_text(path: Path, text: str) -> None:
 def remove_stale_partials(path: Path) -> list[Path]:
     """Remove the temporary folders `atomic_dir(path)` left when its process was killed (`.NAME.PID.XXXX.partial`
     whose PID no longer runs); a live process's folder is left alone. A symlink under such a name is never m7b's
-    (mkdtemp makes folders): the link itself is removed, never what it leads to. Returns what was removed."""
+    (`atomic_dir` makes folders): the link itself is removed, never what it leads to. Returns what was removed."""
     removed = []
     for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.partial"):
         pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
@@ -160,10 +165,17 @@ def atomic_dir(path: Path, root: Path | None = None) -> Iterator[Path]:
         make_dirs(path.parent)
     try:
         remove_stale_partials(path)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial", dir=path.parent))
     except OSError as exc:  # a read-only file system, a folder we may not write: nothing was made
         raise storage_error(exc, path) from exc
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{_random_part()}.partial"
+    ours = True  # whether what is at tmp is this call's (until its creation says otherwise)
     try:
+        # made inside the `try`: an interrupt the moment it exists (Ctrl-C, SIGTERM) still removes it
+        try:
+            os.mkdir(tmp, 0o700)
+        except FileExistsError:
+            ours = False
+            raise
         yield tmp
         for child in tmp.iterdir():
             if child.is_file():
@@ -175,8 +187,15 @@ def atomic_dir(path: Path, root: Path | None = None) -> Iterator[Path]:
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if ours:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise storage_error(exc, path) from exc
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if ours:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _random_part() -> str:
+    """The random part of a temporary's name (48 bits: no other temporary beside it has it)."""
+    return secrets.token_hex(6)

@@ -50,3 +50,30 @@ def test_outputs_get_normal_permissions(tmp_path: Path) -> None:
     os.umask(umask)
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
     assert (tmp_path / "g").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("syscall", ["open", "mkdir"])
+def test_an_interrupt_the_moment_the_temporary_exists_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syscall: str
+) -> None:
+    """Ctrl-C or SIGTERM (a KeyboardInterrupt at the next bytecode) right after the temporary file or folder is
+    created, before any write: it is removed all the same, and the final name never appears."""
+    real = getattr(os, syscall)
+
+    def create_then_interrupt(*args, **kwargs):
+        made = real(*args, **kwargs)
+        monkeypatch.setattr(os, syscall, real)
+        if isinstance(made, int):
+            os.close(made)  # the file's descriptor, never handed back
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(os, syscall, create_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        if syscall == "open":
+            with atomic_file(out) as fh:
+                fh.write(b"never")
+        else:
+            with atomic_dir(out) as folder:
+                (folder / "x").write_bytes(b"never")
+    assert list(tmp_path.iterdir()) == []

@@ -104,13 +104,27 @@ def erofs(*args, **kwargs):
     raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
 
+def refused(real):
+    """`real` (os.open, os.mkdir) refusing m7b's temporaries (`.NAME.….tmp` / `.partial`) as a read-only file
+    system refuses them, and doing anything else."""
+
+    def call(path, *args, **kwargs):
+        if str(path).endswith((".tmp", ".partial")):
+            erofs()
+        return real(path, *args, **kwargs)
+
+    return call
+
+
 def test_an_output_on_a_read_only_file_system_is_a_storage_error(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("tempfile.mkstemp", erofs)
+    real_open, real_mkdir = os.open, os.mkdir
+    monkeypatch.setattr(os, "open", refused(real_open))
     with pytest.raises(StorageError, match="read-only: choose a folder"), atomic_file(tmp_path / "f"):
         pass
-    monkeypatch.setattr("tempfile.mkdtemp", erofs)
+    monkeypatch.setattr(os, "mkdir", refused(real_mkdir))
     with pytest.raises(StorageError, match="read-only"), atomic_dir(tmp_path / "d"):
         pass
+    monkeypatch.undo()
     monkeypatch.setattr(Path, "mkdir", erofs)
     with pytest.raises(StorageError, match="could not create the folder .*: the file system is read-only"):
         make_dirs(tmp_path / "new")
@@ -133,7 +147,7 @@ def test_release_create_into_a_read_only_folder_is_exit_8(inproc, m7b_home, tiny
 
 
 def test_convert_beside_a_read_only_release_is_exit_8(inproc, m7b_home, tiny_release, monkeypatch) -> None:
-    monkeypatch.setattr("tempfile.mkdtemp", erofs)
+    monkeypatch.setattr(os, "mkdir", refused(os.mkdir))
     code, stderr = inproc("convert", tiny_release)
     assert code == 8, stderr
     assert f"could not write {tiny_release.parent}" in stderr and "read-only" in stderr
