@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import ctypes
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .row_kernels import DecodePosition
+from .step_weights import StepWeights
 
 if TYPE_CHECKING:
     from ctypes import _NamedFuncPointer  # what a CDLL attribute is, in typeshed only
@@ -34,6 +36,7 @@ MAX_VERDICTS = 512  # blocks whose weights' check is kept (a model's layers; mor
 
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 _data_ptr = torch.Tensor.data_ptr
+_shape = attrgetter("shape")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,24 @@ class _Verdict:
     matrices: tuple[torch.Tensor, ...]
     pointers: tuple[int, ...]
     arrays: tuple[ctypes.Array[ctypes.c_void_p], ...]
+
+
+@dataclass(frozen=True)
+class _PreparedStep:
+    """A `StepWeights` that passed `_prepare_step`: its tensors' data pointers and shapes as checked, aliases of
+    their memory as it was then (so no memory C is given is freed and reused while this is kept), and the whole-step
+    call's fixed arguments: `head` (layers to head_dim), `caches` (the k and v pointer arrays), `tail` (final norm
+    to vocab), with the buffers. `head` None: the kernel does not take these weights."""
+
+    step: StepWeights
+    pointers: tuple[int, ...]
+    shapes: tuple[torch.Size, ...]
+    memory: tuple[torch.Tensor, ...] = ()
+    head: tuple[object, ...] | None = None
+    caches: tuple[object, ...] = ()
+    tail: tuple[object, ...] = ()
+    capacity: int = 0
+    buffers: tuple[torch.Tensor, torch.Tensor, ctypes.Array[ctypes.c_long]] | None = None
 
 
 def _is_plain(t: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> bool:
@@ -90,6 +111,11 @@ class BF16RowKernels:
             library.m7b_moe_block_step_bf16,
             [_P, _P, _P, _F, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _L, _P, _L, _P, _P, _P, _I],
         )
+        self._decode = _bind(
+            library.m7b_decode_step_bf16,
+            [_P, _L, _P, _F, _P, _P, _P, _P, _P, *[_L] * 7, _P, _P, _P, _L, _P, _L, _P, _F, _P, _L, _P, _P, _P, _P, _I],
+        )
+        self._prepared: _PreparedStep | None = None  # `decode_step`'s last prepared weights
         self._buffers: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # block step work, scratch
         self._verdicts: dict[tuple[object, ...], _Verdict] = {}  # `_checked_weights`
         self._scratch: dict[int, torch.Tensor] = {}  # K floats per input width: the widened vector
@@ -264,6 +290,124 @@ class BF16RowKernels:
         )
         return list(chosen)
 
+    def decode_step(
+        self, x: torch.Tensor, step: StepWeights, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor
+    ) -> torch.Tensor | None:
+        """A whole decode step in one call: every block (dense, or Mixtral with its routing) on the embedding row `x`
+        (updated in place), the final norm and the output projection; returns the logits (1, vocab). None, with
+        nothing touched, when the kernel does not take these weights or this position (the caller then runs the
+        blocks one by one). The weights pass `_prepare_step` once; each call checks that every tensor still has the
+        data pointer and shape checked (a weight whose memory was replaced is checked again)."""
+        prepared = self._prepared
+        if prepared is None or prepared.step is not step:
+            prepared = self._prepared = self._prepare_step(step)
+        tensors = step.tensors
+        if tuple(map(_data_ptr, tensors)) != prepared.pointers or tuple(map(_shape, tensors)) != prepared.shapes:
+            prepared = self._prepared = self._prepare_step(step)
+        head, buffers = prepared.head, prepared.buffers
+        if head is None or buffers is None or not _is_row(x, step.norm.shape[0]):
+            return None
+        checked = _position_inputs(freqs, mask, slots, step.heads[2], prepared.capacity)
+        if checked is None:
+            return None
+        pairs, slot = checked
+        work, scratch, chosen = buffers
+        logits = torch.empty((1, step.output.shape[0]), dtype=torch.bfloat16)
+        self._decode(
+            x.data_ptr(),
+            *head,
+            pairs.data_ptr(),
+            *prepared.caches,
+            slot,
+            mask.data_ptr(),
+            prepared.capacity,
+            *prepared.tail,
+            logits.data_ptr(),
+            work.data_ptr(),
+            scratch.data_ptr(),
+            chosen,
+            _threads(),
+        )
+        return logits
+
+    def _prepare_step(self, step: StepWeights) -> _PreparedStep:
+        """The step's checked record: every tensor of the shape, dtype (bf16) and layout (contiguous, CPU) the C
+        code walks, the heads as the attention kernel takes them; else a record that declines (`head` None)."""
+        tensors = step.tensors
+        declined = _PreparedStep(step, tuple(map(_data_ptr, tensors)), tuple(map(_shape, tensors)))
+        n_heads, n_kv_heads, head_dim = heads = step.heads
+        first = step.layers[0]
+        if not (first.experts and step.norm.dim() == 1 and step.output.dim() == 2):
+            return declined
+        dim, experts, vocab = step.norm.shape[0], len(first.experts), step.output.shape[0]
+        hidden = first.experts[0][0].shape[0] if first.experts[0][0].dim() == 2 else 0
+        capacity = first.caches[0].shape[2] if first.caches[0].dim() == 4 else 0
+        dense = first.gate is None
+        if not (
+            _heads_ok(*heads)
+            and capacity > 0
+            and (step.per_token == experts == 1 if dense else 0 < step.per_token <= experts)
+            and step.norm.shape == (dim,)
+            and _is_plain(step.norm)
+            and _is_matrix(step.output, dim)
+        ):
+            return declined
+        shapes = _block_shapes(dim, heads, hidden, experts)
+        cache_shape = (1, n_kv_heads, capacity, head_dim)
+        for layer in step.layers:
+            matrices = (*layer.attention, *chain.from_iterable(layer.experts))
+            if not (
+                len(layer.experts) == experts
+                and all(n.shape == (dim,) and _is_plain(n) for n in layer.norms)
+                and len(matrices) == len(shapes)
+                and all(w.shape == shape and _is_matrix(w, shape[1]) for w, shape in zip(matrices, shapes, strict=True))
+                and (layer.gate is None) == dense
+                and (
+                    dense
+                    or (layer.gate is not None and layer.gate.shape == (experts, dim) and _is_matrix(layer.gate, dim))
+                )
+                and all(c.shape == cache_shape and _is_plain(c) for c in layer.caches)
+            ):
+                return declined
+
+        def array(items: list[torch.Tensor]) -> ctypes.Array[ctypes.c_void_p]:
+            return (ctypes.c_void_p * len(items))(*map(_data_ptr, items))
+
+        layers = step.layers
+        w1s, w3s, w2s = ([expert[i] for layer in layers for expert in layer.experts] for i in range(3))
+        gates = None if dense else array([layer.gate for layer in layers if layer.gate is not None])
+        head = (
+            len(layers),
+            array([n for layer in layers for n in layer.norms]),
+            step.eps,
+            array([w for layer in layers for w in layer.attention]),
+            gates,
+            array(w1s),
+            array(w3s),
+            array(w2s),
+            experts,
+            step.per_token,
+            dim,
+            hidden,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        )
+        caches = (array([layer.caches[0] for layer in layers]), array([layer.caches[1] for layer in layers]))
+        tail = (step.norm.data_ptr(), step.norm_eps, step.output.data_ptr(), vocab)
+        work, scratch = self._work(dim, hidden, heads, capacity, experts)
+        chosen = (ctypes.c_long * (len(layers) * step.per_token))()
+        memory = tuple(t.detach() for t in tensors)
+        return replace(
+            declined,
+            memory=memory,
+            head=head,
+            caches=caches,
+            tail=tail,
+            capacity=capacity,
+            buffers=(work, scratch, chosen),
+        )
+
     def _block_inputs(
         self,
         x: torch.Tensor,
@@ -275,30 +419,40 @@ class BF16RowKernels:
         """(cos/sin pairs, slot, capacity, the weights' verdict, (work, scratch)) when a block call takes these
         inputs: one bf16 row, both norms, wq/wk/wv/wo and each (w1, w3, w2) of the shapes the C code walks, the
         attention's inputs."""
-        n_heads, n_kv_heads, head_dim = position.heads
         dim = x.shape[-1]
         if not (_is_row(x, dim) and len(norms) == 2 and all(n.shape == (dim,) and _is_plain(n) for n in norms)):
             return None
         verdict = self._checked_weights(dim, position.heads, attention, feed_forwards)
         if verdict is None:
             return None
-        hidden = verdict.hidden
         checked = _attention_inputs(position)
         if checked is None:
             return None
         pairs, slot, capacity = checked
-        experts = len(feed_forwards)
-        q_size, kv_size = n_heads * head_dim, n_kv_heads * head_dim
-        key = (dim, hidden, n_heads, n_kv_heads, head_dim, capacity, experts)
+        return (
+            pairs,
+            slot,
+            capacity,
+            verdict,
+            self._work(dim, verdict.hidden, position.heads, capacity, len(feed_forwards)),
+        )
+
+    def _work(
+        self, dim: int, hidden: int, heads: tuple[int, int, int], capacity: int, experts: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block calls' (work, scratch) for these sizes, kept between calls."""
+        n_heads, n_kv_heads, head_dim = heads
+        key = (dim, hidden, *heads, capacity, experts)
         buffers = self._buffers.get(key)
         if buffers is None:
+            q_size, kv_size = n_heads * head_dim, n_kv_heads * head_dim
             # the dense block's rows, then (a mixture of experts) the gate's logits and the experts' sum
             rows = 2 * dim + q_size + 2 * kv_size + q_size + 3 * hidden + experts + dim
             work = torch.empty(rows, dtype=torch.bfloat16)
             scratch_size = max(dim, hidden, q_size, n_heads * (2 * head_dim + capacity) + capacity + 2)
             scratch = torch.empty(scratch_size, dtype=torch.float32)
             buffers = self._buffers[key] = (work, scratch)
-        return pairs, slot, capacity, verdict, buffers
+        return buffers
 
     def _checked_weights(
         self,
@@ -318,13 +472,10 @@ class BF16RowKernels:
         known = self._verdicts.get(key)
         if known is not None and known.pointers == pointers:
             return known
-        n_heads, n_kv_heads, head_dim = heads
         if len(attention) != 4 or not feed_forwards or any(len(f) != 3 for f in feed_forwards):
             return None
         hidden = feed_forwards[0][0].shape[0] if feed_forwards[0][0].dim() == 2 else 0
-        q_size, kv_size = n_heads * head_dim, n_kv_heads * head_dim
-        shapes = [(q_size, dim), (kv_size, dim), (kv_size, dim), (dim, q_size)]
-        shapes += [(hidden, dim), (hidden, dim), (dim, hidden)] * len(feed_forwards)
+        shapes = _block_shapes(dim, heads, hidden, len(feed_forwards))
         if not all(w.shape == shape and _is_matrix(w, shape[1]) for w, shape in zip(matrices, shapes, strict=True)):
             return None
         experts = ctypes.c_void_p * len(feed_forwards)
@@ -335,21 +486,18 @@ class BF16RowKernels:
         return verdict
 
 
-def _attention_inputs(position: DecodePosition) -> tuple[torch.Tensor, int, int] | None:
-    """(cos/sin pairs, slot, capacity) when the attention kernel takes these inputs, else None."""
-    n_heads, n_kv_heads, head_dim = position.heads
-    k_cache, v_cache, mask, slots = position.k_cache, position.v_cache, position.mask, position.slots
-    capacity = k_cache.shape[2] if k_cache.dim() == 4 else 0
-    cache_shape = (1, n_kv_heads, capacity, head_dim)
-    freqs = position.freqs
+def _heads_ok(n_heads: int, n_kv_heads: int, head_dim: int) -> bool:
+    """Head layouts the attention kernel walks: an even head_dim within its stack buffer, whole groups."""
+    return 0 < head_dim <= MAX_HEAD_DIM and head_dim % 2 == 0 and n_kv_heads > 0 and n_heads % n_kv_heads == 0
+
+
+def _position_inputs(
+    freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, head_dim: int, capacity: int
+) -> tuple[torch.Tensor, int] | None:
+    """(cos/sin pairs, slot) of one decode position when the kernels take it, else None."""
     pairs = torch.view_as_real(freqs) if freqs.is_complex() else freqs
     if not (
-        0 < head_dim <= MAX_HEAD_DIM
-        and head_dim % 2 == 0
-        and n_kv_heads > 0
-        and n_heads % n_kv_heads == 0
-        and all(c.shape == cache_shape and _is_plain(c) for c in (k_cache, v_cache))
-        and mask.numel() == capacity
+        mask.numel() == capacity
         and _is_plain(mask, torch.bool)
         and pairs.numel() == head_dim
         and _is_plain(pairs, torch.float32)
@@ -358,7 +506,33 @@ def _attention_inputs(position: DecodePosition) -> tuple[torch.Tensor, int, int]
     ):
         return None
     slot = int(slots.reshape(()).item())
-    return (pairs, slot, capacity) if 0 <= slot < capacity else None
+    return (pairs, slot) if 0 <= slot < capacity else None
+
+
+def _attention_inputs(position: DecodePosition) -> tuple[torch.Tensor, int, int] | None:
+    """(cos/sin pairs, slot, capacity) when the attention kernel takes these inputs, else None."""
+    n_heads, n_kv_heads, head_dim = position.heads
+    k_cache, v_cache = position.k_cache, position.v_cache
+    capacity = k_cache.shape[2] if k_cache.dim() == 4 else 0
+    cache_shape = (1, n_kv_heads, capacity, head_dim)
+    if not (
+        _heads_ok(n_heads, n_kv_heads, head_dim)
+        and all(c.shape == cache_shape and _is_plain(c) for c in (k_cache, v_cache))
+    ):
+        return None
+    checked = _position_inputs(position.freqs, position.mask, position.slots, head_dim, capacity)
+    return None if checked is None else (*checked, capacity)
+
+
+def _block_shapes(dim: int, heads: tuple[int, int, int], hidden: int, feed_forwards: int) -> list[tuple[int, int]]:
+    """The shapes of a block's wq, wk, wv, wo, then each feed-forward's (w1, w3, w2), as the C code walks them."""
+    n_heads, n_kv_heads, head_dim = heads
+    q_size, kv_size = n_heads * head_dim, n_kv_heads * head_dim
+    return [(q_size, dim), (kv_size, dim), (kv_size, dim), (dim, q_size)] + [
+        (hidden, dim),
+        (hidden, dim),
+        (dim, hidden),
+    ] * feed_forwards
 
 
 def position_args(position: DecodePosition, pairs: torch.Tensor, slot: int, capacity: int) -> tuple[int, ...]:

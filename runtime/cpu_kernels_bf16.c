@@ -417,3 +417,33 @@ void m7b_moe_block_step_bf16(uint16_t *x, const uint16_t *attention_norm, const 
     }
     for (long d = 0; d < dim; d++) x[d] = float_to_bf16(bf16_to_float(x[d]) + bf16_to_float(out[d]));
 }
+
+/* A whole decode step for one position, in place on the embedding row `x` (dim), then the logits: each of n_layers
+   blocks in turn (m7b_block_step_bf16's when `gates` is NULL, the layer's experts then being one feed-forward;
+   m7b_moe_block_step_bf16's otherwise), then logits (vocab) = output . rms_norm(x, final_norm, final_eps): the bits
+   of one block call per layer followed by the norm and product calls. Per layer l: norms[2l], norms[2l + 1] (its
+   attention_norm and ffn_norm); attention[4l .. 4l + 3] (wq, wk, wv, wo); gates[l]; w1s, w3s, w2s[l * n_experts ..]
+   (n_experts 1 for a dense layer); k_caches[l], v_caches[l]; chosen[l * k ..] the experts it took. `work` and
+   `scratch` as m7b_moe_block_step_bf16's (scratch at least dim floats for the output product). */
+void m7b_decode_step_bf16(uint16_t *x, long n_layers, const uint16_t *const *norms, float eps,
+                          const uint16_t *const *attention, const uint16_t *const *gates, const uint16_t *const *w1s,
+                          const uint16_t *const *w3s, const uint16_t *const *w2s, long n_experts, long k, long dim,
+                          long hidden, long n_heads, long n_kv, long head_dim, const float *freqs,
+                          uint16_t *const *k_caches, uint16_t *const *v_caches, long slot, const uint8_t *mask,
+                          long capacity, const uint16_t *final_norm, float final_eps, const uint16_t *output,
+                          long vocab, uint16_t *logits, uint16_t *work, float *scratch, long *chosen, int threads) {
+    for (long l = 0; l < n_layers; l++) {
+        const uint16_t *const *a = attention + 4 * l;
+        const long e = l * n_experts;
+        if (gates == NULL)
+            m7b_block_step_bf16(x, norms[2 * l], norms[2 * l + 1], eps, a[0], a[1], a[2], a[3], w1s[e], w3s[e],
+                                w2s[e], dim, hidden, n_heads, n_kv, head_dim, freqs, k_caches[l], v_caches[l], slot,
+                                mask, capacity, work, scratch, threads);
+        else
+            m7b_moe_block_step_bf16(x, norms[2 * l], norms[2 * l + 1], eps, a, gates[l], w1s + e, w3s + e, w2s + e,
+                                    n_experts, k, dim, hidden, n_heads, n_kv, head_dim, freqs, k_caches[l],
+                                    v_caches[l], slot, mask, capacity, work, scratch, chosen + l * k, threads);
+    }
+    m7b_rms_norm_bf16(x, final_norm, dim, final_eps, work);
+    m7b_matvec_bf16(output, work, vocab, dim, logits, scratch, threads);
+}

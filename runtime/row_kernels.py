@@ -16,6 +16,7 @@ import torch
 from .generate import DecodeFn, decode_one_token
 from .model import Attention, FeedForward, RMSNorm, Transformer, TransformerBlock
 from .moe import Expert, MoeFeedForward
+from .step_weights import StepWeights, gather_step
 
 # The order of a block's weights in `RowKernels.block_step` (the C ABI of m7b_block_step_bf16), as state-dict
 # names inside a TransformerBlock.
@@ -70,6 +71,9 @@ class RowKernels(Protocol):
         per_token: int,
         position: DecodePosition,
     ) -> list[int] | None: ...
+    def decode_step(
+        self, x: torch.Tensor, step: StepWeights, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor
+    ) -> torch.Tensor | None: ...
 
 
 def block_weights(block: TransformerBlock) -> tuple[torch.Tensor, ...]:
@@ -165,13 +169,23 @@ def block_on_rows(
 
 
 def decode_on_rows(
-    model: Transformer, kernels: RowKernels, token: torch.Tensor, input_pos: torch.Tensor
+    model: Transformer,
+    kernels: RowKernels,
+    token: torch.Tensor,
+    input_pos: torch.Tensor,
+    step: StepWeights | None = None,
 ) -> torch.Tensor:
-    """`decode_one_token(model, token, input_pos)` with the single-row work on `kernels`: logits (1, V)."""
+    """`decode_one_token(model, token, input_pos)` with the single-row work on `kernels`: logits (1, V). With the
+    model's `step` weights (`step_weights.gather_step`), the whole step is one kernel call when the kernels take it;
+    otherwise block by block, each in one call or operation by operation."""
     if token.numel() != 1:  # the kernels take one row: a batch decodes on torch's kernels
         return decode_one_token(model, token, input_pos)
     freqs, mask, slots = model.positions(input_pos)
     x = model.tok_embeddings(token)  # a new tensor: the block call updates it in place
+    if step is not None:
+        logits = kernels.decode_step(x, step, freqs, mask, slots)
+        if logits is not None:
+            return logits
     for block in model.blocks:
         if not block_in_one_call(kernels, block, x, freqs, mask, slots):
             x = block_on_rows(kernels, block, x, freqs, mask, slots)
@@ -179,9 +193,15 @@ def decode_on_rows(
 
 
 def row_kernel_step(kernels: RowKernels) -> DecodeFn:
-    """A decode step (`DecodeFn`) on `kernels`."""
+    """A decode step (`DecodeFn`) on `kernels`. It keeps the last model's `StepWeights` while their witness holds
+    (gathered again when a module, weight or cache on the way was replaced), so a token does not walk the model."""
+    kept: list[StepWeights] = []
 
     def run(model: Transformer, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        return decode_on_rows(model, kernels, token, input_pos)
+        step = kept[0] if kept and kept[0].holds(model) else None
+        if step is None and token.numel() == 1:
+            step = gather_step(model)
+            kept[:] = [step] if step is not None else []
+        return decode_on_rows(model, kernels, token, input_pos, step)
 
     return run

@@ -110,8 +110,8 @@ def _kernel_twin(args, state: dict[str, torch.Tensor]):
     return build_model(args, {k: v.to(BF16) for k, v in state.items()}, torch.device("cpu"), BF16)
 
 
-class PerOp:
-    """The kernels without the whole-block call: each layer through the module, the kernels per operation."""
+class PerBlock:
+    """The kernels without the whole-step call: one call per block."""
 
     def __init__(self, kernels: BF16RowKernels) -> None:
         self.kernels = kernels
@@ -122,18 +122,26 @@ class PerOp:
     def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return self.kernels(x, weight)
 
+    def decode_step(self, *args, **kwargs) -> None:
+        return None
+
+
+class PerOp(PerBlock):
+    """The kernels without the whole-step and whole-block calls: each layer through the module, the kernels per
+    operation."""
+
     def block_step(self, *args, **kwargs) -> bool:
         return False
 
 
 @needs_kernels
 @pytest.mark.slow
-@pytest.mark.parametrize("whole_block", [True, False])
+@pytest.mark.parametrize("path", ["step", "block", "operation"])
 # (4, 2, 16): the tiny release as it is; head_dim 24 has a tail past the 16-wide blocks; 10 query heads over 2
 # key/value heads make groups of 5, one full batch of 4 heads and a short one in the attention kernel
 @pytest.mark.parametrize("heads", [(4, 2, 16), (4, 2, 24), (10, 2, 16)])
 def test_decode_on_the_kernels_gives_the_eager_logits_past_the_window(
-    kernels, tiny_runtime, tiny_state, heads, whole_block
+    kernels, tiny_runtime, tiny_state, heads, path
 ):
     n_heads, n_kv_heads, head_dim = heads
     args = replace(tiny_runtime.args, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim)
@@ -147,7 +155,7 @@ def test_decode_on_the_kernels_gives_the_eager_logits_past_the_window(
             state[p + "wv.weight"] = torch.randn(args.n_kv_heads * head_dim, args.dim, generator=gen) * 0.1
             state[p + "wo.weight"] = torch.randn(args.dim, args.n_heads * head_dim, generator=gen) * 0.1
     model = _kernel_twin(args, state)
-    step = row_kernel_step(kernels if whole_block else PerOp(kernels))
+    step = row_kernel_step({"step": kernels, "block": PerBlock(kernels), "operation": PerOp(kernels)}[path])
     checks = check_decode_paths(model, {"kernels": step}, BF16, 0)
     by_name = {c.name: c for c in checks}
     assert by_name["kernels decode step equals eager"].passed, by_name["kernels decode step equals eager"].detail
@@ -262,6 +270,7 @@ void m7b_swiglu_bf16(void) {}
 void m7b_attention_step_bf16(void) {}
 void m7b_block_step_bf16(void) {}
 void m7b_moe_block_step_bf16(void) {}
+void m7b_decode_step_bf16(void) {}
 """
 
 

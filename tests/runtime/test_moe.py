@@ -173,38 +173,53 @@ def _decode_logits(model: Transformer, step, ids: torch.Tensor) -> torch.Tensor:
         return step(model, torch.tensor([[42]]), torch.tensor([n]))
 
 
-def test_the_moe_block_in_one_kernel_call_equals_the_per_operation_path(mixtral_tiny_src) -> None:
-    """The Mixtral block as one C call (attention, gate, top-k, softmax, the chosen experts) gives the bits the
-    per-operation row-kernel path gives (the routing in torch), and both agree with the eager model."""
+def test_the_moe_step_in_one_call_equals_one_call_per_block_and_the_per_operation_path(mixtral_tiny_src) -> None:
+    """The whole Mixtral decode step as one C call, one C call per block (attention, gate, top-k, softmax, the
+    chosen experts), and the per-operation row-kernel path (the routing in torch) give the same bits at every
+    position, and agree with the eager model."""
     from m7b.runtime.row_kernels import row_kernel_step
+    from m7b.runtime.smoke import teacher_forced_logits
 
     rt = load_runtime(mixtral_tiny_src, torch.device("cpu"), torch.bfloat16)
     kernels = _bf16_kernels(rt)
-    calls: list[list[int]] = []
+    calls: dict[str, int] = {"step": 0, "block": 0}
 
-    class OneCall:
+    class Counted:
         def __getattr__(self, name):
             return getattr(kernels, name)
 
         def __call__(self, x, weight):
             return kernels(x, weight)
 
+        def decode_step(self, *args):
+            logits = kernels.decode_step(*args)
+            calls["step"] += logits is not None
+            return logits
+
         def moe_block_step(self, *args):
             chosen = kernels.moe_block_step(*args)
-            calls.append(chosen)
+            calls["block"] += chosen is not None
             return chosen
 
-    class PerOperation(OneCall):
+    class PerBlock(Counted):
+        def decode_step(self, *args):
+            return None
+
+    class PerOperation(PerBlock):
         def moe_block_step(self, *args):
             return None
 
-    ids = _ids(10, seed=5)
-    one_call = _decode_logits(rt.model, row_kernel_step(OneCall()), ids)  # type: ignore[arg-type]
-    per_operation = _decode_logits(rt.model, row_kernel_step(PerOperation()), ids)  # type: ignore[arg-type]
-    eager = _decode_logits(rt.model, lambda m, t, p: m(t, p)[:, -1], ids)
-    assert len(calls) == len(rt.model.blocks) and all(c is not None and len(c) == 2 for c in calls)
-    assert torch.equal(one_call, per_operation)
-    assert (one_call.float() - eager.float()).abs().max().item() <= 0.02 * eager.float().abs().max().item()
+    ids = _ids(12, seed=5)
+    rt.model.setup_caches(1, 12)
+    paths = {}
+    for name, kind in (("step", Counted), ("block", PerBlock), ("operation", PerOperation)):
+        paths[name] = teacher_forced_logits(rt.model, ids, 4, row_kernel_step(kind()))  # type: ignore[arg-type]
+    eager = teacher_forced_logits(rt.model, ids, 4, lambda m, t, p: m(t, p)[:, -1])
+    decoded = ids.shape[1] - 4
+    assert calls == {"step": decoded, "block": decoded * len(rt.model.blocks)}
+    assert torch.equal(paths["step"], paths["block"]) and torch.equal(paths["block"], paths["operation"])
+    top = eager.float().abs().max().item()
+    assert (paths["step"].float() - eager.float()).abs().max().item() <= 0.02 * top
 
 
 def test_the_moe_block_call_reads_only_the_chosen_experts(mixtral_tiny_src) -> None:
