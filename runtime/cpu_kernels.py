@@ -51,27 +51,57 @@ class _Verdict:
     arrays: tuple[ctypes.Array[ctypes.c_void_p], ...]
 
 
+class _DecodePlan(ctypes.Structure):
+    """`m7b_decode_plan_t` (cpu_kernels_bf16.c), field for field."""
+
+    _fields_ = [
+        ("n_layers", ctypes.c_long),
+        ("norms", _P),
+        ("eps", ctypes.c_float),
+        ("attention", _P),
+        ("gates", _P),
+        ("w1s", _P),
+        ("w3s", _P),
+        ("w2s", _P),
+        *((name, ctypes.c_long) for name in ("n_experts", "k", "dim", "hidden", "n_heads", "n_kv", "head_dim")),
+        ("k_caches", _P),
+        ("v_caches", _P),
+        ("capacity", ctypes.c_long),
+        ("final_norm", _P),
+        ("final_eps", ctypes.c_float),
+        ("output", _P),
+        ("vocab", ctypes.c_long),
+        ("embedding", _P),
+        ("slot_pos", _P),
+        ("freqs", _P),
+        ("max_pos", ctypes.c_long),
+        ("window", ctypes.c_long),
+        *((name, _P) for name in ("x", "mask", "work", "scratch", "chosen")),
+    ]
+
+
 @dataclass(frozen=True)
 class _PreparedStep:
     """A `StepWeights` that passed `_prepare_step`: its tensors' data pointers and shapes as checked, aliases of
-    their memory as it was then (so no memory C is given is freed and reused while this is kept), and the whole-step
-    call's fixed arguments: `head` (layers to head_dim), `caches` (the k and v pointer arrays), `tail` (final norm
-    to vocab), with the buffers. `head` None: the kernel does not take these weights."""
+    their memory as it was then (so no memory C is given is freed and reused while this is kept), and the C plan
+    (`plan` None: the kernel does not take these weights) with what its pointers point to (arrays, buffers)."""
 
     step: StepWeights
     pointers: tuple[int, ...]
     shapes: tuple[torch.Size, ...]
     memory: tuple[torch.Tensor, ...] = ()
-    head: tuple[object, ...] | None = None
-    caches: tuple[object, ...] = ()
-    tail: tuple[object, ...] = ()
-    capacity: int = 0
-    buffers: tuple[torch.Tensor, torch.Tensor, ctypes.Array[ctypes.c_long]] | None = None
+    plan: _DecodePlan | None = None
+    held: tuple[object, ...] = ()
 
 
 def _is_plain(t: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> bool:
     """A contiguous CPU tensor of `dtype`: the only kind whose data pointer a kernel may be given."""
     return t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
+
+
+def _is_index(t: torch.Tensor) -> bool:
+    """One int64 on the CPU: a token id or position the whole step reads."""
+    return t.numel() == 1 and _is_plain(t, torch.long)
 
 
 def _is_row(x: torch.Tensor, width: int) -> bool:
@@ -111,10 +141,17 @@ class BF16RowKernels:
             library.m7b_moe_block_step_bf16,
             [_P, _P, _P, _F, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _L, _P, _L, _P, _P, _P, _I],
         )
-        self._decode = _bind(
-            library.m7b_decode_step_bf16,
-            [_P, _L, _P, _F, _P, _P, _P, _P, _P, *[_L] * 7, _P, _P, _P, _L, _P, _L, _P, _F, _P, _L, _P, _P, _P, _P, _I],
-        )
+        self._decode = library.m7b_decode_token_bf16
+        self._decode.restype = ctypes.c_int
+        self._decode.argtypes = [ctypes.POINTER(_DecodePlan), _P, _P, _P, _I]
+        self._position_mask = _bind(library.m7b_position_mask, [_P, _L, ctypes.c_int64, _L, _P])
+        self._greedy = library.m7b_decode_greedy_bf16
+        self._greedy.restype = ctypes.c_long
+        self._greedy.argtypes = [ctypes.POINTER(_DecodePlan), ctypes.c_int64, ctypes.c_int64, _L, ctypes.c_int64]
+        self._greedy.argtypes += [_P, _P, _I]
+        self._argmax = library.m7b_argmax_bf16
+        self._argmax.restype = ctypes.c_long
+        self._argmax.argtypes = [_P, _L]
         self._prepared: _PreparedStep | None = None  # `decode_step`'s last prepared weights
         self._buffers: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # block step work, scratch
         self._verdicts: dict[tuple[object, ...], _Verdict] = {}  # `_checked_weights`
@@ -290,56 +327,70 @@ class BF16RowKernels:
         )
         return list(chosen)
 
-    def decode_step(
-        self, x: torch.Tensor, step: StepWeights, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor
-    ) -> torch.Tensor | None:
-        """A whole decode step in one call: every block (dense, or Mixtral with its routing) on the embedding row `x`
-        (updated in place), the final norm and the output projection; returns the logits (1, vocab). None, with
-        nothing touched, when the kernel does not take these weights or this position (the caller then runs the
-        blocks one by one). The weights pass `_prepare_step` once; each call checks that every tensor still has the
-        data pointer and shape checked (a weight whose memory was replaced is checked again)."""
+    def decode_step(self, step: StepWeights, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor | None:
+        """A whole decode step in one call, from the token (1, 1) and its position (1,): the position's cache slot
+        and mask (as `Transformer.positions`, recording it in the model's `slot_pos`), the embedding, every block
+        (dense, or Mixtral with its routing), the final norm and the output projection; returns the logits
+        (1, vocab). None, with nothing touched, when the kernel does not take these weights, or a token or
+        position out of range (the caller then runs the model's own code, which says what is wrong). The weights
+        pass `_prepare_step` once (`_plan`)."""
+        plan = self._plan(step)
+        if plan is None or not (_is_index(token) and _is_index(input_pos)):
+            return None
+        logits = torch.empty((1, plan.vocab), dtype=torch.bfloat16)
+        if self._decode(plan, token.data_ptr(), input_pos.data_ptr(), logits.data_ptr(), _threads()):
+            return None
+        return logits
+
+    def decode_greedy(self, step: StepWeights, token: int, position: int, n: int, eos: int) -> list[int] | None:
+        """Up to `n` greedy tokens after `token` at `position`, each from a whole decode step (`decode_step`) and its
+        logits' argmax (as `sampling.greedy`), fed back in C: the tokens, the last one `eos` when it came (`eos` < 0:
+        none stops the run). None, with nothing touched, when the kernel does not take these weights or the first
+        position."""
+        plan = self._plan(step)
+        if plan is None or n < 1:
+            return None
+        tokens = (ctypes.c_int64 * n)()
+        logits = torch.empty(plan.vocab, dtype=torch.bfloat16)
+        count = self._greedy(plan, token, position, n, eos, tokens, logits.data_ptr(), _threads())
+        return list(tokens[:count]) if count else None
+
+    def argmax(self, values: torch.Tensor) -> int:
+        """The greedy pick of the whole step (`m7b_argmax_bf16`) over a 1-d bf16 tensor."""
+        if not (_is_plain(values) and values.dim() == 1 and values.numel()):
+            raise ValueError("argmax takes a non-empty contiguous 1-d bf16 CPU tensor")
+        return int(self._argmax(values.data_ptr(), values.numel()))
+
+    def _plan(self, step: StepWeights) -> _DecodePlan | None:
+        """The C plan of `step`'s weights, prepared once and checked per call: every tensor still has the data
+        pointer and shape checked (a tensor whose memory was replaced is checked again). None: the kernel does not
+        take these weights."""
         prepared = self._prepared
         if prepared is None or prepared.step is not step:
             prepared = self._prepared = self._prepare_step(step)
         tensors = step.tensors
         if tuple(map(_data_ptr, tensors)) != prepared.pointers or tuple(map(_shape, tensors)) != prepared.shapes:
             prepared = self._prepared = self._prepare_step(step)
-        head, buffers = prepared.head, prepared.buffers
-        if head is None or buffers is None or not _is_row(x, step.norm.shape[0]):
-            return None
-        checked = _position_inputs(freqs, mask, slots, step.heads[2], prepared.capacity)
-        if checked is None:
-            return None
-        pairs, slot = checked
-        work, scratch, chosen = buffers
-        logits = torch.empty((1, step.output.shape[0]), dtype=torch.bfloat16)
-        self._decode(
-            x.data_ptr(),
-            *head,
-            pairs.data_ptr(),
-            *prepared.caches,
-            slot,
-            mask.data_ptr(),
-            prepared.capacity,
-            *prepared.tail,
-            logits.data_ptr(),
-            work.data_ptr(),
-            scratch.data_ptr(),
-            chosen,
-            _threads(),
-        )
-        return logits
+        return prepared.plan
+
+    def position_mask(self, slot_pos: torch.Tensor, pos: int, window: int) -> torch.Tensor:
+        """The whole step's mask of the slots position `pos` sees (as `attention.band_mask` of one query)."""
+        if not _is_plain(slot_pos, torch.long) or slot_pos.dim() != 1:
+            raise ValueError("slot_pos must be a contiguous 1-d int64 CPU tensor")
+        mask = torch.empty(slot_pos.shape[0], dtype=torch.bool)
+        self._position_mask(slot_pos.data_ptr(), slot_pos.shape[0], pos, window, mask.data_ptr())
+        return mask
 
     def _prepare_step(self, step: StepWeights) -> _PreparedStep:
-        """The step's checked record: every tensor of the shape, dtype (bf16) and layout (contiguous, CPU) the C
-        code walks, the heads as the attention kernel takes them; else a record that declines (`head` None)."""
+        """The step's checked record: every tensor of the shape, dtype and layout (contiguous, CPU) the C code walks,
+        the heads as the attention kernel takes them; else a record that declines (`plan` None)."""
         tensors = step.tensors
         declined = _PreparedStep(step, tuple(map(_data_ptr, tensors)), tuple(map(_shape, tensors)))
         n_heads, n_kv_heads, head_dim = heads = step.heads
         first = step.layers[0]
-        if not (first.experts and step.norm.dim() == 1 and step.output.dim() == 2):
+        if not (first.experts and step.norm.dim() == 1 and step.output.dim() == 2 and step.freqs.dim() == 3):
             return declined
-        dim, experts, vocab = step.norm.shape[0], len(first.experts), step.output.shape[0]
+        dim, experts, vocab, max_pos = step.norm.shape[0], len(first.experts), step.output.shape[0], step.freqs.shape[0]
         hidden = first.experts[0][0].shape[0] if first.experts[0][0].dim() == 2 else 0
         capacity = first.caches[0].shape[2] if first.caches[0].dim() == 4 else 0
         dense = first.gate is None
@@ -350,38 +401,53 @@ class BF16RowKernels:
             and step.norm.shape == (dim,)
             and _is_plain(step.norm)
             and _is_matrix(step.output, dim)
+            and step.embedding.shape == (vocab, dim)
+            and _is_plain(step.embedding)
+            and step.slot_pos.shape == (capacity,)
+            and _is_plain(step.slot_pos, torch.long)
+            and step.freqs.shape == (max_pos, head_dim // 2, 2)
+            and _is_plain(step.freqs, torch.float32)
+            and 0 < step.window < 1 << 62
         ):
             return declined
         shapes = _block_shapes(dim, heads, hidden, experts)
         cache_shape = (1, n_kv_heads, capacity, head_dim)
         for layer in step.layers:
             matrices = (*layer.attention, *chain.from_iterable(layer.experts))
+            gate = layer.gate
             if not (
                 len(layer.experts) == experts
                 and all(n.shape == (dim,) and _is_plain(n) for n in layer.norms)
                 and len(matrices) == len(shapes)
                 and all(w.shape == shape and _is_matrix(w, shape[1]) for w, shape in zip(matrices, shapes, strict=True))
-                and (layer.gate is None) == dense
                 and (
-                    dense
-                    or (layer.gate is not None and layer.gate.shape == (experts, dim) and _is_matrix(layer.gate, dim))
+                    gate is None
+                    if dense
+                    else gate is not None and gate.shape == (experts, dim) and _is_matrix(gate, dim)
                 )
                 and all(c.shape == cache_shape and _is_plain(c) for c in layer.caches)
             ):
                 return declined
-
-        def array(items: list[torch.Tensor]) -> ctypes.Array[ctypes.c_void_p]:
-            return (ctypes.c_void_p * len(items))(*map(_data_ptr, items))
-
         layers = step.layers
+        held: list[object] = []
+
+        def array(items: list[torch.Tensor]) -> int:
+            pointers = (ctypes.c_void_p * len(items))(*map(_data_ptr, items))
+            held.append(pointers)
+            return ctypes.addressof(pointers)
+
+        def buffer(t: torch.Tensor | ctypes.Array[ctypes.c_long]) -> int:
+            held.append(t)
+            return t.data_ptr() if isinstance(t, torch.Tensor) else ctypes.addressof(t)
+
         w1s, w3s, w2s = ([expert[i] for layer in layers for expert in layer.experts] for i in range(3))
-        gates = None if dense else array([layer.gate for layer in layers if layer.gate is not None])
-        head = (
+        work, scratch = self._work(dim, hidden, heads, capacity, experts)
+        plan = _DecodePlan(
             len(layers),
             array([n for layer in layers for n in layer.norms]),
             step.eps,
             array([w for layer in layers for w in layer.attention]),
-            gates,
+            None if dense else array([layer.gate for layer in layers if layer.gate is not None]),
             array(w1s),
             array(w3s),
             array(w2s),
@@ -392,21 +458,26 @@ class BF16RowKernels:
             n_heads,
             n_kv_heads,
             head_dim,
+            array([layer.caches[0] for layer in layers]),
+            array([layer.caches[1] for layer in layers]),
+            capacity,
+            step.norm.data_ptr(),
+            step.norm_eps,
+            step.output.data_ptr(),
+            vocab,
+            step.embedding.data_ptr(),
+            step.slot_pos.data_ptr(),
+            step.freqs.data_ptr(),
+            max_pos,
+            step.window,
+            buffer(torch.empty(dim, dtype=torch.bfloat16)),
+            buffer(torch.empty(capacity, dtype=torch.uint8)),
+            buffer(work),
+            buffer(scratch),
+            buffer((ctypes.c_long * (len(layers) * step.per_token))()),
         )
-        caches = (array([layer.caches[0] for layer in layers]), array([layer.caches[1] for layer in layers]))
-        tail = (step.norm.data_ptr(), step.norm_eps, step.output.data_ptr(), vocab)
-        work, scratch = self._work(dim, hidden, heads, capacity, experts)
-        chosen = (ctypes.c_long * (len(layers) * step.per_token))()
         memory = tuple(t.detach() for t in tensors)
-        return replace(
-            declined,
-            memory=memory,
-            head=head,
-            caches=caches,
-            tail=tail,
-            capacity=capacity,
-            buffers=(work, scratch, chosen),
-        )
+        return replace(declined, memory=memory, plan=plan, held=tuple(held))
 
     def _block_inputs(
         self,

@@ -418,32 +418,113 @@ void m7b_moe_block_step_bf16(uint16_t *x, const uint16_t *attention_norm, const 
     for (long d = 0; d < dim; d++) x[d] = float_to_bf16(bf16_to_float(x[d]) + bf16_to_float(out[d]));
 }
 
-/* A whole decode step for one position, in place on the embedding row `x` (dim), then the logits: each of n_layers
-   blocks in turn (m7b_block_step_bf16's when `gates` is NULL, the layer's experts then being one feed-forward;
-   m7b_moe_block_step_bf16's otherwise), then logits (vocab) = output . rms_norm(x, final_norm, final_eps): the bits
-   of one block call per layer followed by the norm and product calls. Per layer l: norms[2l], norms[2l + 1] (its
-   attention_norm and ffn_norm); attention[4l .. 4l + 3] (wq, wk, wv, wo); gates[l]; w1s, w3s, w2s[l * n_experts ..]
-   (n_experts 1 for a dense layer); k_caches[l], v_caches[l]; chosen[l * k ..] the experts it took. `work` and
-   `scratch` as m7b_moe_block_step_bf16's (scratch at least dim floats for the output product). */
-void m7b_decode_step_bf16(uint16_t *x, long n_layers, const uint16_t *const *norms, float eps,
-                          const uint16_t *const *attention, const uint16_t *const *gates, const uint16_t *const *w1s,
-                          const uint16_t *const *w3s, const uint16_t *const *w2s, long n_experts, long k, long dim,
-                          long hidden, long n_heads, long n_kv, long head_dim, const float *freqs,
-                          uint16_t *const *k_caches, uint16_t *const *v_caches, long slot, const uint8_t *mask,
-                          long capacity, const uint16_t *final_norm, float final_eps, const uint16_t *output,
-                          long vocab, uint16_t *logits, uint16_t *work, float *scratch, long *chosen, int threads) {
-    for (long l = 0; l < n_layers; l++) {
-        const uint16_t *const *a = attention + 4 * l;
-        const long e = l * n_experts;
-        if (gates == NULL)
-            m7b_block_step_bf16(x, norms[2 * l], norms[2 * l + 1], eps, a[0], a[1], a[2], a[3], w1s[e], w3s[e],
-                                w2s[e], dim, hidden, n_heads, n_kv, head_dim, freqs, k_caches[l], v_caches[l], slot,
-                                mask, capacity, work, scratch, threads);
-        else
-            m7b_moe_block_step_bf16(x, norms[2 * l], norms[2 * l + 1], eps, a, gates[l], w1s + e, w3s + e, w2s + e,
-                                    n_experts, k, dim, hidden, n_heads, n_kv, head_dim, freqs, k_caches[l],
-                                    v_caches[l], slot, mask, capacity, work, scratch, chosen + l * k, threads);
+/* Everything a whole decode step reads but the token and its position, laid out once per set of weights
+   (runtime/cpu_kernels.py builds it; its ctypes Structure mirrors this field for field). Per layer l: norms[2l],
+   norms[2l + 1] (attention_norm, ffn_norm); attention[4l .. 4l + 3] (wq, wk, wv, wo); gates[l] (gates NULL: dense
+   layers, each with one feed-forward as its "expert"); w1s, w3s, w2s[l * n_experts ..]; k_caches[l], v_caches[l];
+   chosen[l * k ..] receives the experts each layer took. embedding: (vocab, dim); slot_pos: each cache slot's position
+   (-1: empty), the model's own buffer; freqs: its rotary table, (max_pos, head_dim / 2, 2) floats; x: dim bf16, mask:
+   capacity bytes; work and scratch as m7b_moe_block_step_bf16's (scratch at least dim floats). */
+typedef struct {
+    long n_layers;
+    const uint16_t *const *norms;
+    float eps;
+    const uint16_t *const *attention;
+    const uint16_t *const *gates;
+    const uint16_t *const *w1s;
+    const uint16_t *const *w3s;
+    const uint16_t *const *w2s;
+    long n_experts, k, dim, hidden, n_heads, n_kv, head_dim;
+    uint16_t *const *k_caches;
+    uint16_t *const *v_caches;
+    long capacity;
+    const uint16_t *final_norm;
+    float final_eps;
+    const uint16_t *output;
+    long vocab;
+    const uint16_t *embedding;
+    int64_t *slot_pos;
+    const float *freqs;
+    long max_pos, window;
+    uint16_t *x;
+    uint8_t *mask;
+    uint16_t *work;
+    float *scratch;
+    long *chosen;
+} m7b_decode_plan_t;
+
+/* The slots position `pos` sees: mask[s] = 1 where pos - window < slot_pos[s] <= pos and slot_pos[s] >= 0, else 0
+   (runtime/attention.band_mask for one query). */
+void m7b_position_mask(const int64_t *slot_pos, long capacity, int64_t pos, long window, uint8_t *mask) {
+    for (long s = 0; s < capacity; s++) {
+        const int64_t k = slot_pos[s];
+        mask[s] = k >= 0 && k <= pos && k > pos - window;
     }
-    m7b_rms_norm_bf16(x, final_norm, dim, final_eps, work);
-    m7b_matvec_bf16(output, work, vocab, dim, logits, scratch, threads);
+}
+
+/* One decode token, in the model's own order: the position's slot (pos % capacity) records pos in slot_pos (as
+   Transformer.positions does), the mask of the slots it sees, x = the token's embedding row; then every block in
+   turn (m7b_block_step_bf16's, or m7b_moe_block_step_bf16's), and logits (vocab) = output . rms_norm(x, final_norm,
+   final_eps): the bits of one block call per layer followed by the norm and product calls. Returns 0; or 1, with
+   nothing written, when the token is not in 0 .. vocab - 1 or the position not in 0 .. max_pos - 1. */
+int m7b_decode_token_bf16(const m7b_decode_plan_t *p, const int64_t *token, const int64_t *position, uint16_t *logits,
+                          int threads) {
+    const int64_t id = *token, pos = *position;
+    if (id < 0 || id >= p->vocab || pos < 0 || pos >= p->max_pos) return 1;
+    const long slot = (long)(pos % p->capacity), half = p->head_dim / 2;
+    p->slot_pos[slot] = pos;
+    m7b_position_mask(p->slot_pos, p->capacity, pos, p->window, p->mask);
+    memcpy(p->x, p->embedding + id * p->dim, (size_t)p->dim * sizeof(uint16_t));
+    const float *freqs = p->freqs + pos * half * 2;
+    for (long l = 0; l < p->n_layers; l++) {
+        const uint16_t *const *a = p->attention + 4 * l;
+        const long e = l * p->n_experts;
+        if (p->gates == NULL)
+            m7b_block_step_bf16(p->x, p->norms[2 * l], p->norms[2 * l + 1], p->eps, a[0], a[1], a[2], a[3], p->w1s[e],
+                                p->w3s[e], p->w2s[e], p->dim, p->hidden, p->n_heads, p->n_kv, p->head_dim, freqs,
+                                p->k_caches[l], p->v_caches[l], slot, p->mask, p->capacity, p->work, p->scratch,
+                                threads);
+        else
+            m7b_moe_block_step_bf16(p->x, p->norms[2 * l], p->norms[2 * l + 1], p->eps, a, p->gates[l], p->w1s + e,
+                                    p->w3s + e, p->w2s + e, p->n_experts, p->k, p->dim, p->hidden, p->n_heads,
+                                    p->n_kv, p->head_dim, freqs, p->k_caches[l], p->v_caches[l], slot, p->mask,
+                                    p->capacity, p->work, p->scratch, p->chosen + l * p->k, threads);
+    }
+    m7b_rms_norm_bf16(p->x, p->final_norm, p->dim, p->final_eps, p->work);
+    m7b_matvec_bf16(p->output, p->work, p->vocab, p->dim, logits, p->scratch, threads);
+    return 0;
+}
+
+/* The index of the largest of n bf16 values, the first one on a tie; a NaN counts as the largest (the first NaN),
+   as torch.argmax and runtime/sampling.greedy pick. */
+long m7b_argmax_bf16(const uint16_t *values, long n) {
+    long best = 0;
+    float top = bf16_to_float(values[0]);
+    if (top != top) return 0;
+    for (long i = 1; i < n; i++) {
+        const float v = bf16_to_float(values[i]);
+        if (v != v) return i;
+        if (v > top) {
+            top = v;
+            best = i;
+        }
+    }
+    return best;
+}
+
+/* Up to n greedy tokens after `token` at `position`: each step m7b_decode_token_bf16 into logits (vocab), its
+   argmax (m7b_argmax_bf16) the next token, at the next position. Stops after writing `eos` (when eos >= 0) or a
+   step that declines (a position past max_pos). Writes tokens[0 .. count - 1] and returns count: 0, with nothing
+   written, when the first step declines. */
+long m7b_decode_greedy_bf16(const m7b_decode_plan_t *p, int64_t token, int64_t position, long n, int64_t eos,
+                            int64_t *tokens, uint16_t *logits, int threads) {
+    long count = 0;
+    while (count < n) {
+        if (m7b_decode_token_bf16(p, &token, &position, logits, threads)) break;
+        token = m7b_argmax_bf16(logits, p->vocab);
+        tokens[count++] = token;
+        position++;
+        if (eos >= 0 && token == eos) break;
+    }
+    return count;
 }

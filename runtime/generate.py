@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -15,6 +16,20 @@ from .model import Transformer
 from .sampling import SamplingConfig, sample
 
 DecodeFn = Callable[[Transformer, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class GreedyRun(Protocol):
+    """A decode step's optional `greedy` method: up to `n` greedy tokens after `token` at `position` in one call
+    (each the argmax of its logits, as `sampling.greedy`), stopping after `eos` (< 0: never); None or [] when it
+    does not take this model or position (then `generate` decodes token by token)."""
+
+    def __call__(self, model: Transformer, token: int, position: int, n: int, eos: int) -> list[int] | None: ...
+
+
+# A greedy run of several tokens lasts about this long, so tokens still reach `on_token` as they come (the run
+# doubles while shorter, halves while longer, up to MAX_RUN tokens)
+STREAM_INTERVAL_S = 0.02
+MAX_RUN = 64
 
 # The most positions (prompt plus generated tokens) one generation may address, unless params.json declares its
 # max_seq_len (Mixtral 8x22B: 65,536): Mistral 7B's context as its Hugging Face config declares it
@@ -149,7 +164,25 @@ def generate(
     stop = "eos" if config.stop_at_eos and first == eos_id else "length"
     decode_start = time.perf_counter()
     pos = torch.tensor([len(prompt)], dtype=torch.long, device=device)
+    greedy_run: GreedyRun | None = getattr(decode_fn, "greedy", None) if config.sampling.temperature == 0 else None
+    run = 1
     while stop == "length" and len(out) < config.max_tokens:
+        if greedy_run is not None:  # several tokens a call, each fed back inside the step
+            began = time.perf_counter()
+            eos = eos_id if config.stop_at_eos and eos_id is not None else -1
+            ids = greedy_run(model, out[-1], int(pos.item()), min(run, config.max_tokens - len(out)), eos)
+            if not ids:  # declined: token by token from here
+                greedy_run = None
+                continue
+            for token in ids:
+                out.append(token)
+                if on_token:
+                    on_token(token)
+            pos += len(ids)
+            next_token = torch.tensor([ids[-1]], dtype=torch.long, device=device)
+            stop = "eos" if config.stop_at_eos and ids[-1] == eos_id else stop
+            run = min(2 * run, MAX_RUN) if time.perf_counter() - began < STREAM_INTERVAL_S else max(1, run // 2)
+            continue
         logits = decode_fn(model, next_token.view(1, 1), pos)
         next_token = sample(logits[0], config.sampling, generator)
         token = int(next_token.item())

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from .generate import DecodeFn, decode_one_token
+from .generate import decode_one_token
 from .model import Attention, FeedForward, RMSNorm, Transformer, TransformerBlock
 from .moe import Expert, MoeFeedForward
 from .step_weights import StepWeights, gather_step
@@ -71,9 +71,8 @@ class RowKernels(Protocol):
         per_token: int,
         position: DecodePosition,
     ) -> list[int] | None: ...
-    def decode_step(
-        self, x: torch.Tensor, step: StepWeights, freqs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor
-    ) -> torch.Tensor | None: ...
+    def decode_step(self, step: StepWeights, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor | None: ...
+    def decode_greedy(self, step: StepWeights, token: int, position: int, n: int, eos: int) -> list[int] | None: ...
 
 
 def block_weights(block: TransformerBlock) -> tuple[torch.Tensor, ...]:
@@ -180,28 +179,43 @@ def decode_on_rows(
     otherwise block by block, each in one call or operation by operation."""
     if token.numel() != 1:  # the kernels take one row: a batch decodes on torch's kernels
         return decode_one_token(model, token, input_pos)
-    freqs, mask, slots = model.positions(input_pos)
-    x = model.tok_embeddings(token)  # a new tensor: the block call updates it in place
     if step is not None:
-        logits = kernels.decode_step(x, step, freqs, mask, slots)
+        logits = kernels.decode_step(step, token, input_pos)
         if logits is not None:
             return logits
+    freqs, mask, slots = model.positions(input_pos)
+    x = model.tok_embeddings(token)  # a new tensor: the block call updates it in place
     for block in model.blocks:
         if not block_in_one_call(kernels, block, x, freqs, mask, slots):
             x = block_on_rows(kernels, block, x, freqs, mask, slots)
     return kernels(rms_norm_on_rows(kernels, model.norm, x), model.output.weight)[:, -1]
 
 
-def row_kernel_step(kernels: RowKernels) -> DecodeFn:
+class RowKernelStep:
     """A decode step (`DecodeFn`) on `kernels`. It keeps the last model's `StepWeights` while their witness holds
-    (gathered again when a module, weight or cache on the way was replaced), so a token does not walk the model."""
-    kept: list[StepWeights] = []
+    (gathered again when a module, weight or cache on the way was replaced), so a token does not walk the model.
+    `greedy` (`generate.GreedyRun`) runs several greedy tokens in one kernel call."""
 
-    def run(model: Transformer, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        step = kept[0] if kept and kept[0].holds(model) else None
-        if step is None and token.numel() == 1:
-            step = gather_step(model)
-            kept[:] = [step] if step is not None else []
-        return decode_on_rows(model, kernels, token, input_pos, step)
+    def __init__(self, kernels: RowKernels) -> None:
+        self.kernels = kernels
+        self._kept: StepWeights | None = None
 
-    return run
+    def weights(self, model: Transformer) -> StepWeights | None:
+        """The model's `StepWeights` as it is now (None: no whole step takes it)."""
+        kept = self._kept
+        if kept is None or not kept.holds(model):
+            kept = self._kept = gather_step(model)
+        return kept
+
+    def __call__(self, model: Transformer, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        step = self.weights(model) if token.numel() == 1 else None
+        return decode_on_rows(model, self.kernels, token, input_pos, step)
+
+    def greedy(self, model: Transformer, token: int, position: int, n: int, eos: int) -> list[int] | None:
+        step = self.weights(model)
+        return None if step is None else self.kernels.decode_greedy(step, token, position, n, eos)
+
+
+def row_kernel_step(kernels: RowKernels) -> RowKernelStep:
+    """A decode step (`DecodeFn`) on `kernels`."""
+    return RowKernelStep(kernels)

@@ -83,8 +83,9 @@ class LayerWeights:
 
 @dataclass(frozen=True)
 class StepWeights:
-    """Everything a whole decode step reads beside the position: the layers (one eps, one per-token expert count,
-    one head layout for all), the final norm and the output projection, and the witness that they still hold."""
+    """Everything a whole decode step reads beside the token and its position: the layers (one eps, one per-token
+    expert count, one head layout for all), the final norm, the output projection, the embedding table, the model's
+    position buffers, and the witness that they still hold."""
 
     model: Transformer
     layers: tuple[LayerWeights, ...]
@@ -94,6 +95,10 @@ class StepWeights:
     norm: torch.Tensor
     norm_eps: float
     output: torch.Tensor
+    embedding: torch.Tensor  # tok_embeddings' table
+    slot_pos: torch.Tensor  # the model's buffers: each cache slot's position, and the rotary table
+    freqs: torch.Tensor
+    window: int  # the keys a query sees (`Transformer.window`)
     witness: Witness
     tensors: tuple[torch.Tensor, ...] = ()  # every tensor above, in a fixed order: what the kernels check per call
 
@@ -103,7 +108,8 @@ class StepWeights:
             + tuple(chain.from_iterable(layer.experts))
             for layer in self.layers
         )
-        object.__setattr__(self, "tensors", (*layers, self.norm, self.output))
+        own = (self.norm, self.output, self.embedding, self.slot_pos, self.freqs)
+        object.__setattr__(self, "tensors", (*layers, *own))
 
     def holds(self, model: Transformer) -> bool:
         return model is self.model and self.witness.holds()
@@ -155,9 +161,12 @@ def gather_step(model: Transformer) -> StepWeights | None:
         gathered = [_layer(witness, block) for block in blocks]
         norm, norm_eps = _norm(witness, model, "norm")
         output = witness.weight(model, "output")
+        embedding = witness.weight(model, "tok_embeddings")
+        slot_pos, freqs = witness.take(model._buffers, "slot_pos"), witness.take(model._buffers, "freqs")
+        window = witness.attribute(model, "args").attention_window  # args: frozen, so the same object, the same window
     except LookupError:  # KeyError included: a module, weight or cache not where the plain model has it
         return None
-    if not gathered or not isinstance(output, torch.Tensor):
+    if not gathered or not all(isinstance(t, torch.Tensor) for t in (output, embedding, slot_pos, freqs)):
         return None
     eps = set().union(*(g[1] for g in gathered))
     kinds = {(g[0].gate is None, len(g[0].experts), g[2], g[3]) for g in gathered}  # dense or not, experts, k, heads
@@ -165,4 +174,5 @@ def gather_step(model: Transformer) -> StepWeights | None:
         return None
     _, _, per_token, heads = gathered[0]
     layers = tuple(g[0] for g in gathered)
-    return StepWeights(model, layers, eps.pop(), per_token, heads, norm, norm_eps, output, witness)
+    own = (norm, norm_eps, output, embedding, slot_pos, freqs, window)
+    return StepWeights(model, layers, eps.pop(), per_token, heads, *own, witness)

@@ -140,9 +140,7 @@ class PerOp(PerBlock):
 # (4, 2, 16): the tiny release as it is; head_dim 24 has a tail past the 16-wide blocks; 10 query heads over 2
 # key/value heads make groups of 5, one full batch of 4 heads and a short one in the attention kernel
 @pytest.mark.parametrize("heads", [(4, 2, 16), (4, 2, 24), (10, 2, 16)])
-def test_decode_on_the_kernels_gives_the_eager_logits_past_the_window(
-    kernels, tiny_runtime, tiny_state, heads, path
-):
+def test_decode_on_the_kernels_gives_the_eager_logits_past_the_window(kernels, tiny_runtime, tiny_state, heads, path):
     n_heads, n_kv_heads, head_dim = heads
     args = replace(tiny_runtime.args, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim)
     state = dict(tiny_state)
@@ -270,7 +268,8 @@ void m7b_swiglu_bf16(void) {}
 void m7b_attention_step_bf16(void) {}
 void m7b_block_step_bf16(void) {}
 void m7b_moe_block_step_bf16(void) {}
-void m7b_decode_step_bf16(void) {}
+void m7b_decode_token_bf16(void) {}
+void m7b_position_mask(void) {}
 """
 
 
