@@ -6,7 +6,8 @@ its speed is the speed at which those products read bf16 weights. torch's bf16 G
 instructions (AVX2-only x86) reads 7-18 GB/s where the memory gives ~30 (bench/README.md); m7b's kernel streams at
 the memory's bandwidth. Beside it, the single-row work a step repeats per layer (RMSNorm, SwiGLU, wq/wk/wv and
 w1/w3 as one call over the unmoved weights, rotary + cache write + attention, and a whole block in one call, a
-Mixtral block with its routing and chosen experts too).
+Mixtral block with its routing and chosen experts too), and the whole token in one call (`decode_step`), several
+greedy tokens too (`decode_greedy`).
 Every tensor whose data pointer reaches C is checked here first; anything the kernels do not take goes to torch.
 """
 

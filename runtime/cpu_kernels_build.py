@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from m7b.errors import InvalidInputError
 from m7b.owned import own_dir, remove_own
 
-from .attention import grouped_attention, grouped_mask
+from .attention import band_mask, grouped_attention, grouped_mask
 from .cpu_kernels import KERNEL_NAME, BF16RowKernels
 from .model import apply_rotary_emb
 from .row_kernels import DecodePosition
@@ -175,6 +175,17 @@ def self_test(kernels: BF16RowKernels) -> None:
         _compare(f"RMSNorm {width}", norm, xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5) * weight[0])
         gate, up = x * 4, torch.flip(x, (-1,))
         _compare(f"SwiGLU {width}", kernels.swiglu(gate, up), F.silu(gate.float()) * up.float())
+    logits = torch.randn(1000, generator=generator).to(torch.bfloat16)
+    logits[[17, 400]] = 9.0  # a tie: the first
+    if kernels.argmax(logits) != 17:
+        raise KernelBuildError(
+            "self-test greedy pick: not torch's argmax (a miscompiled library): torch's kernels are used"
+        )
+    slot_pos = torch.randint(-1, 60, (48,), generator=generator)
+    if not torch.equal(kernels.position_mask(slot_pos, 40, 16), band_mask(torch.tensor([40]), slot_pos, 16)[0]):
+        raise KernelBuildError(
+            "self-test position mask: not the model's band (a miscompiled library): torch's kernels are used"
+        )
     # groups of 2, 4 (one full batch of heads) and 5 (a full batch and a short one); a head with a 16-wide tail
     for n_heads, n_kv_heads, head_dim in ((4, 2, 16), (6, 3, 24), (8, 2, 32), (10, 2, 40)):
         _self_test_attention(kernels, n_heads, n_kv_heads, head_dim, generator)

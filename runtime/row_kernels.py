@@ -1,7 +1,9 @@
-"""The decode step on row kernels: the plain model's decode step, with the single-row work (products, RMSNorm,
-SwiGLU, rotary + cache write + attention, or a whole block in one call, a mixture-of-experts block with its
-routing included) handed to kernels such as m7b's compiled
-CPU kernels (`cpu_kernels.BF16RowKernels`). The model knows nothing of them: this module drives its modules.
+"""The decode step on row kernels: the plain model's decode step, with its single-row work handed to kernels such
+as m7b's compiled CPU kernels (`cpu_kernels.BF16RowKernels`), at the largest grain they take: the whole token in
+one call (embedding, every block, the final norm and output projection; the weights gathered once,
+`step_weights.py`), and for greedy decoding several tokens a call (`RowKernelStep.greedy`); else each block in one
+call (a mixture-of-experts block with its routing included); else operation by operation (products, RMSNorm,
+SwiGLU, rotary + cache write + attention). The model knows nothing of them: this module drives its modules.
 
 What the kernels do not take falls back to the model's own torch code, module by module.
 """

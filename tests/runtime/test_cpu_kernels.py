@@ -5,6 +5,7 @@ temporary folder when the store refuses, declined with a reason where they canno
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from m7b.errors import InvalidInputError
 from m7b.runtime.cpu_kernels import KERNEL_NAME, BF16RowKernels
 from m7b.runtime.cpu_kernels_build import (
     LIBRARY_NAME,
+    SOURCE,
     KernelBuildError,
     build_key,
     choose_kernels,
@@ -260,17 +262,11 @@ def test_a_store_that_refuses_the_cache_still_gets_the_kernels(tmp_path) -> None
     )
 
 
-WRONG_LIBRARY = """
-void m7b_matvec_bf16(void) {}
-void m7b_matvec_stack_bf16(void) {}
-void m7b_rms_norm_bf16(void) {}
-void m7b_swiglu_bf16(void) {}
-void m7b_attention_step_bf16(void) {}
-void m7b_block_step_bf16(void) {}
-void m7b_moe_block_step_bf16(void) {}
-void m7b_decode_token_bf16(void) {}
-void m7b_position_mask(void) {}
-"""
+# Every function the kernel source exports, each doing nothing: the right symbols, the wrong results.
+WRONG_LIBRARY = "".join(
+    f"void {name}(void) {{}}\n"
+    for name in re.findall(r"^(?:void|int|long) (m7b_\w+)\(", SOURCE.read_text(), flags=re.MULTILINE)
+)
 
 
 @needs_kernels
