@@ -148,7 +148,7 @@ def _layer(witness: Witness, block: nn.Module) -> tuple[LayerWeights, set[float]
         raise LookupError("feed_forward")
     weights = tuple(tuple(witness.weight(e, name) for name in ("w1", "w3", "w2")) for e in experts)
     layer = LayerWeights((attention_norm, ffn_norm), (wq, wk, wv, wo), gate, weights, caches)  # type: ignore[arg-type]
-    return layer, {eps1, eps2}, per_token, heads  # type: ignore[return-value]
+    return layer, {eps1, eps2}, per_token, heads
 
 
 def gather_step(model: Transformer) -> StepWeights | None:
