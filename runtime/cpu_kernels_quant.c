@@ -10,7 +10,7 @@
    q = rint(x / d)), so each product is an integer dot product of 32 weights with 32 activations, turned into float
    and scaled once per block (int8: by the activation block's d, the row's scale at the end; int4: by d_weight *
    d_activation). The integer lanes:
-     int8: 8 int32 lanes per block (the sign trick, maddubs + madd or AVX-VNNI's dpbusd), lane j the sum of
+     int8: 8 int32 lanes per block (the sign trick, maddubs + madd or VNNI's dpbusd), lane j the sum of
            elements 4j..4j+3;
      int4: 4 int32 lanes per block, lane j the sum of elements 4j..4j+3 and 16+4j..16+4j+3 (the low and the high
            nibbles of bytes 4j..4j+3), added into the float lanes 0-3 for an even block and 4-7 for an odd one: two
@@ -165,21 +165,29 @@ static float qrow_dot_scalar(int scheme, const uint8_t *w, const void *s, long r
 }
 
 #ifdef M7B_QUANT_AVX2
-/* 8 int32 lanes of unsigned u . signed s (lane j: bytes 4j..4j+3): one AVX-VNNI instruction where the CPU has it,
-   else maddubs + madd (no saturation: |u| * |s| <= 127 * 127 per pair here). */
-static inline __m256i dot_u8s8(__m256i u, __m256i s) {
+/* acc + u . s in 8 int32 lanes, 256 bits wide: AVX-VNNI's VEX form (Alder Lake, Sapphire Rapids, Zen 5) or
+   AVX512-VNNI's EVEX form on 256-bit registers (AVX512VL: Cascade Lake, Ice Lake, Zen 4): the same instruction. */
 #if defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#define M7B_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define M7B_DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
+#endif
+
+/* 8 int32 lanes of unsigned u . signed s (lane j: bytes 4j..4j+3): one VNNI instruction where the CPU has it, else
+   maddubs + madd (no saturation: |u| * |s| <= 127 * 127 per pair here). */
+static inline __m256i dot_u8s8(__m256i u, __m256i s) {
+#if defined(M7B_DPBUSD)
+    return M7B_DPBUSD(_mm256_setzero_si256(), u, s);
 #else
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 #endif
 }
 
-/* lo . x_lo + hi . x_hi in 8 int32 lanes, lo and hi nibbles (0..15): with AVX-VNNI two accumulating dpbusd,
+/* lo . x_lo + hi . x_hi in 8 int32 lanes, lo and hi nibbles (0..15): with VNNI two accumulating dpbusd,
    else two maddubs added in 16 bits (each pair sum at most 2 * 15 * 127, so the sum of two fits) and one madd. */
 static inline __m256i dot2_u8s8(__m256i lo, __m256i x_lo, __m256i hi, __m256i x_hi) {
-#if defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, x_lo), hi, x_hi);
+#if defined(M7B_DPBUSD)
+    return M7B_DPBUSD(M7B_DPBUSD(_mm256_setzero_si256(), lo, x_lo), hi, x_hi);
 #else
     const __m256i sums = _mm256_add_epi16(_mm256_maddubs_epi16(lo, x_lo), _mm256_maddubs_epi16(hi, x_hi));
     return _mm256_madd_epi16(sums, _mm256_set1_epi16(1));

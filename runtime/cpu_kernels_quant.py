@@ -206,20 +206,28 @@ def self_test(kernels: QuantRowKernels) -> None:
                 )
 
 
-def cpu_has_avx_vnni() -> bool:
-    """The CPU has AVX-VNNI (256-bit integer dot products: one instruction for maddubs + madd), per /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return False
-    return " avx_vnni" in flags
+def cpu_vnni_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
+    """The compiler flags for the CPU's 256-bit integer dot products (one dpbusd for maddubs + madd), per
+    /proc/cpuinfo: AVX-VNNI's VEX form, else AVX512-VNNI on 256-bit registers (AVX512VL; the compiler told to keep
+    to 256-bit vectors), else none."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            return ()
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    if "avx_vnni" in flags:
+        return ("-mavxvnni",)
+    if {"avx512_vnni", "avx512vl", "avx512f"} <= set(flags):
+        return ("-mavx512vnni", "-mavx512vl", "-mprefer-vector-width=256")
+    return ()
 
 
 def build_flags() -> tuple[str, ...]:
-    """AVX2 (+ AVX-VNNI where the CPU has it: the same integers, so the same bits) or portable C."""
+    """AVX2 (+ VNNI where the CPU has it: the same integers, so the same bits) or portable C."""
     if not cpu_supports_kernel()[0]:
         return PORTABLE_FLAGS
-    return (*AVX2_FLAGS, "-mavxvnni") if cpu_has_avx_vnni() else AVX2_FLAGS
+    return (*AVX2_FLAGS, *cpu_vnni_flags())
 
 
 def load_quant_kernels(cache_root: Path | None) -> QuantRowKernels:

@@ -100,6 +100,8 @@ def test_seed_prints_a_compact_line_per_interval_off_a_terminal(m7b_home, publis
     assert f"tracker {announce}: working" in text, text
     seeding = [line for line in text.splitlines() if line.startswith(f"{name} seeding")]
     assert len(seeding) >= 2, text  # one line per interval, not one table redrawn in place
-    assert "0 seeds / 0 peers connected" in seeding[0] and "uploaded " in seeding[0] and "elapsed " in seeding[0]
+    # the counts, not their values: the tracker hands the seed its own address back, and a connection to it can
+    # count as a peer for a moment before the handshake shows it is itself (a CI run saw "0 seeds / 1 peers")
+    assert re.search(r"\b\d+ seeds / \d+ peers connected · uploaded .+ · elapsed \d+:\d\d", seeding[0]), seeding[0]
     assert "┃" not in text and "\x1b[" not in text
     _sizes_are_binary(text)

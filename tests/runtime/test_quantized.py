@@ -27,6 +27,7 @@ from m7b.runtime.cpu_kernels_quant import (
     QuantRowKernels,
     _checked,
     choose_quant_kernels,
+    cpu_vnni_flags,
     load_quant_kernels,
 )
 from m7b.runtime.fast_decode import prepare_decode
@@ -73,7 +74,7 @@ def portable_kernels(tmp_path_factory: pytest.TempPathFactory) -> QuantRowKernel
 
 @pytest.fixture(scope="session")
 def avx2_kernels(tmp_path_factory: pytest.TempPathFactory) -> QuantRowKernels | None:
-    """The AVX2 build without AVX-VNNI (maddubs + madd for the integer dot products), where the CPU has AVX2."""
+    """The AVX2 build without VNNI (maddubs + madd for the integer dot products), where the CPU has AVX2."""
     compiler = find_compiler()
     if compiler is None or not cpu_supports_kernel()[0]:
         return None
@@ -158,6 +159,24 @@ def test_kernel_equals_the_numpy_reference_bit_for_bit(
     for kernels in (quant_kernels, portable_kernels, avx2_kernels):
         if kernels is not None:
             assert np.array_equal(_bits(kernels.stack(x, (first, second))), want), kernels.path
+
+
+def test_the_vnni_form_follows_the_cpus_flags() -> None:
+    """AVX-VNNI's VEX form where the CPU has it; AVX512-VNNI on 256-bit registers where it has that and AVX512VL
+    (Zen 4, Ice Lake); else the AVX2 build's maddubs + madd. Names that only contain a flag's name do not count."""
+
+    def info(*flags: str) -> str:
+        return "processor\t: 0\nmodel name\t: x\nflags\t\t: fpu avx2 fma " + " ".join(flags) + "\n\n"
+
+    assert cpu_vnni_flags(info("avx_vnni", "avx512_vnni", "avx512vl", "avx512f")) == ("-mavxvnni",)
+    assert cpu_vnni_flags(info("avx512f", "avx512vl", "avx512_vnni")) == (
+        "-mavx512vnni",
+        "-mavx512vl",
+        "-mprefer-vector-width=256",
+    )
+    assert cpu_vnni_flags(info("avx512f", "avx512_vnni")) == ()  # no 256-bit form without AVX512VL
+    assert cpu_vnni_flags(info("avx512_vnnix", "xavx_vnni")) == ()
+    assert cpu_vnni_flags("") == ()
 
 
 @needs_compiler
