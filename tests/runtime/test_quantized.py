@@ -469,3 +469,9 @@ def test_a_mixture_of_experts_with_weights_is_refused_before_loading(
     result = cli("run", str(mixtral_tiny), "--prompt", "hi", "--weights", "int4", "--max-tokens", "2")
     assert result.code == 4, result.stderr
     assert "run it without --weights" in result.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_any_cpuinfo_text_gives_one_of_the_three_builds(text: str) -> None:
+    assert cpu_vnni_flags(text) in {(), ("-mavxvnni",), ("-mavx512vnni", "-mavx512vl", "-mprefer-vector-width=256")}
